@@ -1,0 +1,1 @@
+//! Criterion benches of keycap's hot paths; see benches/benches/.

@@ -1,0 +1,343 @@
+//! Sub-keys (`api_keys`): provisioning from a member's budget, listing and revoking.
+
+use deadpool_postgres::GenericClient;
+use domain::budget::refund_on_close;
+use domain::services::Service;
+use domain::{ApiKeyToken, Email, LedgerKind, Money, MonthWindow};
+use serde_json::json;
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::orgs::Org;
+use crate::transactions::{self, NewEntry};
+use crate::{Actor, Error, Pool, master_keys, members};
+
+/// A sub-key as stored (its token is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub membership_id: Uuid,
+    pub member_email: String,
+    pub master_key_id: Uuid,
+    pub service: String,
+    pub name: String,
+    pub prefix: String,
+    pub cap: Money,
+    pub spent: Money,
+    pub model_scope: Vec<String>,
+    pub renew_monthly: bool,
+    pub period_start: Date,
+    pub paused_reason: Option<String>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub closed_at: Option<OffsetDateTime>,
+    pub close_reason: Option<String>,
+}
+
+impl ApiKey {
+    /// What the key may still spend.
+    pub fn remaining(&self) -> Money {
+        self.cap.saturating_sub(self.spent).at_least_zero()
+    }
+
+    /// When it was revoked, if it was.
+    pub fn revoked_at(&self) -> Option<OffsetDateTime> {
+        self.closed_at
+            .filter(|_| self.close_reason.as_deref() == Some("revoked"))
+    }
+}
+
+/// A sub-key to provision.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub member: Email,
+    pub service: Service,
+    pub name: String,
+    pub cap: Money,
+    pub expires_at: Option<OffsetDateTime>,
+    pub model_scope: Vec<String>,
+    pub renew_monthly: bool,
+}
+
+macro_rules! select_keys {
+    ($tail:literal) => {
+        concat!(
+            "SELECT k.id, k.org_id, k.membership_id, u.email, k.master_key_id, k.service, k.name, k.prefix,
+                    k.cap_nanousd, k.spent_nanousd, k.model_scope, k.renew_monthly, k.period_start,
+                    k.paused_reason, k.expires_at, k.created_at, k.closed_at, k.close_reason
+             FROM api_keys k
+             JOIN memberships m ON m.id = k.membership_id
+             JOIN users u ON u.id = m.user_id ",
+            $tail
+        )
+    };
+}
+
+fn from_row(row: &tokio_postgres::Row) -> ApiKey {
+    ApiKey {
+        id: row.get(0),
+        org_id: row.get(1),
+        membership_id: row.get(2),
+        member_email: row.get(3),
+        master_key_id: row.get(4),
+        service: row.get(5),
+        name: row.get(6),
+        prefix: row.get(7),
+        cap: Money::from_nanos(row.get(8)),
+        spent: Money::from_nanos(row.get(9)),
+        model_scope: row.get(10),
+        renew_monthly: row.get(11),
+        period_start: row.get(12),
+        paused_reason: row.get(13),
+        expires_at: row.get(14),
+        created_at: row.get(15),
+        closed_at: row.get(16),
+        close_reason: row.get(17),
+    }
+}
+
+/// Provisions a sub-key: carves its cap from the member's budget for the month of `now`, in one
+/// transaction with its ledger row. Returns the key and its token, which is never stored.
+pub async fn create(
+    pool: &Pool,
+    org: &Org,
+    new: &NewKey,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<(ApiKey, ApiKeyToken), Error> {
+    let name = new.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::Invalid(
+            "key name must be 1 to 200 characters".into(),
+        ));
+    }
+    if new.expires_at.is_some_and(|at| at <= now) {
+        return Err(Error::Invalid("expiry must be in the future".into()));
+    }
+    let model_scope: Vec<String> = new
+        .model_scope
+        .iter()
+        .map(|m| m.trim().to_string())
+        .collect();
+    if model_scope.iter().any(|m| m.is_empty() || m.len() > 200) {
+        return Err(Error::Invalid(
+            "model names in the scope must be 1 to 200 characters".into(),
+        ));
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let membership = members::find_for_update(&tx, org, &new.member).await?;
+    let master = master_keys::active_for(&tx, org.id, new.service)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "org {:?} has no active {} master key: add one first (keycap vault add)",
+                org.name, new.service
+            ))
+        })?;
+    let window = MonthWindow::containing(now);
+    members::monthly_budget(&tx, &membership, window)
+        .await?
+        .check_carve(new.cap)?;
+
+    let token = ApiKeyToken::generate();
+    let id = Uuid::new_v4();
+    let hash = token.hash().to_vec();
+    let prefix = token.display_prefix();
+    tx.execute(
+        "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash, prefix,
+                               cap_nanousd, model_scope, renew_monthly, period_start, expires_at, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &id,
+            &org.id,
+            &membership.id,
+            &master.id,
+            &new.service.as_str(),
+            &name,
+            &hash,
+            &prefix,
+            &new.cap.nanos(),
+            &model_scope,
+            &new.renew_monthly,
+            &window.first_day(),
+            &new.expires_at,
+            &actor.user_id(),
+            &now,
+        ],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::KeyProvisioned, actor);
+    entry.membership_id = Some(membership.id);
+    entry.api_key_id = Some(id);
+    entry.master_key_id = Some(master.id);
+    entry.amount = new.cap;
+    entry.detail = json!({
+        "name": name,
+        "prefix": prefix,
+        "service": new.service.as_str(),
+        "expires_at": new.expires_at.map(|at| at.unix_timestamp()),
+        "model_scope": model_scope,
+        "renew_monthly": new.renew_monthly,
+    });
+    transactions::append(&tx, &entry).await?;
+    let row = tx
+        .query_one(select_keys!("WHERE k.id = $1"), &[&id])
+        .await?;
+    tx.commit().await?;
+    Ok((from_row(&row), token))
+}
+
+/// The sub-keys of an org, or of one member, newest first.
+pub async fn list(
+    client: &impl GenericClient,
+    org: &Org,
+    member: Option<&Email>,
+) -> Result<Vec<ApiKey>, Error> {
+    let rows = match member {
+        Some(email) => {
+            client
+                .query(
+                    select_keys!(
+                        "WHERE k.org_id = $1 AND u.email = $2 ORDER BY k.created_at DESC, k.id"
+                    ),
+                    &[&org.id, &email.as_str()],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query(
+                    select_keys!("WHERE k.org_id = $1 ORDER BY k.created_at DESC, k.id"),
+                    &[&org.id],
+                )
+                .await?
+        }
+    };
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Finds one key of an org by its id or by its display prefix, locking it.
+async fn find_for_update(
+    client: &impl GenericClient,
+    org: &Org,
+    id_or_prefix: &str,
+) -> Result<ApiKey, Error> {
+    let needle = id_or_prefix.trim();
+    let rows = match Uuid::parse_str(needle) {
+        Ok(id) => {
+            client
+                .query(
+                    select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR UPDATE OF k"),
+                    &[&org.id, &id],
+                )
+                .await?
+        }
+        Err(_) => {
+            if needle.len() < 4 {
+                return Err(Error::Invalid(format!(
+                    "key {needle:?} is too short: give the key id or its display prefix (kc_…)"
+                )));
+            }
+            client
+                .query(
+                    select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR UPDATE OF k"),
+                    &[&org.id, &needle],
+                )
+                .await?
+        }
+    };
+    match rows.as_slice() {
+        [row] => Ok(from_row(row)),
+        [] => Err(Error::not_found(format!(
+            "key {needle:?} in org {:?}",
+            org.name
+        ))),
+        _ => Err(Error::Conflict(format!(
+            "prefix {needle:?} matches {} keys: use the key id",
+            rows.len()
+        ))),
+    }
+}
+
+/// The result of revoking a key.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub key: ApiKey,
+    pub refund: Money,
+}
+
+/// Revokes a key and refunds its unspent cap to its member's current month, in one
+/// transaction with the ledger rows. Only a cap carved in the current month is refunded: the
+/// budget of a month that has ended does not come back.
+pub async fn revoke(
+    pool: &Pool,
+    org: &Org,
+    id_or_prefix: &str,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<Revoked, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let key = find_for_update(&tx, org, id_or_prefix).await?;
+    if key.closed_at.is_some() {
+        let reason = key.close_reason.as_deref().unwrap_or("closed");
+        return Err(Error::Conflict(format!(
+            "key {} is already {reason}",
+            key.prefix
+        )));
+    }
+    let refund = close(&tx, &key, "revoked", LedgerKind::KeyRevoked, actor, now).await?;
+    let row = tx
+        .query_one(select_keys!("WHERE k.id = $1"), &[&key.id])
+        .await?;
+    tx.commit().await?;
+    Ok(Revoked {
+        key: from_row(&row),
+        refund,
+    })
+}
+
+/// Closes a locked, open key (revoked or expired) and writes its ledger rows. Returns the refund.
+pub(crate) async fn close(
+    client: &impl GenericClient,
+    key: &ApiKey,
+    reason: &str,
+    kind: LedgerKind,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<Money, Error> {
+    client
+        .execute(
+            "UPDATE api_keys SET closed_at = $2, close_reason = $3 WHERE id = $1",
+            &[&key.id, &now, &reason],
+        )
+        .await?;
+    let window = MonthWindow::containing(now);
+    let refund = if key.period_start == window.first_day() {
+        refund_on_close(key.cap, key.spent)
+    } else {
+        Money::ZERO
+    };
+    let mut entry = NewEntry::new(key.org_id, kind, actor);
+    entry.membership_id = Some(key.membership_id);
+    entry.api_key_id = Some(key.id);
+    entry.amount = key.spent;
+    entry.detail = json!({ "prefix": key.prefix, "cap_nanousd": key.cap.nanos(), "spent_nanousd": key.spent.nanos() });
+    transactions::append(client, &entry).await?;
+    if refund > Money::ZERO {
+        let mut entry = NewEntry::new(key.org_id, LedgerKind::Refund, actor);
+        entry.membership_id = Some(key.membership_id);
+        entry.api_key_id = Some(key.id);
+        entry.amount = refund;
+        entry.detail = json!({ "prefix": key.prefix, "reason": reason });
+        transactions::append(client, &entry).await?;
+    }
+    Ok(refund)
+}
+
+pub(crate) use select_keys;
+pub(crate) fn key_from_row(row: &tokio_postgres::Row) -> ApiKey {
+    from_row(row)
+}

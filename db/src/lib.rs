@@ -1,0 +1,73 @@
+//! All of keycap's SQL: the connection pool, migrations, the embedded local cluster, and one
+//! module per table group.
+//!
+//! `db` owns every query (raw SQL on tokio-postgres, bound parameters only) and the conversion of
+//! rows into `domain` types. Every write that changes money or access happens in one database
+//! transaction together with its ledger row ([`transactions`]). It stores the vault's ciphertext
+//! as bytes and never calls `vault`, so it never sees a plaintext secret. It depends only on
+//! `domain`.
+
+pub mod embedded;
+mod error;
+pub mod keys;
+pub mod maintenance;
+pub mod master_keys;
+pub mod members;
+mod migrate;
+pub mod orgs;
+pub mod transactions;
+pub mod usage;
+
+pub use deadpool_postgres::Pool;
+pub use error::Error;
+pub use migrate::{MIGRATIONS, migrate};
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+
+/// Who performed a change, for the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// A signed-in user of the admin app.
+    User(uuid::Uuid),
+    /// The `keycap` command line, run by an operator with database access.
+    Cli,
+    /// keycap itself: expiry, renewal, lease reclaim.
+    System,
+}
+
+impl Actor {
+    fn user_id(self) -> Option<uuid::Uuid> {
+        match self {
+            Actor::User(id) => Some(id),
+            Actor::Cli | Actor::System => None,
+        }
+    }
+
+    fn via(self) -> &'static str {
+        match self {
+            Actor::User(_) => "admin",
+            Actor::Cli => "cli",
+            Actor::System => "system",
+        }
+    }
+}
+
+/// Builds a pool of at most `max_size` connections to `url` (a `postgres://` URL or a
+/// `key=value` connection string). Connections are made lazily.
+pub fn connect(url: &str, max_size: usize) -> Result<Pool, Error> {
+    let config: tokio_postgres::Config = url.parse().map_err(|source| Error::BadUrl { source })?;
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|err| Error::Pool(err.to_string()))
+}

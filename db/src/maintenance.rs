@@ -1,0 +1,130 @@
+//! Time-driven changes: closing expired keys (with their refunds) and renewing monthly keys at
+//! the month boundary. `keycap up` runs [`run_due`] periodically; every step is idempotent.
+
+use domain::budget::{Renewal, renew};
+use domain::{LedgerKind, Money, MonthWindow, MonthlyBudget};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::keys::{close, key_from_row, select_keys};
+use crate::transactions::{self, NewEntry};
+use crate::{Actor, Error, Pool};
+
+/// What one maintenance pass changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    pub expired: usize,
+    pub renewed: usize,
+    pub paused: usize,
+}
+
+/// Closes every key whose expiry has passed and renews monthly keys that are due.
+pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> {
+    let expired = expire_due(pool, now).await?;
+    let (renewed, paused) = renew_due(pool, now).await?;
+    Ok(Report {
+        expired,
+        renewed,
+        paused,
+    })
+}
+
+/// Closes keys whose expiry is at or before `now`, refunding their unspent caps.
+pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR UPDATE OF k SKIP LOCKED"),
+            &[&now],
+        )
+        .await?;
+    for row in &rows {
+        let key = key_from_row(row);
+        close(
+            &tx,
+            &key,
+            "expired",
+            LedgerKind::KeyExpired,
+            Actor::System,
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
+        coalesce((SELECT sum(amount_nanousd) FROM transactions t
+                  WHERE t.membership_id = m.id AND t.kind IN ('key_provisioned', 'key_renewed')
+                    AND t.created_at >= $2 AND t.created_at < $3), 0)::bigint,
+        coalesce((SELECT sum(amount_nanousd) FROM transactions t
+                  WHERE t.membership_id = m.id AND t.kind = 'refund'
+                    AND t.created_at >= $2 AND t.created_at < $3), 0)::bigint
+    FROM memberships m WHERE m.id = $1 FOR UPDATE";
+
+/// Renews monthly keys carved in an earlier month: spend resets and the cap is carved again
+/// from the new month, or the key is paused (with a reason) when the budget cannot cover it.
+/// A paused key is tried again on every pass, so raising the budget un-pauses it.
+pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize), Error> {
+    let window = MonthWindow::containing(now);
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            select_keys!(
+                "WHERE k.renew_monthly AND k.closed_at IS NULL AND k.period_start < $1
+                 ORDER BY k.created_at FOR UPDATE OF k SKIP LOCKED"
+            ),
+            &[&window.first_day()],
+        )
+        .await?;
+    let (mut renewed, mut paused) = (0, 0);
+    for row in &rows {
+        let key = key_from_row(row);
+        let month = tx
+            .query_one(
+                MONTH_OF_MEMBER,
+                &[&key.membership_id, &window.start, &window.end],
+            )
+            .await?;
+        let month = MonthlyBudget {
+            budget: Money::from_nanos(month.get(0)),
+            carved: Money::from_nanos(month.get(1)),
+            refunded: Money::from_nanos(month.get(2)),
+        };
+        let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyRenewed, Actor::System);
+        entry.membership_id = Some(key.membership_id);
+        entry.api_key_id = Some(key.id);
+        match renew(key.cap, &month) {
+            Renewal::Renew { carve } => {
+                tx.execute(
+                    "UPDATE api_keys SET spent_nanousd = 0, period_start = $2, paused_reason = NULL WHERE id = $1",
+                    &[&key.id, &window.first_day()],
+                )
+                .await?;
+                entry.amount = carve;
+                entry.detail =
+                    json!({ "prefix": key.prefix, "previous_spent_nanousd": key.spent.nanos() });
+                transactions::append(&tx, &entry).await?;
+                renewed += 1;
+            }
+            Renewal::Pause { reason } => {
+                if key.paused_reason.as_deref() != Some(reason.as_str()) {
+                    tx.execute(
+                        "UPDATE api_keys SET paused_reason = $2 WHERE id = $1",
+                        &[&key.id, &reason],
+                    )
+                    .await?;
+                    entry.kind = LedgerKind::KeyPaused;
+                    entry.detail = json!({ "prefix": key.prefix, "reason": reason });
+                    transactions::append(&tx, &entry).await?;
+                }
+                paused += 1;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok((renewed, paused))
+}

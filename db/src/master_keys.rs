@@ -1,0 +1,165 @@
+//! Master API keys as stored: sealed bytes from the vault, a name and the last four characters.
+
+use deadpool_postgres::GenericClient;
+use domain::LedgerKind;
+use domain::services::Service;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::orgs::Org;
+use crate::transactions::{self, NewEntry};
+use crate::{Actor, Error, Pool};
+
+/// The sealed parts of a secret, as the vault produced them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub sealing_key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// A master key row, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterKey {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub service: String,
+    pub name: String,
+    pub last_four: String,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A master key row with its sealed secret, for the gateway to open.
+#[derive(Debug, Clone)]
+pub struct SealedMasterKey {
+    pub key: MasterKey,
+    pub sealed: SealedSecret,
+}
+
+/// A master key to store. The caller picks `id` first, because the vault binds it into the seal.
+#[derive(Debug, Clone)]
+pub struct NewMasterKey {
+    pub id: Uuid,
+    pub service: Service,
+    pub name: String,
+    pub last_four: String,
+    pub sealed: SealedSecret,
+}
+
+/// Stores a sealed master key and its ledger row.
+pub async fn add(
+    pool: &Pool,
+    org: &Org,
+    new: &NewMasterKey,
+    actor: Actor,
+) -> Result<MasterKey, Error> {
+    let name = new.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::Invalid(
+            "master key name must be 1 to 200 characters".into(),
+        ));
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_one(
+            "INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
+            &[
+                &new.id,
+                &org.id,
+                &new.service.as_str(),
+                &name,
+                &new.sealed.ciphertext,
+                &new.sealed.nonce,
+                &new.sealed.sealing_key_id,
+                &new.last_four,
+                &actor.user_id(),
+            ],
+        )
+        .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyAdded, actor);
+    entry.master_key_id = Some(new.id);
+    entry.detail =
+        json!({ "service": new.service.as_str(), "name": name, "last_four": new.last_four });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    Ok(MasterKey {
+        id: new.id,
+        org_id: org.id,
+        service: new.service.as_str().to_string(),
+        name: name.to_string(),
+        last_four: new.last_four.clone(),
+        created_at: row.get(0),
+        revoked_at: None,
+    })
+}
+
+/// A `SELECT` of every master-key column in the order [`from_row`] reads, followed by `$tail`.
+macro_rules! select_master_keys {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, org_id, service, name, last_four, created_at, revoked_at, sealing_key_id, nonce, ciphertext FROM master_keys ",
+            $tail
+        )
+    };
+}
+
+fn from_row(row: &tokio_postgres::Row) -> SealedMasterKey {
+    SealedMasterKey {
+        key: MasterKey {
+            id: row.get(0),
+            org_id: row.get(1),
+            service: row.get(2),
+            name: row.get(3),
+            last_four: row.get(4),
+            created_at: row.get(5),
+            revoked_at: row.get(6),
+        },
+        sealed: SealedSecret {
+            sealing_key_id: row.get(7),
+            nonce: row.get(8),
+            ciphertext: row.get(9),
+        },
+    }
+}
+
+/// Every master key of an org, newest first.
+pub async fn list(client: &impl GenericClient, org: &Org) -> Result<Vec<MasterKey>, Error> {
+    let rows = client
+        .query(
+            select_master_keys!("WHERE org_id = $1 ORDER BY created_at DESC"),
+            &[&org.id],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| from_row(row).key).collect())
+}
+
+/// The newest active master key of an org for a service.
+pub async fn active_for(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    service: Service,
+) -> Result<Option<MasterKey>, Error> {
+    let row = client
+        .query_opt(
+            select_master_keys!(
+                "WHERE org_id = $1 AND service = $2 AND revoked_at IS NULL
+             ORDER BY created_at DESC LIMIT 1"
+            ),
+            &[&org_id, &service.as_str()],
+        )
+        .await?;
+    Ok(row.map(|row| from_row(&row).key))
+}
+
+/// One master key with its sealed secret.
+pub async fn get_sealed(client: &impl GenericClient, id: Uuid) -> Result<SealedMasterKey, Error> {
+    let row = client
+        .query_opt(select_master_keys!("WHERE id = $1"), &[&id])
+        .await?;
+    row.map(|row| from_row(&row))
+        .ok_or_else(|| Error::not_found(format!("master key {id}")))
+}

@@ -1,0 +1,211 @@
+//! Users and their memberships in orgs: roles and monthly budgets.
+
+use deadpool_postgres::GenericClient;
+use domain::{LedgerKind, Money, MonthWindow, MonthlyBudget, Role};
+use serde_json::json;
+use uuid::Uuid;
+
+pub use domain::Email;
+
+use crate::orgs::Org;
+use crate::transactions::{self, NewEntry};
+use crate::{Actor, Error, Pool};
+
+/// A member of an org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub monthly_budget: Money,
+}
+
+pub(crate) async fn upsert_user(client: &impl GenericClient, email: &Email) -> Result<Uuid, Error> {
+    let row = client
+        .query_one(
+            "INSERT INTO users (id, email) VALUES ($1, $2)
+             ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING id",
+            &[&Uuid::new_v4(), &email.as_str()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub(crate) async fn insert_membership(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    user_id: Uuid,
+    role: Role,
+    budget: Money,
+) -> Result<Uuid, Error> {
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd) VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &org_id, &user_id, &role.as_str(), &budget.nanos()],
+        )
+        .await?;
+    Ok(id)
+}
+
+const FIND: &str = "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd
+    FROM memberships m JOIN users u ON u.id = m.user_id
+    WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL";
+
+const FIND_FOR_UPDATE: &str =
+    "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd
+    FROM memberships m JOIN users u ON u.id = m.user_id
+    WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL
+    FOR UPDATE OF m";
+
+fn membership_from_row(row: &tokio_postgres::Row) -> Membership {
+    let role: String = row.get(4);
+    Membership {
+        id: row.get(0),
+        org_id: row.get(1),
+        user_id: row.get(2),
+        email: row.get(3),
+        role: role.parse().unwrap_or(Role::User),
+        monthly_budget: Money::from_nanos(row.get(5)),
+    }
+}
+
+/// Finds an active member of `org` by email.
+pub async fn find(
+    client: &impl GenericClient,
+    org: &Org,
+    email: &Email,
+) -> Result<Membership, Error> {
+    let row = client.query_opt(FIND, &[&org.id, &email.as_str()]).await?;
+    row.map(|row| membership_from_row(&row))
+        .ok_or_else(|| Error::not_found(format!("member {email} in org {:?}", org.name)))
+}
+
+/// Finds an active member and locks the membership row for the rest of the transaction, so
+/// that concurrent carves from one budget happen one after another.
+pub(crate) async fn find_for_update(
+    client: &impl GenericClient,
+    org: &Org,
+    email: &Email,
+) -> Result<Membership, Error> {
+    let row = client
+        .query_opt(FIND_FOR_UPDATE, &[&org.id, &email.as_str()])
+        .await?;
+    row.map(|row| membership_from_row(&row))
+        .ok_or_else(|| Error::not_found(format!("member {email} in org {:?}", org.name)))
+}
+
+/// Every active member of an org, by email.
+pub async fn list(client: &impl GenericClient, org: &Org) -> Result<Vec<Membership>, Error> {
+    let rows = client
+        .query(
+            "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd
+             FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.org_id = $1 AND m.removed_at IS NULL ORDER BY u.email",
+            &[&org.id],
+        )
+        .await?;
+    Ok(rows.iter().map(membership_from_row).collect())
+}
+
+const MONTH: &str = "SELECT
+        coalesce(sum(amount_nanousd) FILTER (WHERE kind IN ('key_provisioned', 'key_renewed')), 0)::bigint,
+        coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0)::bigint
+    FROM transactions
+    WHERE membership_id = $1 AND created_at >= $2 AND created_at < $3";
+
+/// A member's budget, carved and refunded amounts for the month `window`, from the ledger.
+pub async fn monthly_budget(
+    client: &impl GenericClient,
+    membership: &Membership,
+    window: MonthWindow,
+) -> Result<MonthlyBudget, Error> {
+    let row = client
+        .query_one(MONTH, &[&membership.id, &window.start, &window.end])
+        .await?;
+    Ok(MonthlyBudget {
+        budget: membership.monthly_budget,
+        carved: Money::from_nanos(row.get(0)),
+        refunded: Money::from_nanos(row.get(1)),
+    })
+}
+
+/// Adds `email` to `org` with a role and monthly budget, creating the user if needed.
+pub async fn add(
+    pool: &Pool,
+    org: &Org,
+    email: &Email,
+    role: Role,
+    budget: Money,
+    actor: Actor,
+) -> Result<Membership, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if tx
+        .query_opt(FIND, &[&org.id, &email.as_str()])
+        .await?
+        .is_some()
+    {
+        return Err(Error::Conflict(format!(
+            "{email} is already a member of org {:?}",
+            org.name
+        )));
+    }
+    let user_id = upsert_user(&tx, email).await?;
+    // A removed member who comes back gets their old membership row back.
+    let revived = tx
+        .query_opt(
+            "UPDATE memberships SET removed_at = NULL, role = $3, monthly_budget_nanousd = $4
+             WHERE org_id = $1 AND user_id = $2 RETURNING id",
+            &[&org.id, &user_id, &role.as_str(), &budget.nanos()],
+        )
+        .await?;
+    let membership_id = match revived {
+        Some(row) => row.get(0),
+        None => insert_membership(&tx, org.id, user_id, role, budget).await?,
+    };
+    let mut entry = NewEntry::new(org.id, LedgerKind::MemberJoined, actor);
+    entry.membership_id = Some(membership_id);
+    entry.amount = budget;
+    entry.detail = json!({ "email": email.as_str(), "role": role.as_str() });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    Ok(Membership {
+        id: membership_id,
+        org_id: org.id,
+        user_id,
+        email: email.to_string(),
+        role,
+        monthly_budget: budget,
+    })
+}
+
+/// Sets a member's monthly budget. Lowering it below what is carved is allowed: no new keys
+/// fit until it is positive again, and existing keys keep their caps.
+pub async fn set_budget(
+    pool: &Pool,
+    org: &Org,
+    email: &Email,
+    budget: Money,
+    actor: Actor,
+) -> Result<Membership, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut membership = find_for_update(&tx, org, email).await?;
+    tx.execute(
+        "UPDATE memberships SET monthly_budget_nanousd = $2 WHERE id = $1",
+        &[&membership.id, &budget.nanos()],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::BudgetSet, actor);
+    entry.membership_id = Some(membership.id);
+    entry.amount = budget;
+    entry.detail =
+        json!({ "email": email.as_str(), "previous_nanousd": membership.monthly_budget.nanos() });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    membership.monthly_budget = budget;
+    Ok(membership)
+}

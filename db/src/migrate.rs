@@ -1,0 +1,56 @@
+//! Forward-only migrations from `migrations/`, applied in order under an advisory lock so that
+//! several processes starting at once apply each migration exactly once.
+
+use crate::{Error, Pool};
+
+/// Every migration, in order: `(name, sql)`.
+pub const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+
+const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"
+
+/// Applies the migrations that have not run yet and returns how many it applied.
+pub async fn migrate(pool: &Pool) -> Result<usize, Error> {
+    let mut client = pool.get().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = apply_pending(&mut client).await;
+    // Unlock even when a migration failed; the session may be reused by the pool.
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<usize, Error> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                name text PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let mut applied = 0;
+    for (name, sql) in MIGRATIONS {
+        let done = client
+            .query_opt("SELECT 1 FROM schema_migrations WHERE name = $1", &[name])
+            .await?;
+        if done.is_some() {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|source| Error::Migration { name, source })?;
+        tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name])
+            .await?;
+        tx.commit().await?;
+        tracing::info!(migration = name, "applied migration");
+        applied += 1;
+    }
+    Ok(applied)
+}

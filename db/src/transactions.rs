@@ -1,0 +1,157 @@
+//! The ledger: the append-only, hash-chained `transactions` table.
+//!
+//! Rows are only ever inserted, inside the same database transaction as the change they
+//! record. A trigger assigns each row its per-org sequence number and chains its hash over the
+//! previous row of the org; another trigger refuses UPDATE, DELETE and TRUNCATE.
+
+use deadpool_postgres::GenericClient;
+use domain::{LedgerKind, Money};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Actor, Error};
+
+/// A ledger row to append.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub org_id: Uuid,
+    pub kind: LedgerKind,
+    pub actor: Actor,
+    pub membership_id: Option<Uuid>,
+    pub api_key_id: Option<Uuid>,
+    pub master_key_id: Option<Uuid>,
+    pub amount: Money,
+    pub detail: Value,
+}
+
+impl NewEntry {
+    /// An entry with no subject, amount zero and an empty detail.
+    pub fn new(org_id: Uuid, kind: LedgerKind, actor: Actor) -> NewEntry {
+        NewEntry {
+            org_id,
+            kind,
+            actor,
+            membership_id: None,
+            api_key_id: None,
+            master_key_id: None,
+            amount: Money::ZERO,
+            detail: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// A ledger row as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    pub seq: i64,
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub actor_email: Option<String>,
+    pub member_email: Option<String>,
+    pub api_key_id: Option<Uuid>,
+    pub master_key_id: Option<Uuid>,
+    pub amount_nanousd: i64,
+    pub detail: Value,
+    pub hash: String,
+}
+
+const INSERT: &str = "INSERT INTO transactions
+    (org_id, kind, actor_user_id, membership_id, api_key_id, master_key_id, amount_nanousd, detail, prev_hash, hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')";
+
+/// Appends a ledger row. Call it inside the transaction that makes the change.
+pub async fn append(client: &impl GenericClient, entry: &NewEntry) -> Result<(), Error> {
+    let mut detail = entry.detail.clone();
+    if let Value::Object(map) = &mut detail {
+        map.entry("via")
+            .or_insert_with(|| Value::from(entry.actor.via()));
+    }
+    client
+        .execute(
+            INSERT,
+            &[
+                &entry.org_id,
+                &entry.kind.as_str(),
+                &entry.actor.user_id(),
+                &entry.membership_id,
+                &entry.api_key_id,
+                &entry.master_key_id,
+                &entry.amount.nanos(),
+                &detail,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+const LIST: &str = "SELECT t.seq, t.kind, t.created_at, actor.email, member.email, t.api_key_id,
+        t.master_key_id, t.amount_nanousd, t.detail, t.hash
+    FROM transactions t
+    LEFT JOIN users actor ON actor.id = t.actor_user_id
+    LEFT JOIN memberships m ON m.id = t.membership_id
+    LEFT JOIN users member ON member.id = m.user_id
+    WHERE t.org_id = $1
+    ORDER BY t.seq DESC
+    LIMIT $2";
+
+/// The newest `limit` ledger rows of an org, newest first.
+pub async fn list(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    limit: i64,
+) -> Result<Vec<Entry>, Error> {
+    let rows = client.query(LIST, &[&org_id, &limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| Entry {
+            seq: row.get(0),
+            kind: row.get(1),
+            created_at: row.get(2),
+            actor_email: row.get(3),
+            member_email: row.get(4),
+            api_key_id: row.get(5),
+            master_key_id: row.get(6),
+            amount_nanousd: row.get(7),
+            detail: row.get(8),
+            hash: hex::encode(row.get::<_, Vec<u8>>(9)),
+        })
+        .collect())
+}
+
+/// The result of checking an org's hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainStatus {
+    /// Every row's hash matches its content and its predecessor.
+    Intact { n_rows: i64 },
+    /// The first row (by sequence) whose hash or link does not match.
+    Broken { seq: i64 },
+}
+
+const VERIFY: &str = "SELECT seq FROM (
+        SELECT seq, hash, prev_hash,
+            lag(hash) OVER (ORDER BY seq) AS expected_prev,
+            lag(seq) OVER (ORDER BY seq) AS prev_seq,
+            transactions_digest(prev_hash, org_id, seq, kind, actor_user_id, membership_id,
+                api_key_id, master_key_id, amount_nanousd, detail, created_at) AS recomputed
+        FROM transactions WHERE org_id = $1
+    ) chain
+    WHERE hash <> recomputed
+       OR (expected_prev IS NULL AND (seq <> 1 OR prev_hash <> decode(repeat('00', 32), 'hex')))
+       OR (expected_prev IS NOT NULL AND (prev_hash <> expected_prev OR seq <> prev_seq + 1))
+    ORDER BY seq LIMIT 1";
+
+/// Recomputes every hash of an org's chain in the database.
+pub async fn verify_chain(client: &impl GenericClient, org_id: Uuid) -> Result<ChainStatus, Error> {
+    if let Some(row) = client.query_opt(VERIFY, &[&org_id]).await? {
+        return Ok(ChainStatus::Broken { seq: row.get(0) });
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE org_id = $1",
+            &[&org_id],
+        )
+        .await?;
+    Ok(ChainStatus::Intact { n_rows: row.get(0) })
+}

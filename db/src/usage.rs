@@ -1,0 +1,59 @@
+//! Spend flushed by the gateway: per-key spend and per-minute usage rollups, written in one
+//! batched statement per flush.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Error, Pool};
+
+/// Settled usage of one key in one minute since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub api_key_id: Uuid,
+    /// The minute the requests settled in (truncated to the minute by the database).
+    pub minute: OffsetDateTime,
+    pub n_requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_nanousd: i64,
+}
+
+const FLUSH: &str = "WITH delta AS (
+        SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+            AS d(api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
+    ), spend AS (
+        UPDATE api_keys k SET spent_nanousd = k.spent_nanousd + s.cost
+        FROM (SELECT api_key_id, sum(cost_nanousd) AS cost FROM delta GROUP BY api_key_id) s
+        WHERE k.id = s.api_key_id
+        RETURNING k.id
+    )
+    INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
+    SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
+    FROM delta GROUP BY api_key_id, date_trunc('minute', minute)
+    ON CONFLICT (api_key_id, minute) DO UPDATE SET
+        n_requests = u.n_requests + EXCLUDED.n_requests,
+        prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+        cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd";
+
+/// Adds the deltas to each key's spend and to the per-minute rollups, atomically, in one
+/// statement.
+pub async fn flush(pool: &Pool, deltas: &[UsageDelta]) -> Result<(), Error> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = deltas.iter().map(|d| d.api_key_id).collect();
+    let minutes: Vec<OffsetDateTime> = deltas.iter().map(|d| d.minute).collect();
+    let n_requests: Vec<i64> = deltas.iter().map(|d| d.n_requests).collect();
+    let prompt: Vec<i64> = deltas.iter().map(|d| d.prompt_tokens).collect();
+    let completion: Vec<i64> = deltas.iter().map(|d| d.completion_tokens).collect();
+    let cost: Vec<i64> = deltas.iter().map(|d| d.cost_nanousd).collect();
+    let client = pool.get().await?;
+    client
+        .execute(
+            FLUSH,
+            &[&ids, &minutes, &n_requests, &prompt, &completion, &cost],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The kinds of rows in the append-only ledger (`transactions`).
+
+use std::fmt;
+
+/// What a ledger row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerKind {
+    OrgCreated,
+    MemberInvited,
+    MemberJoined,
+    MemberRemoved,
+    RoleChanged,
+    BudgetSet,
+    MasterKeyAdded,
+    MasterKeyRotated,
+    MasterKeyRevoked,
+    KeyProvisioned,
+    KeyRevoked,
+    KeyExpired,
+    KeyRenewed,
+    KeyPaused,
+    Refund,
+    LeaseReclaimed,
+}
+
+impl LedgerKind {
+    /// Every kind, for filters and validation.
+    pub const ALL: [LedgerKind; 16] = [
+        LedgerKind::OrgCreated,
+        LedgerKind::MemberInvited,
+        LedgerKind::MemberJoined,
+        LedgerKind::MemberRemoved,
+        LedgerKind::RoleChanged,
+        LedgerKind::BudgetSet,
+        LedgerKind::MasterKeyAdded,
+        LedgerKind::MasterKeyRotated,
+        LedgerKind::MasterKeyRevoked,
+        LedgerKind::KeyProvisioned,
+        LedgerKind::KeyRevoked,
+        LedgerKind::KeyExpired,
+        LedgerKind::KeyRenewed,
+        LedgerKind::KeyPaused,
+        LedgerKind::Refund,
+        LedgerKind::LeaseReclaimed,
+    ];
+
+    /// The name stored in `transactions.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::OrgCreated => "org_created",
+            LedgerKind::MemberInvited => "member_invited",
+            LedgerKind::MemberJoined => "member_joined",
+            LedgerKind::MemberRemoved => "member_removed",
+            LedgerKind::RoleChanged => "role_changed",
+            LedgerKind::BudgetSet => "budget_set",
+            LedgerKind::MasterKeyAdded => "master_key_added",
+            LedgerKind::MasterKeyRotated => "master_key_rotated",
+            LedgerKind::MasterKeyRevoked => "master_key_revoked",
+            LedgerKind::KeyProvisioned => "key_provisioned",
+            LedgerKind::KeyRevoked => "key_revoked",
+            LedgerKind::KeyExpired => "key_expired",
+            LedgerKind::KeyRenewed => "key_renewed",
+            LedgerKind::KeyPaused => "key_paused",
+            LedgerKind::Refund => "refund",
+            LedgerKind::LeaseReclaimed => "lease_reclaimed",
+        }
+    }
+
+    /// Parses a stored kind name.
+    pub fn parse(name: &str) -> Option<LedgerKind> {
+        LedgerKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+impl fmt::Display for LedgerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for kind in LedgerKind::ALL {
+            assert_eq!(LedgerKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(LedgerKind::parse("nope"), None);
+    }
+}

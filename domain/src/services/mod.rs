@@ -1,0 +1,316 @@
+//! Service adapters: one module per upstream provider.
+//!
+//! A [`Service`] names a provider that master keys and sub-keys belong to. Each provider
+//! implements [`ServiceAdapter`]: which routes it serves, how the master key is presented
+//! upstream, how a request is priced at its worst case before it is forwarded, and how the
+//! response is metered as it streams back. [`openrouter`] is the first adapter.
+//!
+//! The types here are the vocabulary every adapter shares with the gateway: [`Route`],
+//! [`CredentialHeader`], [`Fit`] and [`Settlement`].
+
+use std::fmt;
+
+use crate::money::Money;
+
+pub mod openrouter;
+
+pub use openrouter::OpenRouter;
+
+/// A provider whose master keys keycap holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// <https://openrouter.ai>, OpenAI-compatible chat and text completions.
+    OpenRouter,
+}
+
+/// A service name keycap does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {0:?} is unknown: the supported service is openrouter")]
+pub struct UnknownService(pub String);
+
+impl Service {
+    /// The name stored in the database and typed on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::OpenRouter => "openrouter",
+        }
+    }
+}
+
+impl std::str::FromStr for Service {
+    type Err = UnknownService;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "openrouter" => Ok(Service::OpenRouter),
+            _ => Err(UnknownService(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a provider adapter tells the gateway, request by request.
+///
+/// The trait is generic rather than object-safe: each adapter names its own request, price list,
+/// quote and meter types through associated types, so the gateway dispatches once on
+/// [`Service`] and then runs monomorphic code with no boxing or virtual calls on the hot path.
+/// The flow for one metered request is:
+///
+/// 1. [`route`](ServiceAdapter::route) says how the path is handled;
+/// 2. [`parse_request`](ServiceAdapter::parse_request) reads what pricing needs from the body;
+/// 3. [`quote`](ServiceAdapter::quote) prices it against the current price list, and
+///    [`fit`](ServiceAdapter::fit) decides, given the key's remaining cap, what to reserve and
+///    whether the body must be rewritten with
+///    [`lower_max_tokens`](ServiceAdapter::lower_max_tokens);
+/// 4. the request goes upstream with [`credential_header`](ServiceAdapter::credential_header);
+/// 5. [`meter`](ServiceAdapter::meter) sees every response byte, and
+///    [`settle`](ServiceAdapter::settle) turns its outcome into the amount to charge.
+pub trait ServiceAdapter {
+    /// The upstream's price list, refreshed by the gateway in the background.
+    type Prices;
+    /// What the adapter reads from a request body to price it.
+    type Request;
+    /// A priced request: its worst case, kept from reservation until settlement.
+    type Quote;
+    /// The incremental reader of a response body.
+    type Meter: ResponseMeter;
+    /// Why a request body was refused before it reached the upstream.
+    type RequestError: std::error::Error;
+    /// Why a request could not be priced.
+    type PriceError: std::error::Error;
+
+    /// The provider this adapter speaks to.
+    fn service(&self) -> Service;
+
+    /// How the gateway handles `method` on `path`. `path` may carry a query string, which is
+    /// ignored; `method` is the upper-case HTTP method.
+    fn route(&self, method: &str, path: &str) -> Route;
+
+    /// The header that carries the master key upstream, replacing the client's own.
+    fn credential_header(&self) -> CredentialHeader;
+
+    /// Reads what pricing needs from a request body.
+    fn parse_request(&self, body: &[u8]) -> Result<Self::Request, Self::RequestError>;
+
+    /// Prices a parsed request with the current price list.
+    fn quote(
+        &self,
+        request: &Self::Request,
+        prices: &Self::Prices,
+    ) -> Result<Self::Quote, Self::PriceError>;
+
+    /// Decides what to reserve against `remaining`, the key's cap left, and whether the
+    /// request must be lowered to fit.
+    fn fit(&self, quote: &Self::Quote, remaining: Money) -> Fit;
+
+    /// Rewrites the body so the upstream generates at most `max_tokens`; used only for
+    /// [`Fit::Lowered`].
+    fn lower_max_tokens(&self, body: &[u8], max_tokens: u64)
+    -> Result<Vec<u8>, Self::RequestError>;
+
+    /// A fresh meter for a response with this HTTP status and `Content-Type`.
+    fn meter(&self, status: u16, content_type: Option<&str>) -> Self::Meter;
+
+    /// What to charge once the response is over.
+    fn settle(
+        &self,
+        quote: &Self::Quote,
+        reservation: Money,
+        outcome: &<Self::Meter as ResponseMeter>::Outcome,
+    ) -> Settlement;
+}
+
+/// Reads a response body as it passes, without holding it back.
+pub trait ResponseMeter {
+    /// What the meter learned once the body is over.
+    type Outcome;
+
+    /// Sees the next chunk of the body, in order.
+    fn feed(&mut self, chunk: &[u8]);
+
+    /// Ends the body (complete, cut, or abandoned by the client) and reports what was learned.
+    fn finish(self) -> Self::Outcome;
+}
+
+/// How the gateway handles one request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Costs money: reserve the worst case, forward, meter the response and settle.
+    Metered,
+    /// Forwarded with the master key, free of charge and not metered.
+    PassThrough,
+    /// Answered by the gateway itself from the sub-key's own records; never forwarded.
+    Local(LocalRoute),
+    /// Not served: refused without an upstream call.
+    Refused(RouteRefusal),
+}
+
+/// A route the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalRoute {
+    /// Information on the calling key (cap, usage, remaining), in the upstream's shape.
+    KeyInfo,
+}
+
+/// Why a route is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteRefusal {
+    /// The gateway does not serve this path for this service.
+    #[error("this path is not served through keycap: use the chat or text completion routes")]
+    UnknownPath,
+    /// The path exists but not for this method.
+    #[error("this path accepts only {allowed}: resend the request with that method")]
+    WrongMethod {
+        /// The one method the path accepts.
+        allowed: &'static str,
+    },
+}
+
+/// The header that carries a master key to the upstream.
+///
+/// The adapter names the header and the scheme but never holds the key: the gateway composes
+/// the value from the decrypted key it keeps, so plaintext stays out of `domain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialHeader {
+    /// Header name, lower case as HTTP/2 sends it (`authorization`).
+    pub name: &'static str,
+    /// What precedes the key in the value (`Bearer `).
+    pub value_prefix: &'static str,
+}
+
+impl CredentialHeader {
+    /// The header value for `master_key`. The caller owns the result and should wipe it after
+    /// use, as it holds the plaintext key.
+    pub fn value_for(&self, master_key: &str) -> String {
+        let mut value = String::with_capacity(self.value_prefix.len() + master_key.len());
+        value.push_str(self.value_prefix);
+        value.push_str(master_key);
+        value
+    }
+}
+
+/// What the budget left allows a request to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Forward the body untouched, reserving its worst case.
+    AsRequested {
+        /// The worst-case cost to reserve.
+        reserve: Money,
+    },
+    /// Forward with `max_tokens` lowered (or set) to the largest count the budget can pay for.
+    Lowered {
+        /// The completion limit to write into the body.
+        max_tokens: u64,
+        /// The worst-case cost at that limit, to reserve.
+        reserve: Money,
+    },
+    /// Not even a minimal request fits: refuse without an upstream call.
+    Refuse {
+        /// The least the key would need left for a minimal request.
+        need_at_least: Money,
+    },
+}
+
+/// What to charge for a finished request, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The amount to add to the key's spend; never negative.
+    pub charge: Money,
+    /// Where the amount came from.
+    pub basis: ChargeBasis,
+    /// True when the charge is more than what was reserved. Only an upstream that reports more
+    /// than the worst case (a misreport, or a price change mid-request) can cause this; the
+    /// charge is still the reported cost, since that is what the master key paid, and the
+    /// gateway logs and counts the event.
+    pub exceeded_reservation: bool,
+    /// Why the basis was chosen when it is not the reported cost, for the usage record.
+    pub note: Option<String>,
+}
+
+impl Settlement {
+    /// The part of `reservation` to give back to the key: what was reserved beyond the charge.
+    pub fn release(&self, reservation: Money) -> Money {
+        reservation.saturating_sub(self.charge).at_least_zero()
+    }
+}
+
+/// Where a settled charge came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChargeBasis {
+    /// The upstream reported the cost.
+    Reported,
+    /// No cost was reported: computed from the reported token counts and the price list.
+    Computed,
+    /// Nothing usable was reported (stream cut, client hung up, error mid-stream): the whole
+    /// reservation is charged.
+    Reservation,
+    /// The upstream refused the request before doing any work: nothing is charged.
+    NotBilled,
+}
+
+impl ChargeBasis {
+    /// A short stable name, fit for a metric label or a database column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeBasis::Reported => "reported",
+            ChargeBasis::Computed => "computed",
+            ChargeBasis::Reservation => "reservation",
+            ChargeBasis::NotBilled => "not_billed",
+        }
+    }
+}
+
+impl fmt::Display for ChargeBasis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_round_trip_their_names() {
+        for (text, expected) in [
+            ("openrouter", Ok(Service::OpenRouter)),
+            (" OpenRouter ", Ok(Service::OpenRouter)),
+        ] {
+            assert_eq!(text.parse::<Service>(), expected, "{text:?}");
+        }
+        assert_eq!("s3".parse::<Service>(), Err(UnknownService("s3".into())));
+        assert_eq!(Service::OpenRouter.to_string(), "openrouter");
+    }
+
+    #[test]
+    fn credential_values_prefix_the_key() {
+        let header = CredentialHeader {
+            name: "authorization",
+            value_prefix: "Bearer ",
+        };
+        assert_eq!(header.value_for("sk-or-v1-abc"), "Bearer sk-or-v1-abc");
+    }
+
+    #[test]
+    fn release_gives_back_the_unspent_reservation() {
+        let settled = |charge| Settlement {
+            charge: Money::from_nanos(charge),
+            basis: ChargeBasis::Reported,
+            exceeded_reservation: false,
+            note: None,
+        };
+        assert_eq!(
+            settled(300).release(Money::from_nanos(1_000)),
+            Money::from_nanos(700)
+        );
+        assert_eq!(
+            settled(1_200).release(Money::from_nanos(1_000)),
+            Money::ZERO
+        );
+    }
+}

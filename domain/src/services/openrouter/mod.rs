@@ -1,0 +1,202 @@
+//! The OpenRouter adapter: <https://openrouter.ai/api/v1>.
+//!
+//! - [`pricing`]: the model list's prices, in pico-dollars per unit;
+//! - [`request`]: what a completion request asks for that decides its price;
+//! - [`quote`]: the worst case, fitting it to the budget left, and settling;
+//! - [`metering`]: reading `usage` and `cost` from JSON and event-stream responses.
+
+/// Implements a serde visitor's scalar `visit_*` methods, each returning `$value`:
+/// `visit_scalars!(0; bool i64 u64 f64 str unit)`. The wire readers use it to accept any JSON
+/// value where only some shapes matter.
+macro_rules! visit_scalars {
+    ($value:expr; $($kind:ident)*) => { $( visit_scalars!(@one $value; $kind); )* };
+    (@one $value:expr; bool) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> { Ok($value) }
+    };
+    (@one $value:expr; i64) => {
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> { Ok($value) }
+    };
+    (@one $value:expr; u64) => {
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> { Ok($value) }
+    };
+    (@one $value:expr; f64) => {
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> { Ok($value) }
+    };
+    (@one $value:expr; str) => {
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> { Ok($value) }
+    };
+    (@one $value:expr; unit) => {
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> { Ok($value) }
+    };
+}
+
+pub mod metering;
+pub mod pricing;
+pub mod quote;
+pub mod request;
+
+pub use metering::{MeterOutcome, NoUsage, Usage, UsageMeter};
+pub use pricing::{ModelPrice, ModelPrices, ModelsError, PriceLookup, UnitPrice};
+pub use quote::{PriceError, Quote};
+pub use request::{ChatRequest, RequestError};
+
+use crate::money::Money;
+use crate::services::{
+    CredentialHeader, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, Service, ServiceAdapter,
+    Settlement,
+};
+
+/// Settings of the OpenRouter adapter, from the gateway's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenRouterConfig {
+    /// What to reserve for a request on a model with no known price; `None` refuses such
+    /// requests.
+    pub unpriced_ceiling: Option<Money>,
+    /// The smallest completion worth forwarding when `max_tokens` must be lowered to fit the
+    /// budget; below it the request is refused. A request asking for fewer tokens needs only
+    /// what it asks for.
+    pub min_completion_tokens: u64,
+    /// Prompt tokens allowed per image part, for images sent by URL, whose tokens are not in
+    /// the body. The largest per-image counts of current vision models are near 2,000.
+    pub image_prompt_tokens: u64,
+    /// Prompt tokens allowed for the search results that web search adds to the prompt.
+    pub web_prompt_tokens: u64,
+}
+
+impl Default for OpenRouterConfig {
+    fn default() -> Self {
+        OpenRouterConfig {
+            unpriced_ceiling: None,
+            min_completion_tokens: 16,
+            image_prompt_tokens: 3_000,
+            web_prompt_tokens: 10_000,
+        }
+    }
+}
+
+/// The OpenRouter service adapter.
+#[derive(Debug, Clone, Default)]
+pub struct OpenRouter {
+    config: OpenRouterConfig,
+}
+
+/// How to check that a master key works: `GET` this path with the key; any key may call it.
+pub const KEY_CHECK_PATH: &str = "/api/v1/key";
+
+impl OpenRouter {
+    /// An adapter with these settings.
+    pub fn new(config: OpenRouterConfig) -> OpenRouter {
+        OpenRouter { config }
+    }
+
+    /// The adapter's settings.
+    pub fn config(&self) -> &OpenRouterConfig {
+        &self.config
+    }
+
+    /// Prices a request with the current price list. Every model the upstream may route the
+    /// request to must be priced; otherwise the configured ceiling is reserved, or, without
+    /// one, the request is refused.
+    pub fn quote(&self, request: &ChatRequest, prices: &ModelPrices) -> Result<Quote, PriceError> {
+        let mut envelope: Option<ModelPrice> = None;
+        for model in std::iter::once(&request.model).chain(&request.fallback_models) {
+            let unpriced = match prices.lookup(model) {
+                PriceLookup::Priced(price) => {
+                    envelope = Some(envelope.map_or(*price, |seen| seen.envelope(price)));
+                    continue;
+                }
+                PriceLookup::Unpriced { reason } => PriceError::Unpriced {
+                    model: model.clone(),
+                    reason: reason.to_string(),
+                },
+                PriceLookup::Unknown => PriceError::UnknownModel {
+                    model: model.clone(),
+                },
+            };
+            return match self.config.unpriced_ceiling {
+                Some(ceiling) => Ok(Quote::ceiling(ceiling)),
+                None => Err(unpriced),
+            };
+        }
+        match envelope {
+            Some(price) => Ok(Quote::priced(request, price, &self.config)),
+            // The loop always sees `request.model`, so this is unreachable; refuse to be safe.
+            None => Err(PriceError::UnknownModel {
+                model: request.model.clone(),
+            }),
+        }
+    }
+}
+
+/// Looks a path up in the route table; `path` may carry a query string.
+pub fn route(method: &str, path: &str) -> Route {
+    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let (route, allowed) = match path {
+        "/api/v1/chat/completions" | "/api/v1/completions" => (Route::Metered, "POST"),
+        "/api/v1/models" | "/api/v1/generation" => (Route::PassThrough, "GET"),
+        "/api/v1/key" | "/api/v1/auth/key" => (Route::Local(LocalRoute::KeyInfo), "GET"),
+        _ => return Route::Refused(RouteRefusal::UnknownPath),
+    };
+    if method.eq_ignore_ascii_case(allowed) {
+        route
+    } else {
+        Route::Refused(RouteRefusal::WrongMethod { allowed })
+    }
+}
+
+impl ServiceAdapter for OpenRouter {
+    type Prices = ModelPrices;
+    type Request = ChatRequest;
+    type Quote = Quote;
+    type Meter = UsageMeter;
+    type RequestError = RequestError;
+    type PriceError = PriceError;
+
+    fn service(&self) -> Service {
+        Service::OpenRouter
+    }
+
+    fn route(&self, method: &str, path: &str) -> Route {
+        route(method, path)
+    }
+
+    fn credential_header(&self) -> CredentialHeader {
+        CredentialHeader {
+            name: "authorization",
+            value_prefix: "Bearer ",
+        }
+    }
+
+    fn parse_request(&self, body: &[u8]) -> Result<ChatRequest, RequestError> {
+        ChatRequest::parse(body)
+    }
+
+    fn quote(&self, request: &ChatRequest, prices: &ModelPrices) -> Result<Quote, PriceError> {
+        OpenRouter::quote(self, request, prices)
+    }
+
+    fn fit(&self, quote: &Quote, remaining: Money) -> Fit {
+        quote.fit(remaining)
+    }
+
+    fn lower_max_tokens(&self, body: &[u8], max_tokens: u64) -> Result<Vec<u8>, RequestError> {
+        request::lower_max_tokens(body, max_tokens)
+    }
+
+    fn meter(&self, status: u16, content_type: Option<&str>) -> UsageMeter {
+        UsageMeter::new(status, content_type)
+    }
+
+    fn settle(
+        &self,
+        quote: &Quote,
+        reservation: Money,
+        outcome: &<UsageMeter as ResponseMeter>::Outcome,
+    ) -> Settlement {
+        quote.settle(reservation, outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+//! Reading a chat or text completion request for pricing, and lowering its `max_tokens`.
+//!
+//! Only the fields that change the price are read: `model` (and `models`, the fallbacks the
+//! upstream may route to), `max_tokens` / `max_completion_tokens`, `n` / `best_of` and batched
+//! prompts (each choice is a separate completion), image parts in `messages`, and whether web
+//! search is on (`plugins: [{"id": "web"}]`, a `:online` model, `web_search_options`, or a
+//! web-search tool). Everything else is skipped by the parser without being built, so a large
+//! prompt costs one pass over its bytes and no allocation.
+//!
+//! The prompt is not tokenized. Its size in tokens is bounded by the body's size in bytes:
+//! every tokenizer OpenRouter's models use (byte-level BPE, SentencePiece with byte fallback)
+//! turns at least one byte of text into each token, and the JSON around the text only adds
+//! bytes. The one exception is an image sent by URL, whose tokens are not in the body; those are
+//! covered by a per-image allowance in the quote.
+
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use crate::services::openrouter::request::wire::RequestWire;
+
+/// What a request asks for that decides its price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRequest {
+    /// The model id, as sent.
+    pub model: String,
+    /// Other models the upstream may route to (`models`), in order.
+    pub fallback_models: Vec<String>,
+    /// Whether the client asked for a server-sent event stream.
+    pub stream: bool,
+    /// The completion limit per choice, the larger of `max_tokens` and
+    /// `max_completion_tokens` when both are set; `None` when neither is.
+    pub max_tokens: Option<u64>,
+    /// How many completions the upstream may generate: `n` (or `best_of`) times the number of
+    /// prompts in a batched text completion.
+    pub choices: u64,
+    /// The body's size in bytes, an upper bound on its prompt tokens.
+    pub prompt_bytes: u64,
+    /// Image parts in the messages.
+    pub image_parts: u64,
+    /// Whether the request turns on web search.
+    pub web_search: bool,
+}
+
+/// Why a request body cannot be priced; the gateway refuses it without an upstream call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The body does not parse as JSON.
+    #[error(
+        "request body is not valid JSON ({detail}): send a JSON object such as \
+         {{\"model\": \"openai/gpt-4o-mini\", \"messages\": [...]}}"
+    )]
+    NotJson {
+        /// What the parser said, with the position.
+        detail: String,
+    },
+    /// The body is JSON but not an object.
+    #[error(
+        "request body is JSON but not an object: send an object with \"model\" and \"messages\""
+    )]
+    NotAnObject,
+    /// No `model`, or `model` is null.
+    #[error("request has no \"model\": set it to a model id such as \"openai/gpt-4o-mini\"")]
+    MissingModel,
+    /// `model` is not a non-empty string.
+    #[error("\"model\" must be a non-empty string such as \"openai/gpt-4o-mini\", not {found}")]
+    InvalidModel {
+        /// The value sent, shortened.
+        found: String,
+    },
+    /// `models` is not a list of non-empty strings.
+    #[error("\"models\" must be a list of model id strings, not {found}")]
+    InvalidModels {
+        /// The value sent, shortened.
+        found: String,
+    },
+    /// `max_tokens` or `max_completion_tokens` is not a whole number of at least 1.
+    #[error(
+        "\"{field}\" must be a whole number of tokens of at least 1, not {found}: \
+         set it to the longest completion you want, or leave it out"
+    )]
+    InvalidMaxTokens {
+        /// Which field.
+        field: &'static str,
+        /// The value sent, shortened.
+        found: String,
+    },
+    /// `n` or `best_of` is not a whole number of at least 1.
+    #[error("\"{field}\" must be a whole number of at least 1, not {found}")]
+    InvalidCount {
+        /// Which field.
+        field: &'static str,
+        /// The value sent, shortened.
+        found: String,
+    },
+    /// `stream` is not a boolean.
+    #[error("\"stream\" must be true or false, not {found}")]
+    InvalidStream {
+        /// The value sent, shortened.
+        found: String,
+    },
+    /// A field has the wrong shape (a duplicate key, messages that are not a list, ...).
+    #[error("request body has an invalid field ({detail}): fix it and resend")]
+    InvalidField {
+        /// What the parser said, with the position.
+        detail: String,
+    },
+}
+
+impl ChatRequest {
+    /// Reads a `/chat/completions` or `/completions` body.
+    pub fn parse(body: &[u8]) -> Result<ChatRequest, RequestError> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                Ok(_) => RequestError::NotAnObject,
+                Err(err) => RequestError::NotJson {
+                    detail: err.to_string(),
+                },
+            });
+        }
+        let wire: RequestWire =
+            serde_json::from_slice(body).map_err(|err| match err.classify() {
+                serde_json::error::Category::Data => RequestError::InvalidField {
+                    detail: err.to_string(),
+                },
+                _ => RequestError::NotJson {
+                    detail: err.to_string(),
+                },
+            })?;
+        let model = match wire.model {
+            Value::Null => return Err(RequestError::MissingModel),
+            Value::String(model) if !model.trim().is_empty() => model,
+            other => {
+                return Err(RequestError::InvalidModel {
+                    found: shorten(&other),
+                });
+            }
+        };
+        let fallback_models = match wire.models {
+            Value::Null => Vec::new(),
+            Value::Array(list) => {
+                let mut models = Vec::with_capacity(list.len());
+                for item in list {
+                    match item {
+                        Value::String(id) if !id.trim().is_empty() => models.push(id),
+                        other => {
+                            return Err(RequestError::InvalidModels {
+                                found: shorten(&other),
+                            });
+                        }
+                    }
+                }
+                models
+            }
+            other => {
+                return Err(RequestError::InvalidModels {
+                    found: shorten(&other),
+                });
+            }
+        };
+        let stream = match wire.stream {
+            Value::Null => false,
+            Value::Bool(stream) => stream,
+            other => {
+                return Err(RequestError::InvalidStream {
+                    found: shorten(&other),
+                });
+            }
+        };
+        let max_tokens = match (
+            max_tokens_field("max_tokens", &wire.max_tokens)?,
+            max_tokens_field("max_completion_tokens", &wire.max_completion_tokens)?,
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let per_prompt = count_field("n", &wire.n)?.max(count_field("best_of", &wire.best_of)?);
+        let web_search = wire.plugins.0
+            || wire.tools.0
+            || wire.web_search_options.is_some()
+            || std::iter::once(&model)
+                .chain(&fallback_models)
+                .any(|id| id.ends_with(":online"));
+        Ok(ChatRequest {
+            model,
+            fallback_models,
+            stream,
+            max_tokens,
+            choices: per_prompt.saturating_mul(wire.prompt.0.max(1)),
+            prompt_bytes: body.len() as u64,
+            image_parts: wire.messages.0,
+            web_search,
+        })
+    }
+}
+
+/// Sets the completion limit in a request body to `max_tokens`: in `max_tokens` and in
+/// `max_completion_tokens` when the body has it, in `max_tokens` when it has neither. The body
+/// goes through a JSON round trip, so key order and number formatting may change; this runs only
+/// for requests the budget cannot pay for in full.
+pub fn lower_max_tokens(body: &[u8], max_tokens: u64) -> Result<Vec<u8>, RequestError> {
+    let mut object: serde_json::Map<String, Value> =
+        serde_json::from_slice(body).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => RequestError::NotAnObject,
+            _ => RequestError::NotJson {
+                detail: err.to_string(),
+            },
+        })?;
+    let has_completion_field = object.contains_key("max_completion_tokens");
+    if has_completion_field {
+        object.insert("max_completion_tokens".to_string(), Value::from(max_tokens));
+    }
+    if object.contains_key("max_tokens") || !has_completion_field {
+        object.insert("max_tokens".to_string(), Value::from(max_tokens));
+    }
+    serde_json::to_vec(&object).map_err(|err| RequestError::NotJson {
+        detail: err.to_string(),
+    })
+}
+
+fn max_tokens_field(field: &'static str, value: &Value) -> Result<Option<u64>, RequestError> {
+    match value {
+        Value::Null => Ok(None),
+        other => match whole_number(other) {
+            Some(count) if count >= 1 => Ok(Some(count)),
+            _ => Err(RequestError::InvalidMaxTokens {
+                field,
+                found: shorten(other),
+            }),
+        },
+    }
+}
+
+fn count_field(field: &'static str, value: &Value) -> Result<u64, RequestError> {
+    match value {
+        Value::Null => Ok(1),
+        other => match whole_number(other) {
+            Some(count) if count >= 1 => Ok(count),
+            _ => Err(RequestError::InvalidCount {
+                field,
+                found: shorten(other),
+            }),
+        },
+    }
+}
+
+/// A non-negative whole number, also when written as a float (`5.0`) as some clients do.
+fn whole_number(value: &Value) -> Option<u64> {
+    /// Floats are exact integers up to 2^53.
+    const EXACT_FLOAT_LIMIT: f64 = 9_007_199_254_740_992.0;
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(count) = number.as_u64() {
+        return Some(count);
+    }
+    let float = number.as_f64()?;
+    let whole = float >= 0.0 && float.fract() == 0.0 && float <= EXACT_FLOAT_LIMIT;
+    // The cast is exact: `float` is a whole number within the range floats hold exactly.
+    whole.then_some(float as u64)
+}
+
+/// A value as JSON text, cut to a length fit for an error message.
+fn shorten(value: &Value) -> String {
+    const LIMIT: usize = 40;
+    let text = value.to_string();
+    match text.char_indices().nth(LIMIT) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text,
+    }
+}
+
+mod wire;
+
+#[cfg(test)]
+mod tests;

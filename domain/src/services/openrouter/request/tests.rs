@@ -1,0 +1,335 @@
+use super::*;
+
+/// A request as parsed, with the fields most tests vary.
+fn request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.to_string(),
+        fallback_models: Vec::new(),
+        stream: false,
+        max_tokens: None,
+        choices: 1,
+        prompt_bytes: 0,
+        image_parts: 0,
+        web_search: false,
+    }
+}
+
+fn check(body: &str, expected: Result<ChatRequest, RequestError>) {
+    let expected = expected.map(|mut request| {
+        request.prompt_bytes = body.len() as u64;
+        request
+    });
+    assert_eq!(ChatRequest::parse(body.as_bytes()), expected, "body {body}");
+}
+
+#[test]
+fn reads_the_priced_fields() {
+    check(
+        r#"{"model":"openai/gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        Ok(request("openai/gpt-4o")),
+    );
+    check(
+        r#"{"model":"m","stream":true,"max_tokens":50,"temperature":0.2,"messages":[]}"#,
+        Ok(ChatRequest {
+            stream: true,
+            max_tokens: Some(50),
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"m","max_completion_tokens":70}"#,
+        Ok(ChatRequest {
+            max_tokens: Some(70),
+            ..request("m")
+        }),
+    );
+    // Both limits set: the larger bounds the worst case.
+    check(
+        r#"{"model":"m","max_tokens":70,"max_completion_tokens":30}"#,
+        Ok(ChatRequest {
+            max_tokens: Some(70),
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"m","max_tokens":null,"stream":null}"#,
+        Ok(request("m")),
+    );
+    // A whole number written as a float, as some clients serialize it.
+    check(
+        r#"{"model":"m","max_tokens":5.0}"#,
+        Ok(ChatRequest {
+            max_tokens: Some(5),
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"a","models":["b","c:online"]}"#,
+        Ok(ChatRequest {
+            fallback_models: vec!["b".into(), "c:online".into()],
+            web_search: true,
+            ..request("a")
+        }),
+    );
+    check(
+        r#"{"model":"m","n":3}"#,
+        Ok(ChatRequest {
+            choices: 3,
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"m","n":2,"best_of":5}"#,
+        Ok(ChatRequest {
+            choices: 5,
+            ..request("m")
+        }),
+    );
+    check(r#"{"model":"m","prompt":"once upon"}"#, Ok(request("m")));
+    check(r#"{"model":"m","prompt":[1,2,3]}"#, Ok(request("m")));
+    check(
+        r#"{"model":"m","prompt":["a","b","c"],"n":2}"#,
+        Ok(ChatRequest {
+            choices: 6,
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"m","prompt":[[1,2],[3]]}"#,
+        Ok(ChatRequest {
+            choices: 2,
+            ..request("m")
+        }),
+    );
+    check("  \n{\"model\":\"m\"}\n", Ok(request("m")));
+    check(
+        r#"{"model":"m","message":"\"model\":\"other\""}"#,
+        Ok(request("m")),
+    );
+}
+
+#[test]
+fn counts_image_parts() {
+    let body = r#"{"model":"m","messages":[
+        {"role":"system","content":"look"},
+        {"role":"user","content":[
+            {"type":"text","text":"what is \"image_url\" here?"},
+            {"type":"image_url","image_url":{"url":"https://example.com/a.png"}},
+            {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA","detail":"high"}}]},
+        {"role":"user","content":[
+            {"image_url":{"url":"https://example.com/b.png"}},{"type":"image"}]}]}"#;
+    check(
+        body,
+        Ok(ChatRequest {
+            image_parts: 4,
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"image"}]}]}"#,
+        Ok(request("m")),
+    );
+}
+
+#[test]
+fn notices_web_search() {
+    let web = |model: &str| ChatRequest {
+        web_search: true,
+        ..request(model)
+    };
+    check(r#"{"model":"m:online"}"#, Ok(web("m:online")));
+    check(
+        r#"{"model":"m","plugins":[{"id":"web","max_results":3}]}"#,
+        Ok(web("m")),
+    );
+    check(
+        r#"{"model":"m","plugins":[{"id":"file-parser"}]}"#,
+        Ok(request("m")),
+    );
+    check(r#"{"model":"m","plugins":null}"#, Ok(request("m")));
+    check(
+        r#"{"model":"m","web_search_options":{"search_context_size":"high"}}"#,
+        Ok(web("m")),
+    );
+    check(
+        r#"{"model":"m","tools":[{"type":"openrouter:web_search"}]}"#,
+        Ok(web("m")),
+    );
+    check(
+        r#"{"model":"m","tools":[{"type":"function",
+             "function":{"name":"web","parameters":{"type":"object"}}}]}"#,
+        Ok(request("m")),
+    );
+}
+
+#[test]
+fn refuses_bad_bodies_with_a_reason() {
+    let not_json = |body: &str| match ChatRequest::parse(body.as_bytes()) {
+        Err(RequestError::NotJson { detail }) => detail,
+        other => panic!("{body}: expected NotJson, got {other:?}"),
+    };
+    for body in [
+        "",
+        "model=m",
+        "{",
+        "{\"model\":\"m\",}",
+        "{\"model\":\"m\"} trailing",
+        "\u{feff}{}",
+    ] {
+        not_json(body);
+    }
+    check("[]", Err(RequestError::NotAnObject));
+    check("\"text\"", Err(RequestError::NotAnObject));
+    check("42", Err(RequestError::NotAnObject));
+    check("{}", Err(RequestError::MissingModel));
+    check(r#"{"model":null}"#, Err(RequestError::MissingModel));
+    check(
+        r#"{"model":""}"#,
+        Err(RequestError::InvalidModel {
+            found: "\"\"".into(),
+        }),
+    );
+    check(
+        r#"{"model":"  "}"#,
+        Err(RequestError::InvalidModel {
+            found: "\"  \"".into(),
+        }),
+    );
+    check(
+        r#"{"model":7}"#,
+        Err(RequestError::InvalidModel { found: "7".into() }),
+    );
+    check(
+        r#"{"model":"m","models":"n"}"#,
+        Err(RequestError::InvalidModels {
+            found: "\"n\"".into(),
+        }),
+    );
+    check(
+        r#"{"model":"m","models":["n",1]}"#,
+        Err(RequestError::InvalidModels { found: "1".into() }),
+    );
+    check(
+        r#"{"model":"m","stream":"yes"}"#,
+        Err(RequestError::InvalidStream {
+            found: "\"yes\"".into(),
+        }),
+    );
+    let bad_max = |found: &str| {
+        Err(RequestError::InvalidMaxTokens {
+            field: "max_tokens",
+            found: found.into(),
+        })
+    };
+    check(r#"{"model":"m","max_tokens":0}"#, bad_max("0"));
+    check(r#"{"model":"m","max_tokens":-5}"#, bad_max("-5"));
+    check(r#"{"model":"m","max_tokens":1.5}"#, bad_max("1.5"));
+    check(r#"{"model":"m","max_tokens":"100"}"#, bad_max("\"100\""));
+    check(r#"{"model":"m","max_tokens":1e30}"#, bad_max("1e+30"));
+    check(
+        r#"{"model":"m","max_completion_tokens":true}"#,
+        Err(RequestError::InvalidMaxTokens {
+            field: "max_completion_tokens",
+            found: "true".into(),
+        }),
+    );
+    check(
+        r#"{"model":"m","n":0}"#,
+        Err(RequestError::InvalidCount {
+            field: "n",
+            found: "0".into(),
+        }),
+    );
+    check(
+        r#"{"model":"m","best_of":"2"}"#,
+        Err(RequestError::InvalidCount {
+            field: "best_of",
+            found: "\"2\"".into(),
+        }),
+    );
+    let long = format!(r#"{{"model":["{}"]}}"#, "x".repeat(100));
+    match ChatRequest::parse(long.as_bytes()) {
+        Err(RequestError::InvalidModel { found }) => {
+            assert!(found.len() < 50 && found.ends_with("..."), "{found}")
+        }
+        other => panic!("expected InvalidModel, got {other:?}"),
+    }
+}
+
+#[test]
+fn refuses_ambiguous_or_misshapen_fields() {
+    for body in [
+        r#"{"model":"a","model":"b"}"#,
+        r#"{"model":"m","max_tokens":10,"max_tokens":100000}"#,
+        r#"{"model":"m","plugins":{"id":"web"}}"#,
+    ] {
+        assert!(
+            matches!(
+                ChatRequest::parse(body.as_bytes()),
+                Err(RequestError::InvalidField { .. })
+            ),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn error_messages_say_what_to_do() {
+    let messages = [
+        RequestError::NotJson {
+            detail: "EOF".into(),
+        }
+        .to_string(),
+        RequestError::MissingModel.to_string(),
+        RequestError::InvalidMaxTokens {
+            field: "max_tokens",
+            found: "0".into(),
+        }
+        .to_string(),
+    ];
+    assert!(messages[0].contains("not valid JSON") && messages[0].contains("send a JSON object"));
+    assert!(messages[1].contains("set it to a model id"));
+    assert!(
+        messages[2].contains("\"max_tokens\" must be a whole number")
+            && messages[2].contains("not 0")
+    );
+}
+
+fn check_lowered(body: &str, max_tokens: u64, expected: &str) {
+    let lowered = lower_max_tokens(body.as_bytes(), max_tokens).unwrap();
+    let lowered: Value = serde_json::from_slice(&lowered).unwrap();
+    let expected: Value = serde_json::from_str(expected).unwrap();
+    assert_eq!(lowered, expected, "{body}");
+}
+
+#[test]
+fn lowers_the_limit_in_the_body() {
+    check_lowered(
+        r#"{"model":"m","max_tokens":1000,"messages":[]}"#,
+        40,
+        r#"{"model":"m","max_tokens":40,"messages":[]}"#,
+    );
+    check_lowered(r#"{"model":"m"}"#, 40, r#"{"model":"m","max_tokens":40}"#);
+    check_lowered(
+        r#"{"model":"m","max_completion_tokens":900}"#,
+        40,
+        r#"{"model":"m","max_completion_tokens":40}"#,
+    );
+    check_lowered(
+        r#"{"model":"m","max_tokens":500,"max_completion_tokens":900}"#,
+        40,
+        r#"{"model":"m","max_tokens":40,"max_completion_tokens":40}"#,
+    );
+    check_lowered(
+        r#"{"model":"m","max_tokens":null,"temperature":0.7,"stop":["\n"]}"#,
+        7,
+        r#"{"model":"m","max_tokens":7,"temperature":0.7,"stop":["\n"]}"#,
+    );
+    let lowered = lower_max_tokens(br#"{"model":"m","max_tokens":1000}"#, 40).unwrap();
+    assert_eq!(ChatRequest::parse(&lowered).unwrap().max_tokens, Some(40));
+    assert_eq!(lower_max_tokens(b"[1]", 40), Err(RequestError::NotAnObject));
+    assert!(matches!(
+        lower_max_tokens(b"{", 40),
+        Err(RequestError::NotJson { .. })
+    ));
+}

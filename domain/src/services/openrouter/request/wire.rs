@@ -1,0 +1,282 @@
+//! The wire shape of a completion request: the priced fields, and visitors that count image
+//! parts, prompts and web-search switches while serde skips everything else unbuilt.
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// The priced fields; serde skips the others without building them.
+#[derive(Deserialize)]
+pub(super) struct RequestWire {
+    #[serde(default)]
+    pub(super) model: Value,
+    #[serde(default)]
+    pub(super) models: Value,
+    #[serde(default)]
+    pub(super) stream: Value,
+    #[serde(default)]
+    pub(super) max_tokens: Value,
+    #[serde(default)]
+    pub(super) max_completion_tokens: Value,
+    #[serde(default)]
+    pub(super) n: Value,
+    #[serde(default)]
+    pub(super) best_of: Value,
+    #[serde(default)]
+    pub(super) messages: ImageParts,
+    #[serde(default)]
+    pub(super) prompt: PromptCount,
+    #[serde(default)]
+    pub(super) plugins: WebSearch,
+    #[serde(default)]
+    pub(super) tools: WebSearch,
+    #[serde(default)]
+    pub(super) web_search_options: Option<IgnoredAny>,
+}
+
+/// Counts image parts anywhere in a value: objects with an `image_url` key or a `type` of
+/// `image_url`, `input_image` or `image`, each counted once.
+#[derive(Default)]
+pub(super) struct ImageParts(pub(super) u64);
+
+impl<'de> Deserialize<'de> for ImageParts {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ImageVisitor)
+    }
+}
+
+struct ImageVisitor;
+
+impl<'de> Visitor<'de> for ImageVisitor {
+    type Value = ImageParts;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("messages")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageParts, A::Error> {
+        let mut nested = 0u64;
+        let mut is_image = false;
+        while let Some(key) = map.next_key::<PartKey>()? {
+            match key {
+                PartKey::ImageUrl => {
+                    is_image = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                PartKey::Type => is_image |= map.next_value_seed(TagMatch(is_image_tag))?,
+                _ => nested = nested.saturating_add(map.next_value::<ImageParts>()?.0),
+            }
+        }
+        Ok(ImageParts(nested.saturating_add(u64::from(is_image))))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageParts, A::Error> {
+        let mut count = 0u64;
+        while let Some(item) = seq.next_element::<ImageParts>()? {
+            count = count.saturating_add(item.0);
+        }
+        Ok(ImageParts(count))
+    }
+
+    visit_scalars!(ImageParts(0); str bool i64 u64 f64 unit);
+}
+
+/// Object keys that matter when looking for image parts and web-search switches.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum PartKey {
+    ImageUrl,
+    Type,
+    Id,
+    #[serde(other)]
+    Other,
+}
+
+/// Reads a value and tells whether it is a string that `accept` approves, skipping any other
+/// value; no string is copied.
+#[derive(Clone, Copy)]
+struct TagMatch(fn(&str) -> bool);
+
+fn is_image_tag(tag: &str) -> bool {
+    matches!(tag, "image_url" | "input_image" | "image")
+}
+
+fn is_web_tag(tag: &str) -> bool {
+    tag == "web" || tag.contains("web_search")
+}
+
+impl<'de> de::DeserializeSeed<'de> for TagMatch {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TagMatch {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a tag")
+    }
+
+    fn visit_str<E: de::Error>(self, tag: &str) -> Result<bool, E> {
+        Ok((self.0)(tag))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+
+    visit_scalars!(false; bool i64 u64 f64 unit);
+}
+
+/// The number of prompts in a text completion: 1 for a string or a list of token ids, the
+/// list's length for a batch of strings or token lists, 0 when absent (a chat request).
+#[derive(Default)]
+pub(super) struct PromptCount(pub(super) u64);
+
+impl<'de> Deserialize<'de> for PromptCount {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PromptVisitor)
+    }
+}
+
+struct PromptVisitor;
+
+impl<'de> Visitor<'de> for PromptVisitor {
+    type Value = PromptCount;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a prompt string or list")
+    }
+
+    visit_scalars!(PromptCount(1); str);
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PromptCount, A::Error> {
+        let mut prompts = 0u64;
+        let mut token_ids = false;
+        while let Some(is_prompt) = seq.next_element::<BatchItem>()? {
+            if is_prompt.0 {
+                prompts += 1;
+            } else {
+                token_ids = true;
+            }
+        }
+        Ok(PromptCount(prompts.max(u64::from(token_ids))))
+    }
+
+    visit_scalars!(PromptCount(0); unit);
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PromptCount, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(PromptCount(1))
+    }
+
+    visit_scalars!(PromptCount(1); bool u64 i64 f64);
+}
+
+/// An element of a prompt list: true for a prompt of its own (a string or a list of token ids),
+/// false for a bare token id.
+struct BatchItem(bool);
+
+impl<'de> Deserialize<'de> for BatchItem {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BatchItemVisitor)
+    }
+}
+
+struct BatchItemVisitor;
+
+impl<'de> Visitor<'de> for BatchItemVisitor {
+    type Value = BatchItem;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a prompt or a token id")
+    }
+
+    visit_scalars!(BatchItem(false); u64 i64 f64);
+
+    visit_scalars!(BatchItem(true); str);
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BatchItem, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(BatchItem(true))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BatchItem, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(BatchItem(true))
+    }
+
+    visit_scalars!(BatchItem(true); bool unit);
+}
+
+/// Whether a `plugins` or `tools` list turns on web search: a plugin with `"id": "web"`, or a
+/// tool whose `type` names web search (`web_search`, `web_search_preview`,
+/// `openrouter:web_search`).
+#[derive(Default)]
+pub(super) struct WebSearch(pub(super) bool);
+
+impl<'de> Deserialize<'de> for WebSearch {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WebListVisitor)
+    }
+}
+
+struct WebListVisitor;
+
+impl<'de> Visitor<'de> for WebListVisitor {
+    type Value = WebSearch;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of plugins or tools")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WebSearch, A::Error> {
+        let mut web = false;
+        while let Some(item) = seq.next_element::<WebItem>()? {
+            web |= item.0;
+        }
+        Ok(WebSearch(web))
+    }
+
+    visit_scalars!(WebSearch(false); unit);
+}
+
+struct WebItem(bool);
+
+impl<'de> Deserialize<'de> for WebItem {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WebItemVisitor)
+    }
+}
+
+struct WebItemVisitor;
+
+impl<'de> Visitor<'de> for WebItemVisitor {
+    type Value = WebItem;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a plugin or tool object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WebItem, A::Error> {
+        let mut web = false;
+        while let Some(key) = map.next_key::<PartKey>()? {
+            web |= match key {
+                PartKey::Id | PartKey::Type => map.next_value_seed(TagMatch(is_web_tag))?,
+                _ => map.next_value::<IgnoredAny>().map(|_| false)?,
+            };
+        }
+        Ok(WebItem(web))
+    }
+
+    visit_scalars!(WebItem(false); str unit);
+}

@@ -1,0 +1,118 @@
+//! Sub-key tokens: `kc_` followed by 48 hex digits (192 random bits).
+//!
+//! A token is shown once; the database keeps only its SHA-256 hash and a short display prefix.
+
+use std::fmt;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Every sub-key token starts with this.
+pub const TOKEN_PREFIX: &str = "kc_";
+const RANDOM_BYTES: usize = 24;
+const DISPLAY_CHARS: usize = 8;
+
+/// A sub-key token in plaintext. `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyToken(String);
+
+/// Why a string is not a sub-key token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("key does not start with kc_: use a keycap sub-key")]
+    WrongPrefix,
+    #[error("key has the wrong length or characters: copy the whole sub-key")]
+    Malformed,
+}
+
+impl ApiKeyToken {
+    /// A fresh random token.
+    pub fn generate() -> ApiKeyToken {
+        let mut bytes = [0u8; RANDOM_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        ApiKeyToken(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+    }
+
+    /// Checks the shape of a token presented by a client.
+    pub fn parse(text: &str) -> Result<ApiKeyToken, TokenError> {
+        let Some(body) = text.strip_prefix(TOKEN_PREFIX) else {
+            return Err(TokenError::WrongPrefix);
+        };
+        if body.len() != RANDOM_BYTES * 2
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(TokenError::Malformed);
+        }
+        Ok(ApiKeyToken(text.to_string()))
+    }
+
+    /// The plaintext, to be shown exactly once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 hash under which the token is stored and looked up.
+    pub fn hash(&self) -> [u8; 32] {
+        hash_token(&self.0)
+    }
+
+    /// The short prefix shown in lists (`kc_1a2b3c4d`).
+    pub fn display_prefix(&self) -> String {
+        self.0
+            .chars()
+            .take(TOKEN_PREFIX.len() + DISPLAY_CHARS)
+            .collect()
+    }
+}
+
+/// SHA-256 of a presented token string, valid or not.
+pub fn hash_token(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+impl fmt::Debug for ApiKeyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeyToken({}…)", self.display_prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_and_differ() {
+        let a = ApiKeyToken::generate();
+        let b = ApiKeyToken::generate();
+        assert_ne!(a, b);
+        assert_eq!(ApiKeyToken::parse(a.expose()), Ok(a.clone()));
+        assert_eq!(a.display_prefix().len(), 11);
+        assert!(a.expose().starts_with(&a.display_prefix()));
+        assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn rejects_malformed_tokens() {
+        let cases = [
+            ("sk-or-v1-abc", TokenError::WrongPrefix),
+            ("kc_", TokenError::Malformed),
+            ("kc_zz", TokenError::Malformed),
+            (
+                "kc_ABCDEF0123456789abcdef0123456789abcdef0123456789",
+                TokenError::Malformed,
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(ApiKeyToken::parse(text), Err(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let token = ApiKeyToken::generate();
+        let debug = format!("{token:?}");
+        assert!(!debug.contains(token.expose()));
+    }
+}

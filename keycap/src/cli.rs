@@ -1,0 +1,226 @@
+//! The command line: every subcommand and flag of `keycap`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// keycap: share expensive API credentials without sharing them.
+#[derive(Debug, Parser)]
+#[command(name = "keycap", version, about)]
+pub struct Cli {
+    /// Config file (TOML); without it only defaults and the environment apply.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Data folder for the embedded Postgres and the generated encryption key.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter, such as info or keycap=debug.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run keycap: the database (embedded unless a URL is set), migrations and background jobs.
+    Up(UpArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Run the OpenRouter stand-in alone, for tests and demos.
+    MockOpenrouter(MockArgs),
+    /// Manage orgs.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Manage members of an org.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Manage members' monthly budgets.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+    /// Manage master keys in the vault.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Manage sub-keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show an org's ledger and check its hash chain.
+    Audit(AuditArgs),
+}
+
+/// `keycap up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Gateway listen address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub gateway_listen: Option<String>,
+    /// Admin app listen address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Metrics listen address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+/// `keycap mock-openrouter`.
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// The master key the mock accepts (default: the mock's built-in key, printed at start).
+    #[arg(long, env = "KEYCAP_MOCK_MASTER_KEY")]
+    pub master_key: Option<String>,
+}
+
+/// `keycap org ...`.
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an org with its first owner; prints the org id.
+    Create {
+        /// The org's name.
+        name: String,
+        /// The first owner's email.
+        #[arg(long)]
+        owner: String,
+    },
+}
+
+/// `keycap member ...`.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a member with a role and a monthly budget in USD.
+    Add {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The member's email.
+        email: String,
+        /// owner or user.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Monthly budget in USD, such as 100 or 20.50.
+        #[arg(long, allow_hyphen_values = true)]
+        budget: String,
+    },
+    /// List an org's members with their budgets for this month.
+    List {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keycap budget ...`.
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// Set a member's monthly budget in USD.
+    Set {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The member's email.
+        email: String,
+        /// Monthly budget in USD.
+        #[arg(allow_hyphen_values = true)]
+        usd: String,
+    },
+}
+
+/// `keycap vault ...`.
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Add a master key; the secret is read from standard input, never from the command line.
+    Add {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The upstream service.
+        #[arg(long, default_value = "openrouter")]
+        service: String,
+        /// A name for the key.
+        #[arg(long)]
+        name: String,
+    },
+    /// List an org's master keys (name and last four characters only).
+    List {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+    },
+}
+
+/// `keycap key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Provision a sub-key from a member's budget; prints only the token, once.
+    Create(KeyCreateArgs),
+    /// List sub-keys.
+    List {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// Only this member's keys.
+        #[arg(long)]
+        member: Option<String>,
+        /// Print JSON (money as integer nano-dollars).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a sub-key by id or display prefix; refunds what is unspent.
+    Revoke {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// Key id or display prefix (kc_…).
+        key: String,
+    },
+}
+
+/// `keycap key create`.
+#[derive(Debug, Args)]
+pub struct KeyCreateArgs {
+    /// Org id or name.
+    #[arg(long)]
+    pub org: String,
+    /// The member whose budget pays for it.
+    #[arg(long)]
+    pub member: String,
+    /// A name for the key.
+    #[arg(long)]
+    pub name: String,
+    /// The spending cap in USD.
+    #[arg(long, allow_hyphen_values = true)]
+    pub cap: String,
+    /// The upstream service.
+    #[arg(long, default_value = "openrouter")]
+    pub service: String,
+    /// Expiry: 30d, 12h, 2w, a date (2027-01-31) or an RFC 3339 time.
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Allowed models, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Carve the cap again from each new month's budget.
+    #[arg(long)]
+    pub renew_monthly: bool,
+}
+
+/// `keycap audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Org id or name.
+    #[arg(long)]
+    pub org: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many rows, newest first.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: i64,
+}

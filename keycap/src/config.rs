@@ -1,0 +1,354 @@
+//! `Config`: built-in defaults < config file (`--config`) < environment (`KEYCAP_*`, with `__`
+//! for nesting, and plain `DATABASE_URL`) < command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with the `KEYCAP_` prefix that are not config keys.
+const NOT_CONFIG: &[&str] = &["KEYCAP_ENCRYPTION_KEY", "KEYCAP_PG_BIN_DIR", "KEYCAP_LOG"];
+
+/// The whole configuration of one keycap process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where keycap keeps its embedded Postgres cluster and generated encryption key.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub vault: VaultConfig,
+    pub gateway: ListenConfig,
+    pub admin: ListenConfig,
+    pub metrics: ListenConfig,
+    pub openrouter: OpenRouterConfig,
+    pub log: LogConfig,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// A Postgres URL; empty means the embedded cluster in `data_dir`.
+    pub url: String,
+    /// Connections per process.
+    pub pool_size: usize,
+}
+
+/// `[vault]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// The encryption key file; empty means `<data_dir>/encryption.key`.
+    pub key_file: String,
+}
+
+/// A listener section: `[gateway]`, `[admin]`, `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+}
+
+/// `[openrouter]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenRouterConfig {
+    /// The upstream, without `/api/v1`.
+    pub base_url: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `keycap=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("./keycap-data"),
+            database: DatabaseConfig::default(),
+            vault: VaultConfig::default(),
+            gateway: ListenConfig {
+                listen: "127.0.0.1:8080".into(),
+            },
+            admin: ListenConfig {
+                listen: "127.0.0.1:3000".into(),
+            },
+            metrics: ListenConfig {
+                listen: "127.0.0.1:9464".into(),
+            },
+            openrouter: OpenRouterConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> DatabaseConfig {
+        DatabaseConfig {
+            url: String::new(),
+            pool_size: 16,
+        }
+    }
+}
+
+impl Default for OpenRouterConfig {
+    fn default() -> OpenRouterConfig {
+        OpenRouterConfig {
+            base_url: "https://openrouter.ai".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Overrides from command-line flags; `None` leaves the layered value alone.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub gateway_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub metrics_listen: Option<String>,
+}
+
+impl Config {
+    /// Layers defaults, the file, the environment and the flags, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        flags: &FlagOverrides,
+    ) -> anyhow::Result<Config> {
+        let mut layered =
+            toml::Value::try_from(Config::default()).context("serialising default config")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let from_file: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            merge(&mut layered, from_file);
+        }
+        // Plain DATABASE_URL first, so that KEYCAP_DATABASE__URL wins over it.
+        let (plain, prefixed): (Vec<_>, Vec<_>) =
+            env.iter().partition(|(name, _)| name == "DATABASE_URL");
+        for (name, value) in plain.into_iter().chain(prefixed) {
+            if let Some(path) = env_path(name) {
+                set_path(&mut layered, &path, env_value(value))
+                    .with_context(|| format!("environment variable {name}"))?;
+            }
+        }
+        let mut config: Config = layered.try_into().context("invalid configuration")?;
+        if let Some(dir) = &flags.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(level) = &flags.log_level {
+            config.log.level = level.clone();
+        }
+        if let Some(listen) = &flags.gateway_listen {
+            config.gateway.listen = listen.clone();
+        }
+        if let Some(listen) = &flags.admin_listen {
+            config.admin.listen = listen.clone();
+        }
+        if let Some(listen) = &flags.metrics_listen {
+            config.metrics.listen = listen.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Fails fast, naming the bad key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, listen) in [
+            ("gateway.listen", &self.gateway.listen),
+            ("admin.listen", &self.admin.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ] {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                bail!("{key} = {listen:?} is not a host:port address such as 127.0.0.1:8080");
+            }
+        }
+        if self.database.pool_size == 0 {
+            bail!("database.pool_size must be at least 1");
+        }
+        let base = &self.openrouter.base_url;
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("openrouter.base_url = {base:?} must start with http:// or https://");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("data_dir must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The encryption key file.
+    pub fn key_file(&self) -> PathBuf {
+        if self.vault.key_file.is_empty() {
+            self.data_dir.join("encryption.key")
+        } else {
+            PathBuf::from(&self.vault.key_file)
+        }
+    }
+}
+
+/// `KEYCAP_GATEWAY__LISTEN` -> `["gateway", "listen"]`; `DATABASE_URL` -> `["database", "url"]`.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    if name == "DATABASE_URL" {
+        return Some(vec!["database".into(), "url".into()]);
+    }
+    if NOT_CONFIG.contains(&name) {
+        return None;
+    }
+    let rest = name.strip_prefix("KEYCAP_")?;
+    Some(
+        rest.split("__")
+            .map(|part| part.to_ascii_lowercase())
+            .collect(),
+    )
+}
+
+fn env_value(text: &str) -> toml::Value {
+    if let Ok(n) = text.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    toml::Value::String(text.to_string())
+}
+
+fn set_path(root: &mut toml::Value, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut node = root;
+    for part in parents {
+        let table = node.as_table_mut().context("not a table")?;
+        node = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    let table = node
+        .as_table_mut()
+        .with_context(|| format!("{} is not a section", parents.join(".")))?;
+    // A string from the environment for a string key stays a string ("8080" listen ports are not).
+    let value = match (table.get(last), value) {
+        (Some(toml::Value::String(_)), toml::Value::Integer(n)) => {
+            toml::Value::String(n.to_string())
+        }
+        (_, value) => value,
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(base), toml::Value::Table(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keycap.toml");
+        std::fs::write(
+            &file,
+            "[gateway]\nlisten = \"127.0.0.1:1111\"\n[admin]\nlisten = \"127.0.0.1:2222\"\n",
+        )
+        .unwrap();
+        let flags = FlagOverrides {
+            admin_listen: Some("127.0.0.1:3333".into()),
+            ..Default::default()
+        };
+        let config = Config::load(
+            Some(&file),
+            &env(&[
+                ("KEYCAP_GATEWAY__LISTEN", "127.0.0.1:4444"),
+                ("DATABASE_URL", "postgres://x/y"),
+                ("HOME", "/root"),
+            ]),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(config.gateway.listen, "127.0.0.1:4444");
+        assert_eq!(config.admin.listen, "127.0.0.1:3333");
+        assert_eq!(config.database.url, "postgres://x/y");
+        assert_eq!(config.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn keycap_database_url_wins_over_plain() {
+        let config = Config::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://plain/db"),
+                ("KEYCAP_DATABASE__URL", "postgres://keycap/db"),
+            ]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.database.url, "postgres://keycap/db");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load(
+            None,
+            &env(&[("KEYCAP_GATEWAY__LISTEN", "nope")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("gateway.listen"), "{err:#}");
+        let err = Config::load(
+            None,
+            &env(&[("KEYCAP_GATEWY__LISTEN", "x")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("gatewy"), "{err:#}");
+        let err = Config::load(
+            None,
+            &env(&[("KEYCAP_DATABASE__POOL_SIZE", "0")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("pool_size"), "{err:#}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/keycap.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let config: Config = toml::from_str(&text).unwrap();
+        assert_eq!(config, Config::default());
+    }
+}

@@ -1,0 +1,62 @@
+//! Finding the database: `database.url` when set, else the embedded cluster in the data folder,
+//! started when it is not running. Every subcommand finds it the same way.
+
+use anyhow::Context;
+use db::embedded::Cluster;
+
+use crate::config::Config;
+
+/// An open pool, and the embedded cluster when this process started it.
+pub struct Database {
+    pub pool: db::Pool,
+    started: Option<Cluster>,
+}
+
+impl Database {
+    /// Connects (starting the embedded cluster if needed) and applies pending migrations.
+    pub async fn open(config: &Config) -> anyhow::Result<Database> {
+        let (url, started) = if config.database.url.is_empty() {
+            let cluster = Cluster::in_folder(&config.data_dir).context("embedded Postgres")?;
+            let folder = config.data_dir.display().to_string();
+            let cluster_for_start = cluster.clone();
+            let started = tokio::task::spawn_blocking(move || cluster_for_start.ensure_running())
+                .await
+                .context("starting embedded Postgres")?
+                .with_context(|| format!("embedded Postgres in {folder}"))?;
+            if started {
+                tracing::info!(data_dir = %folder, "started embedded Postgres");
+            }
+            (
+                cluster.url(db::embedded::DATABASE),
+                started.then_some(cluster),
+            )
+        } else {
+            (config.database.url.clone(), None)
+        };
+        let pool = db::connect(&url, config.database.pool_size).context("database.url")?;
+        let database = Database { pool, started };
+        let applied = db::migrate(&database.pool).await;
+        match applied {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(migrations = n, "database schema is up to date"),
+            Err(err) => {
+                database.close().await;
+                return Err(err).context("applying migrations");
+            }
+        }
+        Ok(database)
+    }
+
+    /// Closes the pool and stops the embedded cluster if this process started it.
+    pub async fn close(self) {
+        self.pool.close();
+        if let Some(cluster) = self.started {
+            let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+            match stopped {
+                Ok(Ok(())) => tracing::info!("stopped embedded Postgres"),
+                Ok(Err(err)) => tracing::warn!(error = %err, "could not stop embedded Postgres"),
+                Err(err) => tracing::warn!(error = %err, "could not stop embedded Postgres"),
+            }
+        }
+    }
+}

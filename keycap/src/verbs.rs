@@ -1,0 +1,364 @@
+//! The admin verbs of the command line: each one database transaction with its ledger row.
+//! Results go to standard output; notes for people go to standard error.
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use db::{Actor, orgs};
+use domain::services::Service;
+use domain::{Email, Money, MonthWindow, Role};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::cli::{
+    AuditArgs, BudgetCommand, KeyCommand, KeyCreateArgs, MemberCommand, OrgCommand, VaultCommand,
+};
+use crate::database::Database;
+
+fn email(text: &str) -> anyhow::Result<Email> {
+    Ok(Email::parse(text)?)
+}
+
+fn usd(text: &str) -> anyhow::Result<Money> {
+    Ok(Money::parse_usd(text)?)
+}
+
+fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
+    at.and_then(|at| at.format(&Rfc3339).ok())
+}
+
+/// `keycap org create`.
+pub async fn org(database: &Database, command: OrgCommand) -> anyhow::Result<()> {
+    match command {
+        OrgCommand::Create { name, owner } => {
+            let owner = email(&owner)?;
+            let created = orgs::create(&database.pool, &name, &owner, Actor::Cli).await?;
+            eprintln!("created org {:?} with owner {owner}", created.org.name);
+            println!("{}", created.org.id);
+        }
+    }
+    Ok(())
+}
+
+/// `keycap member ...`.
+pub async fn member(database: &Database, command: MemberCommand) -> anyhow::Result<()> {
+    match command {
+        MemberCommand::Add {
+            org,
+            email: address,
+            role,
+            budget,
+        } => {
+            let (address, role, budget) = (email(&address)?, role.parse::<Role>()?, usd(&budget)?);
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            drop(client);
+            db::members::add(&database.pool, &org, &address, role, budget, Actor::Cli).await?;
+            eprintln!(
+                "added {address} to {:?} as {role} with a monthly budget of {budget}",
+                org.name
+            );
+        }
+        MemberCommand::List { org, json } => {
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            let window = MonthWindow::containing(OffsetDateTime::now_utc());
+            let mut rows = Vec::new();
+            for member in db::members::list(&client, &org).await? {
+                let month = db::members::monthly_budget(&client, &member, window).await?;
+                rows.push((member, month));
+            }
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|(m, month)| {
+                        json!({
+                            "email": m.email, "role": m.role.as_str(),
+                            "budget_nanousd": m.monthly_budget.nanos(),
+                            "carved_nanousd": month.carved.nanos(),
+                            "refunded_nanousd": month.refunded.nanos(),
+                            "available_nanousd": month.available().nanos(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:<32} {:<6} {:>14} {:>14} {:>14}",
+                    "EMAIL", "ROLE", "BUDGET", "CARVED", "AVAILABLE"
+                );
+                for (m, month) in &rows {
+                    println!(
+                        "{:<32} {:<6} {:>14} {:>14} {:>14}",
+                        m.email,
+                        m.role,
+                        m.monthly_budget.to_string(),
+                        month.carved.saturating_sub(month.refunded).to_string(),
+                        month.available().to_string()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `keycap budget set`.
+pub async fn budget(database: &Database, command: BudgetCommand) -> anyhow::Result<()> {
+    let BudgetCommand::Set {
+        org,
+        email: address,
+        usd: amount,
+    } = command;
+    let (address, amount) = (email(&address)?, usd(&amount)?);
+    let client = database.pool.get().await?;
+    let org = orgs::find(&client, &org).await?;
+    drop(client);
+    db::members::set_budget(&database.pool, &org, &address, amount, Actor::Cli).await?;
+    eprintln!(
+        "set the monthly budget of {address} in {:?} to {amount}",
+        org.name
+    );
+    Ok(())
+}
+
+/// Reads a secret from standard input: the first line, trimmed.
+fn read_secret() -> anyhow::Result<SecretString> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .context("reading the secret from standard input")?;
+    let secret = SecretString::from(text.lines().next().unwrap_or("").trim().to_string());
+    text.clear();
+    if secret.expose_secret().is_empty() {
+        bail!(
+            "no secret on standard input: pipe the master key in, e.g. `printenv OPENROUTER_API_KEY | keycap vault add ...`"
+        );
+    }
+    if secret
+        .expose_secret()
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("the secret on standard input contains spaces or control characters");
+    }
+    Ok(secret)
+}
+
+/// `keycap vault ...`.
+pub async fn vault(
+    database: &Database,
+    keyring: &vault::Keyring,
+    command: VaultCommand,
+) -> anyhow::Result<()> {
+    match command {
+        VaultCommand::Add { org, service, name } => {
+            let service: Service = service.parse()?;
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            drop(client);
+            let secret = read_secret()?;
+            let id = Uuid::new_v4();
+            let sealed = keyring.seal(org.id, id, secret.expose_secret());
+            let chars: Vec<char> = secret.expose_secret().chars().collect();
+            let last_four: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+            let new = db::master_keys::NewMasterKey {
+                id,
+                service,
+                name,
+                last_four,
+                sealed: db::master_keys::SealedSecret {
+                    sealing_key_id: sealed.sealing_key_id,
+                    nonce: sealed.nonce,
+                    ciphertext: sealed.ciphertext,
+                },
+            };
+            let key = db::master_keys::add(&database.pool, &org, &new, Actor::Cli).await?;
+            eprintln!(
+                "stored {} master key {:?} (…{}) for {:?}",
+                key.service, key.name, key.last_four, org.name
+            );
+            println!("{}", key.id);
+        }
+        VaultCommand::List { org } => {
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            println!(
+                "{:<36} {:<12} {:<24} {:<6} STATUS",
+                "ID", "SERVICE", "NAME", "LAST4"
+            );
+            for key in db::master_keys::list(&client, &org).await? {
+                let status = if key.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<36} {:<12} {:<24} {:<6} {status}",
+                    key.id, key.service, key.name, key.last_four
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `keycap key ...`.
+pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create(args) => key_create(database, args).await,
+        KeyCommand::List { org, member, json } => {
+            let member = member.as_deref().map(email).transpose()?;
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            let keys = db::keys::list(&client, &org, member.as_ref()).await?;
+            if json {
+                let out: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        json!({
+                            "id": k.id, "name": k.name, "member": k.member_email, "service": k.service,
+                            "cap_nanousd": k.cap.nanos(), "spent_nanousd": k.spent.nanos(),
+                            "remaining_nanousd": k.remaining().nanos(),
+                            "expires_at": rfc3339(k.expires_at), "revoked_at": rfc3339(k.revoked_at()),
+                            "prefix": k.prefix, "model_scope": k.model_scope,
+                            "renew_monthly": k.renew_monthly, "paused_reason": k.paused_reason,
+                            "status": key_status(k),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:<36} {:<11} {:<20} {:<28} {:>12} {:>12} {:>12} {:<8}",
+                    "ID", "PREFIX", "NAME", "MEMBER", "CAP", "SPENT", "REMAINING", "STATUS"
+                );
+                for k in &keys {
+                    println!(
+                        "{:<36} {:<11} {:<20} {:<28} {:>12} {:>12} {:>12} {:<8}",
+                        k.id,
+                        k.prefix,
+                        k.name,
+                        k.member_email,
+                        k.cap.to_string(),
+                        k.spent.to_string(),
+                        k.remaining().to_string(),
+                        key_status(k)
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeyCommand::Revoke { org, key } => {
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            drop(client);
+            let revoked = db::keys::revoke(
+                &database.pool,
+                &org,
+                &key,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+            eprintln!(
+                "revoked {} ({:?}); refunded {} to {}",
+                revoked.key.prefix, revoked.key.name, revoked.refund, revoked.key.member_email
+            );
+            Ok(())
+        }
+    }
+}
+
+fn key_status(key: &db::keys::ApiKey) -> &'static str {
+    match (key.close_reason.as_deref(), &key.paused_reason) {
+        (Some("revoked"), _) => "revoked",
+        (Some(_), _) => "expired",
+        (None, Some(_)) => "paused",
+        (None, None)
+            if key
+                .expires_at
+                .is_some_and(|at| at <= OffsetDateTime::now_utc()) =>
+        {
+            "expired"
+        }
+        (None, None) => "active",
+    }
+}
+
+async fn key_create(database: &Database, args: KeyCreateArgs) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let new = db::keys::NewKey {
+        member: email(&args.member)?,
+        service: args.service.parse()?,
+        name: args.name,
+        cap: usd(&args.cap)?,
+        expires_at: args
+            .expires
+            .as_deref()
+            .map(|text| domain::expiry::parse_expiry(text, now))
+            .transpose()?,
+        model_scope: args
+            .models
+            .into_iter()
+            .filter(|m| !m.trim().is_empty())
+            .collect(),
+        renew_monthly: args.renew_monthly,
+    };
+    let client = database.pool.get().await?;
+    let org = orgs::find(&client, &args.org).await?;
+    drop(client);
+    let (key, token) = db::keys::create(&database.pool, &org, &new, Actor::Cli, now).await?;
+    eprintln!(
+        "created key {} ({:?}) for {} with a cap of {}; the token below is shown only once",
+        key.prefix, key.name, key.member_email, key.cap
+    );
+    println!("{}", token.expose());
+    Ok(())
+}
+
+/// `keycap audit`.
+pub async fn audit(database: &Database, args: AuditArgs) -> anyhow::Result<()> {
+    if args.limit < 1 {
+        bail!("--limit must be at least 1");
+    }
+    let client = database.pool.get().await?;
+    let org = orgs::find(&client, &args.org).await?;
+    let entries = db::transactions::list(&client, org.id, args.limit).await?;
+    let chain = db::transactions::verify_chain(&client, org.id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        println!(
+            "{:>5} {:<20} {:<18} {:<28} {:>14}  DETAIL",
+            "SEQ", "TIME (UTC)", "KIND", "MEMBER", "AMOUNT"
+        );
+        for e in &entries {
+            let time = e.created_at.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))?;
+            println!(
+                "{:>5} {:<20} {:<18} {:<28} {:>14}  {}",
+                e.seq,
+                time,
+                e.kind,
+                e.member_email.as_deref().unwrap_or("-"),
+                Money::from_nanos(e.amount_nanousd).to_string(),
+                e.detail
+            );
+        }
+    }
+    match chain {
+        db::transactions::ChainStatus::Intact { n_rows } => {
+            eprintln!("hash chain intact ({n_rows} rows)")
+        }
+        db::transactions::ChainStatus::Broken { seq } => {
+            bail!("hash chain broken at row {seq}: the ledger was tampered with")
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,611 @@
+//! Every admin verb of the command line, and every refusal, against real Postgres.
+
+use crate::support::{MASTER_SECRET, env, keys_json, seeded, snapshot};
+
+#[tokio::test]
+async fn the_whole_sequence_works_and_is_recorded() {
+    let env = seeded().await;
+    let out = env
+        .keycap
+        .run(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "app",
+            "--cap",
+            "20",
+            "--expires",
+            "30d",
+            "--models",
+            "openai/gpt-4o-mini,mock/cheap",
+            "--renew-monthly",
+        ])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    // Only the token goes to standard output, once.
+    let token = out.stdout.trim();
+    assert_eq!(out.stdout.lines().count(), 1);
+    assert!(token.starts_with("kc_") && token.len() == 51, "{token}");
+    assert!(!out.stderr.contains(token));
+
+    let keys = keys_json(&env, &["--org", "acme"]);
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    assert_eq!(key["name"], "app");
+    assert_eq!(key["member"], "bob@acme.test");
+    assert_eq!(key["service"], "openrouter");
+    assert_eq!(key["cap_nanousd"], 20_000_000_000i64);
+    assert_eq!(key["spent_nanousd"], 0);
+    assert_eq!(key["remaining_nanousd"], 20_000_000_000i64);
+    assert_eq!(key["prefix"], &token[..11]);
+    assert!(key["expires_at"].is_string());
+    assert!(key["revoked_at"].is_null());
+    assert_eq!(
+        key["model_scope"],
+        serde_json::json!(["openai/gpt-4o-mini", "mock/cheap"])
+    );
+    // The token itself is nowhere in the database, only its hash.
+    let client = env.db.client().await.unwrap();
+    let stored: Vec<u8> = client
+        .query_one("SELECT token_hash FROM api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, domain::token::hash_token(token).to_vec());
+
+    // Filtering by member.
+    assert_eq!(
+        keys_json(&env, &["--org", "acme", "--member", "bob@acme.test"]).len(),
+        1
+    );
+    assert_eq!(
+        keys_json(&env, &["--org", "acme", "--member", "ann@acme.test"]).len(),
+        0
+    );
+
+    // Revoke by display prefix refunds the unspent cap.
+    let revoked = env
+        .keycap
+        .run(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    assert!(revoked.success, "{}", revoked.stderr);
+    assert!(
+        revoked.stderr.contains("refunded $20.00"),
+        "{}",
+        revoked.stderr
+    );
+    let keys = keys_json(&env, &["--org", "acme"]);
+    assert!(keys[0]["revoked_at"].is_string());
+    assert_eq!(keys[0]["status"], "revoked");
+
+    let audit = env
+        .keycap
+        .run(&["audit", "--org", "acme", "--json"])
+        .unwrap();
+    assert!(audit.success, "{}", audit.stderr);
+    assert!(
+        audit.stderr.contains("hash chain intact (6 rows)"),
+        "{}",
+        audit.stderr
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&audit.stdout).unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "refund",
+            "key_revoked",
+            "key_provisioned",
+            "master_key_added",
+            "member_joined",
+            "org_created"
+        ]
+    );
+    assert_eq!(rows[0]["amount_nanousd"], 20_000_000_000i64);
+    assert_eq!(rows[2]["amount_nanousd"], 20_000_000_000i64);
+    assert_eq!(rows[2]["member_email"], "bob@acme.test");
+}
+
+/// A refused command exits non-zero with one clear line and changes nothing.
+#[tokio::test]
+async fn every_refusal_is_clear_and_changes_nothing() {
+    let env = seeded().await;
+    // A key to revoke twice, and a second org without a master key.
+    let token = env
+        .keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "k",
+            "--cap",
+            "30",
+        ])
+        .unwrap();
+    env.keycap
+        .ok(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    env.keycap
+        .ok(&["org", "create", "empty", "--owner", "eve@empty.test"])
+        .unwrap();
+    env.keycap
+        .ok(&[
+            "member",
+            "add",
+            "--org",
+            "empty",
+            "carl@empty.test",
+            "--budget",
+            "50",
+        ])
+        .unwrap();
+
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["org", "create", "acme", "--owner", "x@acme.test"],
+            "",
+            "org \"acme\" already exists",
+        ),
+        (
+            &["org", "create", "new", "--owner", "not-an-email"],
+            "",
+            "is not an email address",
+        ),
+        (
+            &["org", "create", "   ", "--owner", "x@y.test"],
+            "",
+            "org name must be 1 to 200 characters",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "nope",
+                "c@acme.test",
+                "--budget",
+                "5",
+            ],
+            "",
+            "org \"nope\" not found",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "acme",
+                "c@acme.test",
+                "--budget",
+                "abc",
+            ],
+            "",
+            "is not a dollar amount",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "acme",
+                "c@acme.test",
+                "--budget",
+                "0.0000000001",
+            ],
+            "",
+            "more than nine decimals",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "acme",
+                "c@acme.test",
+                "--budget",
+                "-5",
+            ],
+            "",
+            "is negative",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "acme",
+                "c@acme.test",
+                "--budget",
+                "5",
+                "--role",
+                "admin",
+            ],
+            "",
+            "role \"admin\" is unknown",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "acme",
+                "bob@acme.test",
+                "--budget",
+                "5",
+            ],
+            "",
+            "already a member",
+        ),
+        (
+            &["budget", "set", "--org", "acme", "nobody@acme.test", "10"],
+            "",
+            "member nobody@acme.test in org \"acme\" not found",
+        ),
+        (
+            &["budget", "set", "--org", "acme", "bob@acme.test", "ten"],
+            "",
+            "is not a dollar amount",
+        ),
+        (
+            &["vault", "add", "--org", "acme", "--name", "x"],
+            "",
+            "no secret on standard input",
+        ),
+        (
+            &["vault", "add", "--org", "acme", "--name", "x"],
+            "two words\n",
+            "spaces or control characters",
+        ),
+        (
+            &[
+                "vault",
+                "add",
+                "--org",
+                "acme",
+                "--service",
+                "s3",
+                "--name",
+                "x",
+            ],
+            "secret\n",
+            "service \"s3\" is unknown",
+        ),
+        (
+            &["vault", "add", "--org", "nope", "--name", "x"],
+            "secret\n",
+            "org \"nope\" not found",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "k",
+                "--cap",
+                "100.01",
+            ],
+            "",
+            "exceeds the budget left this month ($100.00)",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "k",
+                "--cap",
+                "0",
+            ],
+            "",
+            "cap must be more than $0.00",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "zed@acme.test",
+                "--name",
+                "k",
+                "--cap",
+                "1",
+            ],
+            "",
+            "member zed@acme.test in org \"acme\" not found",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "k",
+                "--cap",
+                "1",
+                "--expires",
+                "soon",
+            ],
+            "",
+            "expiry \"soon\" is not understood",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "k",
+                "--cap",
+                "1",
+                "--expires",
+                "2001-01-01",
+            ],
+            "",
+            "is not in the future",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "k",
+                "--cap",
+                "1",
+                "--service",
+                "s3",
+            ],
+            "",
+            "service \"s3\" is unknown",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "empty",
+                "--member",
+                "carl@empty.test",
+                "--name",
+                "k",
+                "--cap",
+                "1",
+            ],
+            "",
+            "has no active openrouter master key",
+        ),
+        (
+            &["key", "revoke", "--org", "acme", &token[..11]],
+            "",
+            "is already revoked",
+        ),
+        (
+            &["key", "revoke", "--org", "acme", "kc_00000000"],
+            "",
+            "key \"kc_00000000\" in org \"acme\" not found",
+        ),
+        (&["key", "revoke", "--org", "acme", "kc"], "", "too short"),
+        (
+            &["key", "list", "--org", "nope"],
+            "",
+            "org \"nope\" not found",
+        ),
+        (&["audit", "--org", "nope"], "", "org \"nope\" not found"),
+    ];
+    for (args, stdin, expected) in cases {
+        let before = snapshot(&env.db).await;
+        let out = env.keycap.run_with_stdin(args, stdin).unwrap();
+        assert!(!out.success, "keycap {} succeeded", args.join(" "));
+        assert!(
+            out.stderr.contains(expected),
+            "keycap {}: expected {expected:?} in {:?}",
+            args.join(" "),
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "one line for keycap {}: {:?}",
+            args.join(" "),
+            out.stderr
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "keycap {} printed {:?}",
+            args.join(" "),
+            out.stdout
+        );
+        assert_eq!(
+            snapshot(&env.db).await,
+            before,
+            "keycap {} changed something",
+            args.join(" ")
+        );
+    }
+}
+
+#[tokio::test]
+async fn amounts_take_nine_decimals_and_budgets_can_be_lowered() {
+    let env = seeded().await;
+    env.keycap
+        .ok(&[
+            "member",
+            "add",
+            "--org",
+            "acme",
+            "cy@acme.test",
+            "--budget",
+            "0.000576",
+        ])
+        .unwrap();
+    let members: Vec<serde_json::Value> = serde_json::from_str(
+        &env.keycap
+            .ok(&["member", "list", "--org", "acme", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let cy = members
+        .iter()
+        .find(|m| m["email"] == "cy@acme.test")
+        .unwrap();
+    assert_eq!(cy["budget_nanousd"], 576_000);
+
+    env.keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "a",
+            "--cap",
+            "60",
+        ])
+        .unwrap();
+    // Lowered below what is carved: allowed, the key keeps its cap, and nothing new fits.
+    env.keycap
+        .ok(&["budget", "set", "--org", "acme", "bob@acme.test", "50"])
+        .unwrap();
+    let refused = env
+        .keycap
+        .run(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "b",
+            "--cap",
+            "0.01",
+        ])
+        .unwrap();
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("budget left this month ($0.00)"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        keys_json(&env, &["--org", "acme"])[0]["cap_nanousd"],
+        60_000_000_000i64
+    );
+    // Raised again: what is left is budget minus carved.
+    env.keycap
+        .ok(&["budget", "set", "--org", "acme", "bob@acme.test", "65.5"])
+        .unwrap();
+    env.keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "b",
+            "--cap",
+            "5.5",
+        ])
+        .unwrap();
+    let members: Vec<serde_json::Value> = serde_json::from_str(
+        &env.keycap
+            .ok(&["member", "list", "--org", "acme", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let bob = members
+        .iter()
+        .find(|m| m["email"] == "bob@acme.test")
+        .unwrap();
+    assert_eq!(bob["available_nanousd"], 0);
+    assert_eq!(bob["carved_nanousd"], 65_500_000_000i64);
+}
+
+#[tokio::test]
+async fn orgs_are_found_by_id_or_name() {
+    let env = env().await;
+    let id = env
+        .keycap
+        .ok(&["org", "create", "first", "--owner", "a@first.test"])
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    env.keycap
+        .ok(&[
+            "member",
+            "add",
+            "--org",
+            &id,
+            "b@first.test",
+            "--budget",
+            "1",
+        ])
+        .unwrap();
+    let out = env
+        .keycap
+        .ok(&["member", "list", "--org", "first"])
+        .unwrap();
+    assert!(out.contains("b@first.test"), "{out}");
+}
+
+/// The master key is sealed: no plaintext anywhere in a dump of the whole database.
+#[tokio::test]
+async fn no_master_key_in_plaintext_in_the_database() {
+    let env = seeded().await;
+    let bin_dir = db::embedded::find_bin_dir().expect("PostgreSQL binaries");
+    let dump = std::process::Command::new(bin_dir.join("pg_dump"))
+        .args(["--data-only", "--inserts", "-d", &env.db.url])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        text.contains("INSERT INTO public.master_keys"),
+        "the dump holds the master key row"
+    );
+    assert!(!text.contains(MASTER_SECRET));
+    assert!(!text.contains(&hex_of(MASTER_SECRET)));
+    assert!(!text.contains(&MASTER_SECRET[9..40]));
+    // The last four characters are the only part shown.
+    let listed = env.keycap.ok(&["vault", "list", "--org", "acme"]).unwrap();
+    assert!(listed.contains(&MASTER_SECRET[MASTER_SECRET.len() - 4..]));
+    assert!(!listed.contains(&MASTER_SECRET[..20]));
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}

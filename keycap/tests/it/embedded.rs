@@ -1,0 +1,95 @@
+//! The embedded default: no database URL, a private cluster in the data folder.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use testkit::process::Keycap;
+
+/// A data folder the postgres user can reach when the tests run as root.
+fn data_folder() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("kc-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn cli_and_up_share_the_embedded_cluster_and_data_survives_restarts() {
+    let dir = data_folder();
+    let data = dir.path().join("data");
+    let keycap = Keycap::embedded(Path::new(env!("CARGO_BIN_EXE_keycap")), &data);
+
+    // A one-shot command starts the cluster, and stops it again when done.
+    let id = keycap
+        .ok(&["org", "create", "solo", "--owner", "o@solo.test"])
+        .unwrap();
+    assert!(data.join("postgres/PG_VERSION").exists());
+    let mode = std::fs::metadata(data.join("postgres-run"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+
+    // `keycap up` generates the encryption key and keeps the cluster running.
+    let mut up = keycap
+        .spawn(
+            &[
+                "up",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            "keycap is up",
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    assert!(data.join("encryption.key").exists());
+    let key_mode = std::fs::metadata(data.join("encryption.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+    // While it runs, the CLI uses the same cluster and leaves it running.
+    keycap
+        .ok(&[
+            "member",
+            "add",
+            "--org",
+            &id,
+            "m@solo.test",
+            "--budget",
+            "10",
+        ])
+        .unwrap();
+    let listed = keycap.ok(&["member", "list", "--org", "solo"]).unwrap();
+    assert!(listed.contains("m@solo.test"), "{listed}");
+    let status = up.terminate(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{status}: {}", up.stderr_text());
+    assert!(
+        up.stderr_text().contains("stopped embedded Postgres"),
+        "{}",
+        up.stderr_text()
+    );
+    assert!(
+        !data.join("postgres/postmaster.pid").exists(),
+        "the cluster is stopped"
+    );
+
+    // After a restart the data is still there.
+    let listed = keycap
+        .ok(&["member", "list", "--org", "solo", "--json"])
+        .unwrap();
+    assert!(listed.contains("m@solo.test"), "{listed}");
+    assert!(
+        !data.join("postgres/postmaster.pid").exists(),
+        "the one-shot command stopped the cluster again"
+    );
+}

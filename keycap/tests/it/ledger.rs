@@ -1,0 +1,219 @@
+//! The ledger's guarantees, the budget rules under concurrency, expiry and renewal.
+
+use db::Actor;
+use db::keys::NewKey;
+use domain::services::Service;
+use domain::{Email, Money};
+use time::macros::datetime;
+
+use crate::support::{keys_json, seeded};
+
+#[tokio::test]
+async fn the_ledger_refuses_update_delete_and_truncate() {
+    let env = seeded().await;
+    let client = env.db.client().await.unwrap();
+    for sql in [
+        "UPDATE transactions SET amount_nanousd = 1",
+        "DELETE FROM transactions",
+        "TRUNCATE transactions",
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("transactions is append-only"),
+            "{sql}: {err}"
+        );
+    }
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM transactions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn tampering_breaks_the_hash_chain() {
+    let env = seeded().await;
+    let ok = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        ok.success && ok.stderr.contains("hash chain intact (3 rows)"),
+        "{}",
+        ok.stderr
+    );
+    // Only a superuser who switches the trigger off can change a row; the chain shows it.
+    let client = env.db.client().await.unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE transactions DISABLE TRIGGER transactions_no_update;
+             UPDATE transactions SET amount_nanousd = amount_nanousd + 1 WHERE seq = 2;
+             ALTER TABLE transactions ENABLE TRIGGER transactions_no_update;",
+        )
+        .await
+        .unwrap();
+    let broken = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(!broken.success);
+    assert!(
+        broken.stderr.contains("hash chain broken at row 2"),
+        "{}",
+        broken.stderr
+    );
+}
+
+fn new_key(name: &str, cap: &str) -> NewKey {
+    NewKey {
+        member: Email::parse("bob@acme.test").unwrap(),
+        service: Service::OpenRouter,
+        name: name.into(),
+        cap: Money::parse_usd(cap).unwrap(),
+        expires_at: None,
+        model_scope: vec![],
+        renew_monthly: false,
+    }
+}
+
+/// Ten concurrent $20 keys against a $100 budget: exactly five fit.
+#[tokio::test]
+async fn concurrent_carving_never_overshoots_the_budget() {
+    let env = seeded().await;
+    let client = env.db.pool.get().await.unwrap();
+    let org = db::orgs::find(&client, "acme").await.unwrap();
+    drop(client);
+    let now = time::OffsetDateTime::now_utc();
+    let attempts = (0..10).map(|i| {
+        let (pool, org) = (env.db.pool.clone(), org.clone());
+        tokio::spawn(async move {
+            db::keys::create(
+                &pool,
+                &org,
+                &new_key(&format!("k{i}"), "20"),
+                Actor::Cli,
+                now,
+            )
+            .await
+        })
+    });
+    let mut n_ok = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => n_ok += 1,
+            Err(db::Error::Budget(_)) => {}
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!(n_ok, 5);
+    let total: i64 = keys_json(&env, &["--org", "acme"])
+        .iter()
+        .map(|k| k["cap_nanousd"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 100_000_000_000);
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact (8 rows)"),
+        "{}",
+        audit.stderr
+    );
+}
+
+/// Expiry refunds the unspent cap; a renewing key is carved again next month, or paused.
+#[tokio::test]
+async fn expiry_and_monthly_renewal() {
+    let env = seeded().await;
+    let client = env.db.pool.get().await.unwrap();
+    let org = db::orgs::find(&client, "acme").await.unwrap();
+    drop(client);
+    let november = datetime!(2026-11-10 12:00 UTC);
+    let mut expiring = new_key("expiring", "30");
+    expiring.expires_at = Some(datetime!(2026-11-20 0:00 UTC));
+    db::keys::create(&env.db.pool, &org, &expiring, Actor::Cli, november)
+        .await
+        .unwrap();
+    let mut renewing = new_key("renewing", "60");
+    renewing.renew_monthly = true;
+    let (renewing_key, _) = db::keys::create(&env.db.pool, &org, &renewing, Actor::Cli, november)
+        .await
+        .unwrap();
+    // Some spend on the renewing key.
+    let client = env.db.client().await.unwrap();
+    client
+        .execute(
+            "UPDATE api_keys SET spent_nanousd = 7000000000 WHERE id = $1",
+            &[&renewing_key.id],
+        )
+        .await
+        .unwrap();
+
+    // Nothing is due yet.
+    let report = db::maintenance::run_due(&env.db.pool, datetime!(2026-11-15 0:00 UTC))
+        .await
+        .unwrap();
+    assert_eq!(report, Default::default());
+    // The expiry passes: the key closes and its whole cap comes back to November.
+    let report = db::maintenance::run_due(&env.db.pool, datetime!(2026-11-21 0:00 UTC))
+        .await
+        .unwrap();
+    assert_eq!((report.expired, report.renewed), (1, 0));
+    let refunds: i64 = client
+        .query_one("SELECT coalesce(sum(amount_nanousd),0)::bigint FROM transactions WHERE kind = 'refund'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refunds, 30_000_000_000);
+    // December: the renewing key's spend resets and $60 is carved from December.
+    let december = datetime!(2026-12-01 0:05 UTC);
+    let report = db::maintenance::run_due(&env.db.pool, december)
+        .await
+        .unwrap();
+    assert_eq!((report.expired, report.renewed, report.paused), (0, 1, 0));
+    let row = client
+        .query_one(
+            "SELECT spent_nanousd, period_start::text FROM api_keys WHERE id = $1",
+            &[&renewing_key.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (0, "2026-12-01".to_string())
+    );
+    // Running again changes nothing: renewal is idempotent.
+    assert_eq!(
+        db::maintenance::run_due(&env.db.pool, december)
+            .await
+            .unwrap(),
+        Default::default()
+    );
+    // January with the budget lowered below the cap: the key is paused with a reason.
+    let email = Email::parse("bob@acme.test").unwrap();
+    db::members::set_budget(&env.db.pool, &org, &email, Money::from_usd(50), Actor::Cli)
+        .await
+        .unwrap();
+    let report = db::maintenance::run_due(&env.db.pool, datetime!(2027-01-01 0:05 UTC))
+        .await
+        .unwrap();
+    assert_eq!(report.paused, 1);
+    let reason: Option<String> = client
+        .query_one(
+            "SELECT paused_reason FROM api_keys WHERE id = $1",
+            &[&renewing_key.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        reason
+            .unwrap()
+            .contains("exceeds the budget left this month ($50.00)")
+    );
+    // Raising the budget un-pauses it on the next pass.
+    db::members::set_budget(&env.db.pool, &org, &email, Money::from_usd(100), Actor::Cli)
+        .await
+        .unwrap();
+    let report = db::maintenance::run_due(&env.db.pool, datetime!(2027-01-01 0:10 UTC))
+        .await
+        .unwrap();
+    assert_eq!((report.renewed, report.paused), (1, 0));
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the `keycap` binary against real Postgres.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly, like the tests that call them"
+)]
+
+mod cli;
+mod embedded;
+mod ledger;
+mod support;

@@ -1,0 +1,94 @@
+//! Shared set-up: a fresh database and a `keycap` command line bound to it.
+
+use std::path::Path;
+
+use testkit::TestDb;
+use testkit::process::Keycap;
+
+pub const MASTER_SECRET: &str =
+    "sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+
+pub struct Env {
+    pub db: TestDb,
+    pub keycap: Keycap,
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn env() -> Env {
+    let db = TestDb::new().await.expect("test database");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keycap = Keycap::new(Path::new(env!("CARGO_BIN_EXE_keycap")), &db.url, dir.path());
+    Env {
+        db,
+        keycap,
+        _dir: dir,
+    }
+}
+
+/// An org `acme` with owner ann, member bob (budget $100) and an OpenRouter master key.
+pub async fn seeded() -> Env {
+    let env = env().await;
+    env.keycap
+        .ok(&["org", "create", "acme", "--owner", "ann@acme.test"])
+        .unwrap();
+    env.keycap
+        .ok(&[
+            "member",
+            "add",
+            "--org",
+            "acme",
+            "bob@acme.test",
+            "--role",
+            "user",
+            "--budget",
+            "100",
+        ])
+        .unwrap();
+    let added = env
+        .keycap
+        .run_with_stdin(
+            &[
+                "vault",
+                "add",
+                "--org",
+                "acme",
+                "--service",
+                "openrouter",
+                "--name",
+                "main",
+            ],
+            MASTER_SECRET,
+        )
+        .unwrap();
+    assert!(added.success, "{}", added.stderr);
+    env
+}
+
+/// Every row count and money total in the database: equal snapshots mean nothing changed.
+pub async fn snapshot(db: &TestDb) -> String {
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM orgs), (SELECT count(*) FROM users),
+                    (SELECT count(*) FROM memberships), (SELECT coalesce(sum(monthly_budget_nanousd), 0)::bigint FROM memberships),
+                    (SELECT count(*) FROM master_keys), (SELECT count(*) FROM api_keys),
+                    (SELECT coalesce(sum(cap_nanousd), 0)::bigint FROM api_keys),
+                    (SELECT count(*) FILTER (WHERE closed_at IS NOT NULL) FROM api_keys),
+                    (SELECT count(*) FROM transactions)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (0..9)
+        .map(|i| row.get::<_, i64>(i).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `keycap key list --json` as parsed JSON.
+pub fn keys_json(env: &Env, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["key", "list", "--json"];
+    full.extend_from_slice(args);
+    let out = env.keycap.ok(&full).unwrap();
+    serde_json::from_str(&out).unwrap()
+}

@@ -1,0 +1,111 @@
+//! `GET /api/v1/models`: the price table in OpenRouter's model shape.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::config::MockModel;
+use crate::error::ApiError;
+use crate::state::MockState;
+
+/// Unix seconds reported as every model's `created`: fixed, so `/models`
+/// answers the same bytes on every run.
+const MODELS_CREATED: i64 = 1_767_225_600;
+
+/// The parameters every mock model claims to support.
+const SUPPORTED_PARAMETERS: [&str; 8] = [
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "response_format",
+];
+
+/// `GET /models?offset=&limit=&category=&supported_parameters=`. No key is
+/// needed. `category` is accepted and ignored; `supported_parameters` keeps
+/// the models that support every listed parameter.
+pub async fn list_models(
+    State(state): State<MockState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let offset = count_param(&query, "offset")?.unwrap_or(0);
+    let limit = count_param(&query, "limit")?.unwrap_or(usize::MAX);
+    let wanted: Vec<&str> = query
+        .get("supported_parameters")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let data: Vec<Value> = state
+        .config()
+        .models
+        .iter()
+        .filter(|_| {
+            wanted
+                .iter()
+                .all(|name| SUPPORTED_PARAMETERS.contains(name))
+        })
+        .skip(offset)
+        .take(limit)
+        .map(model_json)
+        .collect();
+    Ok(Json(json!({ "data": data })).into_response())
+}
+
+/// One model in OpenRouter's `Model` shape.
+pub fn model_json(model: &MockModel) -> Value {
+    let name = model.id.split('/').next_back().unwrap_or(&model.id);
+    json!({
+        "id": model.id,
+        "canonical_slug": model.id,
+        "hugging_face_id": null,
+        "name": format!("Mock: {name}"),
+        "created": MODELS_CREATED,
+        "description": "A deterministic model served by openrouter-mock.",
+        "context_length": model.context_length,
+        "architecture": {
+            "modality": "text->text",
+            "input_modalities": ["text"],
+            "output_modalities": ["text"],
+            "tokenizer": "Other",
+            "instruct_type": null,
+        },
+        "pricing": {
+            "prompt": model.prompt_price,
+            "completion": model.completion_price,
+            "request": model.request_price,
+            "image": "0",
+            "web_search": "0",
+            "internal_reasoning": "0",
+            "input_cache_read": "0",
+            "input_cache_write": "0",
+        },
+        "top_provider": {
+            "context_length": model.context_length,
+            "max_completion_tokens": model.max_completion_tokens,
+            "is_moderated": false,
+        },
+        "per_request_limits": null,
+        "supported_parameters": SUPPORTED_PARAMETERS,
+        "default_parameters": {},
+        "expiration_date": null,
+    })
+}
+
+fn count_param(query: &HashMap<String, String>, name: &str) -> Result<Option<usize>, ApiError> {
+    let Some(text) = query.get(name) else {
+        return Ok(None);
+    };
+    text.parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer")))
+}

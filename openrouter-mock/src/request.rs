@@ -1,0 +1,328 @@
+//! Turning an inference request body into a planned completion: the model,
+//! the deterministic token counts, the cost and the fault, before any byte
+//! of the answer is written.
+
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode, header};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::config::MockConfig;
+use crate::error::ApiError;
+use crate::faults::{Fault, slow_delay};
+use crate::generation::GenerationRecord;
+use crate::pricing::{Cost, Prices, nanos_to_usd};
+
+/// The header that sets the natural completion length, in tokens.
+pub const COMPLETION_TOKENS_HEADER: &str = "x-mock-completion-tokens";
+
+/// The header that keeps a generation out of `GET /generation` (404) for
+/// this many milliseconds after it is served.
+pub const GENERATION_DELAY_HEADER: &str = "x-mock-generation-delay-ms";
+
+/// The words of every completion, in order, repeating.
+const WORDS: [&str; 26] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
+    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
+    "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+];
+
+/// Which inference endpoint was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `POST /chat/completions`.
+    Chat,
+    /// `POST /completions` (legacy text completions).
+    Completions,
+}
+
+impl Api {
+    /// The endpoint's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "/api/v1/chat/completions",
+            Api::Completions => "/api/v1/completions",
+        }
+    }
+}
+
+/// A completion decided from its request, before it is answered.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The endpoint called.
+    pub api: Api,
+    /// `gen-<unix seconds>-<20 alphanumerics>`, also `X-Generation-Id`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The model id served.
+    pub model: String,
+    /// The model's prices.
+    pub prices: Prices,
+    /// Billed prompt tokens.
+    pub prompt_tokens: u64,
+    /// The full completion length; a fault may send fewer.
+    pub completion_tokens: u64,
+    /// `"length"` when `max_tokens` cut the completion short, else `"stop"`.
+    pub finish_reason: &'static str,
+    /// The request asked for `stream: true`.
+    pub stream: bool,
+    /// The fault the request asked for.
+    pub fault: Option<Fault>,
+    /// The `slow` fault's delay; zero otherwise.
+    pub delay: Duration,
+    /// How long the generation stays out of `GET /generation`.
+    pub generation_delay: Duration,
+    /// The request's `HTTP-Referer` header.
+    pub http_referer: Option<String>,
+    /// The request's `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+impl Completion {
+    /// Plans the completion of a parsed request body; 400 for a bad request.
+    pub fn plan(
+        api: Api,
+        config: &MockConfig,
+        headers: &HeaderMap,
+        body: &Value,
+    ) -> Result<Completion, ApiError> {
+        if !body.is_object() {
+            return Err(ApiError::bad_request("request body must be a JSON object"));
+        }
+        let model_id = match body.get("model") {
+            Some(Value::String(model_id)) if !model_id.is_empty() => model_id,
+            _ => return Err(ApiError::bad_request("No models provided")),
+        };
+        let Some(model) = config.find_model(model_id) else {
+            return Err(ApiError::bad_request(format!(
+                "{model_id} is not a valid model ID"
+            )));
+        };
+        let fault = Fault::select(headers, model_id)?;
+        let prices = Prices::of(&model).map_err(|_| ApiError::internal())?;
+        let prompt_bytes = match api {
+            Api::Chat => chat_prompt_bytes(body)?,
+            Api::Completions => legacy_prompt_bytes(body)?,
+        };
+        let prompt_tokens = prompt_bytes.div_ceil(4).max(1);
+        let natural_tokens = match header_u64(headers, COMPLETION_TOKENS_HEADER)? {
+            Some(tokens) => tokens,
+            None => u64::from(config.default_completion_tokens),
+        };
+        let max_tokens = match body.get("max_tokens").filter(|value| !value.is_null()) {
+            Some(value) => Some(non_negative(value, "max_tokens")?),
+            None => match body
+                .get("max_completion_tokens")
+                .filter(|value| !value.is_null())
+            {
+                Some(value) => Some(non_negative(value, "max_completion_tokens")?),
+                None => None,
+            },
+        };
+        let completion_tokens = max_tokens.map_or(natural_tokens, |max| max.min(natural_tokens));
+        let finish_reason = if completion_tokens < natural_tokens {
+            "length"
+        } else {
+            "stop"
+        };
+        if prompt_tokens + completion_tokens > model.context_length {
+            let message = format!(
+                "This endpoint's maximum context length is {} tokens. However, you requested \
+                 about {} tokens ({prompt_tokens} of text input, {completion_tokens} in the \
+                 output). Please reduce the length of either one.",
+                model.context_length,
+                prompt_tokens + completion_tokens
+            );
+            return Err(ApiError::bad_request(message).with_error_type("context_length_exceeded"));
+        }
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(stream)) => *stream,
+            Some(_) => return Err(ApiError::bad_request("stream must be a boolean")),
+        };
+        let now = OffsetDateTime::now_utc();
+        let suffix: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(20)
+            .map(char::from)
+            .collect();
+        let header_text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Completion {
+            api,
+            id: format!("gen-{}-{suffix}", now.unix_timestamp()),
+            created: now.unix_timestamp(),
+            model: model.id,
+            prices,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            stream,
+            fault,
+            delay: if fault == Some(Fault::Slow) {
+                slow_delay(headers)
+            } else {
+                Duration::ZERO
+            },
+            generation_delay: Duration::from_millis(
+                header_u64(headers, GENERATION_DELAY_HEADER)?.unwrap_or(0),
+            ),
+            http_referer: header_text("http-referer"),
+            user_agent: header_text(header::USER_AGENT.as_str()),
+            started: Instant::now(),
+        })
+    }
+
+    /// The text of completion token `token_idx`: a word, preceded by a space
+    /// unless it is the first.
+    pub fn piece(token_idx: u64) -> String {
+        let word = WORDS[usize::try_from(token_idx % 26).unwrap_or_default()];
+        if token_idx == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        }
+    }
+
+    /// The whole completion text: `completion_tokens` words.
+    pub fn text(&self) -> String {
+        (0..self.completion_tokens).map(Completion::piece).collect()
+    }
+
+    /// The cost when `completion_tokens` were sent.
+    pub fn cost(&self, completion_tokens: u64) -> Cost {
+        self.prices.cost(self.prompt_tokens, completion_tokens)
+    }
+
+    /// The `usage` object for the full completion; `None` for `no-usage`.
+    pub fn usage_json(&self) -> Option<Value> {
+        if self.fault == Some(Fault::NoUsage) {
+            return None;
+        }
+        let cost = self.cost(self.completion_tokens);
+        let with_cost = self.fault != Some(Fault::NoCost);
+        let cost_details = json!({
+            "upstream_inference_cost": null,
+            "upstream_inference_prompt_cost": nanos_to_usd(cost.prompt_nanousd),
+            "upstream_inference_completions_cost": nanos_to_usd(cost.completion_nanousd),
+        });
+        Some(json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost": if with_cost { json!(nanos_to_usd(cost.total_nanousd)) } else { Value::Null },
+            "is_byok": false,
+            "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
+            "completion_tokens_details": { "reasoning_tokens": 0, "image_tokens": 0 },
+            "cost_details": if with_cost { cost_details } else { Value::Null },
+        }))
+    }
+
+    /// The generation record after `completion_tokens` were sent.
+    pub fn record(
+        &self,
+        completion_tokens: u64,
+        finish_reason: Option<&'static str>,
+        cancelled: bool,
+    ) -> GenerationRecord {
+        let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        GenerationRecord {
+            id: self.id.clone(),
+            model: self.model.clone(),
+            api_type: match self.api {
+                Api::Chat => "chat",
+                Api::Completions => "completions",
+            },
+            created_at: OffsetDateTime::from_unix_timestamp(self.created)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            available_at: Instant::now() + self.generation_delay,
+            streamed: self.stream,
+            cancelled,
+            finish_reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            cost: self.cost(completion_tokens),
+            latency_ms: elapsed_ms,
+            generation_time_ms: elapsed_ms,
+            http_referer: self.http_referer.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+}
+
+/// UTF-8 bytes of every message's `content`: a string, or the `text` of
+/// each part of an array.
+fn chat_prompt_bytes(body: &Value) -> Result<u64, ApiError> {
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Err(ApiError::bad_request("messages must be an array"));
+    };
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty"));
+    }
+    let mut n_bytes = 0;
+    for message in messages {
+        if !message.is_object() {
+            return Err(ApiError::bad_request("each message must be an object"));
+        }
+        n_bytes += match message.get("content") {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(content)) => content.len(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum(),
+            Some(_) => return Err(ApiError::bad_request("message content must be a string")),
+        };
+    }
+    Ok(u64::try_from(n_bytes).unwrap_or(u64::MAX))
+}
+
+/// UTF-8 bytes of `prompt`: a string or an array of strings.
+fn legacy_prompt_bytes(body: &Value) -> Result<u64, ApiError> {
+    let n_bytes = match body.get("prompt") {
+        Some(Value::String(prompt)) => prompt.len(),
+        Some(Value::Array(prompts)) if prompts.iter().all(Value::is_string) => {
+            prompts.iter().filter_map(Value::as_str).map(str::len).sum()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "prompt must be a string or an array of strings",
+            ));
+        }
+    };
+    Ok(u64::try_from(n_bytes).unwrap_or(u64::MAX))
+}
+
+fn non_negative(value: &Value, field: &str) -> Result<u64, ApiError> {
+    value
+        .as_u64()
+        .ok_or_else(|| ApiError::bad_request(format!("{field} must be a non-negative integer")))
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+    {
+        Some(number) => Ok(Some(number)),
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name} must be an integer"),
+        )),
+    }
+}

@@ -1,0 +1,12 @@
+//! Test support for keycap's integration tests: real Postgres, real processes.
+//!
+//! `testkit` owns [`TestDb`] (a fresh database per test, copied from a template migrated once
+//! per test binary, on `TEST_DATABASE_URL` or else on a throwaway cluster that this binary
+//! starts and a watchdog stops when it exits) and [`process`] (running and spawning the
+//! `keycap` binary, waiting until it is ready, killing it on drop). It is used only as a
+//! dev-dependency and never by production code.
+
+mod database;
+pub mod process;
+
+pub use database::TestDb;
