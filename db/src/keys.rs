@@ -341,3 +341,31 @@ pub(crate) use select_keys;
 pub(crate) fn key_from_row(row: &tokio_postgres::Row) -> ApiKey {
     from_row(row)
 }
+
+const BY_HASH: &str = select_keys!("WHERE k.token_hash = $1");
+
+/// The key whose token hashes to `hash`, if any (revoked and expired keys included, so the
+/// gateway can say why it refuses them).
+pub async fn find_by_token_hash(
+    client: &impl GenericClient,
+    hash: &[u8; 32],
+) -> Result<Option<ApiKey>, Error> {
+    let row = client.query_opt(BY_HASH, &[&hash.as_slice()]).await?;
+    Ok(row.map(|row| from_row(&row)))
+}
+
+/// One key by id.
+pub async fn find_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<ApiKey>, Error> {
+    let row = client
+        .query_opt(select_keys!("WHERE k.id = $1"), &[&id])
+        .await?;
+    Ok(row.map(|row| from_row(&row)))
+}
+
+/// Every key that is not closed, for the gateway's periodic full refresh.
+pub async fn list_open(client: &impl GenericClient) -> Result<Vec<ApiKey>, Error> {
+    let rows = client
+        .query(select_keys!("WHERE k.closed_at IS NULL"), &[])
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}

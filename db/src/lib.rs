@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod master_keys;
 pub mod members;
 mod migrate;
+pub mod notify;
 pub mod orgs;
 pub mod transactions;
 pub mod usage;

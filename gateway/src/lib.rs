@@ -1,5 +1,25 @@
 //! The gateway: keycap's data plane, a `pingora` reverse proxy that is OpenRouter-compatible on
-//! `/api/v1/*`, swaps sub-key tokens for master keys, and meters and caps spend.
+//! `/api/v1/*`.
 //!
-//! Not built yet: this crate holds no code until the gateway issue lands. It will depend on
-//! `domain`, `db` and `vault`, and never on `admin`.
+//! It owns the per-request path (auth and the key cache, reservation against the key's cap,
+//! the swap of the sub-key for the decrypted master key, metering of the response as it
+//! streams, settlement) and the background work that keeps it honest (flushing spend to
+//! Postgres, reloading changed keys on `NOTIFY`, refreshing prices). It depends on `domain`,
+//! `db` and `vault`, and never on `admin`.
+//!
+//! Start with [`server::run`]; the request path is in [`proxy`].
+
+pub mod auth;
+pub mod budget;
+pub mod config;
+pub mod error;
+pub mod flusher;
+pub mod metrics;
+pub mod prices;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod sync;
+
+pub use config::GatewayConfig;
+pub use server::run;

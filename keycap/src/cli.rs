@@ -25,8 +25,11 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run keycap: the database (embedded unless a URL is set), migrations and background jobs.
+    /// Run keycap: the gateway, the database (embedded unless a URL is set), migrations and
+    /// background jobs.
     Up(UpArgs),
+    /// Run keycap against a built-in OpenRouter mock, with a seeded org and a sub-key to try.
+    Demo(UpArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Run the OpenRouter stand-in alone, for tests and demos.

@@ -17,7 +17,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
     pub vault: VaultConfig,
-    pub gateway: ListenConfig,
+    pub gateway: GatewaySection,
     pub admin: ListenConfig,
     pub metrics: ListenConfig,
     pub openrouter: OpenRouterConfig,
@@ -42,7 +42,44 @@ pub struct VaultConfig {
     pub key_file: String,
 }
 
-/// A listener section: `[gateway]`, `[admin]`, `[metrics]`.
+/// `[gateway]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// `host:port` of the proxy.
+    pub listen: String,
+    /// Milliseconds between flushes of settled spend to Postgres.
+    pub flush_interval_ms: u64,
+    /// Seconds between full reloads of cached keys (behind LISTEN/NOTIFY).
+    pub refresh_interval_seconds: u64,
+    /// Seconds between fetches of the upstream's prices.
+    pub price_refresh_seconds: u64,
+    /// Largest request body in bytes (at most 65536).
+    pub max_body_bytes: usize,
+    /// USD reserved for a request on a model with no known price; empty refuses them.
+    pub unpriced_ceiling_usd: String,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub grace_period_seconds: u64,
+    /// Proxy worker threads.
+    pub threads: usize,
+}
+
+impl Default for GatewaySection {
+    fn default() -> GatewaySection {
+        GatewaySection {
+            listen: "127.0.0.1:8080".into(),
+            flush_interval_ms: 1000,
+            refresh_interval_seconds: 30,
+            price_refresh_seconds: 300,
+            max_body_bytes: 65536,
+            unpriced_ceiling_usd: String::new(),
+            grace_period_seconds: 5,
+            threads: 2,
+        }
+    }
+}
+
+/// A listener section: `[admin]`, `[metrics]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
@@ -72,9 +109,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./keycap-data"),
             database: DatabaseConfig::default(),
             vault: VaultConfig::default(),
-            gateway: ListenConfig {
-                listen: "127.0.0.1:8080".into(),
-            },
+            gateway: GatewaySection::default(),
             admin: ListenConfig {
                 listen: "127.0.0.1:3000".into(),
             },
@@ -178,6 +213,40 @@ impl Config {
                 bail!("{key} = {listen:?} is not a host:port address such as 127.0.0.1:8080");
             }
         }
+        for (key, listen) in [
+            ("gateway.listen", &self.gateway.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ] {
+            if listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|addr| addr.port() == 0)
+            {
+                bail!("{key} = {listen:?}: port 0 is not supported here, choose a port");
+            }
+        }
+        if self.gateway.listen == self.metrics.listen {
+            bail!(
+                "gateway.listen and metrics.listen are both {:?}: give each its own port",
+                self.gateway.listen
+            );
+        }
+        if self.gateway.max_body_bytes == 0 || self.gateway.max_body_bytes > 65536 {
+            bail!(
+                "gateway.max_body_bytes must be between 1 and 65536 (the most the gateway can price before forwarding)"
+            );
+        }
+        if self.gateway.flush_interval_ms == 0
+            || self.gateway.refresh_interval_seconds == 0
+            || self.gateway.threads == 0
+        {
+            bail!(
+                "gateway.flush_interval_ms, gateway.refresh_interval_seconds and gateway.threads must be at least 1"
+            );
+        }
+        if !self.gateway.unpriced_ceiling_usd.is_empty() {
+            domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd)
+                .map_err(|err| anyhow::anyhow!("gateway.unpriced_ceiling_usd: {err}"))?;
+        }
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
@@ -189,6 +258,24 @@ impl Config {
             bail!("data_dir must not be empty");
         }
         Ok(())
+    }
+
+    /// The gateway's settings.
+    pub fn gateway_config(&self) -> gateway::GatewayConfig {
+        use std::time::Duration;
+        gateway::GatewayConfig {
+            listen: self.gateway.listen.clone(),
+            metrics_listen: self.metrics.listen.clone(),
+            upstream_base_url: self.openrouter.base_url.clone(),
+            flush_interval: Duration::from_millis(self.gateway.flush_interval_ms),
+            refresh_interval: Duration::from_secs(self.gateway.refresh_interval_seconds),
+            price_refresh_interval: Duration::from_secs(self.gateway.price_refresh_seconds.max(1)),
+            negative_cache_ttl: Duration::from_secs(10),
+            max_body_bytes: self.gateway.max_body_bytes,
+            unpriced_ceiling: domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd).ok(),
+            grace_period_seconds: self.gateway.grace_period_seconds,
+            threads: self.gateway.threads,
+        }
     }
 
     /// The encryption key file.
@@ -317,6 +404,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.database.url, "postgres://keycap/db");
+    }
+
+    #[test]
+    fn listeners_need_their_own_real_ports() {
+        for (pairs, expected) in [
+            (
+                &[("KEYCAP_GATEWAY__LISTEN", "127.0.0.1:0")][..],
+                "port 0 is not supported",
+            ),
+            (
+                &[("KEYCAP_METRICS__LISTEN", "127.0.0.1:8080")][..],
+                "give each its own port",
+            ),
+            (
+                &[("KEYCAP_GATEWAY__MAX_BODY_BYTES", "70000")][..],
+                "gateway.max_body_bytes",
+            ),
+            (
+                &[("KEYCAP_GATEWAY__UNPRICED_CEILING_USD", "lots")][..],
+                "gateway.unpriced_ceiling_usd",
+            ),
+        ] {
+            let err = Config::load(None, &env(pairs), &FlagOverrides::default()).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{err:#}");
+        }
     }
 
     #[test]

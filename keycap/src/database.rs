@@ -9,6 +9,8 @@ use crate::config::Config;
 /// An open pool, and the embedded cluster when this process started it.
 pub struct Database {
     pub pool: db::Pool,
+    /// The connection string, for connections outside the pool (LISTEN).
+    pub url: String,
     started: Option<Cluster>,
 }
 
@@ -34,7 +36,7 @@ impl Database {
             (config.database.url.clone(), None)
         };
         let pool = db::connect(&url, config.database.pool_size).context("database.url")?;
-        let database = Database { pool, started };
+        let database = Database { pool, url, started };
         let applied = db::migrate(&database.pool).await;
         match applied {
             Ok(0) => {}

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod database;
+mod demo;
 mod up;
 mod verbs;
 
@@ -33,7 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         log_level: cli.log_level.clone(),
         ..Default::default()
     };
-    if let Command::Up(args) = &cli.command {
+    if let Command::Up(args) | Command::Demo(args) = &cli.command {
         flags.gateway_listen = args.gateway_listen.clone();
         flags.admin_listen = args.admin_listen.clone();
         flags.metrics_listen = args.metrics_listen.clone();
@@ -70,7 +71,8 @@ fn init_logging(level: &str, server: bool) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Up(_) => up::run(config).await,
+        Command::Up(_) => up::run(config, up::Mode::Up).await,
+        Command::Demo(_) => up::run(config, up::Mode::Demo).await,
         Command::MockOpenrouter(args) => {
             let mut mock_config = openrouter_mock::MockConfig::default();
             if let Some(key) = args.master_key {
@@ -116,6 +118,8 @@ async fn run_verb(database: &Database, config: &Config, command: Command) -> any
         }
         Command::Key(command) => verbs::key(database, command).await,
         Command::Audit(args) => verbs::audit(database, args).await,
-        Command::Up(_) | Command::MockOpenrouter(_) => unreachable!("handled in dispatch"),
+        Command::Up(_) | Command::Demo(_) | Command::MockOpenrouter(_) => {
+            unreachable!("handled in dispatch")
+        }
     }
 }

@@ -1,10 +1,11 @@
-//! `keycap up`: the database, the encryption key, and keycap's background jobs, until Ctrl-C or
-//! SIGTERM.
+//! `keycap up`, `keycap gateway` and `keycap demo`: the database, the encryption key, the
+//! gateway and keycap's background jobs, until Ctrl-C or SIGTERM.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use vault::{KeySource, Keyring};
 
 use crate::config::Config;
@@ -12,6 +13,15 @@ use crate::database::Database;
 
 /// How often expiry and monthly renewal run.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which parts to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything that exists: the gateway and the background jobs.
+    Up,
+    /// Everything, against an in-process OpenRouter mock, with a seeded org and key.
+    Demo,
+}
 
 /// Loads the encryption key: `KEYCAP_ENCRYPTION_KEY`, the key file, or a new key file.
 pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
@@ -34,9 +44,35 @@ pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
 }
 
 /// Runs until a shutdown signal.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let _keyring = load_keyring(&config)?;
+pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
+    let mock = match mode {
+        Mode::Demo => {
+            if config.database.url.is_empty() {
+                config.data_dir = config.data_dir.join("demo");
+            }
+            let mock = openrouter_mock::spawn(openrouter_mock::MockConfig::default())
+                .await
+                .context("starting the OpenRouter mock")?;
+            config.openrouter.base_url = mock.base_url();
+            Some(mock)
+        }
+        Mode::Up => None,
+    };
+    let keyring = load_keyring(&config)?;
     let database = Database::open(&config).await?;
+    let demo_token = match &mock {
+        Some(mock) => {
+            match crate::demo::seed(&database, &keyring, &mock.state().config().master_key).await {
+                Ok(token) => Some(token),
+                Err(err) => {
+                    database.close().await;
+                    return Err(err);
+                }
+            }
+        }
+        None => None,
+    };
+
     let pool = database.pool.clone();
     let maintenance = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
@@ -51,12 +87,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    eprintln!("keycap is up: database ready, background jobs running (Ctrl-C to stop)");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let resources = gateway::server::Resources {
+        pool: database.pool.clone(),
+        database_url: database.url.clone(),
+        keyring,
+        control: tokio::runtime::Handle::current(),
+    };
+    let gateway_config = config.gateway_config();
+    let gateway = std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || gateway::run(gateway_config, resources, shutdown_rx))
+        .context("starting the gateway thread")?;
+
+    eprintln!(
+        "keycap is up: gateway on http://{}/api/v1, metrics on http://{}/metrics, upstream {} (Ctrl-C to stop)",
+        config.gateway.listen, config.metrics.listen, config.openrouter.base_url
+    );
+    if let Some(token) = &demo_token {
+        crate::demo::print_instructions(&config.gateway.listen, token);
+    }
     shutdown_signal().await;
-    eprintln!("shutting down");
+    eprintln!("shutting down: letting requests in flight finish, then flushing spend");
+    let _ = shutdown_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || gateway.join()).await;
     maintenance.abort();
     database.close().await;
-    Ok(())
+    match joined {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(err))) => Err(anyhow::anyhow!("gateway: {err}")),
+        _ => Err(anyhow::anyhow!("the gateway thread panicked")),
+    }
 }
 
 async fn shutdown_signal() {

@@ -10,3 +10,11 @@ mod database;
 pub mod process;
 
 pub use database::TestDb;
+
+/// A port on 127.0.0.1 that the OS reports free right now, for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("the OS assigns a free loopback port")
+}

@@ -35,16 +35,16 @@ fn cli_and_up_share_the_embedded_cluster_and_data_survives_restarts() {
     assert_eq!(mode, 0o700);
 
     // `keycap up` generates the encryption key and keeps the cluster running.
+    let gateway = format!("127.0.0.1:{}", testkit::free_port());
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
     let mut up = keycap
         .spawn(
             &[
                 "up",
                 "--gateway-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
+                &gateway,
                 "--metrics-listen",
-                "127.0.0.1:0",
+                &metrics,
             ],
             "keycap is up",
             Duration::from_secs(120),

@@ -6,5 +6,7 @@
 
 mod cli;
 mod embedded;
+mod gateway;
+mod gateway_support;
 mod ledger;
 mod support;

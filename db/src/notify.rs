@@ -1,0 +1,80 @@
+//! Change notifications: triggers on `api_keys` and `master_keys` send `NOTIFY keycap_changes`
+//! (see `migrations/0001_init.sql`); a running gateway listens here and reloads what changed.
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::Error;
+
+/// The channel the triggers notify on.
+pub const CHANNEL: &str = "keycap_changes";
+
+/// A row that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    ApiKey(Uuid),
+    MasterKey(Uuid),
+}
+
+impl Change {
+    fn parse(payload: &str) -> Option<Change> {
+        let (table, id) = payload.split_once(':')?;
+        let id = Uuid::parse_str(id).ok()?;
+        match table {
+            "api_keys" => Some(Change::ApiKey(id)),
+            "master_keys" => Some(Change::MasterKey(id)),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a dedicated connection, runs `LISTEN` on [`CHANNEL`] and forwards each change. The
+/// receiver ends when the connection is lost; the caller then reconnects and refreshes
+/// everything, since changes made meanwhile were missed.
+pub async fn listen(url: &str) -> Result<mpsc::UnboundedReceiver<Change>, Error> {
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let drive = async {
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                        if let Some(change) = Change::parse(note.payload())
+                            && sender.send(change).is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "change notification connection lost");
+                        return;
+                    }
+                }
+            }
+        };
+        let listen = async {
+            let result = client.batch_execute("LISTEN keycap_changes").await;
+            if let Some(tx) = ready_tx.take() {
+                let _ = tx.send(result);
+            }
+            // Keep the client alive while the connection is driven.
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = drive => {}
+            () = listen => {}
+        }
+    });
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(receiver),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(Error::Pool(
+            "change notification connection closed before LISTEN".into(),
+        )),
+    }
+}

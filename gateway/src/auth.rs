@@ -1,0 +1,201 @@
+//! Finding the sub-key of a request: the bearer token, its SHA-256, and the in-memory key cache
+//! in front of Postgres (with negative entries, so a flood of bad tokens never reaches it).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use domain::Money;
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::budget::KeyBudget;
+
+/// What the gateway knows of a key besides its budget; replaced whole on reload.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub name: String,
+    pub prefix: String,
+    pub master_key_id: Uuid,
+    pub model_scope: Vec<String>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub close_reason: Option<String>,
+    pub paused_reason: Option<String>,
+    pub period_start: Date,
+}
+
+/// A cached key.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub info: RwLock<KeyInfo>,
+    pub budget: KeyBudget,
+}
+
+impl KeyEntry {
+    /// An entry from a database row.
+    pub fn from_row(key: &db::keys::ApiKey) -> KeyEntry {
+        KeyEntry {
+            id: key.id,
+            org_id: key.org_id,
+            info: RwLock::new(info_of(key)),
+            budget: KeyBudget::new(key.cap, key.spent),
+        }
+    }
+
+    /// A snapshot of the key's info.
+    pub fn info(&self) -> KeyInfo {
+        match self.info.read() {
+            Ok(info) => info.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Applies a reloaded row: new cap, scope, expiry, status; a new period resets spend.
+    pub fn reload(&self, key: &db::keys::ApiKey) {
+        let new_info = info_of(key);
+        let mut info = match self.info.write() {
+            Ok(info) => info,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if new_info.period_start != info.period_start {
+            self.budget.reset_spent(key.spent);
+        }
+        self.budget.set_cap(key.cap);
+        *info = new_info;
+    }
+}
+
+fn info_of(key: &db::keys::ApiKey) -> KeyInfo {
+    KeyInfo {
+        name: key.name.clone(),
+        prefix: key.prefix.clone(),
+        master_key_id: key.master_key_id,
+        model_scope: key.model_scope.clone(),
+        expires_at: key.expires_at,
+        close_reason: key.close_reason.clone(),
+        paused_reason: key.paused_reason.clone(),
+        period_start: key.period_start,
+    }
+}
+
+enum Slot {
+    Known(Arc<KeyEntry>),
+    Unknown(Instant),
+}
+
+/// The key cache: token hash → key, with negative entries that expire.
+pub struct KeyCache {
+    by_hash: DashMap<[u8; 32], Slot>,
+    by_id: DashMap<Uuid, Arc<KeyEntry>>,
+    negative_ttl: Duration,
+}
+
+/// What the cache knows of a token hash.
+pub enum Cached {
+    Known(Arc<KeyEntry>),
+    /// Known not to exist (recently looked up).
+    Unknown,
+    /// Not cached: ask the database.
+    Miss,
+}
+
+impl KeyCache {
+    /// An empty cache.
+    pub fn new(negative_ttl: Duration) -> KeyCache {
+        KeyCache {
+            by_hash: DashMap::new(),
+            by_id: DashMap::new(),
+            negative_ttl,
+        }
+    }
+
+    /// Looks a token hash up without touching the database.
+    pub fn get(&self, hash: &[u8; 32]) -> Cached {
+        match self.by_hash.get(hash).as_deref() {
+            Some(Slot::Known(entry)) => Cached::Known(Arc::clone(entry)),
+            Some(Slot::Unknown(at)) if at.elapsed() < self.negative_ttl => Cached::Unknown,
+            _ => Cached::Miss,
+        }
+    }
+
+    /// Stores a key loaded from the database; when another request stored it first, returns
+    /// that entry, so that every request of a key shares one budget.
+    pub fn insert(&self, hash: [u8; 32], entry: KeyEntry) -> Arc<KeyEntry> {
+        let mut slot = self
+            .by_hash
+            .entry(hash)
+            .or_insert_with(|| Slot::Unknown(Instant::now() - self.negative_ttl * 2));
+        if let Slot::Known(existing) = &*slot {
+            return Arc::clone(existing);
+        }
+        let entry = Arc::new(entry);
+        *slot = Slot::Known(Arc::clone(&entry));
+        drop(slot);
+        self.by_id.insert(entry.id, Arc::clone(&entry));
+        entry
+    }
+
+    /// Remembers that no key has this hash.
+    pub fn insert_unknown(&self, hash: [u8; 32]) {
+        self.by_hash
+            .entry(hash)
+            .or_insert_with(|| Slot::Unknown(Instant::now()));
+    }
+
+    /// A cached key by id.
+    pub fn by_id(&self, id: Uuid) -> Option<Arc<KeyEntry>> {
+        self.by_id.get(&id).map(|entry| Arc::clone(&entry))
+    }
+
+    /// Every cached key.
+    pub fn entries(&self) -> Vec<Arc<KeyEntry>> {
+        self.by_id.iter().map(|entry| Arc::clone(&entry)).collect()
+    }
+
+    /// The number of cached keys (known ones).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when no key is cached.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Drops negative entries that have expired, so the map does not grow without bound.
+    pub fn sweep_unknown(&self) {
+        self.by_hash.retain(|_, slot| match slot {
+            Slot::Known(_) => true,
+            Slot::Unknown(at) => at.elapsed() < self.negative_ttl,
+        });
+    }
+}
+
+/// Extracts the bearer token from an `Authorization` header value.
+pub fn bearer(value: Option<&[u8]>) -> Option<&str> {
+    let value = std::str::from_utf8(value?).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// `Money` left for a key, for responses.
+pub fn remaining_of(entry: &KeyEntry) -> Money {
+    entry.budget.remaining()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_tokens() {
+        assert_eq!(bearer(Some(b"Bearer kc_abc")), Some("kc_abc"));
+        assert_eq!(bearer(Some(b"bearer   kc_abc ")), Some("kc_abc"));
+        assert_eq!(bearer(Some(b"Basic abc")), None);
+        assert_eq!(bearer(Some(b"kc_abc")), None);
+        assert_eq!(bearer(None), None);
+        assert_eq!(bearer(Some(&[0xff, 0xfe])), None);
+    }
+}

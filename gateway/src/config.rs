@@ -1,0 +1,134 @@
+//! `GatewayConfig`: what the gateway needs from keycap's configuration.
+
+use std::time::Duration;
+
+use domain::Money;
+
+/// Settings of one gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `host:port` of the proxy listener.
+    pub listen: String,
+    /// `host:port` of the Prometheus listener.
+    pub metrics_listen: String,
+    /// The upstream, without `/api/v1` (`https://openrouter.ai`).
+    pub upstream_base_url: String,
+    /// How often settled spend is written to Postgres.
+    pub flush_interval: Duration,
+    /// How often every cached key is reloaded, as a safety net behind `NOTIFY`.
+    pub refresh_interval: Duration,
+    /// How often the upstream's model list (prices) is fetched again.
+    pub price_refresh_interval: Duration,
+    /// How long an unknown token is remembered as unknown.
+    pub negative_cache_ttl: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// What to reserve for a model with no known price; `None` refuses such requests.
+    pub unpriced_ceiling: Option<Money>,
+    /// Seconds in-flight requests get to finish on SIGTERM.
+    pub grace_period_seconds: u64,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            upstream_base_url: "https://openrouter.ai".into(),
+            flush_interval: Duration::from_secs(1),
+            refresh_interval: Duration::from_secs(30),
+            price_refresh_interval: Duration::from_secs(300),
+            negative_cache_ttl: Duration::from_secs(10),
+            max_body_bytes: MAX_BODY_BYTES,
+            unpriced_ceiling: None,
+            grace_period_seconds: 5,
+            threads: 2,
+        }
+    }
+}
+
+/// The largest request body the gateway can price before it opens an upstream connection:
+/// pingora replays a body read ahead of the upstream call only up to 64 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An upstream base URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Upstream {
+    /// Parses `http(s)://host[:port]` (a trailing `/` is allowed; no path).
+    pub fn parse(base_url: &str) -> Result<Upstream, String> {
+        let (tls, rest) = if let Some(rest) = base_url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = base_url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "upstream {base_url:?} must start with http:// or https://"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(format!(
+                "upstream {base_url:?} must be a scheme and host, without a path"
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("upstream {base_url:?} has a bad port"))?;
+                (
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                    port,
+                )
+            }
+            _ => (authority.to_string(), if tls { 443 } else { 80 }),
+        };
+        Ok(Upstream { host, port, tls })
+    }
+
+    /// The `Host` header value.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upstreams() {
+        let check = |url: &str, expected: Result<(&str, u16, bool), ()>| {
+            let got = Upstream::parse(url)
+                .map(|u| (u.host, u.port, u.tls))
+                .map_err(|_| ());
+            assert_eq!(
+                got,
+                expected.map(|(h, p, t)| (h.to_string(), p, t)),
+                "{url}"
+            );
+        };
+        check("https://openrouter.ai", Ok(("openrouter.ai", 443, true)));
+        check("https://openrouter.ai/", Ok(("openrouter.ai", 443, true)));
+        check("http://127.0.0.1:8090", Ok(("127.0.0.1", 8090, false)));
+        check("http://localhost", Ok(("localhost", 80, false)));
+        check("ftp://x", Err(()));
+        check("https://openrouter.ai/api/v1", Err(()));
+        check("http://h:notaport", Err(()));
+    }
+}

@@ -1,0 +1,159 @@
+//! The single mapping from why the gateway refuses a request to the HTTP status and the JSON
+//! body the client sees, in OpenRouter's error shape:
+//! `{"error":{"code":402,"message":"...","metadata":{"error_type":"..."}}}`.
+
+use bytes::Bytes;
+use serde_json::json;
+
+/// A refusal, answered by the gateway without an upstream call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// A low-cardinality label for metrics (`budget`, `unknown_key`, ...).
+    pub reason: &'static str,
+    /// OpenRouter's `error_type` for the status.
+    pub error_type: &'static str,
+    /// What happened and what to do; never a secret.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(
+        status: u16,
+        reason: &'static str,
+        error_type: &'static str,
+        message: impl Into<String>,
+    ) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            error_type,
+            message: message.into(),
+        }
+    }
+
+    pub fn missing_key() -> Refusal {
+        Refusal::new(
+            401,
+            "missing_key",
+            "authentication",
+            "no API key: send `Authorization: Bearer kc_...` with your keycap sub-key",
+        )
+    }
+
+    pub fn malformed_key(detail: &str) -> Refusal {
+        Refusal::new(
+            401,
+            "malformed_key",
+            "authentication",
+            format!("the API key is not a keycap sub-key ({detail})"),
+        )
+    }
+
+    pub fn unknown_key() -> Refusal {
+        Refusal::new(
+            401,
+            "unknown_key",
+            "authentication",
+            "unknown API key: check that you copied the whole keycap sub-key, or ask for a new one",
+        )
+    }
+
+    pub fn revoked(prefix: &str) -> Refusal {
+        Refusal::new(
+            403,
+            "revoked",
+            "permission_denied",
+            format!("key {prefix} was revoked: provision a new key on /store"),
+        )
+    }
+
+    pub fn expired(prefix: &str) -> Refusal {
+        Refusal::new(
+            403,
+            "expired",
+            "permission_denied",
+            format!("key {prefix} has expired: provision a new key on /store"),
+        )
+    }
+
+    pub fn paused(reason: &str) -> Refusal {
+        Refusal::new(
+            402,
+            "paused",
+            "payment_required",
+            format!("{reason}: ask an owner to raise your budget"),
+        )
+    }
+
+    pub fn master_key_revoked() -> Refusal {
+        Refusal::new(
+            403,
+            "master_key_revoked",
+            "permission_denied",
+            "the master key behind this key was revoked: ask an owner to add a new one",
+        )
+    }
+
+    pub fn out_of_scope(model: &str) -> Refusal {
+        Refusal::new(
+            403,
+            "out_of_scope",
+            "permission_denied",
+            format!(
+                "model {model:?} is not allowed for this key: use a model in its scope or provision a key for it"
+            ),
+        )
+    }
+
+    pub fn budget(remaining: domain::Money, need: domain::Money) -> Refusal {
+        Refusal::new(
+            402,
+            "budget",
+            "payment_required",
+            format!(
+                "key budget exhausted: {remaining} left, a minimal request needs {need}; ask for a key with a higher cap"
+            ),
+        )
+    }
+
+    pub fn bad_request(reason: &'static str, message: String) -> Refusal {
+        Refusal::new(400, reason, "invalid_request", message)
+    }
+
+    pub fn too_large(limit: usize) -> Refusal {
+        Refusal::new(
+            413,
+            "too_large",
+            "payload_too_large",
+            format!("request body is larger than the gateway's limit of {limit} bytes"),
+        )
+    }
+
+    pub fn not_found(message: String) -> Refusal {
+        Refusal::new(404, "unknown_route", "not_found", message)
+    }
+
+    pub fn wrong_method(message: String) -> Refusal {
+        Refusal::new(405, "wrong_method", "invalid_request", message)
+    }
+
+    pub fn unavailable(reason: &'static str, message: String) -> Refusal {
+        Refusal::new(503, reason, "provider_unavailable", message)
+    }
+
+    pub fn bad_gateway(message: String) -> Refusal {
+        Refusal::new(502, "upstream_unreachable", "provider_unavailable", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        error_body(self.status, &self.message, self.error_type)
+    }
+}
+
+/// An OpenRouter-shaped error body.
+pub fn error_body(status: u16, message: &str, error_type: &str) -> Bytes {
+    let body = json!({ "error": { "code": status, "message": message, "metadata": { "error_type": error_type } } });
+    Bytes::from(body.to_string())
+}

@@ -1,0 +1,112 @@
+//! Every Prometheus metric of the gateway, in one place. Labels stay low-cardinality: outcome,
+//! reason, basis and service names, never key, member or model ids.
+
+use std::sync::OnceLock;
+
+use pingora_prometheus::prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, register_gauge,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+};
+
+/// The gateway's metrics, registered once in the process-wide registry that the metrics
+/// listener serves.
+pub struct Metrics {
+    pub requests_total: IntCounterVec,
+    pub refusals_total: IntCounterVec,
+    pub settlements_total: IntCounterVec,
+    pub upstream_errors_total: IntCounterVec,
+    pub spend_nanousd_total: IntCounter,
+    pub reservation_exceeded_total: IntCounter,
+    pub upstream_duration_seconds: Histogram,
+    pub added_latency_seconds: Histogram,
+    pub cache_keys: IntGauge,
+    pub flush_duration_seconds: Histogram,
+    pub flush_lag_seconds: Gauge,
+    pub flush_errors_total: IntCounter,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl Metrics {
+    /// The process's metrics, registered on first use.
+    pub fn global() -> &'static Metrics {
+        METRICS.get_or_init(|| {
+            Metrics::register().expect("metric names are unique and registered once")
+        })
+    }
+
+    fn register() -> Result<Metrics, pingora_prometheus::prometheus::Error> {
+        Ok(Metrics {
+            requests_total: register_int_counter_vec!(
+                Opts::new("gateway_requests_total", "Requests by outcome and service"),
+                &["outcome", "service"]
+            )?,
+            refusals_total: register_int_counter_vec!(
+                Opts::new(
+                    "gateway_refusals_total",
+                    "Requests refused without an upstream call, by reason"
+                ),
+                &["reason"]
+            )?,
+            settlements_total: register_int_counter_vec!(
+                Opts::new(
+                    "gateway_settlements_total",
+                    "Settled requests by what the charge was based on"
+                ),
+                &["basis"]
+            )?,
+            upstream_errors_total: register_int_counter_vec!(
+                Opts::new("gateway_upstream_errors_total", "Upstream failures by kind"),
+                &["kind"]
+            )?,
+            spend_nanousd_total: register_int_counter!(
+                "gateway_spend_nanousd_total",
+                "Spend settled, in nano-dollars"
+            )?,
+            reservation_exceeded_total: register_int_counter!(
+                "gateway_reservation_exceeded_total",
+                "Settlements whose reported cost exceeded the reservation"
+            )?,
+            upstream_duration_seconds: register_histogram!(
+                HistogramOpts::new(
+                    "gateway_upstream_duration_seconds",
+                    "From choosing the upstream to the end of the response"
+                )
+                .buckets(UPSTREAM_BUCKETS.to_vec())
+            )?,
+            added_latency_seconds: register_histogram!(
+                HistogramOpts::new(
+                    "gateway_added_latency_seconds",
+                    "Time the gateway spends on a request before contacting the upstream"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )?,
+            cache_keys: register_int_gauge!(
+                "gateway_cache_keys",
+                "Keys held in the in-memory cache"
+            )?,
+            flush_duration_seconds: register_histogram!(
+                HistogramOpts::new(
+                    "gateway_flush_duration_seconds",
+                    "Duration of one batched spend flush"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )?,
+            flush_lag_seconds: register_gauge!(
+                "gateway_flush_lag_seconds",
+                "Age of the oldest settled spend not yet in Postgres"
+            )?,
+            flush_errors_total: register_int_counter!(
+                "gateway_flush_errors_total",
+                "Failed spend flushes"
+            )?,
+        })
+    }
+}

@@ -1,0 +1,559 @@
+//! `impl ProxyHttp for Proxy`: each phase of one request, calling the modules that do the work.
+//!
+//! `request_filter` admits or refuses a request before anything reaches the upstream (route,
+//! key, status, scope, the whole body priced and reserved); `upstream_request_filter` swaps the
+//! sub-key for the master key; `response_filter` and `response_body_filter` meter the response
+//! as it streams, untouched; `logging` settles. See docs/gateway-phases.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use domain::services::openrouter::{ChatRequest, MeterOutcome, PriceError, Quote, UsageMeter};
+use domain::services::{Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter};
+use domain::{ApiKeyToken, Money};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::auth::{KeyEntry, bearer};
+use crate::error::{Refusal, error_body};
+use crate::flusher::SettledUsage;
+use crate::state::Gateway;
+
+/// The proxy: one per gateway, shared by all requests.
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+}
+
+/// What one request carries from phase to phase.
+pub struct RequestCtx {
+    started: Instant,
+    key: Option<Arc<KeyEntry>>,
+    credential: Option<Zeroizing<String>>,
+    /// The body to send upstream, read ahead and perhaps rewritten.
+    body: Option<Bytes>,
+    metered: Option<Metered>,
+    upstream_started: Option<Instant>,
+    outcome: &'static str,
+}
+
+struct Metered {
+    quote: Quote,
+    reservation: Money,
+    meter: Option<UsageMeter>,
+}
+
+enum Admit {
+    Forward,
+    Answered,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            key: None,
+            credential: None,
+            body: None,
+            metered: None,
+            upstream_started: None,
+            outcome: "forwarded",
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(Admit::Forward) => Ok(false),
+            Ok(Admit::Answered) => {
+                ctx.outcome = "answered";
+                Ok(true)
+            }
+            Err(refusal) => {
+                self.gateway
+                    .metrics
+                    .refusals_total
+                    .with_label_values(&[refusal.reason])
+                    .inc();
+                ctx.outcome = "refused";
+                respond(session, refusal.status, refusal.body()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let now = Instant::now();
+        if ctx.upstream_started.is_none() {
+            self.gateway
+                .metrics
+                .added_latency_seconds
+                .observe((now - ctx.started).as_secs_f64());
+        }
+        ctx.upstream_started = Some(now);
+        let upstream = &self.gateway.upstream;
+        let addr = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                Error::explain(
+                    pingora::ErrorType::ConnectNoRoute,
+                    format!("cannot resolve upstream host {}", upstream.host),
+                )
+            })?;
+        let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
+        peer.options.connection_timeout = Some(Duration::from_secs(10));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(20));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        upstream_request.insert_header("host", self.gateway.upstream.host_header())?;
+        if let Some(credential) = &ctx.credential {
+            upstream_request.insert_header("authorization", credential.as_str())?;
+        }
+        // Metering reads the bytes as they pass: ask for them uncompressed.
+        upstream_request.remove_header("accept-encoding");
+        if let Some(body) = &ctx.body {
+            upstream_request.insert_header("content-length", body.len().to_string())?;
+            upstream_request.remove_header("transfer-encoding");
+            upstream_request.remove_header("expect");
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The body was read ahead; pingora replays it once per upstream attempt.
+        if let Some(ready) = &ctx.body {
+            *body = Some(if end_of_stream {
+                ready.clone()
+            } else {
+                Bytes::new()
+            });
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(metered) = &mut ctx.metered {
+            let content_type = upstream_response
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok());
+            metered.meter = Some(
+                self.gateway
+                    .adapter
+                    .meter(upstream_response.status.as_u16(), content_type),
+            );
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let (
+            Some(Metered {
+                meter: Some(meter), ..
+            }),
+            Some(chunk),
+        ) = (&mut ctx.metered, body.as_ref())
+        {
+            meter.feed(chunk);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = match e.etype() {
+            pingora::ErrorType::HTTPStatus(code) => *code,
+            _ if e.esource() == &ErrorSource::Downstream => 400,
+            _ => 502,
+        };
+        if session.response_written().is_none() {
+            let message = match e.esource() {
+                ErrorSource::Upstream => format!(
+                    "the upstream could not be reached or failed: {}",
+                    e.etype().as_str()
+                ),
+                ErrorSource::Downstream => "the request could not be read".to_string(),
+                _ => "the gateway could not complete the request".to_string(),
+            };
+            if e.esource() == &ErrorSource::Upstream {
+                ctx.outcome = "upstream_error";
+                self.gateway
+                    .metrics
+                    .upstream_errors_total
+                    .with_label_values(&[e.etype().as_str()])
+                    .inc();
+            }
+            let _ = respond(
+                session,
+                status,
+                error_body(status, &message, "provider_unavailable"),
+            )
+            .await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let metrics = self.gateway.metrics;
+        if let Some(started) = ctx.upstream_started {
+            metrics
+                .upstream_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        metrics
+            .requests_total
+            .with_label_values(&[ctx.outcome, "openrouter"])
+            .inc();
+        let (Some(key), Some(metered)) = (ctx.key.take(), ctx.metered.take()) else {
+            return;
+        };
+        let outcome = match metered.meter {
+            Some(meter) => meter.finish(),
+            // No response header ever arrived: the upstream was not reached, nothing was billed.
+            None => {
+                key.budget.settle(metered.reservation, Money::ZERO);
+                metrics
+                    .settlements_total
+                    .with_label_values(&["not_billed"])
+                    .inc();
+                return;
+            }
+        };
+        let settlement = self
+            .gateway
+            .adapter
+            .settle(&metered.quote, metered.reservation, &outcome);
+        key.budget.settle(metered.reservation, settlement.charge);
+        metrics
+            .settlements_total
+            .with_label_values(&[settlement.basis.as_str()])
+            .inc();
+        metrics
+            .spend_nanousd_total
+            .inc_by(u64::try_from(settlement.charge.nanos()).unwrap_or(0));
+        if settlement.exceeded_reservation {
+            metrics.reservation_exceeded_total.inc();
+        }
+        let client_gone = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+        if let Some(note) = &settlement.note {
+            tracing::info!(
+                key.id = %key.id,
+                charge = %settlement.charge,
+                basis = settlement.basis.as_str(),
+                client_hung_up = client_gone,
+                status = session.response_written().map(|h| h.status.as_u16()),
+                "settled without a reported cost: {note}"
+            );
+        }
+        let (prompt_tokens, completion_tokens) = match &outcome {
+            MeterOutcome::Reported { usage, .. } | MeterOutcome::TokensOnly { usage } => {
+                (usage.prompt_tokens, usage.completion_tokens)
+            }
+            MeterOutcome::Nothing { .. } => (0, 0),
+        };
+        let _ = self.gateway.usage.send(SettledUsage {
+            api_key_id: key.id,
+            at: OffsetDateTime::now_utc(),
+            prompt_tokens: i64::try_from(prompt_tokens).unwrap_or(i64::MAX),
+            completion_tokens: i64::try_from(completion_tokens).unwrap_or(i64::MAX),
+            cost_nanousd: settlement.charge.nanos(),
+        });
+    }
+}
+
+impl Proxy {
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Admit, Refusal> {
+        let gateway = &self.gateway;
+        let request = session.req_header();
+        let path = request.uri.path_and_query().map_or_else(
+            || request.uri.path().to_string(),
+            |p| p.as_str().to_string(),
+        );
+        let route = gateway.adapter.route(request.method.as_str(), &path);
+        match route {
+            Route::Refused(RouteRefusal::UnknownPath) => {
+                return Err(Refusal::not_found(format!(
+                    "{} is not served through keycap: use /api/v1/chat/completions or /api/v1/completions",
+                    request.uri.path()
+                )));
+            }
+            Route::Refused(refusal @ RouteRefusal::WrongMethod { .. }) => {
+                return Err(Refusal::wrong_method(refusal.to_string()));
+            }
+            _ => {}
+        }
+        let token = bearer(request.headers.get("authorization").map(|v| v.as_bytes()))
+            .ok_or_else(Refusal::missing_key)?;
+        let token =
+            ApiKeyToken::parse(token).map_err(|err| Refusal::malformed_key(&err.to_string()))?;
+        let key = gateway
+            .key_for(token.hash())
+            .await
+            .map_err(|err| Refusal::unavailable("database", err.to_string()))?
+            .ok_or_else(Refusal::unknown_key)?;
+        let info = key.info();
+        match info.close_reason.as_deref() {
+            Some("revoked") => return Err(Refusal::revoked(&info.prefix)),
+            Some(_) => return Err(Refusal::expired(&info.prefix)),
+            None => {}
+        }
+        if domain::budget::is_expired(info.expires_at, OffsetDateTime::now_utc()) {
+            return Err(Refusal::expired(&info.prefix));
+        }
+        if let Some(reason) = &info.paused_reason {
+            return Err(Refusal::paused(reason));
+        }
+        let master = gateway
+            .master_key(info.master_key_id)
+            .await
+            .map_err(|err| Refusal::unavailable("vault", err.to_string()))?;
+        if master.revoked || master.org_id != key.org_id {
+            return Err(Refusal::master_key_revoked());
+        }
+        ctx.key = Some(Arc::clone(&key));
+        match route {
+            Route::Local(LocalRoute::KeyInfo) => {
+                let body = key_info_body(&key);
+                respond(session, 200, body)
+                    .await
+                    .map_err(|_| Refusal::bad_request("write", "response failed".into()))?;
+                ctx.key = None;
+                return Ok(Admit::Answered);
+            }
+            Route::PassThrough => {
+                ctx.key = None;
+                ctx.credential = Some(gateway.credential_value(&master));
+                return Ok(Admit::Forward);
+            }
+            Route::Metered | Route::Refused(_) => {}
+        }
+
+        let body = read_body(session, gateway.config.max_body_bytes).await?;
+        let parsed = ChatRequest::parse(&body)
+            .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
+        if !info.model_scope.is_empty() {
+            for model in std::iter::once(&parsed.model).chain(&parsed.fallback_models) {
+                if !info.model_scope.iter().any(|allowed| allowed == model) {
+                    return Err(Refusal::out_of_scope(model));
+                }
+            }
+        }
+        let prices = gateway.prices.get();
+        if prices.is_empty() && gateway.config.unpriced_ceiling.is_none() {
+            return Err(Refusal::unavailable(
+                "no_prices",
+                "the gateway has not loaded the upstream's prices yet: retry in a moment".into(),
+            ));
+        }
+        let quote = gateway
+            .adapter
+            .quote(&parsed, &prices)
+            .map_err(|err| match err {
+                PriceError::UnknownModel { .. } => {
+                    Refusal::bad_request("unknown_model", err.to_string())
+                }
+                other => Refusal::bad_request("unpriced_model", other.to_string()),
+            })?;
+        let adapter = &gateway.adapter;
+        let fit = key
+            .budget
+            .reserve(|remaining| adapter.fit(&quote, remaining));
+        let (reservation, body) = match fit {
+            Fit::AsRequested { reserve } => (reserve, body),
+            Fit::Lowered {
+                max_tokens,
+                reserve,
+            } => match adapter.lower_max_tokens(&body, max_tokens) {
+                Ok(lowered) => (reserve, Bytes::from(lowered)),
+                Err(err) => {
+                    key.budget.settle(reserve, Money::ZERO);
+                    return Err(Refusal::bad_request("bad_body", err.to_string()));
+                }
+            },
+            Fit::Refuse { need_at_least } => {
+                return Err(Refusal::budget(key.budget.remaining(), need_at_least));
+            }
+        };
+        ctx.body = Some(body);
+        ctx.metered = Some(Metered {
+            quote,
+            reservation,
+            meter: None,
+        });
+        ctx.credential = Some(gateway.credential_value(&master));
+        Ok(Admit::Forward)
+    }
+}
+
+/// Reads the whole request body ahead of the upstream call, within `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Refusal::too_large(limit));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await.map_err(|_| {
+            Refusal::bad_request("bad_body", "the request body could not be read".into())
+        })?;
+    }
+    session.enable_retry_buffering();
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Refusal::too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Refusal::bad_request(
+                    "bad_body",
+                    "the request body could not be read".into(),
+                ));
+            }
+        }
+    }
+    if session.retry_buffer_truncated() {
+        return Err(Refusal::too_large(limit));
+    }
+    Ok(body.freeze())
+}
+
+/// Writes a whole JSON response.
+async fn respond(session: &mut Session, status: u16, body: Bytes) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(2))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    // The request body may be unread: do not try to reuse the connection.
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// `GET /api/v1/key` for a sub-key, in OpenRouter's shape. Money is written as exact decimal
+/// dollars from nano-dollars, without a float.
+fn key_info_body(key: &KeyEntry) -> Bytes {
+    let info = key.info();
+    let (cap, spent, remaining) = (key.budget.cap(), key.budget.spent(), key.budget.remaining());
+    let expires = info
+        .expires_at
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map_or("null".to_string(), |text| {
+            serde_json::Value::from(text).to_string()
+        });
+    let label = serde_json::Value::from(format!("{} ({})", info.prefix, info.name)).to_string();
+    let body = format!(
+        concat!(
+            "{{\"data\":{{\"label\":{label},\"limit\":{cap},\"limit_remaining\":{remaining},",
+            "\"limit_reset\":null,\"include_byok_in_limit\":false,\"usage\":{spent},",
+            "\"usage_daily\":null,\"usage_weekly\":null,\"usage_monthly\":{spent},",
+            "\"byok_usage\":0,\"byok_usage_daily\":0,\"byok_usage_weekly\":0,\"byok_usage_monthly\":0,",
+            "\"is_free_tier\":false,\"is_management_key\":false,\"is_provisioning_key\":false,",
+            "\"expires_at\":{expires},\"creator_user_id\":null,",
+            "\"rate_limit\":{{\"requests\":-1,\"interval\":\"10s\",\"note\":\"keycap enforces the cap, not a rate\"}}}}}}"
+        ),
+        label = label,
+        cap = usd_number(cap),
+        remaining = usd_number(remaining),
+        spent = usd_number(spent),
+        expires = expires,
+    );
+    Bytes::from(body)
+}
+
+/// A JSON number of dollars written exactly from nano-dollars: `20`, `0.0015`.
+fn usd_number(amount: Money) -> String {
+    let text = amount.to_string();
+    let text = text.replacen('$', "", 1);
+    let trimmed = text.trim_end_matches('0').trim_end_matches('.');
+    if trimmed.is_empty() || trimmed == "-" {
+        "0".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_dollars_exactly() {
+        for (nanos, text) in [
+            (20_000_000_000, "20"),
+            (1_500_000, "0.0015"),
+            (0, "0"),
+            (1, "0.000000001"),
+            (20_500_000_000, "20.5"),
+        ] {
+            assert_eq!(usd_number(Money::from_nanos(nanos)), text);
+        }
+    }
+}

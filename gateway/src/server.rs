@@ -1,0 +1,123 @@
+//! Starting and stopping a gateway: the pingora server (proxy and metrics listeners) on its own
+//! threads, the background tasks on the caller's runtime, and an orderly shutdown that ends
+//! with a last flush of spend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::GatewayConfig;
+use crate::proxy::Proxy;
+use crate::state::Gateway;
+use crate::{flusher, sync};
+
+/// What the gateway needs from the process that runs it.
+pub struct Resources {
+    pub pool: db::Pool,
+    /// The database URL, for the dedicated `LISTEN` connection.
+    pub database_url: String,
+    pub keyring: vault::Keyring,
+    /// The runtime for database work and background tasks.
+    pub control: tokio::runtime::Handle,
+}
+
+/// Turns our shutdown watch into pingora's shutdown signal.
+struct WatchShutdown(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for WatchShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut shutdown = self.0.clone();
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Runs a gateway until `shutdown` turns true; blocks the calling thread, which must not be a
+/// runtime thread. In-flight requests get `grace_period_seconds` to finish, then spend still in
+/// memory is flushed.
+pub fn run(
+    config: GatewayConfig,
+    resources: Resources,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (usage_tx, usage_rx) = mpsc::unbounded_channel();
+    let control = resources.control.clone();
+    let gateway = Arc::new(Gateway::new(
+        config.clone(),
+        resources.pool.clone(),
+        resources.keyring,
+        usage_tx,
+        control.clone(),
+    )?);
+
+    // The flusher stops only after the proxy has stopped, so no settled request is missed.
+    let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
+    let flusher = control.spawn(flusher::run(
+        resources.pool.clone(),
+        usage_rx,
+        config.flush_interval,
+        gateway.metrics,
+        flusher_stop_rx,
+    ));
+    control.spawn(sync::listen_for_changes(
+        Arc::clone(&gateway),
+        resources.database_url,
+        shutdown.clone(),
+    ));
+    control.spawn(sync::refresh_periodically(
+        Arc::clone(&gateway),
+        shutdown.clone(),
+    ));
+    control.spawn(sync::refresh_prices(Arc::clone(&gateway), shutdown.clone()));
+    control.spawn(announce_when_listening(
+        config.listen.clone(),
+        config.metrics_listen.clone(),
+    ));
+
+    let conf = ServerConf {
+        threads: config.threads.max(1),
+        grace_period_seconds: Some(config.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Proxy {
+            gateway: Arc::clone(&gateway),
+        },
+    );
+    proxy.add_tcp(&config.listen);
+    let mut metrics = pingora_prometheus::prometheus_http_service();
+    metrics.add_tcp(&config.metrics_listen);
+    server.add_service(proxy);
+    server.add_service(metrics);
+    server.bootstrap();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(WatchShutdown(shutdown)),
+    });
+
+    tracing::info!("gateway stopped; flushing spend");
+    let _ = flusher_stop_tx.send(true);
+    let _ = control.block_on(flusher);
+    Ok(())
+}
+
+/// Logs `gateway listening on ADDR` once the proxy accepts connections: the line tests and
+/// scripts wait for.
+async fn announce_when_listening(listen: String, metrics_listen: String) {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+            tracing::info!(metrics = %metrics_listen, "gateway listening on {listen}");
+            eprintln!("gateway listening on {listen} (metrics on {metrics_listen})");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::error!("gateway did not start listening on {listen}");
+}

@@ -1,0 +1,167 @@
+//! `Gateway`: the state every request shares.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use domain::services::openrouter::{OpenRouter, OpenRouterConfig};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::auth::{Cached, KeyCache, KeyEntry};
+use crate::config::{GatewayConfig, Upstream};
+use crate::flusher::SettledUsage;
+use crate::metrics::Metrics;
+use crate::prices::PriceList;
+
+/// A decrypted master key, held only in memory.
+pub struct MasterKey {
+    pub org_id: Uuid,
+    pub revoked: bool,
+    secret: SecretString,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("org_id", &self.org_id)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a lookup could not be answered. Never carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("keycap cannot reach its database: {0}")]
+    Database(String),
+    #[error("master key {0} cannot be opened with the configured encryption key")]
+    Vault(Uuid),
+}
+
+/// Everything the proxy shares between requests.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub upstream: Upstream,
+    pub adapter: OpenRouter,
+    pub pool: db::Pool,
+    pub keyring: vault::Keyring,
+    pub keys: KeyCache,
+    pub masters: DashMap<Uuid, Arc<MasterKey>>,
+    pub prices: PriceList,
+    pub usage: mpsc::UnboundedSender<SettledUsage>,
+    /// The runtime that owns the database connections and background tasks.
+    pub control: tokio::runtime::Handle,
+    pub metrics: &'static Metrics,
+}
+
+impl Gateway {
+    /// Shared state; `usage` is the flusher's inbox.
+    pub fn new(
+        config: GatewayConfig,
+        pool: db::Pool,
+        keyring: vault::Keyring,
+        usage: mpsc::UnboundedSender<SettledUsage>,
+        control: tokio::runtime::Handle,
+    ) -> Result<Gateway, String> {
+        let upstream = Upstream::parse(&config.upstream_base_url)?;
+        let adapter = OpenRouter::new(OpenRouterConfig {
+            unpriced_ceiling: config.unpriced_ceiling,
+            ..Default::default()
+        });
+        let keys = KeyCache::new(config.negative_cache_ttl);
+        Ok(Gateway {
+            config,
+            upstream,
+            adapter,
+            pool,
+            keyring,
+            keys,
+            masters: DashMap::new(),
+            prices: PriceList::default(),
+            usage,
+            control,
+            metrics: Metrics::global(),
+        })
+    }
+
+    /// The key whose token hashes to `hash`: from the cache, or loaded from Postgres once.
+    pub async fn key_for(&self, hash: [u8; 32]) -> Result<Option<Arc<KeyEntry>>, LookupError> {
+        match self.keys.get(&hash) {
+            Cached::Known(entry) => return Ok(Some(entry)),
+            Cached::Unknown => return Ok(None),
+            Cached::Miss => {}
+        }
+        let pool = self.pool.clone();
+        let loaded = self
+            .control
+            .spawn(async move {
+                let client = pool.get().await?;
+                db::keys::find_by_token_hash(&client, &hash).await
+            })
+            .await
+            .map_err(|err| LookupError::Database(err.to_string()))?
+            .map_err(|err| LookupError::Database(err.to_string()))?;
+        match loaded {
+            Some(key) => {
+                let entry = self.keys.insert(hash, KeyEntry::from_row(&key));
+                self.metrics
+                    .cache_keys
+                    .set(i64::try_from(self.keys.len()).unwrap_or(i64::MAX));
+                Ok(Some(entry))
+            }
+            None => {
+                self.keys.insert_unknown(hash);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The master key `id`, decrypted once and then kept in memory.
+    pub async fn master_key(&self, id: Uuid) -> Result<Arc<MasterKey>, LookupError> {
+        if let Some(master) = self.masters.get(&id) {
+            return Ok(Arc::clone(&master));
+        }
+        let master = self.load_master_key(id).await?;
+        self.masters.insert(id, Arc::clone(&master));
+        Ok(master)
+    }
+
+    /// Loads (or reloads) a master key from Postgres and opens it.
+    pub async fn load_master_key(&self, id: Uuid) -> Result<Arc<MasterKey>, LookupError> {
+        let pool = self.pool.clone();
+        let row = self
+            .control
+            .spawn(async move {
+                let client = pool.get().await?;
+                db::master_keys::get_sealed(&client, id).await
+            })
+            .await
+            .map_err(|err| LookupError::Database(err.to_string()))?
+            .map_err(|err| LookupError::Database(err.to_string()))?;
+        let sealed = vault::Sealed {
+            sealing_key_id: row.sealed.sealing_key_id,
+            nonce: row.sealed.nonce,
+            ciphertext: row.sealed.ciphertext,
+        };
+        let secret = self
+            .keyring
+            .open(row.key.org_id, id, &sealed)
+            .map_err(|_| LookupError::Vault(id))?;
+        Ok(Arc::new(MasterKey {
+            org_id: row.key.org_id,
+            revoked: row.key.revoked_at.is_some(),
+            secret,
+        }))
+    }
+
+    /// The upstream credential header value for a master key. The caller wipes it after use.
+    pub fn credential_value(&self, master: &MasterKey) -> zeroize::Zeroizing<String> {
+        use domain::services::ServiceAdapter;
+        zeroize::Zeroizing::new(
+            self.adapter
+                .credential_header()
+                .value_for(master.secret.expose_secret()),
+        )
+    }
+}

@@ -1,0 +1,605 @@
+//! The gateway end to end: the real `keycap` binary (pingora), real Postgres, and the
+//! OpenRouter mock as the upstream.
+
+use std::time::{Duration, Instant};
+
+use domain::Money;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::gateway_support::{cheap_reservation, reported_cost, start, start_with_upstream};
+
+fn chat_body(model: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Tell me about budgets."}], "max_tokens": max_tokens, "stream": stream})
+}
+
+/// Collects an SSE body and returns (the text, the usage chunk's cost).
+async fn read_stream(response: reqwest::Response) -> (String, Option<Money>) {
+    let text = response.text().await.unwrap();
+    let cost = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .find_map(|chunk| chunk["usage"]["cost"].as_f64())
+        .and_then(Money::from_reported_usd);
+    (text, cost)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_and_streams_pass_through_and_are_charged_exactly() {
+    let gw = start().await;
+    let token = gw.key("5", &[]);
+    let response = gw
+        .chat(&token, &chat_body("openai/gpt-4o-mini", 7, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-generation-id"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["usage"]["completion_tokens"], 7);
+    let json_cost = reported_cost(&body);
+
+    let response = gw
+        .chat(&token, &chat_body("mock/cheap", 12, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (text, stream_cost) = read_stream(response).await;
+    assert!(text.contains(": OPENROUTER PROCESSING"));
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert_eq!(
+        text.matches("chat.completion.chunk").count(),
+        14,
+        "12 tokens, the final chunk and the usage chunk"
+    );
+    let stream_cost = stream_cost.unwrap();
+
+    // The upstream saw the master key, never the sub-key.
+    let last = gw.mock.state().last_request().unwrap();
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some(format!("Bearer {}", gw.mock.state().config().master_key).as_str())
+    );
+    assert_eq!(gw.mock.state().n_unauthorized(), 0);
+
+    let expected = json_cost.checked_add(stream_cost).unwrap();
+    gw.wait_for_spent(&token, expected).await;
+    // GET /api/v1/key answers about the sub-key, in OpenRouter's shape.
+    let info: serde_json::Value = gw
+        .http
+        .get(format!("{}/api/v1/key", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["data"]["limit"], 5);
+    assert_eq!(
+        Money::from_reported_usd(info["data"]["usage"].as_f64().unwrap()),
+        Some(expected)
+    );
+    let remaining =
+        Money::from_reported_usd(info["data"]["limit_remaining"].as_f64().unwrap()).unwrap();
+    assert_eq!(remaining, Money::from_usd(5).checked_sub(expected).unwrap());
+    // Rollups were written too.
+    let client = gw.db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT sum(n_requests)::bigint, sum(cost_nanousd)::bigint FROM usage_rollups",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (2, expected.nanos())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_never_pass_the_cap() {
+    let gw = start().await;
+    let body = chat_body("mock/cheap", 50, false);
+    let per_request = cheap_reservation(&body, 50);
+    let cap = Money::from_nanos(per_request.nanos() * 20);
+    let token = gw.key(&cap.to_string().replacen('$', "", 1), &[]);
+    let requests = (0..200).map(|_| {
+        let request = gw.chat(&token, &body);
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body)
+        })
+    });
+    let mut n_ok = 0;
+    let mut charged = Money::ZERO;
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        match status {
+            200 => {
+                n_ok += 1;
+                charged = charged.checked_add(reported_cost(&body)).unwrap();
+            }
+            402 => assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("budget"),
+                "{body}"
+            ),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert!(
+        n_ok >= 20,
+        "the cap covers at least 20 requests, {n_ok} succeeded"
+    );
+    assert!(charged <= cap, "charged {charged} over cap {cap}");
+    gw.wait_for_spent(&token, charged).await;
+    assert_eq!(gw.mock.state().n_inference_requests(), n_ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_key_is_refused_within_a_second() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let ok = gw
+        .chat(&token, &chat_body("mock/cheap", 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    gw.keycap
+        .ok(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    let revoked_at = Instant::now();
+    loop {
+        let response = gw
+            .chat(&token, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 403 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("revoked"),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "still served a second after revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_and_out_of_scope_keys_are_refused_and_charged_nothing() {
+    let gw = start().await;
+    let scoped = gw.key("1", &["--models", "mock/cheap"]);
+    let response = gw
+        .chat(&scoped, &chat_body("openai/gpt-4o-mini", 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 403);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed for this key"),
+        "{body}"
+    );
+    assert_eq!(
+        gw.mock.state().n_inference_requests(),
+        0,
+        "the refused request never reached the upstream"
+    );
+    let response = gw
+        .chat(&scoped, &chat_body("mock/cheap", 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Only the allowed request is charged.
+    gw.wait_for_spent(&scoped, reported_cost(&response.json().await.unwrap()))
+        .await;
+
+    let expiring = gw.key("1", &["--expires", "90m"]);
+    let response = gw
+        .chat(&expiring, &chat_body("mock/cheap", 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cost = reported_cost(&response.json().await.unwrap());
+    gw.wait_for_spent(&expiring, cost).await;
+    let client = gw.db.client().await.unwrap();
+    let hash = domain::token::hash_token(&expiring).to_vec();
+    client
+        .execute(
+            "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
+            &[&hash],
+        )
+        .await
+        .unwrap();
+    // The change reaches the gateway through NOTIFY; requests until then are still served.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n_served = 1;
+    loop {
+        let response = gw
+            .chat(&expiring, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 403 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("expired"),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        n_served += 1;
+        assert!(Instant::now() < deadline, "expired key still served");
+    }
+    let cost = Money::from_nanos(cost.nanos() * n_served);
+    gw.wait_for_spent(&expiring, cost).await;
+    let n_upstream = gw.mock.state().n_inference_requests();
+    for _ in 0..3 {
+        let response = gw
+            .chat(&expiring, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403);
+    }
+    // Refusals reach neither the upstream nor the key's spend.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.spent_in_db(&expiring).await, cost);
+    assert_eq!(gw.mock.state().n_inference_requests(), n_upstream);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_mid_stream_is_charged_the_reservation() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let body = chat_body("mock/cheap", 40, true);
+    let response = gw
+        .chat(&token, &body)
+        .header("x-mock-fault", "slow")
+        .header("x-mock-delay-ms", "200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(stream);
+    gw.wait_for_spent(&token, cheap_reservation(&body, 40))
+        .await;
+    let metrics = gw.metrics_text().await;
+    assert!(
+        metrics.contains("gateway_settlements_total{basis=\"reservation\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        gw.logs().contains("settled without a reported cost"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_faults_get_clear_errors_and_fair_charges() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    // Mid-stream error: the client sees the error event; nothing was reported, so the
+    // reservation is charged.
+    let body = chat_body("mock/cheap", 10, true);
+    let response = gw
+        .chat(&token, &body)
+        .header("x-mock-fault", "midstream-error")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (text, cost) = read_stream(response).await;
+    assert!(
+        text.contains("Provider disconnected unexpectedly"),
+        "{text}"
+    );
+    assert_eq!(cost, None);
+    let mut expected = cheap_reservation(&body, 10);
+    gw.wait_for_spent(&token, expected).await;
+
+    // Upstream 429 and 503 pass through with their bodies and cost nothing.
+    for (fault, status) in [("429", 429), ("503", 503), ("500", 500)] {
+        let response = gw
+            .chat(&token, &chat_body("mock/cheap", 10, false))
+            .header("x-mock-fault", fault)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], status, "{body}");
+    }
+    // No usage reported: computed from... nothing, so the reservation; no cost but tokens:
+    // computed from tokens x price.
+    let response = gw
+        .chat(&token, &chat_body("mock/cheap", 10, false))
+        .header("x-mock-fault", "no-cost")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let prompt = body["usage"]["prompt_tokens"].as_i64().unwrap();
+    let completion = body["usage"]["completion_tokens"].as_i64().unwrap();
+    expected = expected
+        .checked_add(Money::from_nanos(prompt * 1_000 + completion * 2_000))
+        .unwrap();
+    gw.wait_for_spent(&token, expected).await;
+    // Malformed upstream JSON: the client gets it as is; nothing usable, the reservation.
+    let body = chat_body("mock/cheap", 10, false);
+    let response = gw
+        .chat(&token, &body)
+        .header("x-mock-fault", "malformed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    expected = expected.checked_add(cheap_reservation(&body, 10)).unwrap();
+    gw.wait_for_spent(&token, expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_upstream_is_a_502_that_costs_nothing() {
+    let mock = openrouter_mock::spawn(openrouter_mock::MockConfig::default())
+        .await
+        .unwrap();
+    let closed = format!("http://127.0.0.1:{}", testkit::free_port());
+    let gw = start_with_upstream(mock, Some(closed)).await;
+    let token = gw.key("1", &[]);
+    // Without prices the gateway cannot price a request: it says so and forwards nothing.
+    let response = gw
+        .chat(&token, &chat_body("mock/cheap", 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prices"),
+        "{body}"
+    );
+    // Free pass-through routes reach for the upstream and get a clear 502.
+    let response = gw
+        .http
+        .get(format!("{}/api/v1/models", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 502);
+    assert_eq!(gw.spent_in_db(&token).await, Money::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_clear_errors_and_never_reach_the_upstream() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let url = format!("{}/api/v1/chat/completions", gw.base);
+    let big = "x".repeat(70 * 1024);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (gw.http.post(&url).body("{}"), 401, "no API key"),
+        (
+            gw.http
+                .post(&url)
+                .header("authorization", "Bearer sk-or-v1-abc")
+                .body("{}"),
+            401,
+            "not a keycap sub-key",
+        ),
+        (
+            gw.http.post(&url).bearer_auth("kc_0123"),
+            401,
+            "not a keycap sub-key",
+        ),
+        (
+            gw.http
+                .post(&url)
+                .bearer_auth(format!("kc_{}", "ab".repeat(24))),
+            401,
+            "unknown API key",
+        ),
+        (
+            gw.http.post(&url).bearer_auth(&token).body("{not json"),
+            400,
+            "not valid JSON",
+        ),
+        (
+            gw.http.post(&url).bearer_auth(&token).body("[1]"),
+            400,
+            "not an object",
+        ),
+        (
+            gw.http
+                .post(&url)
+                .bearer_auth(&token)
+                .body(r#"{"messages":[]}"#),
+            400,
+            "model",
+        ),
+        (
+            gw.http
+                .post(&url)
+                .bearer_auth(&token)
+                .body(r#"{"model":"nobody/knows","messages":[]}"#),
+            400,
+            "not in OpenRouter's model list",
+        ),
+        (
+            gw.http.post(&url).bearer_auth(&token).body(format!(
+                r#"{{"model":"mock/cheap","messages":[{{"role":"user","content":"{big}"}}]}}"#
+            )),
+            413,
+            "larger than",
+        ),
+        (
+            gw.http
+                .get(format!("{}/api/v1/keys", gw.base))
+                .bearer_auth(&token),
+            404,
+            "not served through keycap",
+        ),
+        (
+            gw.http
+                .get(format!("{}/v1/chat/completions", gw.base))
+                .bearer_auth(&token),
+            404,
+            "not served through keycap",
+        ),
+        (
+            gw.http.get(&url).bearer_auth(&token),
+            405,
+            "accepts only POST",
+        ),
+    ];
+    for (request, status, message) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "expected {status} for {message}"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], status);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(message),
+            "{body} lacks {message:?}"
+        );
+    }
+    // An oversized header is refused by the HTTP layer before any of our code runs.
+    let huge = "y".repeat(2 * 1024 * 1024);
+    let response = gw
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("x-huge", huge)
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        response.map(|r| r.status().as_u16() == 400).unwrap_or(true),
+        "an oversized header is refused"
+    );
+    assert_eq!(gw.mock.state().n_inference_requests(), 0);
+    assert_eq!(gw.spent_in_db(&token).await, Money::ZERO);
+    let metrics = gw.metrics_text().await;
+    assert!(
+        metrics.contains("gateway_refusals_total{reason=\"bad_body\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_tokens_is_lowered_to_what_the_cap_can_pay_for() {
+    let gw = start().await;
+    let body = chat_body("mock/cheap", 1_000, false);
+    // Room for the prompt and exactly 25 completion tokens.
+    let cap = cheap_reservation(&body, 25);
+    let token = gw.key(&cap.to_string().replacen('$', "", 1), &[]);
+    let response = gw
+        .chat(&token, &body)
+        .header("x-mock-completion-tokens", "500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        gw.mock.state().last_request().unwrap().body["max_tokens"],
+        25
+    );
+    let body_out: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body_out["usage"]["completion_tokens"], 25);
+    gw.wait_for_spent(&token, reported_cost(&body_out)).await;
+    // What is left cannot pay for a minimal completion: 402, nothing forwarded.
+    let n_upstream = gw.mock.state().n_inference_requests();
+    let response = gw.chat(&token, &body).send().await.unwrap();
+    assert_eq!(response.status(), 402);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], 402);
+    assert_eq!(gw.mock.state().n_inference_requests(), n_upstream);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spend_survives_a_restart() {
+    let mut gw = start().await;
+    let token = gw.key("1", &[]);
+    let body: serde_json::Value = gw
+        .chat(&token, &chat_body("mock/cheap", 9, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cost = reported_cost(&body);
+    // SIGTERM: requests in flight finish, then the last flush.
+    gw.stop();
+    assert_eq!(gw.spent_in_db(&token).await, cost);
+    gw.restart();
+    let info: serde_json::Value = gw
+        .http
+        .get(format!("{}/api/v1/key", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        Money::from_reported_usd(info["data"]["usage"].as_f64().unwrap()),
+        Some(cost)
+    );
+    // Models pass through for free.
+    let models: serde_json::Value = gw
+        .http
+        .get(format!("{}/api/v1/models", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(models["data"].as_array().unwrap().len() > 3);
+    assert_eq!(gw.spent_in_db(&token).await, cost);
+}

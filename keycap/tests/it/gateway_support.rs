@@ -1,0 +1,198 @@
+//! A running gateway in front of an in-process OpenRouter mock, on a fresh database.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use domain::Money;
+use openrouter_mock::{MockConfig, MockServer};
+use testkit::TestDb;
+use testkit::process::{Keycap, Running};
+
+pub struct Gateway {
+    pub db: TestDb,
+    pub keycap: Keycap,
+    pub mock: MockServer,
+    pub process: Option<Running>,
+    pub base: String,
+    pub metrics: String,
+    pub http: reqwest::Client,
+    pub _dir: tempfile::TempDir,
+}
+
+/// Seeds org `acme`, member bob ($100), the mock's master key, and starts `keycap up`.
+pub async fn start() -> Gateway {
+    let mock = openrouter_mock::spawn(MockConfig::default()).await.unwrap();
+    start_with_upstream(mock, None).await
+}
+
+/// Like [`start`], but the gateway's upstream is `upstream_url` when given (the mock still
+/// provides the master key).
+pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>) -> Gateway {
+    let wait_for_prices = upstream_url.is_none();
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (testkit::free_port(), testkit::free_port());
+    let keycap = Keycap::new(Path::new(env!("CARGO_BIN_EXE_keycap")), &db.url, dir.path())
+        .env(
+            "KEYCAP_OPENROUTER__BASE_URL",
+            &upstream_url.unwrap_or_else(|| mock.base_url()),
+        )
+        .env("KEYCAP_GATEWAY__LISTEN", &format!("127.0.0.1:{port}"))
+        .env(
+            "KEYCAP_METRICS__LISTEN",
+            &format!("127.0.0.1:{metrics_port}"),
+        )
+        .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
+        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1");
+    keycap
+        .ok(&["org", "create", "acme", "--owner", "ann@acme.test"])
+        .unwrap();
+    keycap
+        .ok(&[
+            "member",
+            "add",
+            "--org",
+            "acme",
+            "bob@acme.test",
+            "--budget",
+            "100",
+        ])
+        .unwrap();
+    let master = mock.state().config().master_key.clone();
+    let added = keycap
+        .run_with_stdin(
+            &["vault", "add", "--org", "acme", "--name", "mock"],
+            &master,
+        )
+        .unwrap();
+    assert!(added.success, "{}", added.stderr);
+    let mut gateway = Gateway {
+        db,
+        keycap,
+        mock,
+        process: None,
+        base: format!("http://127.0.0.1:{port}"),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        http: reqwest::Client::new(),
+        _dir: dir,
+    };
+    gateway.restart();
+    if wait_for_prices {
+        gateway.wait_for_prices();
+    }
+    gateway
+}
+
+impl Gateway {
+    /// (Re)starts `keycap up` and waits until it listens and, when the upstream is up, has
+    /// loaded prices.
+    pub fn restart(&mut self) {
+        let running = self
+            .keycap
+            .spawn(&["up"], "gateway listening on", Duration::from_secs(60))
+            .unwrap();
+        self.process = Some(running);
+    }
+
+    /// Waits until the gateway has loaded the upstream's prices.
+    pub fn wait_for_prices(&self) {
+        self.process
+            .as_ref()
+            .unwrap()
+            .wait_for("loaded upstream prices", Duration::from_secs(30))
+            .unwrap();
+    }
+
+    /// Stops the gateway with SIGTERM and waits for its last flush.
+    pub fn stop(&mut self) {
+        let mut running = self.process.take().unwrap();
+        let status = running.terminate(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "{status}: {}", running.stderr_text());
+    }
+
+    pub fn logs(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.stderr_text())
+            .unwrap_or_default()
+    }
+
+    /// A new key for bob; returns the token.
+    pub fn key(&self, cap: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "k",
+            "--cap",
+            cap,
+        ];
+        args.extend_from_slice(extra);
+        self.keycap.ok(&args).unwrap()
+    }
+
+    pub fn chat(&self, token: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/api/v1/chat/completions", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// The key's spend in Postgres.
+    pub async fn spent_in_db(&self, token: &str) -> Money {
+        let client = self.db.client().await.unwrap();
+        let hash = domain::token::hash_token(token).to_vec();
+        let row = client
+            .query_one(
+                "SELECT spent_nanousd FROM api_keys WHERE token_hash = $1",
+                &[&hash],
+            )
+            .await
+            .unwrap();
+        Money::from_nanos(row.get(0))
+    }
+
+    /// Waits (at most 10 s) until the key's flushed spend equals `expected`.
+    pub async fn wait_for_spent(&self, token: &str, expected: Money) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let spent = self.spent_in_db(token).await;
+            if spent == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spent {spent}, expected {expected}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(&self.metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The reported `usage.cost` of a JSON body, in nano-dollars.
+pub fn reported_cost(body: &serde_json::Value) -> Money {
+    Money::from_reported_usd(body["usage"]["cost"].as_f64().unwrap()).unwrap()
+}
+
+/// What the gateway reserves on `mock/cheap` ($0.000001 per prompt token, $0.000002 per
+/// completion token) for `body`: every body byte counts as a prompt token.
+pub fn cheap_reservation(body: &serde_json::Value, max_tokens: u64) -> Money {
+    Money::from_nanos(body.to_string().len() as i64 * 1_000 + max_tokens as i64 * 2_000)
+}
