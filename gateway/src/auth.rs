@@ -29,7 +29,7 @@ pub struct KeyInfo {
 pub struct KeyEntry {
     pub id: Uuid,
     pub org_id: Uuid,
-    pub info: RwLock<KeyInfo>,
+    info: RwLock<Arc<KeyInfo>>,
     pub budget: KeyBudget,
 }
 
@@ -39,16 +39,16 @@ impl KeyEntry {
         KeyEntry {
             id: key.id,
             org_id: key.org_id,
-            info: RwLock::new(info_of(key)),
+            info: RwLock::new(Arc::new(info_of(key))),
             budget: KeyBudget::new(key.cap, key.spent),
         }
     }
 
-    /// A snapshot of the key's info.
-    pub fn info(&self) -> KeyInfo {
+    /// A snapshot of the key's info (a reference count, not a copy).
+    pub fn info(&self) -> Arc<KeyInfo> {
         match self.info.read() {
-            Ok(info) => info.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(info) => Arc::clone(&info),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
@@ -63,7 +63,7 @@ impl KeyEntry {
             self.budget.reset_spent(key.spent);
         }
         self.budget.set_cap(key.cap);
-        *info = new_info;
+        *info = Arc::new(new_info);
     }
 }
 

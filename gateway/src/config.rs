@@ -59,6 +59,8 @@ pub struct Upstream {
     pub host: String,
     pub port: u16,
     pub tls: bool,
+    /// The address, when `host` is an IP address (no lookup per request).
+    pub ip_addr: Option<std::net::SocketAddr>,
 }
 
 impl Upstream {
@@ -93,7 +95,16 @@ impl Upstream {
             }
             _ => (authority.to_string(), if tls { 443 } else { 80 }),
         };
-        Ok(Upstream { host, port, tls })
+        let ip_addr = host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, port));
+        Ok(Upstream {
+            host,
+            port,
+            tls,
+            ip_addr,
+        })
     }
 
     /// The `Host` header value.

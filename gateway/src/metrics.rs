@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use domain::services::ChargeBasis;
 use pingora_prometheus::prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, register_gauge,
     register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
@@ -23,7 +24,19 @@ pub struct Metrics {
     pub flush_duration_seconds: Histogram,
     pub flush_lag_seconds: Gauge,
     pub flush_errors_total: IntCounter,
+    /// Handles resolved once for the labels every request uses.
+    by_outcome: [(&'static str, IntCounter); OUTCOMES.len()],
+    by_basis: [(ChargeBasis, IntCounter); BASES.len()],
 }
+
+/// Every value of the `outcome` label.
+pub const OUTCOMES: [&str; 4] = ["forwarded", "answered", "refused", "upstream_error"];
+const BASES: [ChargeBasis; 4] = [
+    ChargeBasis::Reported,
+    ChargeBasis::Computed,
+    ChargeBasis::Reservation,
+    ChargeBasis::NotBilled,
+];
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -42,25 +55,63 @@ impl Metrics {
         })
     }
 
+    /// Counts a finished request by its outcome (one of [`OUTCOMES`]).
+    pub fn count_request(&self, outcome: &str) {
+        match self.by_outcome.iter().find(|(name, _)| *name == outcome) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .requests_total
+                .with_label_values(&[outcome, "openrouter"])
+                .inc(),
+        }
+    }
+
+    /// Counts a settlement by what its charge was based on.
+    pub fn count_settlement(&self, basis: ChargeBasis) {
+        match self.by_basis.iter().find(|(known, _)| *known == basis) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .settlements_total
+                .with_label_values(&[basis.as_str()])
+                .inc(),
+        }
+    }
+
     fn register() -> Result<Metrics, pingora_prometheus::prometheus::Error> {
+        let requests_total = register_int_counter_vec!(
+            Opts::new("gateway_requests_total", "Requests by outcome and service"),
+            &["outcome", "service"]
+        )?;
+        let settlements_total = register_int_counter_vec!(
+            Opts::new(
+                "gateway_settlements_total",
+                "Settled requests by what the charge was based on"
+            ),
+            &["basis"]
+        )?;
+        let by_outcome = OUTCOMES.map(|outcome| {
+            (
+                outcome,
+                requests_total.with_label_values(&[outcome, "openrouter"]),
+            )
+        });
+        let by_basis = BASES.map(|basis| {
+            (
+                basis,
+                settlements_total.with_label_values(&[basis.as_str()]),
+            )
+        });
         Ok(Metrics {
-            requests_total: register_int_counter_vec!(
-                Opts::new("gateway_requests_total", "Requests by outcome and service"),
-                &["outcome", "service"]
-            )?,
+            requests_total,
+            settlements_total,
+            by_outcome,
+            by_basis,
             refusals_total: register_int_counter_vec!(
                 Opts::new(
                     "gateway_refusals_total",
                     "Requests refused without an upstream call, by reason"
                 ),
                 &["reason"]
-            )?,
-            settlements_total: register_int_counter_vec!(
-                Opts::new(
-                    "gateway_settlements_total",
-                    "Settled requests by what the charge was based on"
-                ),
-                &["basis"]
             )?,
             upstream_errors_total: register_int_counter_vec!(
                 Opts::new("gateway_upstream_errors_total", "Upstream failures by kind"),

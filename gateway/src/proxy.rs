@@ -18,12 +18,11 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource};
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
 use crate::auth::{KeyEntry, bearer};
 use crate::error::{Refusal, error_body};
 use crate::flusher::SettledUsage;
-use crate::state::Gateway;
+use crate::state::{Gateway, MasterKey};
 
 /// The proxy: one per gateway, shared by all requests.
 pub struct Proxy {
@@ -34,7 +33,7 @@ pub struct Proxy {
 pub struct RequestCtx {
     started: Instant,
     key: Option<Arc<KeyEntry>>,
-    credential: Option<Zeroizing<String>>,
+    master: Option<Arc<MasterKey>>,
     /// The body to send upstream, read ahead and perhaps rewritten.
     body: Option<Bytes>,
     metered: Option<Metered>,
@@ -61,7 +60,7 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             started: Instant::now(),
             key: None,
-            credential: None,
+            master: None,
             body: None,
             metered: None,
             upstream_started: None,
@@ -120,7 +119,6 @@ impl ProxyHttp for Proxy {
         let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(20));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
     }
 
@@ -131,8 +129,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         upstream_request.insert_header("host", self.gateway.upstream.host_header())?;
-        if let Some(credential) = &ctx.credential {
-            upstream_request.insert_header("authorization", credential.as_str())?;
+        if let Some(master) = &ctx.master {
+            upstream_request
+                .insert_header(self.gateway.credential_header(), master.credential())?;
         }
         // Metering reads the bytes as they pass: ask for them uncompressed.
         upstream_request.remove_header("accept-encoding");
@@ -371,7 +370,7 @@ impl Proxy {
             }
             Route::PassThrough => {
                 ctx.key = None;
-                ctx.credential = Some(gateway.credential_value(&master));
+                ctx.master = Some(master);
                 return Ok(Admit::Forward);
             }
             Route::Metered | Route::Refused(_) => {}
@@ -429,7 +428,7 @@ impl Proxy {
             reservation,
             meter: None,
         });
-        ctx.credential = Some(gateway.credential_value(&master));
+        ctx.master = Some(master);
         Ok(Admit::Forward)
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use domain::services::ServiceAdapter;
 use domain::services::openrouter::{OpenRouter, OpenRouterConfig};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
@@ -18,7 +19,15 @@ use crate::prices::PriceList;
 pub struct MasterKey {
     pub org_id: Uuid,
     pub revoked: bool,
-    secret: SecretString,
+    /// The upstream credential header value (`Bearer <key>`), composed once; wiped on drop.
+    credential: zeroize::Zeroizing<String>,
+}
+
+impl MasterKey {
+    /// The value of the upstream credential header.
+    pub fn credential(&self) -> &str {
+        &self.credential
+    }
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -144,24 +153,24 @@ impl Gateway {
             nonce: row.sealed.nonce,
             ciphertext: row.sealed.ciphertext,
         };
-        let secret = self
+        let secret: SecretString = self
             .keyring
             .open(row.key.org_id, id, &sealed)
             .map_err(|_| LookupError::Vault(id))?;
+        let credential = zeroize::Zeroizing::new(
+            self.adapter
+                .credential_header()
+                .value_for(secret.expose_secret()),
+        );
         Ok(Arc::new(MasterKey {
             org_id: row.key.org_id,
             revoked: row.key.revoked_at.is_some(),
-            secret,
+            credential,
         }))
     }
 
-    /// The upstream credential header value for a master key. The caller wipes it after use.
-    pub fn credential_value(&self, master: &MasterKey) -> zeroize::Zeroizing<String> {
-        use domain::services::ServiceAdapter;
-        zeroize::Zeroizing::new(
-            self.adapter
-                .credential_header()
-                .value_for(master.secret.expose_secret()),
-        )
+    /// The name of the header that carries the master key upstream.
+    pub fn credential_header(&self) -> &'static str {
+        self.adapter.credential_header().name
     }
 }

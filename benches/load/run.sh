@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Load harness: nginx serving canned OpenRouter answers (the upstream), measured directly, through
+# a bare pingora passthrough (benches/src/bin/passthrough.rs) and through keycap's gateway, at 1,
+# 32 and 128 connections, for JSON and streamed responses; then keycap with 10 and with 100,000
+# active keys in its cache. Prints requests/s, p50 and p99, and each system's ratio to the bare
+# passthrough, all from this one run.
+#
+# The proxy under test is pinned to core 0; wrk, nginx and Postgres to core 1.
+# Usage: benches/load/run.sh [SECONDS_PER_CELL]   (default 5). Needs nginx and wrk
+# (apt-get install nginx-light wrk), the PostgreSQL server binaries, and root or a user that can
+# run PostgreSQL. Everything it starts listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_PER_CELL=${1:-5}
+N_KEYS_LARGE=${N_KEYS_LARGE:-100000}
+
+for tool in nginx wrk taskset; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux" >&2; exit 1; }
+done
+PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
+
+echo "building release binaries (keycap, passthrough)..." >&2
+cargo build --release -q -p keycap -p benches --bin keycap --bin passthrough
+KEYCAP=$PWD/target/release/keycap
+PASSTHROUGH=$PWD/target/release/passthrough
+
+WORK=$(mktemp -d /tmp/keycap-load-XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  if [ -f "$WORK/data/postgres/postmaster.pid" ]; then
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true
+    else "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true; fi
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+NGINX_PORT=$(port); PASS_PORT=$(port); GW_PORT=$(port); METRICS_PORT=$(port)
+
+# --- the upstream: nginx answering like OpenRouter, from memory ---------------------------------
+MODELS='{"data":[{"id":"bench/model","name":"Bench","context_length":8192,"pricing":{"prompt":"0.000001","completion":"0.000002","request":"0","image":"0","web_search":"0","internal_reasoning":"0"},"top_provider":{"context_length":8192,"max_completion_tokens":4096,"is_moderated":false}}]}'
+JSON='{"id":"gen-bench","object":"chat.completion","created":1,"model":"bench/model","provider":"Bench","choices":[{"index":0,"finish_reason":"stop","native_finish_reason":"stop","message":{"role":"assistant","content":"alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa"}}],"usage":{"prompt_tokens":12,"completion_tokens":16,"total_tokens":28,"cost":0.000044,"is_byok":false}}'
+SSE=": OPENROUTER PROCESSING\n\n"
+for word in alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa; do
+  SSE+="data: {\"id\":\"gen-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench/model\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\" $word\"},\"finish_reason\":null}]}\n\n"
+done
+SSE+="data: {\"id\":\"gen-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench/model\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":16,\"total_tokens\":28,\"cost\":0.000044}}\n\ndata: [DONE]\n\n"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  client_body_buffer_size 64k;
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+    location = /api/v1/models { default_type application/json; return 200 '$MODELS'; }
+    location = /api/v1/chat/completions {
+      if (\$arg_stream) { rewrite ^ /sse last; }
+      default_type application/json; return 200 '$JSON';
+    }
+    location = /sse { internal; default_type text/event-stream; return 200 '$(printf '%b' "$SSE")'; }
+  }
+}
+NGINX
+taskset -c 1 nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;'
+
+# --- the bare passthrough ---------------------------------------------------------------------------
+taskset -c 0 "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$NGINX_PORT" 1 2>"$WORK/passthrough.log" &
+PIDS+=($!)
+
+# --- keycap: its database on core 1, the gateway on core 0 -----------------------------------------
+export KEYCAP_DATA_DIR=$WORK/data KEYCAP_LOG=warn
+"$KEYCAP" org create bench --owner owner@bench.example >/dev/null 2>&1
+if [ "$(id -u)" = 0 ]; then PGCTL=(runuser -u postgres -- "$PGBIN/pg_ctl"); else PGCTL=("$PGBIN/pg_ctl"); fi
+taskset -c 1 "${PGCTL[@]}" -D "$WORK/data/postgres" -l "$WORK/data/postgres/server.log" -w start >/dev/null
+"$KEYCAP" member add --org bench user@bench.example --budget 1000000000 2>/dev/null
+echo "sk-or-v1-bench" | "$KEYCAP" vault add --org bench --name nginx 2>/dev/null >/dev/null
+PSQL=("$PGBIN/psql" -h "$WORK/data/postgres-run" -U keycap -d keycap -q -v ON_ERROR_STOP=1)
+[ "$(id -u)" = 0 ] && PSQL=(runuser -u postgres -- "${PSQL[@]}")
+echo "inserting $N_KEYS_LARGE bench keys..." >&2
+"${PSQL[@]}" <<SQL
+INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash, prefix, cap_nanousd, period_start)
+SELECT gen_random_uuid(), m.org_id, m.id, mk.id, 'openrouter', 'bench-' || i,
+       sha256(convert_to('kc_' || lpad(to_hex(i), 48, '0'), 'UTF8')),
+       substr('kc_' || lpad(to_hex(i), 48, '0'), 1, 11), 1000000000000000, date_trunc('month', now())::date
+FROM generate_series(1, $N_KEYS_LARGE) AS i,
+     memberships m JOIN users u ON u.id = m.user_id AND u.email = 'user@bench.example',
+     master_keys mk;
+SQL
+KEYCAP_OPENROUTER__BASE_URL=http://127.0.0.1:$NGINX_PORT KEYCAP_GATEWAY__LISTEN=127.0.0.1:$GW_PORT \
+KEYCAP_METRICS__LISTEN=127.0.0.1:$METRICS_PORT KEYCAP_GATEWAY__THREADS=1 KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS=0 \
+  taskset -c 0 "$KEYCAP" up 2>"$WORK/keycap.log" &
+PIDS+=($!)
+
+# --- wrk: one request shape for every system; the token rotates over N keys ----------------------
+cat > "$WORK/bench.lua" <<'LUA'
+local threads = {}
+function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
+function init(args)
+  n_keys = tonumber(os.getenv("N_KEYS") or "10")
+  counter = id * 7919
+  body = '{"model":"bench/model","messages":[{"role":"user","content":"Tell me about budgets."}],"max_tokens":64' ..
+    (os.getenv("STREAM") == "1" and ',"stream":true}' or '}')
+  path = "/api/v1/chat/completions" .. (os.getenv("STREAM") == "1" and "?stream=1" or "")
+end
+function request()
+  counter = counter + 1
+  local token = string.format("kc_%048x", (counter % n_keys) + 1)
+  return wrk.format("POST", path, {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+end
+LUA
+
+wait_ok() { # URL STREAM
+  for _ in $(seq 1 300); do
+    if curl -sf -o /dev/null -X POST "$1/api/v1/chat/completions" -H "Authorization: Bearer kc_$(printf '%048x' 1)" \
+         -H 'Content-Type: application/json' -d '{"model":"bench/model","messages":[],"max_tokens":64}'; then return 0; fi
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2; cat "$WORK/keycap.log" >&2; exit 1
+}
+wait_ok "http://127.0.0.1:$NGINX_PORT"; wait_ok "http://127.0.0.1:$PASS_PORT"; wait_ok "http://127.0.0.1:$GW_PORT"
+
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v}'; }
+measure() { # URL CONNS STREAM N_KEYS -> "rps p50_ms p99_ms"
+  local out
+  out=$(N_KEYS=$4 STREAM=$3 taskset -c 1 wrk -t1 -c"$2" -d"${SECONDS_PER_CELL}s" --latency -s "$WORK/bench.lua" "$1")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from $1:" >&2; echo "$out" >&2; exit 1; fi
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+  echo "$rps $p50 $p99"
+}
+
+echo "warming keycap's cache with $N_KEYS_LARGE keys..." >&2
+N_KEYS=$N_KEYS_LARGE STREAM=0 taskset -c 1 wrk -t1 -c64 -d"$((SECONDS_PER_CELL * 3))s" -s "$WORK/bench.lua" "http://127.0.0.1:$GW_PORT" >/dev/null
+
+if [ -n "${PROFILE_KEYCAP:-}" ]; then
+  # Optional: a CPU profile of keycap under streamed load at 128 connections (perf record).
+  echo "profiling keycap into $PROFILE_KEYCAP..." >&2
+  perf record -F 999 -g -o "$PROFILE_KEYCAP" -p "${PIDS[${PROFILE_PID_INDEX:-1}]}" -- sleep "$SECONDS_PER_CELL" >/dev/null 2>&1 &
+  measure "http://127.0.0.1:$([ "${PROFILE_PID_INDEX:-1}" = 0 ] && echo "$PASS_PORT" || echo "$GW_PORT")" 128 "${PROFILE_STREAM:-1}" 10 >/dev/null
+  wait $!
+fi
+
+printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "p99-bare ms"
+for stream in 0 1; do
+  format=$([ "$stream" = 1 ] && echo stream || echo json)
+  for conns in 1 32 128; do
+    read -r b_rps b_p50 b_p99 < <(measure "http://127.0.0.1:$PASS_PORT" "$conns" "$stream" 10)
+    for system in nginx passthrough keycap; do
+      case $system in
+        nginx) read -r rps p50 p99 < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10) ;;
+        passthrough) rps=$b_rps; p50=$b_p50; p99=$b_p99 ;;
+        keycap) read -r rps p50 p99 < <(measure "http://127.0.0.1:$GW_PORT" "$conns" "$stream" 10) ;;
+      esac
+      awk -v f="$format" -v c="$conns" -v s="$system" -v r="$rps" -v a="$p50" -v b="$p99" -v br="$b_rps" -v bp="$b_p99" \
+        'BEGIN { printf "%-8s %-6s %-12s %12.0f %10.3f %10.3f %10.2f %12.3f\n", f, c, s, r, a, b, r/br, b-bp }'
+    done
+  done
+done
+
+echo
+echo "keycap with many keys in its cache (json, 128 connections):"
+read -r small_rps small_p50 small_p99 < <(measure "http://127.0.0.1:$GW_PORT" 128 0 10)
+read -r large_rps large_p50 large_p99 < <(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE")
+awk -v s="$small_rps" -v l="$large_rps" -v n="$N_KEYS_LARGE" -v sp="$small_p99" -v lp="$large_p99" \
+  'BEGIN { printf "  10 keys: %.0f req/s (p99 %.3f ms)\n  %d keys: %.0f req/s (p99 %.3f ms)\n  ratio: %.3f\n", s, sp, n, l, lp, l/s }'

@@ -1,0 +1,57 @@
+//! The load harness's baseline: a bare pingora reverse proxy with no budget logic, built the
+//! same way as keycap's gateway (same pingora version and features, same thread count), so
+//! the harness measures what keycap adds on top of pingora itself.
+//!
+//! `passthrough LISTEN UPSTREAM_HOST:PORT [THREADS]`
+
+use async_trait::async_trait;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+
+struct Passthrough {
+    upstream: String,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.as_str(),
+            false,
+            String::new(),
+        )))
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        eprintln!("usage: passthrough LISTEN UPSTREAM_HOST:PORT [THREADS]");
+        std::process::exit(2);
+    };
+    let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.bootstrap();
+    eprintln!("passthrough listening on {listen}");
+    server.run_forever();
+}
