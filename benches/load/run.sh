@@ -6,7 +6,8 @@
 # passthrough, all from this one run.
 #
 # The proxy under test is pinned to core 0; wrk, nginx and Postgres to core 1.
-# Usage: benches/load/run.sh [SECONDS_PER_CELL]   (default 5). Needs nginx and wrk
+# Usage: benches/load/run.sh [SECONDS_PER_RUN]   (default 5). Each keycap figure and its baseline
+# are medians of ROUNDS (default 3) alternating runs. Needs nginx and wrk
 # (apt-get install nginx-light wrk), the PostgreSQL server binaries, and root or a user that can
 # run PostgreSQL. Everything it starts listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
@@ -37,6 +38,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 NGINX_PORT=$(port); PASS_PORT=$(port); GW_PORT=$(port); METRICS_PORT=$(port)
@@ -151,16 +153,35 @@ if [ -n "${PROFILE_KEYCAP:-}" ]; then
   wait $!
 fi
 
+ROUNDS=${ROUNDS:-3}
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# Median of each column over ROUNDS runs, the baseline and keycap alternating so that a noisy
+# moment on this shared machine hits both.
+measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 k_rps k_p50 k_p99"
+  local b=() k=()
+  for _ in $(seq 1 "$ROUNDS"); do
+    b+=("$(measure "http://127.0.0.1:$PASS_PORT" "$1" "$2" "$3")")
+    k+=("$(measure "http://127.0.0.1:$GW_PORT" "$1" "$2" "$3")")
+  done
+  local out=""
+  for side in b k; do
+    local -n runs=$side
+    for col in 1 2 3; do out+="$(printf '%s\n' "${runs[@]}" | awk -v c=$col '{print $c}' | median) "; done
+  done
+  echo "$out"
+}
+
 printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "p99-bare ms"
 for stream in 0 1; do
   format=$([ "$stream" = 1 ] && echo stream || echo json)
   for conns in 1 32 128; do
-    read -r b_rps b_p50 b_p99 < <(measure "http://127.0.0.1:$PASS_PORT" "$conns" "$stream" 10)
+    read -r n_rps n_p50 n_p99 < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10)
+    read -r b_rps b_p50 b_p99 k_rps k_p50 k_p99 < <(measure_pair "$conns" "$stream" 10)
     for system in nginx passthrough keycap; do
       case $system in
-        nginx) read -r rps p50 p99 < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10) ;;
+        nginx) rps=$n_rps; p50=$n_p50; p99=$n_p99 ;;
         passthrough) rps=$b_rps; p50=$b_p50; p99=$b_p99 ;;
-        keycap) read -r rps p50 p99 < <(measure "http://127.0.0.1:$GW_PORT" "$conns" "$stream" 10) ;;
+        keycap) rps=$k_rps; p50=$k_p50; p99=$k_p99 ;;
       esac
       awk -v f="$format" -v c="$conns" -v s="$system" -v r="$rps" -v a="$p50" -v b="$p99" -v br="$b_rps" -v bp="$b_p99" \
         'BEGIN { printf "%-8s %-6s %-12s %12.0f %10.3f %10.3f %10.2f %12.3f\n", f, c, s, r, a, b, r/br, b-bp }'
@@ -170,7 +191,12 @@ done
 
 echo
 echo "keycap with many keys in its cache (json, 128 connections):"
-read -r small_rps small_p50 small_p99 < <(measure "http://127.0.0.1:$GW_PORT" 128 0 10)
-read -r large_rps large_p50 large_p99 < <(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE")
+small=(); large=()
+for _ in $(seq 1 "$ROUNDS"); do
+  small+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 10)")
+  large+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE")")
+done
+small_rps=$(printf '%s\n' "${small[@]}" | awk '{print $1}' | median); small_p99=$(printf '%s\n' "${small[@]}" | awk '{print $3}' | median)
+large_rps=$(printf '%s\n' "${large[@]}" | awk '{print $1}' | median); large_p99=$(printf '%s\n' "${large[@]}" | awk '{print $3}' | median)
 awk -v s="$small_rps" -v l="$large_rps" -v n="$N_KEYS_LARGE" -v sp="$small_p99" -v lp="$large_p99" \
   'BEGIN { printf "  10 keys: %.0f req/s (p99 %.3f ms)\n  %d keys: %.0f req/s (p99 %.3f ms)\n  ratio: %.3f\n", s, sp, n, l, lp, l/s }'

@@ -362,10 +362,32 @@ pub async fn find_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
     Ok(row.map(|row| from_row(&row)))
 }
 
-/// Every key that is not closed, for the gateway's periodic full refresh.
-pub async fn list_open(client: &impl GenericClient) -> Result<Vec<ApiKey>, Error> {
+/// Keys changed (in what a gateway caches) at or after `since`, for the gateway's periodic
+/// refresh, with the database's clock reading to pass as `since` next time.
+pub async fn changed_since(
+    client: &impl GenericClient,
+    since: OffsetDateTime,
+) -> Result<(Vec<ApiKey>, OffsetDateTime), Error> {
+    let now: OffsetDateTime = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await?
+        .get(0);
     let rows = client
-        .query(select_keys!("WHERE k.closed_at IS NULL"), &[])
+        .query(select_keys!("WHERE k.changed_at >= $1"), &[&since])
         .await?;
-    Ok(rows.iter().map(from_row).collect())
+    Ok((rows.iter().map(from_row).collect(), now))
+}
+
+/// Master keys changed at or after `since`.
+pub async fn master_keys_changed_since(
+    client: &impl GenericClient,
+    since: OffsetDateTime,
+) -> Result<Vec<Uuid>, Error> {
+    let rows = client
+        .query(
+            "SELECT id FROM master_keys WHERE changed_at >= $1",
+            &[&since],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }

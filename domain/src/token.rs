@@ -35,16 +35,7 @@ impl ApiKeyToken {
 
     /// Checks the shape of a token presented by a client.
     pub fn parse(text: &str) -> Result<ApiKeyToken, TokenError> {
-        let Some(body) = text.strip_prefix(TOKEN_PREFIX) else {
-            return Err(TokenError::WrongPrefix);
-        };
-        if body.len() != RANDOM_BYTES * 2
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(TokenError::Malformed);
-        }
+        check_shape(text)?;
         Ok(ApiKeyToken(text.to_string()))
     }
 
@@ -65,6 +56,19 @@ impl ApiKeyToken {
             .take(TOKEN_PREFIX.len() + DISPLAY_CHARS)
             .collect()
     }
+}
+
+/// Checks the shape of a presented token without copying it: `kc_` and 48 lower-case hex
+/// digits.
+pub fn check_shape(text: &str) -> Result<(), TokenError> {
+    let Some(body) = text.strip_prefix(TOKEN_PREFIX) else {
+        return Err(TokenError::WrongPrefix);
+    };
+    let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    if body.len() != RANDOM_BYTES * 2 || !body.as_bytes().iter().all(lower_hex) {
+        return Err(TokenError::Malformed);
+    }
+    Ok(())
 }
 
 /// SHA-256 of a presented token string, valid or not.

@@ -61,6 +61,8 @@ pub struct Upstream {
     pub tls: bool,
     /// The address, when `host` is an IP address (no lookup per request).
     pub ip_addr: Option<std::net::SocketAddr>,
+    /// The `Host` header value: the host, and the port unless it is the scheme's default.
+    pub host_header: String,
 }
 
 impl Upstream {
@@ -99,22 +101,19 @@ impl Upstream {
             .parse::<std::net::IpAddr>()
             .ok()
             .map(|ip| std::net::SocketAddr::new(ip, port));
+        let default_port = if tls { 443 } else { 80 };
+        let host_header = if port == default_port {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
         Ok(Upstream {
+            host_header,
             host,
             port,
             tls,
             ip_addr,
         })
-    }
-
-    /// The `Host` header value.
-    pub fn host_header(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        if self.port == default_port {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
     }
 }
 

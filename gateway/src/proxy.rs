@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use domain::Money;
 use domain::services::openrouter::{ChatRequest, MeterOutcome, PriceError, Quote, UsageMeter};
 use domain::services::{Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter};
-use domain::{ApiKeyToken, Money};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -128,7 +128,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        upstream_request.insert_header("host", self.gateway.upstream.host_header())?;
+        upstream_request.insert_header("host", self.gateway.upstream.host_header.as_str())?;
         if let Some(master) = &ctx.master {
             upstream_request
                 .insert_header(self.gateway.credential_header(), master.credential())?;
@@ -136,7 +136,7 @@ impl ProxyHttp for Proxy {
         // Metering reads the bytes as they pass: ask for them uncompressed.
         upstream_request.remove_header("accept-encoding");
         if let Some(body) = &ctx.body {
-            upstream_request.insert_header("content-length", body.len().to_string())?;
+            upstream_request.insert_header("content-length", body.len())?;
             upstream_request.remove_header("transfer-encoding");
             upstream_request.remove_header("expect");
         }
@@ -332,10 +332,10 @@ impl Proxy {
         }
         let token = bearer(request.headers.get("authorization").map(|v| v.as_bytes()))
             .ok_or_else(Refusal::missing_key)?;
-        let token =
-            ApiKeyToken::parse(token).map_err(|err| Refusal::malformed_key(&err.to_string()))?;
+        domain::token::check_shape(token)
+            .map_err(|err| Refusal::malformed_key(&err.to_string()))?;
         let key = gateway
-            .key_for(token.hash())
+            .key_for(domain::token::hash_token(token))
             .await
             .map_err(|err| Refusal::unavailable("database", err.to_string()))?
             .ok_or_else(Refusal::unknown_key)?;
@@ -483,7 +483,7 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal
 async fn respond(session: &mut Session, status: u16, body: Bytes) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(status, Some(2))?;
     header.insert_header("content-type", "application/json")?;
-    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("content-length", body.len())?;
     // The request body may be unread: do not try to reuse the connection.
     session.set_keepalive(None);
     session

@@ -62,6 +62,8 @@ pub struct Gateway {
     /// The runtime that owns the database connections and background tasks.
     pub control: tokio::runtime::Handle,
     pub metrics: &'static Metrics,
+    /// The database clock at the last refresh of changed keys (see `sync`).
+    pub refreshed_at: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl Gateway {
@@ -91,6 +93,7 @@ impl Gateway {
             usage,
             control,
             metrics: Metrics::global(),
+            refreshed_at: std::sync::Mutex::new(None),
         })
     }
 

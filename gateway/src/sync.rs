@@ -2,7 +2,6 @@
 //! every cached key on an interval as a safety net, refresh prices, and sweep expired negative
 //! cache entries.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ pub async fn listen_for_changes(
         match db::notify::listen(&database_url).await {
             Ok(mut changes) => {
                 // Anything that changed while we were not listening is picked up here.
-                refresh_all(&gateway).await;
+                refresh_changed(&gateway).await;
                 loop {
                     tokio::select! {
                         change = changes.recv() => match change {
@@ -78,35 +77,36 @@ async fn apply(gateway: &Gateway, change: Change) {
     }
 }
 
-/// Reloads every cached key and master key.
-pub async fn refresh_all(gateway: &Gateway) {
+/// How far back each refresh looks beyond its previous pass: a change is stamped when its
+/// statement runs but becomes visible only when its transaction commits.
+const COMMIT_MARGIN: Duration = Duration::from_secs(60);
+
+/// Reloads the cached keys and master keys that changed since the previous pass (with a margin),
+/// the safety net behind NOTIFY. It reads only what changed, however many keys are cached.
+pub async fn refresh_changed(gateway: &Gateway) {
     let client = match gateway.pool.get().await {
         Ok(client) => client,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
     };
-    let open = match db::keys::list_open(&client).await {
-        Ok(open) => open,
+    let previous = *lock(&gateway.refreshed_at);
+    let since = previous.map_or(time::OffsetDateTime::UNIX_EPOCH, |at| at - COMMIT_MARGIN);
+    let (changed, now) = match db::keys::changed_since(&client, since).await {
+        Ok(changed) => changed,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
     };
-    let mut seen = HashSet::new();
-    for key in &open {
+    for key in &changed {
         if let Some(entry) = gateway.keys.by_id(key.id) {
             entry.reload(key);
-            seen.insert(key.id);
         }
     }
-    // Cached keys that are no longer open were closed meanwhile: reload each.
-    for entry in gateway.keys.entries() {
-        if seen.contains(&entry.id) {
+    let masters = db::keys::master_keys_changed_since(&client, since)
+        .await
+        .unwrap_or_default();
+    drop(client);
+    for id in masters {
+        if !gateway.masters.contains_key(&id) {
             continue;
         }
-        if let Ok(Some(key)) = db::keys::find_by_id(&client, entry.id).await {
-            entry.reload(&key);
-        }
-    }
-    drop(client);
-    let master_ids: Vec<uuid::Uuid> = gateway.masters.iter().map(|m| *m.key()).collect();
-    for id in master_ids {
         match gateway.load_master_key(id).await {
             Ok(master) => {
                 gateway.masters.insert(id, master);
@@ -116,6 +116,7 @@ pub async fn refresh_all(gateway: &Gateway) {
             }
         }
     }
+    *lock(&gateway.refreshed_at) = Some(now);
     gateway.keys.sweep_unknown();
     gateway
         .metrics
@@ -123,13 +124,20 @@ pub async fn refresh_all(gateway: &Gateway) {
         .set(i64::try_from(gateway.keys.len()).unwrap_or(i64::MAX));
 }
 
-/// The periodic full refresh.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The periodic refresh.
 pub async fn refresh_periodically(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(gateway.config.refresh_interval);
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => refresh_all(&gateway).await,
+            _ = ticker.tick() => refresh_changed(&gateway).await,
             _ = shutdown.changed() => return,
         }
     }

@@ -4,8 +4,10 @@
 //! per test binary, on `TEST_DATABASE_URL` or else on a throwaway cluster that this binary
 //! starts and a watchdog stops when it exits) and [`process`] (running and spawning the
 //! `keycap` binary, waiting until it is ready, killing it on drop). It is used only as a
-//! dev-dependency and never by production code.
+//! dev-dependency and never by production code. [`chaos::ChaosProxy`] cuts a service off from its
+//! database for outage tests.
 
+pub mod chaos;
 mod database;
 pub mod process;
 

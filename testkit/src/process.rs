@@ -59,6 +59,14 @@ impl Keycap {
         }
     }
 
+    /// The same command line on another route to the database (a chaos proxy, say).
+    pub fn with_database_url(&self, database_url: &str) -> Keycap {
+        Keycap {
+            database_url: Some(database_url.to_string()),
+            ..self.clone()
+        }
+    }
+
     /// Adds an environment variable for every command.
     pub fn env(mut self, name: &str, value: &str) -> Keycap {
         self.envs.push((name.to_string(), value.to_string()));

@@ -603,3 +603,81 @@ async fn spend_survives_a_restart() {
     assert!(models["data"].as_array().unwrap().len() > 3);
     assert_eq!(gw.spent_in_db(&token).await, cost);
 }
+
+/// With Postgres unreachable, keys already in the cache keep working within their caps and
+/// their spend waits in memory; unknown keys are refused with 503 (fail closed); once Postgres
+/// is back the spend is flushed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_fails_closed_for_unknown_keys_and_loses_no_spend() {
+    let mut gw = start().await;
+    let proxy = testkit::chaos::ChaosProxy::start(&gw.db.url).await.unwrap();
+    gw.stop();
+    gw.up_database_url = Some(proxy.url());
+    gw.restart();
+    gw.wait_for_prices();
+    let cached = gw.key("1", &[]);
+    let uncached = gw.key("1", &[]);
+    let first: serde_json::Value = gw
+        .chat(&cached, &chat_body("mock/cheap", 4, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    gw.wait_for_spent(&cached, reported_cost(&first)).await;
+
+    proxy.cut();
+    let second = gw
+        .chat(&cached, &chat_body("mock/cheap", 6, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status(),
+        200,
+        "a cached key is served during the outage"
+    );
+    let second: serde_json::Value = second.json().await.unwrap();
+    let refused = gw
+        .chat(&uncached, &chat_body("mock/cheap", 4, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach its database"),
+        "{body}"
+    );
+    // The flush fails meanwhile, and says so in its metrics.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .metrics_text()
+        .await
+        .lines()
+        .any(|l| l.starts_with("gateway_flush_errors_total ") && !l.ends_with(" 0"))
+    {
+        assert!(Instant::now() < deadline, "no failed flush was counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.spent_in_db(&cached).await, reported_cost(&first));
+
+    proxy.restore();
+    let total = reported_cost(&first)
+        .checked_add(reported_cost(&second))
+        .unwrap();
+    gw.wait_for_spent(&cached, total).await;
+    // And unknown keys are looked up again (the refusal was not cached as "unknown").
+    assert_eq!(
+        gw.chat(&uncached, &chat_body("mock/cheap", 4, false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -10,7 +10,10 @@ use testkit::process::{Keycap, Running};
 
 pub struct Gateway {
     pub db: TestDb,
+    /// The command line, on the database directly.
     pub keycap: Keycap,
+    /// Where `keycap up` finds the database when not directly (a chaos proxy).
+    pub up_database_url: Option<String>,
     pub mock: MockServer,
     pub process: Option<Running>,
     pub base: String,
@@ -69,6 +72,7 @@ pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>)
     let mut gateway = Gateway {
         db,
         keycap,
+        up_database_url: None,
         mock,
         process: None,
         base: format!("http://127.0.0.1:{port}"),
@@ -87,8 +91,11 @@ impl Gateway {
     /// (Re)starts `keycap up` and waits until it listens and, when the upstream is up, has
     /// loaded prices.
     pub fn restart(&mut self) {
-        let running = self
-            .keycap
+        let up = match &self.up_database_url {
+            Some(url) => self.keycap.with_database_url(url),
+            None => self.keycap.clone(),
+        };
+        let running = up
             .spawn(&["up"], "gateway listening on", Duration::from_secs(60))
             .unwrap();
         self.process = Some(running);

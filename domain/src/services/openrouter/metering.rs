@@ -183,8 +183,17 @@ impl JsonMeter {
     }
 
     fn finish(self) -> MeterOutcome {
-        if self.tail_only {
-            return usage_in_tail(&self.body);
+        // Usage sits at the end of the body: find and read just that object, which is much
+        // cheaper than parsing the whole response. Only when there is none is the whole body
+        // parsed, to tell an error body, a missing usage and a broken body apart.
+        let from_tail = usage_in_tail(&self.body);
+        if self.tail_only
+            || matches!(
+                from_tail,
+                MeterOutcome::Reported { .. } | MeterOutcome::TokensOnly { .. }
+            )
+        {
+            return from_tail;
         }
         match serde_json::from_slice::<BodyWire>(&self.body) {
             Ok(BodyWire {
