@@ -22,8 +22,9 @@ PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls /usr/lib/p
 
 echo "building release binaries (keycap, passthrough)..." >&2
 cargo build --release -q -p keycap -p benches --bin keycap --bin passthrough
-KEYCAP=$PWD/target/release/keycap
-PASSTHROUGH=$PWD/target/release/passthrough
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+KEYCAP=$TARGET_DIR/release/keycap
+PASSTHROUGH=$TARGET_DIR/release/passthrough
 
 WORK=$(mktemp -d /tmp/keycap-load-XXXXXX)
 chmod 755 "$WORK"
@@ -131,15 +132,29 @@ wait_ok() { # URL STREAM
 wait_ok "http://127.0.0.1:$NGINX_PORT"; wait_ok "http://127.0.0.1:$PASS_PORT"; wait_ok "http://127.0.0.1:$GW_PORT"
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v}'; }
-measure() { # URL CONNS STREAM N_KEYS -> "rps p50_ms p99_ms"
-  local out
+# Waits until keycap has flushed everything it settled, so that one run's flush (a large one
+# after a run over many keys) does not land in the next run.
+settle_flushes() {
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" | grep -qx 'gateway_flush_lag_seconds 0' && return 0
+    sleep 0.1
+  done
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+measure() { # URL CONNS STREAM N_KEYS [PID] -> "rps p50_ms p99_ms cpu_percent_of_PID"
+  settle_flushes
+  local out before after
+  before=$(cpu_ticks "${5:-self}")
   out=$(N_KEYS=$4 STREAM=$3 taskset -c 1 wrk -t1 -c"$2" -d"${SECONDS_PER_CELL}s" --latency -s "$WORK/bench.lua" "$1")
+  after=$(cpu_ticks "${5:-self}")
   if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from $1:" >&2; echo "$out" >&2; exit 1; fi
   local rps p50 p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
   p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
-  echo "$rps $p50 $p99"
+  local cpu
+  cpu=$(awk -v a="$before" -v b="$after" -v t="$(getconf CLK_TCK)" -v d="$SECONDS_PER_CELL" 'BEGIN { printf "%.0f", (b - a) / t / d * 100 }')
+  echo "$rps $p50 $p99 $cpu"
 }
 
 echo "warming keycap's cache with $N_KEYS_LARGE keys..." >&2
@@ -148,7 +163,7 @@ N_KEYS=$N_KEYS_LARGE STREAM=0 taskset -c 1 wrk -t1 -c64 -d"$((SECONDS_PER_CELL *
 if [ -n "${PROFILE_KEYCAP:-}" ]; then
   # Optional: a CPU profile of keycap under streamed load at 128 connections (perf record).
   echo "profiling keycap into $PROFILE_KEYCAP..." >&2
-  perf record -F 999 -g -o "$PROFILE_KEYCAP" -p "${PIDS[${PROFILE_PID_INDEX:-1}]}" -- sleep "$SECONDS_PER_CELL" >/dev/null 2>&1 &
+  perf record -F ${PROFILE_HZ:-999} -g -o "$PROFILE_KEYCAP" -p "${PIDS[${PROFILE_PID_INDEX:-1}]}" -- sleep "$SECONDS_PER_CELL" >/dev/null 2>&1 &
   measure "http://127.0.0.1:$([ "${PROFILE_PID_INDEX:-1}" = 0 ] && echo "$PASS_PORT" || echo "$GW_PORT")" 128 "${PROFILE_STREAM:-1}" 10 >/dev/null
   wait $!
 fi
@@ -157,34 +172,34 @@ ROUNDS=${ROUNDS:-3}
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 # Median of each column over ROUNDS runs, the baseline and keycap alternating so that a noisy
 # moment on this shared machine hits both.
-measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 k_rps k_p50 k_p99"
+measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu"
   local b=() k=()
   for _ in $(seq 1 "$ROUNDS"); do
-    b+=("$(measure "http://127.0.0.1:$PASS_PORT" "$1" "$2" "$3")")
-    k+=("$(measure "http://127.0.0.1:$GW_PORT" "$1" "$2" "$3")")
+    b+=("$(measure "http://127.0.0.1:$PASS_PORT" "$1" "$2" "$3" "${PIDS[0]}")")
+    k+=("$(measure "http://127.0.0.1:$GW_PORT" "$1" "$2" "$3" "${PIDS[1]}")")
   done
   local out=""
   for side in b k; do
     local -n runs=$side
-    for col in 1 2 3; do out+="$(printf '%s\n' "${runs[@]}" | awk -v c=$col '{print $c}' | median) "; done
+    for col in 1 2 3 4; do out+="$(printf '%s\n' "${runs[@]}" | awk -v c=$col '{print $c}' | median) "; done
   done
   echo "$out"
 }
 
-printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "p99-bare ms"
+printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s %8s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "p99-bare ms" "cpu %"
 for stream in 0 1; do
   format=$([ "$stream" = 1 ] && echo stream || echo json)
   for conns in 1 32 128; do
-    read -r n_rps n_p50 n_p99 < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10)
-    read -r b_rps b_p50 b_p99 k_rps k_p50 k_p99 < <(measure_pair "$conns" "$stream" 10)
+    read -r n_rps n_p50 n_p99 _ < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10)
+    read -r b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu < <(measure_pair "$conns" "$stream" 10)
     for system in nginx passthrough keycap; do
       case $system in
-        nginx) rps=$n_rps; p50=$n_p50; p99=$n_p99 ;;
-        passthrough) rps=$b_rps; p50=$b_p50; p99=$b_p99 ;;
-        keycap) rps=$k_rps; p50=$k_p50; p99=$k_p99 ;;
+        nginx) rps=$n_rps; p50=$n_p50; p99=$n_p99; cpu=- ;;
+        passthrough) rps=$b_rps; p50=$b_p50; p99=$b_p99; cpu=$b_cpu ;;
+        keycap) rps=$k_rps; p50=$k_p50; p99=$k_p99; cpu=$k_cpu ;;
       esac
-      awk -v f="$format" -v c="$conns" -v s="$system" -v r="$rps" -v a="$p50" -v b="$p99" -v br="$b_rps" -v bp="$b_p99" \
-        'BEGIN { printf "%-8s %-6s %-12s %12.0f %10.3f %10.3f %10.2f %12.3f\n", f, c, s, r, a, b, r/br, b-bp }'
+      awk -v f="$format" -v c="$conns" -v s="$system" -v r="$rps" -v a="$p50" -v b="$p99" -v br="$b_rps" -v bp="$b_p99" -v u="$cpu" \
+        'BEGIN { printf "%-8s %-6s %-12s %12.0f %10.3f %10.3f %10.2f %12.3f %8s\n", f, c, s, r, a, b, r/br, b-bp, u }'
     done
   done
 done

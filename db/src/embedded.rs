@@ -53,6 +53,11 @@ impl Cluster {
     pub fn in_folder(folder: &Path) -> Result<Cluster, EmbeddedError> {
         let folder = std::path::absolute(folder)?;
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::NotInstalled)?;
+        let folder = if is_root() {
+            reachable_folder(&folder)?
+        } else {
+            folder
+        };
         let socket_dir = folder.join("postgres-run");
         let socket_len = socket_dir.as_os_str().len() + ".s.PGSQL.5432".len() + 1;
         if socket_len > UNIX_SOCKET_PATH_MAX {
@@ -254,6 +259,50 @@ impl Cluster {
         command.stdin(std::process::Stdio::null());
         Ok(command.output()?)
     }
+}
+
+/// Where the cluster of data folder `folder` lives when keycap runs as root: in `folder` when
+/// the postgres user can reach it, else (a folder under `/root`, say) in
+/// `/var/lib/keycap/clusters/<name>-<hash of folder>`, the same place on every run. Says so once.
+fn reachable_folder(folder: &Path) -> Result<PathBuf, EmbeddedError> {
+    std::fs::create_dir_all(folder)?;
+    let reachable = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(folder)
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false);
+    if reachable {
+        return Ok(folder.to_path_buf());
+    }
+    let digest = folder
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3)
+        });
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let elsewhere = PathBuf::from("/var/lib/keycap/clusters").join(format!("{name}-{digest:016x}"));
+    std::fs::create_dir_all(&elsewhere)?;
+    use std::os::unix::fs::PermissionsExt;
+    for dir in ["/var/lib/keycap", "/var/lib/keycap/clusters"] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755))?;
+    let note = folder.join("postgres-location.txt");
+    if !note.exists() {
+        eprintln!(
+            "the postgres user cannot reach {}; keeping this data folder's Postgres cluster in {} instead",
+            folder.display(),
+            elsewhere.display()
+        );
+        std::fs::write(&note, format!("{}\n", elsewhere.display()))?;
+    }
+    Ok(elsewhere)
 }
 
 fn command_error(step: &str, output: &Output, log: Option<&Path>) -> EmbeddedError {

@@ -17,13 +17,24 @@ pub enum Error {
     BadUrl { source: tokio_postgres::Error },
     #[error("database connection pool: {0}")]
     Pool(String),
-    #[error("database: {0}")]
+    #[error("database: {}", detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("migration {name} failed: {source}")]
     Migration {
         name: &'static str,
         source: tokio_postgres::Error,
     },
+}
+
+/// The server's own message when there is one ("db error" alone says nothing).
+fn detail(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(err) {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        },
+    }
 }
 
 impl From<deadpool_postgres::PoolError> for Error {

@@ -4,8 +4,13 @@
 use crate::{Error, Pool};
 
 /// Every migration, in order: `(name, sql)`.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    (
+        "0002_changed_at",
+        include_str!("../../migrations/0002_changed_at.sql"),
+    ),
+];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"
 
@@ -53,4 +58,23 @@ async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<usize, 
         applied += 1;
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in `migrations/` is applied, in order, under its own name.
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|name| name.strip_suffix(".sql").map(str::to_string))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(listed, files);
+    }
 }

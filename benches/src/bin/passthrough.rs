@@ -2,7 +2,10 @@
 //! same way as keycap's gateway (same pingora version and features, same thread count), so
 //! the harness measures what keycap adds on top of pingora itself.
 //!
-//! `passthrough LISTEN UPSTREAM_HOST:PORT [THREADS]`
+//! `passthrough LISTEN UPSTREAM_HOST:PORT [THREADS] [--read-ahead]`
+//!
+//! With `--read-ahead` it reads each request body whole before contacting the upstream, as
+//! keycap must to price a request: this isolates what that pingora path costs by itself.
 
 use async_trait::async_trait;
 use pingora::prelude::HttpPeer;
@@ -12,6 +15,7 @@ use pingora::server::configuration::ServerConf;
 
 struct Passthrough {
     upstream: String,
+    read_ahead: bool,
 }
 
 #[async_trait]
@@ -19,6 +23,14 @@ impl ProxyHttp for Passthrough {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+        if self.read_ahead {
+            session.enable_retry_buffering();
+            while session.read_request_body().await?.is_some() {}
+        }
+        Ok(false)
+    }
 
     async fn upstream_peer(
         &self,
@@ -40,6 +52,7 @@ fn main() {
         std::process::exit(2);
     };
     let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let read_ahead = args.next().as_deref() == Some("--read-ahead");
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
@@ -47,8 +60,13 @@ fn main() {
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Passthrough {
+            upstream,
+            read_ahead,
+        },
+    );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.bootstrap();

@@ -93,3 +93,41 @@ fn cli_and_up_share_the_embedded_cluster_and_data_survives_restarts() {
         "the one-shot command stopped the cluster again"
     );
 }
+
+/// As root, a data folder the postgres user cannot reach (a folder under /root, say) still
+/// works: the cluster is kept under /var/lib/keycap instead, the same one on every run.
+#[test]
+fn an_unreachable_data_folder_keeps_its_cluster_elsewhere() {
+    if !db::embedded::is_root() {
+        return;
+    }
+    let dir = data_folder();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.join("data");
+    let keycap = Keycap::embedded(Path::new(env!("CARGO_BIN_EXE_keycap")), &data);
+    let first = keycap
+        .run(&["org", "create", "hidden", "--owner", "o@hidden.test"])
+        .unwrap();
+    assert!(first.success, "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("keeping this data folder's Postgres cluster in /var/lib/keycap/clusters/"),
+        "{}",
+        first.stderr
+    );
+    let location = std::fs::read_to_string(data.join("postgres-location.txt")).unwrap();
+    let listed = keycap.run(&["member", "list", "--org", "hidden"]).unwrap();
+    assert!(
+        listed.success && listed.stdout.contains("o@hidden.test"),
+        "{}",
+        listed.stderr
+    );
+    assert!(
+        !listed.stderr.contains("keeping this data folder"),
+        "said only once"
+    );
+    std::fs::remove_dir_all(location.trim()).unwrap();
+}

@@ -295,6 +295,12 @@ async fn a_client_that_hangs_up_mid_stream_is_charged_the_reservation() {
     let mut stream = response.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
+    // The first bytes arrived while the upstream was still generating: nothing is buffered.
+    assert_eq!(
+        gw.mock.state().total_usage_nanousd(),
+        0,
+        "the upstream had not finished yet"
+    );
     drop(stream);
     gw.wait_for_spent(&token, cheap_reservation(&body, 40))
         .await;
@@ -680,4 +686,54 @@ async fn a_database_outage_fails_closed_for_unknown_keys_and_loses_no_spend() {
             .status(),
         200
     );
+}
+
+/// A change whose NOTIFY was lost still reaches the gateway through the periodic refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_periodic_refresh_catches_a_missed_notification() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    assert_eq!(
+        gw.chat(&token, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let client = gw.db.client().await.unwrap();
+    let hash = domain::token::hash_token(&token).to_vec();
+    client
+        .batch_execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_notify")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE api_keys SET cap_nanousd = 1 WHERE token_hash = $1",
+            &[&hash],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("ALTER TABLE api_keys ENABLE TRIGGER api_keys_notify")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = gw
+            .chat(&token, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 402 {
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            Instant::now() < deadline,
+            "the lowered cap never reached the gateway\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

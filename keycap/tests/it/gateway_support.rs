@@ -46,7 +46,8 @@ pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>)
             &format!("127.0.0.1:{metrics_port}"),
         )
         .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
-        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1");
+        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
+        .env("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "1");
     keycap
         .ok(&["org", "create", "acme", "--owner", "ann@acme.test"])
         .unwrap();
