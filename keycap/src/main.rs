@@ -17,6 +17,12 @@ use crate::cli::{Cli, Command};
 use crate::config::{Config, FlagOverrides};
 use crate::database::Database;
 
+/// mimalloc rather than glibc's allocator: the gateway allocates and frees small buffers for every
+/// request while holding long-lived key state, a mix under which glibc's free lists fragment
+/// and slow down (see benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

@@ -13,6 +13,10 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 
+/// The same allocator as the `keycap` binary, so the comparison is of the proxies alone.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Passthrough {
     upstream: String,
     read_ahead: bool,
