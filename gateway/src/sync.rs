@@ -59,21 +59,7 @@ async fn apply(gateway: &Gateway, change: Change) {
                 }
             }
         }
-        Change::MasterKey(id) => {
-            if !gateway.masters.contains_key(&id) {
-                return;
-            }
-            match gateway.load_master_key(id).await {
-                Ok(master) => {
-                    gateway.masters.insert(id, master);
-                }
-                Err(err) => {
-                    // Fail closed: forget it, so the next request loads it again or is refused.
-                    gateway.masters.remove(&id);
-                    tracing::warn!(error = %err, "cannot reload a changed master key");
-                }
-            }
-        }
+        Change::MasterKey(id) => reload_master_key(gateway, id).await,
     }
 }
 
@@ -99,22 +85,13 @@ pub async fn refresh_changed(gateway: &Gateway) {
             entry.reload(key);
         }
     }
-    let masters = db::keys::master_keys_changed_since(&client, since)
-        .await
-        .unwrap_or_default();
+    let masters = match db::keys::master_keys_changed_since(&client, since).await {
+        Ok(masters) => masters,
+        Err(err) => return tracing::warn!(error = %err, "cannot refresh master keys"),
+    };
     drop(client);
     for id in masters {
-        if !gateway.masters.contains_key(&id) {
-            continue;
-        }
-        match gateway.load_master_key(id).await {
-            Ok(master) => {
-                gateway.masters.insert(id, master);
-            }
-            Err(_) => {
-                gateway.masters.remove(&id);
-            }
-        }
+        reload_master_key(gateway, id).await;
     }
     *lock(&gateway.refreshed_at) = Some(now);
     gateway.keys.sweep_unknown();
@@ -122,6 +99,23 @@ pub async fn refresh_changed(gateway: &Gateway) {
         .metrics
         .cache_keys
         .set(i64::try_from(gateway.keys.len()).unwrap_or(i64::MAX));
+}
+
+/// Reloads a master key the gateway holds (one it never opened is left to be loaded on use).
+/// On failure it is forgotten, so the next request loads it again or is refused: fail closed.
+async fn reload_master_key(gateway: &Gateway, id: uuid::Uuid) {
+    if !gateway.masters.contains_key(&id) {
+        return;
+    }
+    match gateway.load_master_key(id).await {
+        Ok(master) => {
+            gateway.masters.insert(id, master);
+        }
+        Err(err) => {
+            gateway.masters.remove(&id);
+            tracing::warn!(error = %err, "cannot reload a changed master key");
+        }
+    }
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -13,6 +13,41 @@ fn chat_body(model: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Tell me about budgets."}], "max_tokens": max_tokens, "stream": stream})
 }
 
+/// Sends the same small request until it is refused with `status` and a message containing
+/// `why`, at most `within` after the first; returns how many were still served before that.
+async fn served_until_refused(
+    gw: &crate::gateway_support::Gateway,
+    token: &str,
+    status: u16,
+    why: &str,
+    within: Duration,
+) -> i64 {
+    let started = Instant::now();
+    let mut n_served = 0;
+    loop {
+        let response = gw
+            .chat(token, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == status {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains(why),
+                "{body}"
+            );
+            return n_served;
+        }
+        assert_eq!(response.status(), 200);
+        n_served += 1;
+        assert!(
+            started.elapsed() < within,
+            "still served {within:?} after the change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Collects an SSE body and returns (the text, the usage chunk's cost).
 async fn read_stream(response: reqwest::Response) -> (String, Option<Money>) {
     let text = response.text().await.unwrap();
@@ -159,31 +194,8 @@ async fn a_revoked_key_is_refused_within_a_second() {
     gw.keycap
         .ok(&["key", "revoke", "--org", "acme", &token[..11]])
         .unwrap();
-    let revoked_at = Instant::now();
-    loop {
-        let response = gw
-            .chat(&token, &chat_body("mock/cheap", 3, false))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 403 {
-            let body: serde_json::Value = response.json().await.unwrap();
-            assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("revoked"),
-                "{body}"
-            );
-            break;
-        }
-        assert_eq!(response.status(), 200);
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(1),
-            "still served a second after revocation"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Refused within a second of the revocation; until then requests are still served.
+    served_until_refused(&gw, &token, 403, "revoked", Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,29 +251,8 @@ async fn expired_and_out_of_scope_keys_are_refused_and_charged_nothing() {
         .await
         .unwrap();
     // The change reaches the gateway through NOTIFY; requests until then are still served.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut n_served = 1;
-    loop {
-        let response = gw
-            .chat(&expiring, &chat_body("mock/cheap", 3, false))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 403 {
-            let body: serde_json::Value = response.json().await.unwrap();
-            assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("expired"),
-                "{body}"
-            );
-            break;
-        }
-        assert_eq!(response.status(), 200);
-        n_served += 1;
-        assert!(Instant::now() < deadline, "expired key still served");
-    }
+    let n_served =
+        1 + served_until_refused(&gw, &expiring, 403, "expired", Duration::from_secs(5)).await;
     let cost = Money::from_nanos(cost.nanos() * n_served);
     gw.wait_for_spent(&expiring, cost).await;
     let n_upstream = gw.mock.state().n_inference_requests();

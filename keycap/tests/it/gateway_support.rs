@@ -48,28 +48,7 @@ pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>)
         .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
         .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
         .env("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "1");
-    keycap
-        .ok(&["org", "create", "acme", "--owner", "ann@acme.test"])
-        .unwrap();
-    keycap
-        .ok(&[
-            "member",
-            "add",
-            "--org",
-            "acme",
-            "bob@acme.test",
-            "--budget",
-            "100",
-        ])
-        .unwrap();
-    let master = mock.state().config().master_key.clone();
-    let added = keycap
-        .run_with_stdin(
-            &["vault", "add", "--org", "acme", "--name", "mock"],
-            &master,
-        )
-        .unwrap();
-    assert!(added.success, "{}", added.stderr);
+    crate::support::seed_acme(&keycap, &mock.state().config().master_key);
     let mut gateway = Gateway {
         db,
         keycap,

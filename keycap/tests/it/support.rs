@@ -25,13 +25,12 @@ pub async fn env() -> Env {
     }
 }
 
-/// An org `acme` with owner ann, member bob (budget $100) and an OpenRouter master key.
-pub async fn seeded() -> Env {
-    let env = env().await;
-    env.keycap
+/// Seeds org `acme` with owner ann, member bob (budget $100) and the master key `master`.
+pub fn seed_acme(keycap: &Keycap, master: &str) {
+    keycap
         .ok(&["org", "create", "acme", "--owner", "ann@acme.test"])
         .unwrap();
-    env.keycap
+    keycap
         .ok(&[
             "member",
             "add",
@@ -44,8 +43,7 @@ pub async fn seeded() -> Env {
             "100",
         ])
         .unwrap();
-    let added = env
-        .keycap
+    let added = keycap
         .run_with_stdin(
             &[
                 "vault",
@@ -57,10 +55,16 @@ pub async fn seeded() -> Env {
                 "--name",
                 "main",
             ],
-            MASTER_SECRET,
+            master,
         )
         .unwrap();
     assert!(added.success, "{}", added.stderr);
+}
+
+/// An org `acme` with owner ann, member bob (budget $100) and an OpenRouter master key.
+pub async fn seeded() -> Env {
+    let env = env().await;
+    seed_acme(&env.keycap, MASTER_SECRET);
     env
 }
 
