@@ -83,7 +83,7 @@ PIDS+=($!)
 export KEYCAP_DATA_DIR=$WORK/data KEYCAP_LOG=warn
 "$KEYCAP" org create bench --owner owner@bench.example >/dev/null 2>&1
 if [ "$(id -u)" = 0 ]; then PGCTL=(runuser -u postgres -- "$PGBIN/pg_ctl"); else PGCTL=("$PGBIN/pg_ctl"); fi
-taskset -c 1 "${PGCTL[@]}" -D "$WORK/data/postgres" -l "$WORK/data/postgres/server.log" -w start >/dev/null
+taskset -c "${PG_CORE:-1}" "${PGCTL[@]}" -D "$WORK/data/postgres" -l "$WORK/data/postgres/server.log" -w start >/dev/null
 "$KEYCAP" member add --org bench user@bench.example --budget 1000000000 2>/dev/null
 echo "sk-or-v1-bench" | "$KEYCAP" vault add --org bench --name nginx 2>/dev/null >/dev/null
 PSQL=("$PGBIN/psql" -h "$WORK/data/postgres-run" -U keycap -d keycap -q -v ON_ERROR_STOP=1)
@@ -186,6 +186,7 @@ measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 b_cpu k_rps k_p50 k
   echo "$out"
 }
 
+if [ -z "${ONLY_MANY_KEYS:-}" ]; then
 printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s %8s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "p99-bare ms" "cpu %"
 for stream in 0 1; do
   format=$([ "$stream" = 1 ] && echo stream || echo json)
@@ -204,14 +205,17 @@ for stream in 0 1; do
   done
 done
 
+fi
+
 echo
 echo "keycap with many keys in its cache (json, 128 connections):"
 small=(); large=()
 for _ in $(seq 1 "$ROUNDS"); do
-  small+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 10)")
-  large+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE")")
+  small+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 10 "${PIDS[1]}")")
+  large+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE" "${PIDS[1]}")")
 done
 small_rps=$(printf '%s\n' "${small[@]}" | awk '{print $1}' | median); small_p99=$(printf '%s\n' "${small[@]}" | awk '{print $3}' | median)
 large_rps=$(printf '%s\n' "${large[@]}" | awk '{print $1}' | median); large_p99=$(printf '%s\n' "${large[@]}" | awk '{print $3}' | median)
-awk -v s="$small_rps" -v l="$large_rps" -v n="$N_KEYS_LARGE" -v sp="$small_p99" -v lp="$large_p99" \
-  'BEGIN { printf "  10 keys: %.0f req/s (p99 %.3f ms)\n  %d keys: %.0f req/s (p99 %.3f ms)\n  ratio: %.3f\n", s, sp, n, l, lp, l/s }'
+small_cpu=$(printf '%s\n' "${small[@]}" | awk '{print $4}' | median); large_cpu=$(printf '%s\n' "${large[@]}" | awk '{print $4}' | median)
+awk -v s="$small_rps" -v l="$large_rps" -v n="$N_KEYS_LARGE" -v sp="$small_p99" -v lp="$large_p99" -v sc="$small_cpu" -v lc="$large_cpu" \
+  'BEGIN { printf "  10 keys: %.0f req/s (p99 %.3f ms, keycap cpu %s%%)\n  %d keys: %.0f req/s (p99 %.3f ms, keycap cpu %s%%)\n  ratio: %.3f\n", s, sp, sc, n, l, lp, lc, l/s }'
