@@ -228,14 +228,14 @@ impl Cluster {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         if self.run_as_postgres {
-            let output = Command::new("chown")
+            let output = Command::new(system_program("chown"))
                 .args(["-R", "postgres:postgres"])
                 .arg(dir)
                 .output()?;
             if !output.status.success() {
                 return Err(EmbeddedError::NoPostgresUser);
             }
-            let reach = Command::new("runuser")
+            let reach = Command::new(system_program("runuser"))
                 .args(["-u", "postgres", "--", "test", "-w"])
                 .arg(dir)
                 .status()?;
@@ -249,7 +249,7 @@ impl Cluster {
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, EmbeddedError> {
         let path = self.bin_dir.join(program);
         let mut command = if self.run_as_postgres {
-            let mut command = Command::new("runuser");
+            let mut command = Command::new(system_program("runuser"));
             command.args(["-u", "postgres", "--"]).arg(&path);
             command
         } else {
@@ -257,7 +257,10 @@ impl Cluster {
         };
         command.args(args).env("LC_ALL", "C").current_dir("/");
         command.stdin(std::process::Stdio::null());
-        Ok(command.output()?)
+        command.output().map_err(|err| EmbeddedError::Command {
+            step: format!("running {program}"),
+            detail: err.to_string(),
+        })
     }
 }
 
@@ -266,12 +269,15 @@ impl Cluster {
 /// `/var/lib/keycap/clusters/<name>-<hash of folder>`, the same place on every run. Says so once.
 fn reachable_folder(folder: &Path) -> Result<PathBuf, EmbeddedError> {
     std::fs::create_dir_all(folder)?;
-    let reachable = Command::new("runuser")
+    let reachable = Command::new(system_program("runuser"))
         .args(["-u", "postgres", "--", "test", "-x"])
         .arg(folder)
         .status()
-        .map(|status| status.success())
-        .unwrap_or(false);
+        .map_err(|err| EmbeddedError::Command {
+            step: "running runuser (util-linux) to act as the postgres user".into(),
+            detail: err.to_string(),
+        })?
+        .success();
     if reachable {
         return Ok(folder.to_path_buf());
     }
@@ -322,6 +328,23 @@ fn command_error(step: &str, output: &Output, log: Option<&Path>) -> EmbeddedErr
         step: step.to_string(),
         detail,
     }
+}
+
+/// A system program by name: from `PATH`, else from the sbin and bin folders, where `runuser`
+/// and `chown` live even when a service's `PATH` leaves them out.
+fn system_program(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").map(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    on_path.flatten().unwrap_or_else(|| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| PathBuf::from(name))
+    })
 }
 
 /// Finds the PostgreSQL server binaries: `KEYCAP_PG_BIN_DIR`, then `initdb` on `PATH`, then the

@@ -31,14 +31,20 @@ pub async fn migrate(pool: &Pool) -> Result<usize, Error> {
 }
 
 async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<usize, Error> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+    // Checked first: CREATE TABLE IF NOT EXISTS would log a notice on every start.
+    let exists = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?;
+    if !exists.get::<_, bool>(0) {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
                 name text PRIMARY KEY,
                 applied_at timestamptz NOT NULL DEFAULT now()
             )",
-        )
-        .await?;
+            )
+            .await?;
+    }
     let mut applied = 0;
     for (name, sql) in MIGRATIONS {
         let done = client

@@ -45,6 +45,7 @@ pub fn run(
     resources: Resources,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    check_addresses(&config)?;
     let (usage_tx, usage_rx) = mpsc::unbounded_channel();
     let control = resources.control.clone();
     let gateway = Arc::new(Gateway::new(
@@ -105,6 +106,19 @@ pub fn run(
     tracing::info!("gateway stopped; flushing spend");
     let _ = flusher_stop_tx.send(true);
     let _ = control.block_on(flusher);
+    Ok(())
+}
+
+/// Checks that the listen addresses can be bound now: pingora retries a busy address forever,
+/// so a clear error up front is better.
+pub fn check_addresses(config: &GatewayConfig) -> Result<(), String> {
+    for (key, addr) in [
+        ("gateway.listen", &config.listen),
+        ("metrics.listen", &config.metrics_listen),
+    ] {
+        std::net::TcpListener::bind(addr.as_str())
+            .map_err(|err| format!("{key} = {addr:?} cannot be used: {err}"))?;
+    }
     Ok(())
 }
 

@@ -96,6 +96,11 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         control: tokio::runtime::Handle::current(),
     };
     let gateway_config = config.gateway_config();
+    if let Err(err) = gateway::server::check_addresses(&gateway_config) {
+        maintenance.abort();
+        database.close().await;
+        anyhow::bail!(err);
+    }
     let gateway = std::thread::Builder::new()
         .name("gateway".into())
         .spawn(move || gateway::run(gateway_config, resources, shutdown_rx))
@@ -108,10 +113,20 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     if let Some(token) = &demo_token {
         crate::demo::print_instructions(&config.gateway.listen, token);
     }
-    shutdown_signal().await;
-    eprintln!("shutting down: letting requests in flight finish, then flushing spend");
-    let _ = shutdown_tx.send(true);
-    let joined = tokio::task::spawn_blocking(move || gateway.join()).await;
+    let mut joined = tokio::task::spawn_blocking(move || gateway.join());
+    let early_exit = tokio::select! {
+        () = shutdown_signal() => None,
+        // The gateway ended on its own: it could not start.
+        joined = &mut joined => Some(joined),
+    };
+    let joined = match early_exit {
+        Some(joined) => joined,
+        None => {
+            eprintln!("shutting down: letting requests in flight finish, then flushing spend");
+            let _ = shutdown_tx.send(true);
+            joined.await
+        }
+    };
     maintenance.abort();
     database.close().await;
     match joined {

@@ -609,3 +609,29 @@ async fn no_master_key_in_plaintext_in_the_database() {
 fn hex_of(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// `keycap up` on a busy port stops at once with the key to change, rather than waiting.
+#[tokio::test]
+async fn up_refuses_a_busy_port_clearly() {
+    let env = env().await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    let out = env
+        .keycap
+        .run(&[
+            "up",
+            "--gateway-listen",
+            &busy_addr,
+            "--metrics-listen",
+            &metrics,
+        ])
+        .unwrap();
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains(&format!("gateway.listen = \"{busy_addr}\" cannot be used")),
+        "{}",
+        out.stderr
+    );
+}
