@@ -31,6 +31,7 @@ fn entry(i: u64) -> ([u8; 32], KeyEntry) {
         created_at: time::OffsetDateTime::UNIX_EPOCH,
         closed_at: None,
         close_reason: None,
+        changed_at: time::OffsetDateTime::UNIX_EPOCH,
     };
     (domain::token::hash_token(&token), KeyEntry::from_row(&key))
 }

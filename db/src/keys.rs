@@ -33,6 +33,8 @@ pub struct ApiKey {
     pub created_at: OffsetDateTime,
     pub closed_at: Option<OffsetDateTime>,
     pub close_reason: Option<String>,
+    /// When a gateway-visible column last changed (not spend).
+    pub changed_at: OffsetDateTime,
 }
 
 impl ApiKey {
@@ -65,7 +67,7 @@ macro_rules! select_keys {
         concat!(
             "SELECT k.id, k.org_id, k.membership_id, u.email, k.master_key_id, k.service, k.name, k.prefix,
                     k.cap_nanousd, k.spent_nanousd, k.model_scope, k.renew_monthly, k.period_start,
-                    k.paused_reason, k.expires_at, k.created_at, k.closed_at, k.close_reason
+                    k.paused_reason, k.expires_at, k.created_at, k.closed_at, k.close_reason, k.changed_at
              FROM api_keys k
              JOIN memberships m ON m.id = k.membership_id
              JOIN users u ON u.id = m.user_id ",
@@ -94,6 +96,7 @@ fn from_row(row: &tokio_postgres::Row) -> ApiKey {
         created_at: row.get(15),
         closed_at: row.get(16),
         close_reason: row.get(17),
+        changed_at: row.get(18),
     }
 }
 

@@ -55,6 +55,9 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
     Ok(rows.len())
 }
 
+const LOCK_MEMBERSHIPS: &str =
+    "SELECT id FROM memberships WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
 const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
         coalesce((SELECT sum(amount_nanousd) FROM transactions t
                   WHERE t.membership_id = m.id AND t.kind IN ('key_provisioned', 'key_renewed')
@@ -80,6 +83,16 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
             &[&window.first_day()],
         )
         .await?;
+    // Lock every membership involved, in id order, before the first ledger row: the ledger's
+    // per-org lock is taken after the membership lock everywhere else (carving, budget
+    // changes), and taking them in the other order here could deadlock with those.
+    let mut membership_ids: Vec<uuid::Uuid> = rows
+        .iter()
+        .map(|row| key_from_row(row).membership_id)
+        .collect();
+    membership_ids.sort();
+    membership_ids.dedup();
+    tx.query(LOCK_MEMBERSHIPS, &[&membership_ids]).await?;
     let (mut renewed, mut paused) = (0, 0);
     for row in &rows {
         let key = key_from_row(row);

@@ -22,6 +22,8 @@ pub struct KeyInfo {
     pub close_reason: Option<String>,
     pub paused_reason: Option<String>,
     pub period_start: Date,
+    /// The row's `changed_at`: an older row never replaces a newer one.
+    pub changed_at: OffsetDateTime,
 }
 
 /// A cached key.
@@ -52,13 +54,17 @@ impl KeyEntry {
         }
     }
 
-    /// Applies a reloaded row: new cap, scope, expiry, status; a new period resets spend.
+    /// Applies a reloaded row: new cap, scope, expiry, status; a new period resets spend. A row
+    /// older than the one applied (two reloads racing) is ignored.
     pub fn reload(&self, key: &db::keys::ApiKey) {
         let new_info = info_of(key);
         let mut info = match self.info.write() {
             Ok(info) => info,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if new_info.changed_at < info.changed_at {
+            return;
+        }
         if new_info.period_start != info.period_start {
             self.budget.reset_spent(key.spent);
         }
@@ -77,6 +83,7 @@ fn info_of(key: &db::keys::ApiKey) -> KeyInfo {
         close_reason: key.close_reason.clone(),
         paused_reason: key.paused_reason.clone(),
         period_start: key.period_start,
+        changed_at: key.changed_at,
     }
 }
 
@@ -139,9 +146,15 @@ impl KeyCache {
 
     /// Remembers that no key has this hash.
     pub fn insert_unknown(&self, hash: [u8; 32]) {
-        self.by_hash
+        let mut slot = self
+            .by_hash
             .entry(hash)
             .or_insert_with(|| Slot::Unknown(Instant::now()));
+        // An expired negative entry is renewed, so a flood of one bad token keeps missing the
+        // database; a key stored meanwhile by another request is kept.
+        if let Slot::Unknown(at) = &mut *slot {
+            *at = Instant::now();
+        }
     }
 
     /// A cached key by id.

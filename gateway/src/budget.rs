@@ -14,8 +14,10 @@ use domain::services::Fit;
 #[derive(Debug)]
 pub struct KeyBudget {
     cap: AtomicI64,
+    /// `settled + reserved`: the one counter reservations compare-and-swap against the cap.
     committed: AtomicI64,
-    reserved: AtomicI64,
+    /// Spend settled (loaded from Postgres, plus what this gateway settled since).
+    settled: AtomicI64,
 }
 
 impl KeyBudget {
@@ -24,7 +26,7 @@ impl KeyBudget {
         KeyBudget {
             cap: AtomicI64::new(cap.nanos()),
             committed: AtomicI64::new(spent.nanos()),
-            reserved: AtomicI64::new(0),
+            settled: AtomicI64::new(spent.nanos()),
         }
     }
 
@@ -35,9 +37,7 @@ impl KeyBudget {
 
     /// Spent so far, settled, without outstanding reservations.
     pub fn spent(&self) -> Money {
-        Money::from_nanos(
-            self.committed.load(Ordering::Acquire) - self.reserved.load(Ordering::Acquire),
-        )
+        Money::from_nanos(self.settled.load(Ordering::Acquire))
     }
 
     /// What is left for new reservations.
@@ -54,9 +54,10 @@ impl KeyBudget {
     /// A new period began (monthly renewal reset spend to `spent`): keep only the outstanding
     /// reservations on top of it.
     pub fn reset_spent(&self, spent: Money) {
-        let reserved = self.reserved.load(Ordering::Acquire);
+        // By deltas, so that reservations and settlements racing with the reset still count.
+        let previous = self.settled.swap(spent.nanos(), Ordering::AcqRel);
         self.committed
-            .store(spent.nanos() + reserved, Ordering::Release);
+            .fetch_add(spent.nanos() - previous, Ordering::AcqRel);
     }
 
     /// Reserves what `decide` allows given the remaining cap, atomically. `decide` may run more
@@ -82,11 +83,7 @@ impl KeyBudget {
             need_at_least: Money::ZERO,
         });
         match (result, fit) {
-            (Ok(_), Fit::AsRequested { reserve } | Fit::Lowered { reserve, .. }) => {
-                self.reserved.fetch_add(reserve.nanos(), Ordering::AcqRel);
-                fit
-            }
-            (Ok(_), refuse @ Fit::Refuse { .. }) => refuse,
+            (Ok(_), fit) => fit,
             (Err(_), Fit::Refuse { need_at_least }) => Fit::Refuse { need_at_least },
             // The last decision fitted `remaining` but not the cap read before the loop (the
             // cap was lowered meanwhile): refuse.
@@ -98,8 +95,7 @@ impl KeyBudget {
 
     /// Ends a reservation: `charge` becomes spend and the rest is released.
     pub fn settle(&self, reservation: Money, charge: Money) {
-        self.reserved
-            .fetch_sub(reservation.nanos(), Ordering::AcqRel);
+        self.settled.fetch_add(charge.nanos(), Ordering::AcqRel);
         self.committed
             .fetch_add(charge.nanos() - reservation.nanos(), Ordering::AcqRel);
     }

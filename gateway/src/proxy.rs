@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use domain::Money;
-use domain::services::openrouter::{ChatRequest, MeterOutcome, PriceError, Quote, UsageMeter};
+use domain::services::openrouter::{
+    ChatRequest, MeterOutcome, NoUsage, PriceError, Quote, UsageMeter,
+};
 use domain::services::{Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -38,6 +40,9 @@ pub struct RequestCtx {
     body: Option<Bytes>,
     metered: Option<Metered>,
     upstream_started: Option<Instant>,
+    /// True once the whole request was handed to an upstream connection: from then on the
+    /// upstream may bill it, whether or not an answer comes back.
+    sent_upstream: bool,
     outcome: &'static str,
 }
 
@@ -64,6 +69,7 @@ impl ProxyHttp for Proxy {
             body: None,
             metered: None,
             upstream_started: None,
+            sent_upstream: false,
             outcome: "forwarded",
         }
     }
@@ -158,6 +164,9 @@ impl ProxyHttp for Proxy {
                 Bytes::new()
             });
         }
+        if end_of_stream {
+            ctx.sent_upstream = true;
+        }
         Ok(())
     }
 
@@ -248,34 +257,30 @@ impl ProxyHttp for Proxy {
                 .upstream_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        metrics
-            .requests_total
-            .with_label_values(&[ctx.outcome, "openrouter"])
-            .inc();
+        metrics.count_request(ctx.outcome);
         let (Some(key), Some(metered)) = (ctx.key.take(), ctx.metered.take()) else {
             return;
         };
         let outcome = match metered.meter {
             Some(meter) => meter.finish(),
-            // No response header ever arrived: the upstream was not reached, nothing was billed.
-            None => {
+            // The request never reached an upstream connection: nothing can have been billed.
+            None if !ctx.sent_upstream => {
                 key.budget.settle(metered.reservation, Money::ZERO);
-                metrics
-                    .settlements_total
-                    .with_label_values(&["not_billed"])
-                    .inc();
+                metrics.count_settlement(domain::services::ChargeBasis::NotBilled);
                 return;
             }
+            // Sent, but no answer header (the client hung up first, or the upstream failed
+            // while generating): the upstream may bill it, so the reservation is charged.
+            None => MeterOutcome::Nothing {
+                reason: NoUsage::NoResponse,
+            },
         };
         let settlement = self
             .gateway
             .adapter
             .settle(&metered.quote, metered.reservation, &outcome);
         key.budget.settle(metered.reservation, settlement.charge);
-        metrics
-            .settlements_total
-            .with_label_values(&[settlement.basis.as_str()])
-            .inc();
+        metrics.count_settlement(settlement.basis);
         metrics
             .spend_nanousd_total
             .inc_by(u64::try_from(settlement.charge.nanos()).unwrap_or(0));

@@ -62,6 +62,9 @@ pub struct Gateway {
     /// The runtime that owns the database connections and background tasks.
     pub control: tokio::runtime::Handle,
     pub metrics: &'static Metrics,
+    /// Keys named by a NOTIFY while not cached, with when: a lookup in flight for one of them
+    /// may have read the row before the change, so it reads it again (see `key_for`).
+    pub changed_uncached: DashMap<Uuid, std::time::Instant>,
     /// The database clock at the last refresh of changed keys (see `sync`).
     pub refreshed_at: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
@@ -93,6 +96,7 @@ impl Gateway {
             usage,
             control,
             metrics: Metrics::global(),
+            changed_uncached: DashMap::new(),
             refreshed_at: std::sync::Mutex::new(None),
         })
     }
@@ -117,6 +121,22 @@ impl Gateway {
         match loaded {
             Some(key) => {
                 let entry = self.keys.insert(hash, KeyEntry::from_row(&key));
+                // A change announced while the row was being read: read it again.
+                if self.changed_uncached.remove(&entry.id).is_some() {
+                    let pool = self.pool.clone();
+                    let id = entry.id;
+                    let fresh = self
+                        .control
+                        .spawn(async move {
+                            let client = pool.get().await?;
+                            db::keys::find_by_id(&client, id).await
+                        })
+                        .await;
+                    match fresh {
+                        Ok(Ok(Some(row))) => entry.reload(&row),
+                        _ => return Err(LookupError::Database("reloading a changed key".into())),
+                    }
+                }
                 self.metrics
                     .cache_keys
                     .set(i64::try_from(self.keys.len()).unwrap_or(i64::MAX));

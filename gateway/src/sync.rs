@@ -45,6 +45,10 @@ async fn apply(gateway: &Gateway, change: Change) {
     match change {
         Change::ApiKey(id) => {
             let Some(entry) = gateway.keys.by_id(id) else {
+                // Not cached: a lookup may be reading it right now (see `Gateway::key_for`).
+                gateway
+                    .changed_uncached
+                    .insert(id, std::time::Instant::now());
                 return;
             };
             let client = match gateway.pool.get().await {
@@ -95,6 +99,9 @@ pub async fn refresh_changed(gateway: &Gateway) {
     }
     *lock(&gateway.refreshed_at) = Some(now);
     gateway.keys.sweep_unknown();
+    gateway
+        .changed_uncached
+        .retain(|_, at| at.elapsed() < COMMIT_MARGIN);
     gateway
         .metrics
         .cache_keys

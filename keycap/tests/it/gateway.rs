@@ -728,3 +728,27 @@ async fn the_periodic_refresh_catches_a_missed_notification() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client that gives up after its request went upstream, before any answer, is charged the
+/// reservation: the upstream may bill the generation all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_before_the_answer_is_charged_the_reservation() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let body = chat_body("mock/cheap", 30, false);
+    let gave_up = gw
+        .chat(&token, &body)
+        .header("x-mock-fault", "slow")
+        .header("x-mock-delay-ms", "3000")
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|err| err.is_timeout()));
+    gw.wait_for_spent(&token, cheap_reservation(&body, 30))
+        .await;
+    assert!(
+        gw.logs().contains("settled without a reported cost"),
+        "{}",
+        gw.logs()
+    );
+}
