@@ -112,16 +112,21 @@ impl ProxyHttp for Proxy {
         }
         ctx.upstream_started = Some(now);
         let upstream = &self.gateway.upstream;
-        let addr = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                Error::explain(
-                    pingora::ErrorType::ConnectNoRoute,
-                    format!("cannot resolve upstream host {}", upstream.host),
-                )
-            })?;
+        // An IP upstream was parsed once at start; a host name is looked up per request, so
+        // DNS changes are followed.
+        let addr = match upstream.ip_addr {
+            Some(addr) => addr,
+            None => tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| {
+                    Error::explain(
+                        pingora::ErrorType::ConnectNoRoute,
+                        format!("cannot resolve upstream host {}", upstream.host),
+                    )
+                })?,
+        };
         let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(20));
