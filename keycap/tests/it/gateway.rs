@@ -13,6 +13,19 @@ fn chat_body(model: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Tell me about budgets."}], "max_tokens": max_tokens, "stream": stream})
 }
 
+/// Checks that `response` is an OpenRouter-shaped error with `status` whose message says
+/// `says`, and returns its body.
+async fn expect_error(response: reqwest::Response, status: u16, says: &str) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], status, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(says),
+        "{body}"
+    );
+    body
+}
+
 /// Sends the same small request until it is refused with `status` and a message containing
 /// `why`, at most `within` after the first; returns how many were still served before that.
 async fn served_until_refused(
@@ -31,11 +44,7 @@ async fn served_until_refused(
             .await
             .unwrap();
         if response.status() == status {
-            let body: serde_json::Value = response.json().await.unwrap();
-            assert!(
-                body["error"]["message"].as_str().unwrap().contains(why),
-                "{body}"
-            );
+            expect_error(response, status, why).await;
             return n_served;
         }
         assert_eq!(response.status(), 200);
@@ -207,16 +216,7 @@ async fn expired_and_out_of_scope_keys_are_refused_and_charged_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 403);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], 403);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed for this key"),
-        "{body}"
-    );
+    expect_error(response, 403, "not allowed for this key").await;
     assert_eq!(
         gw.mock.state().n_inference_requests(),
         0,
@@ -384,15 +384,7 @@ async fn an_unreachable_upstream_is_a_502_that_costs_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("prices"),
-        "{body}"
-    );
+    expect_error(response, 503, "prices").await;
     // Free pass-through routes reach for the upstream and get a clear 502.
     let response = gw
         .http
@@ -489,18 +481,7 @@ async fn bad_requests_get_clear_errors_and_never_reach_the_upstream() {
         ),
     ];
     for (request, status, message) in cases {
-        let response = request.send().await.unwrap();
-        assert_eq!(
-            response.status().as_u16(),
-            status,
-            "expected {status} for {message}"
-        );
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], status);
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(message),
-            "{body} lacks {message:?}"
-        );
+        expect_error(request.send().await.unwrap(), status, message).await;
     }
     // An oversized header is refused by the HTTP layer before any of our code runs.
     let huge = "y".repeat(2 * 1024 * 1024);
@@ -641,15 +622,7 @@ async fn a_database_outage_fails_closed_for_unknown_keys_and_loses_no_spend() {
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), 503);
-    let body: serde_json::Value = refused.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot reach its database"),
-        "{body}"
-    );
+    expect_error(refused, 503, "cannot reach its database").await;
     // The flush fails meanwhile, and says so in its metrics.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gw
