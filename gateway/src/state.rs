@@ -62,8 +62,9 @@ pub struct Gateway {
     /// The runtime that owns the database connections and background tasks.
     pub control: tokio::runtime::Handle,
     pub metrics: &'static Metrics,
-    /// Keys named by a NOTIFY while not cached, with when: a lookup in flight for one of them
-    /// may have read the row before the change, so it reads it again (see `key_for`).
+    /// Keys and master keys named by a NOTIFY while not cached, with when: a lookup in flight
+    /// for one of them may have read the row before the change, so it reads it again (see
+    /// `key_for` and `master_key`).
     pub changed_uncached: DashMap<Uuid, std::time::Instant>,
     /// The database clock at the last refresh of changed keys (see `sync`).
     pub refreshed_at: std::sync::Mutex<Option<time::OffsetDateTime>>,
@@ -154,7 +155,11 @@ impl Gateway {
         if let Some(master) = self.masters.get(&id) {
             return Ok(Arc::clone(&master));
         }
-        let master = self.load_master_key(id).await?;
+        let mut master = self.load_master_key(id).await?;
+        // A change announced while the row was being read (a revocation, say): read it again.
+        if self.changed_uncached.remove(&id).is_some() {
+            master = self.load_master_key(id).await?;
+        }
         self.masters.insert(id, Arc::clone(&master));
         Ok(master)
     }

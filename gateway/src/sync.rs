@@ -112,6 +112,10 @@ pub async fn refresh_changed(gateway: &Gateway) {
 /// On failure it is forgotten, so the next request loads it again or is refused: fail closed.
 async fn reload_master_key(gateway: &Gateway, id: uuid::Uuid) {
     if !gateway.masters.contains_key(&id) {
+        // Not held: a lookup may be reading it right now (see `Gateway::master_key`).
+        gateway
+            .changed_uncached
+            .insert(id, std::time::Instant::now());
         return;
     }
     match gateway.load_master_key(id).await {
