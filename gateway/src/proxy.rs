@@ -33,6 +33,7 @@ pub struct Proxy {
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
+    gateway: Arc<Gateway>,
     started: Instant,
     key: Option<Arc<KeyEntry>>,
     master: Option<Arc<MasterKey>>,
@@ -44,6 +45,33 @@ pub struct RequestCtx {
     /// upstream may bill it, whether or not an answer comes back.
     sent_upstream: bool,
     outcome: &'static str,
+}
+
+impl Drop for RequestCtx {
+    /// pingora drops requests still running when its shutdown grace period ends, without
+    /// calling `logging`: settle them here, as any request whose outcome is unknown (the
+    /// reservation if it reached the upstream, nothing if not), so no reservation is lost.
+    fn drop(&mut self) {
+        let (Some(key), Some(metered)) = (self.key.take(), self.metered.take()) else {
+            return;
+        };
+        let charge = if self.sent_upstream {
+            metered.reservation
+        } else {
+            Money::ZERO
+        };
+        key.budget.settle(metered.reservation, charge);
+        tracing::warn!(key.id = %key.id, %charge, "request cut off by shutdown; charged its reservation");
+        if charge > Money::ZERO {
+            let _ = self.gateway.usage.send(SettledUsage {
+                api_key_id: key.id,
+                at: OffsetDateTime::now_utc(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_nanousd: charge.nanos(),
+            });
+        }
+    }
 }
 
 struct Metered {
@@ -63,6 +91,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            gateway: Arc::clone(&self.gateway),
             started: Instant::now(),
             key: None,
             master: None,

@@ -725,3 +725,25 @@ async fn a_client_that_hangs_up_before_the_answer_is_charged_the_reservation() {
         gw.logs()
     );
 }
+
+/// A stream still running when the shutdown grace period ends is cut off, and charged its
+/// reservation in the last flush.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_off_by_shutdown_is_charged_its_reservation() {
+    let mut gw = start().await;
+    let token = gw.key("1", &[]);
+    let body = chat_body("mock/cheap", 40, true);
+    let response = gw
+        .chat(&token, &body)
+        .header("x-mock-fault", "slow")
+        .header("x-mock-delay-ms", "250")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    assert!(!stream.next().await.unwrap().unwrap().is_empty());
+    // The grace period is 1 s; the stream needs 10 s.
+    gw.stop();
+    assert_eq!(gw.spent_in_db(&token).await, cheap_reservation(&body, 40));
+}
