@@ -5,7 +5,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use domain::Money;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
@@ -162,11 +161,6 @@ impl KeyCache {
         self.by_id.get(&id).map(|entry| Arc::clone(&entry))
     }
 
-    /// Every cached key.
-    pub fn entries(&self) -> Vec<Arc<KeyEntry>> {
-        self.by_id.iter().map(|entry| Arc::clone(&entry)).collect()
-    }
-
     /// The number of cached keys (known ones).
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -191,11 +185,6 @@ pub fn bearer(value: Option<&[u8]>) -> Option<&str> {
     let value = std::str::from_utf8(value?).ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// `Money` left for a key, for responses.
-pub fn remaining_of(entry: &KeyEntry) -> Money {
-    entry.budget.remaining()
 }
 
 #[cfg(test)]

@@ -57,6 +57,27 @@ async fn served_until_refused(
     }
 }
 
+/// Starts a stream whose tokens trickle `delay_ms` apart, waits for its first bytes, and
+/// returns the rest of the stream, still open.
+async fn first_chunk_of_slow_stream(
+    gw: &crate::gateway_support::Gateway,
+    token: &str,
+    body: &serde_json::Value,
+    delay_ms: u64,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + use<> {
+    let response = gw
+        .chat(token, body)
+        .header("x-mock-fault", "slow")
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = Box::pin(response.bytes_stream());
+    assert!(!stream.next().await.unwrap().unwrap().is_empty());
+    stream
+}
+
 /// Collects an SSE body and returns (the text, the usage chunk's cost).
 async fn read_stream(response: reqwest::Response) -> (String, Option<Money>) {
     let text = response.text().await.unwrap();
@@ -275,17 +296,7 @@ async fn a_client_that_hangs_up_mid_stream_is_charged_the_reservation() {
     let gw = start().await;
     let token = gw.key("1", &[]);
     let body = chat_body("mock/cheap", 40, true);
-    let response = gw
-        .chat(&token, &body)
-        .header("x-mock-fault", "slow")
-        .header("x-mock-delay-ms", "200")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let first = stream.next().await.unwrap().unwrap();
-    assert!(!first.is_empty());
+    let stream = first_chunk_of_slow_stream(&gw, &token, &body, 200).await;
     // The first bytes arrived while the upstream was still generating: nothing is buffered.
     assert_eq!(
         gw.mock.state().total_usage_nanousd(),
@@ -733,16 +744,7 @@ async fn a_stream_cut_off_by_shutdown_is_charged_its_reservation() {
     let mut gw = start().await;
     let token = gw.key("1", &[]);
     let body = chat_body("mock/cheap", 40, true);
-    let response = gw
-        .chat(&token, &body)
-        .header("x-mock-fault", "slow")
-        .header("x-mock-delay-ms", "250")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    assert!(!stream.next().await.unwrap().unwrap().is_empty());
+    let _stream = first_chunk_of_slow_stream(&gw, &token, &body, 250).await;
     // The grace period is 1 s; the stream needs 10 s.
     gw.stop();
     assert_eq!(gw.spent_in_db(&token).await, cheap_reservation(&body, 40));
