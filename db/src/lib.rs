@@ -7,8 +7,10 @@
 //! as bytes and never calls `vault`, so it never sees a plaintext secret. It depends only on
 //! `domain`.
 
+pub mod accounts;
 pub mod embedded;
 mod error;
+pub mod invites;
 pub mod keys;
 pub mod maintenance;
 pub mod master_keys;
@@ -19,7 +21,7 @@ pub mod orgs;
 pub mod transactions;
 pub mod usage;
 
-pub use deadpool_postgres::Pool;
+pub use deadpool_postgres::{GenericClient, Pool, PoolError};
 pub use error::Error;
 pub use migrate::{MIGRATIONS, migrate};
 

@@ -163,3 +163,99 @@ pub async fn get_sealed(client: &impl GenericClient, id: Uuid) -> Result<SealedM
     row.map(|row| from_row(&row))
         .ok_or_else(|| Error::not_found(format!("master key {id}")))
 }
+
+/// Replaces the secret of an active master key in place (same id, so the sub-keys that use it
+/// keep working with the new secret) and writes its ledger row.
+pub async fn rotate(
+    pool: &Pool,
+    org: &Org,
+    id: Uuid,
+    last_four: &str,
+    sealed: &SealedSecret,
+    actor: Actor,
+) -> Result<MasterKey, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            select_master_keys!("WHERE id = $1 AND org_id = $2 FOR UPDATE"),
+            &[&id, &org.id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("master key {id}")))?;
+    let mut key = from_row(&row).key;
+    if key.revoked_at.is_some() {
+        return Err(Error::Conflict(format!(
+            "master key {:?} is revoked: add a new one instead",
+            key.name
+        )));
+    }
+    tx.execute(
+        "UPDATE master_keys SET ciphertext = $2, nonce = $3, sealing_key_id = $4, last_four = $5,
+                rotated_at = now()
+         WHERE id = $1",
+        &[
+            &id,
+            &sealed.ciphertext,
+            &sealed.nonce,
+            &sealed.sealing_key_id,
+            &last_four,
+        ],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyRotated, actor);
+    entry.master_key_id = Some(id);
+    entry.detail =
+        json!({ "name": key.name, "previous_last_four": key.last_four, "last_four": last_four });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    key.last_four = last_four.to_string();
+    Ok(key)
+}
+
+/// Revokes a master key. The sub-keys that use it are refused by the gateway from then on; they
+/// stay open, so an owner can see them and their members can provision new ones.
+pub async fn revoke(pool: &Pool, org: &Org, id: Uuid, actor: Actor) -> Result<MasterKey, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            select_master_keys!("WHERE id = $1 AND org_id = $2 FOR UPDATE"),
+            &[&id, &org.id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("master key {id}")))?;
+    let mut key = from_row(&row).key;
+    if key.revoked_at.is_some() {
+        return Err(Error::Conflict(format!(
+            "master key {:?} is already revoked",
+            key.name
+        )));
+    }
+    let revoked_at: OffsetDateTime = tx
+        .query_one(
+            "UPDATE master_keys SET revoked_at = now() WHERE id = $1 RETURNING revoked_at",
+            &[&id],
+        )
+        .await?
+        .get(0);
+    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyRevoked, actor);
+    entry.master_key_id = Some(id);
+    entry.detail = json!({ "name": key.name, "last_four": key.last_four });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    key.revoked_at = Some(revoked_at);
+    Ok(key)
+}
+
+/// One master key of an org, without its secret.
+pub async fn find(client: &impl GenericClient, org: &Org, id: Uuid) -> Result<MasterKey, Error> {
+    let row = client
+        .query_opt(
+            select_master_keys!("WHERE id = $1 AND org_id = $2"),
+            &[&id, &org.id],
+        )
+        .await?;
+    row.map(|row| from_row(&row).key)
+        .ok_or_else(|| Error::not_found(format!("master key {id}")))
+}

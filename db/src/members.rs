@@ -154,23 +154,8 @@ pub async fn add(
         )));
     }
     let user_id = upsert_user(&tx, email).await?;
-    // A removed member who comes back gets their old membership row back.
-    let revived = tx
-        .query_opt(
-            "UPDATE memberships SET removed_at = NULL, role = $3, monthly_budget_nanousd = $4
-             WHERE org_id = $1 AND user_id = $2 RETURNING id",
-            &[&org.id, &user_id, &role.as_str(), &budget.nanos()],
-        )
-        .await?;
-    let membership_id = match revived {
-        Some(row) => row.get(0),
-        None => insert_membership(&tx, org.id, user_id, role, budget).await?,
-    };
-    let mut entry = NewEntry::new(org.id, LedgerKind::MemberJoined, actor);
-    entry.membership_id = Some(membership_id);
-    entry.amount = budget;
-    entry.detail = json!({ "email": email.as_str(), "role": role.as_str() });
-    transactions::append(&tx, &entry).await?;
+    let membership_id =
+        crate::accounts::join_in(&tx, org.id, user_id, email, role, budget, actor).await?;
     tx.commit().await?;
     Ok(Membership {
         id: membership_id,
@@ -208,4 +193,119 @@ pub async fn set_budget(
     tx.commit().await?;
     membership.monthly_budget = budget;
     Ok(membership)
+}
+
+/// Refuses a change that would leave an org without an active owner.
+async fn check_not_last_owner(
+    client: &impl GenericClient,
+    org: &Org,
+    membership: &Membership,
+) -> Result<(), Error> {
+    if membership.role != Role::Owner {
+        return Ok(());
+    }
+    // Lock every owner row so two owners demoting each other at once cannot both succeed.
+    let rows = client
+        .query(
+            "SELECT id FROM memberships WHERE org_id = $1 AND role = 'owner' AND removed_at IS NULL
+             ORDER BY id FOR UPDATE",
+            &[&org.id],
+        )
+        .await?;
+    if rows.len() <= 1 {
+        return Err(Error::Conflict(format!(
+            "{} is the last owner of org {:?}: make someone else an owner first",
+            membership.email, org.name
+        )));
+    }
+    Ok(())
+}
+
+/// Changes a member's role. The last owner of an org cannot be demoted.
+pub async fn set_role(
+    pool: &Pool,
+    org: &Org,
+    email: &Email,
+    role: Role,
+    actor: Actor,
+) -> Result<Membership, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut membership = find_for_update(&tx, org, email).await?;
+    if membership.role == role {
+        return Err(Error::Invalid(format!("{email} is already {role}")));
+    }
+    check_not_last_owner(&tx, org, &membership).await?;
+    tx.execute(
+        "UPDATE memberships SET role = $2 WHERE id = $1",
+        &[&membership.id, &role.as_str()],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::RoleChanged, actor);
+    entry.membership_id = Some(membership.id);
+    entry.detail =
+        json!({ "email": email.as_str(), "from": membership.role.as_str(), "to": role.as_str() });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    membership.role = role;
+    Ok(membership)
+}
+
+/// Removes a member from an org: their open keys are revoked (with refunds) in the same
+/// transaction, so a removed member's keys stop working. The last owner cannot be removed.
+pub async fn remove(
+    pool: &Pool,
+    org: &Org,
+    email: &Email,
+    actor: Actor,
+    now: time::OffsetDateTime,
+) -> Result<usize, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let membership = find_for_update(&tx, org, email).await?;
+    check_not_last_owner(&tx, org, &membership).await?;
+    let rows = tx
+        .query(
+            crate::keys::select_keys!(
+                "WHERE k.membership_id = $1 AND k.closed_at IS NULL ORDER BY k.id FOR UPDATE OF k"
+            ),
+            &[&membership.id],
+        )
+        .await?;
+    for row in &rows {
+        let key = crate::keys::key_from_row(row);
+        crate::keys::close(&tx, &key, "revoked", LedgerKind::KeyRevoked, actor, now).await?;
+    }
+    tx.execute(
+        "UPDATE memberships SET removed_at = $2 WHERE id = $1",
+        &[&membership.id, &now],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::MemberRemoved, actor);
+    entry.membership_id = Some(membership.id);
+    entry.detail = json!({ "email": email.as_str(), "keys_revoked": rows.len() });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+/// What each member of an org spent in a month, from the gateway's rollups, by membership id.
+pub async fn spent_in(
+    client: &impl GenericClient,
+    org: &Org,
+    window: MonthWindow,
+) -> Result<std::collections::HashMap<Uuid, Money>, Error> {
+    let rows = client
+        .query(
+            "SELECT k.membership_id, coalesce(sum(r.cost_nanousd), 0)::bigint
+             FROM usage_rollups r JOIN api_keys k ON k.id = r.api_key_id
+             WHERE k.org_id = $1 AND r.minute >= $2 AND r.minute < $3
+             GROUP BY k.membership_id",
+            &[&org.id, &window.start, &window.end],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), Money::from_nanos(row.get(1))))
+        .collect())
 }

@@ -10,6 +10,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_changed_at",
         include_str!("../../migrations/0002_changed_at.sql"),
     ),
+    (
+        "0003_admin",
+        include_str!("../../migrations/0003_admin.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

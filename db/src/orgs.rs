@@ -31,6 +31,20 @@ pub async fn create(
     owner_email: &Email,
     actor: Actor,
 ) -> Result<CreatedOrg, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let created = create_in(&tx, name, owner_email, actor).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Creates an org and its first owner inside a caller's transaction.
+pub(crate) async fn create_in(
+    tx: &impl GenericClient,
+    name: &str,
+    owner_email: &Email,
+    actor: Actor,
+) -> Result<CreatedOrg, Error> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(Error::Invalid(
@@ -40,8 +54,6 @@ pub async fn create(
     if Uuid::parse_str(name).is_ok() {
         return Err(Error::Invalid("org name must not look like an id".into()));
     }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let exists = tx
         .query_opt("SELECT 1 FROM orgs WHERE name = $1", &[&name])
         .await?;
@@ -54,14 +66,13 @@ pub async fn create(
         &[&org_id, &name],
     )
     .await?;
-    let user_id = members::upsert_user(&tx, owner_email).await?;
+    let user_id = members::upsert_user(tx, owner_email).await?;
     let membership_id =
-        members::insert_membership(&tx, org_id, user_id, Role::Owner, Money::ZERO).await?;
+        members::insert_membership(tx, org_id, user_id, Role::Owner, Money::ZERO).await?;
     let mut entry = NewEntry::new(org_id, LedgerKind::OrgCreated, actor);
     entry.membership_id = Some(membership_id);
     entry.detail = json!({ "name": name, "owner": owner_email.as_str() });
-    transactions::append(&tx, &entry).await?;
-    tx.commit().await?;
+    transactions::append(tx, &entry).await?;
     Ok(CreatedOrg {
         org: Org {
             id: org_id,

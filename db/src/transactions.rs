@@ -103,21 +103,80 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Entry>, Error> {
     let rows = client.query(LIST, &[&org_id, &limit]).await?;
-    Ok(rows
-        .iter()
-        .map(|row| Entry {
-            seq: row.get(0),
-            kind: row.get(1),
-            created_at: row.get(2),
-            actor_email: row.get(3),
-            member_email: row.get(4),
-            api_key_id: row.get(5),
-            master_key_id: row.get(6),
-            amount_nanousd: row.get(7),
-            detail: row.get(8),
-            hash: hex::encode(row.get::<_, Vec<u8>>(9)),
-        })
-        .collect())
+    Ok(rows.iter().map(entry_from_row).collect())
+}
+
+/// Which ledger rows to list: all filters are optional and combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub member_email: Option<String>,
+    pub kind: Option<LedgerKind>,
+    /// Rows created at or after this instant.
+    pub from: Option<OffsetDateTime>,
+    /// Rows created before this instant.
+    pub to: Option<OffsetDateTime>,
+    /// Rows with a sequence number below this one (the page after a page ending at it).
+    pub before_seq: Option<i64>,
+    /// Only rows about this membership, for a member's own activity.
+    pub membership_id: Option<Uuid>,
+}
+
+const LIST_FILTERED: &str =
+    "SELECT t.seq, t.kind, t.created_at, actor.email, member.email, t.api_key_id,
+        t.master_key_id, t.amount_nanousd, t.detail, t.hash
+    FROM transactions t
+    LEFT JOIN users actor ON actor.id = t.actor_user_id
+    LEFT JOIN memberships m ON m.id = t.membership_id
+    LEFT JOIN users member ON member.id = m.user_id
+    WHERE t.org_id = $1
+      AND ($2::text IS NULL OR member.email = $2)
+      AND ($3::text IS NULL OR t.kind = $3)
+      AND ($4::timestamptz IS NULL OR t.created_at >= $4)
+      AND ($5::timestamptz IS NULL OR t.created_at < $5)
+      AND ($6::bigint IS NULL OR t.seq < $6)
+      AND ($7::uuid IS NULL OR t.membership_id = $7)
+    ORDER BY t.seq DESC
+    LIMIT $8";
+
+/// The newest `limit` ledger rows of an org that match `filter`, newest first.
+pub async fn list_filtered(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Vec<Entry>, Error> {
+    let kind = filter.kind.map(LedgerKind::as_str);
+    let rows = client
+        .query(
+            LIST_FILTERED,
+            &[
+                &org_id,
+                &filter.member_email,
+                &kind,
+                &filter.from,
+                &filter.to,
+                &filter.before_seq,
+                &filter.membership_id,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(entry_from_row).collect())
+}
+
+fn entry_from_row(row: &tokio_postgres::Row) -> Entry {
+    Entry {
+        seq: row.get(0),
+        kind: row.get(1),
+        created_at: row.get(2),
+        actor_email: row.get(3),
+        member_email: row.get(4),
+        api_key_id: row.get(5),
+        master_key_id: row.get(6),
+        amount_nanousd: row.get(7),
+        detail: row.get(8),
+        hash: hex::encode(row.get::<_, Vec<u8>>(9)),
+    }
 }
 
 /// The result of checking an org's hash chain.

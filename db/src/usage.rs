@@ -57,3 +57,29 @@ pub async fn flush(pool: &Pool, deltas: &[UsageDelta]) -> Result<(), Error> {
         .await?;
     Ok(())
 }
+
+/// Spend per UTC day in `[from, to)`, for an org or for one membership, in day order. Days
+/// without spend are absent.
+pub async fn daily_spend(
+    client: &impl deadpool_postgres::GenericClient,
+    org_id: Uuid,
+    membership_id: Option<Uuid>,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<Vec<(time::Date, domain::Money)>, Error> {
+    let rows = client
+        .query(
+            "SELECT (date_trunc('day', r.minute AT TIME ZONE 'UTC'))::date,
+                    sum(r.cost_nanousd)::bigint
+             FROM usage_rollups r JOIN api_keys k ON k.id = r.api_key_id
+             WHERE k.org_id = $1 AND ($2::uuid IS NULL OR k.membership_id = $2)
+               AND r.minute >= $3 AND r.minute < $4
+             GROUP BY 1 ORDER BY 1",
+            &[&org_id, &membership_id, &from, &to],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), domain::Money::from_nanos(row.get(1))))
+        .collect())
+}

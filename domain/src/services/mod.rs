@@ -94,6 +94,10 @@ pub trait ServiceAdapter {
     /// The header that carries the master key upstream, replacing the client's own.
     fn credential_header(&self) -> CredentialHeader;
 
+    /// A free `GET` path on the upstream that succeeds only with a valid master key, used to
+    /// test a master key before members rely on it.
+    fn key_check_path(&self) -> &'static str;
+
     /// Reads what pricing needs from a request body.
     fn parse_request(&self, body: &[u8]) -> Result<Self::Request, Self::RequestError>;
 

@@ -168,6 +168,10 @@ impl ServiceAdapter for OpenRouter {
         }
     }
 
+    fn key_check_path(&self) -> &'static str {
+        KEY_CHECK_PATH
+    }
+
     fn parse_request(&self, body: &[u8]) -> Result<ChatRequest, RequestError> {
         ChatRequest::parse(body)
     }

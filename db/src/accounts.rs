@@ -1,0 +1,444 @@
+//! Accounts of the admin app: users with passwords, sessions, sign-in failures for throttling,
+//! and owner-issued admin tokens. Passwords arrive already hashed (argon2id, by `admin`);
+//! session and admin tokens arrive as SHA-256 hashes. Nothing here sees a secret.
+
+use deadpool_postgres::GenericClient;
+use domain::{Email, LedgerKind, Money, Role};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::orgs::Org;
+use crate::transactions::{self, NewEntry};
+use crate::{Actor, Error, Pool, members};
+
+/// A user who can sign in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: Option<String>,
+}
+
+/// One org a user belongs to, with their role there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgMembership {
+    pub org: Org,
+    pub membership_id: Uuid,
+    pub role: Role,
+    pub monthly_budget: Money,
+}
+
+/// A live session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub current_org_id: Option<Uuid>,
+    pub csrf_token: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// True when some user has a password, that is when the first owner has been set up.
+pub async fn any_user_can_sign_in(client: &impl GenericClient) -> Result<bool, Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE password_hash IS NOT NULL)",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Creates the first owner and their org, once: refused when any user can already sign in.
+pub async fn set_up_first_owner(
+    pool: &Pool,
+    org_name: &str,
+    email: &Email,
+    password_hash: &str,
+) -> Result<(User, Org), Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    // Two setup forms submitted at once must not both succeed.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('keycap.setup'))",
+        &[],
+    )
+    .await?;
+    if any_user_can_sign_in(&tx).await? {
+        return Err(Error::Conflict(
+            "keycap is already set up: sign in instead".into(),
+        ));
+    }
+    let created = crate::orgs::create_in(&tx, org_name, email, Actor::System).await?;
+    tx.execute(
+        "UPDATE users SET password_hash = $2 WHERE id = $1",
+        &[&created.owner_user_id, &password_hash],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        User {
+            id: created.owner_user_id,
+            email: email.to_string(),
+            password_hash: Some(password_hash.to_string()),
+        },
+        created.org,
+    ))
+}
+
+/// The user with this email, if any.
+pub async fn find_user(client: &impl GenericClient, email: &Email) -> Result<Option<User>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT id, email, password_hash FROM users WHERE email = $1",
+            &[&email.as_str()],
+        )
+        .await?;
+    Ok(row.map(|row| User {
+        id: row.get(0),
+        email: row.get(1),
+        password_hash: row.get(2),
+    }))
+}
+
+/// Sets a user's password hash.
+pub async fn set_password(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    password_hash: &str,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1",
+            &[&user_id, &password_hash],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The orgs a user belongs to (active memberships), by org name.
+pub async fn memberships_of(
+    client: &impl GenericClient,
+    user_id: Uuid,
+) -> Result<Vec<OrgMembership>, Error> {
+    let rows = client
+        .query(
+            "SELECT o.id, o.name, m.id, m.role, m.monthly_budget_nanousd
+             FROM memberships m JOIN orgs o ON o.id = m.org_id
+             WHERE m.user_id = $1 AND m.removed_at IS NULL ORDER BY o.name",
+            &[&user_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let role: String = row.get(3);
+            OrgMembership {
+                org: Org {
+                    id: row.get(0),
+                    name: row.get(1),
+                },
+                membership_id: row.get(2),
+                role: role.parse().unwrap_or(Role::User),
+                monthly_budget: Money::from_nanos(row.get(4)),
+            }
+        })
+        .collect())
+}
+
+/// Starts a session for a user, stored under the hash of its cookie token.
+pub async fn create_session(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+    user_id: Uuid,
+    current_org_id: Option<Uuid>,
+    csrf_token: &str,
+    expires_at: OffsetDateTime,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO sessions (token_hash, user_id, current_org_id, csrf_token, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &token_hash.as_slice(),
+                &user_id,
+                &current_org_id,
+                &csrf_token,
+                &expires_at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The unexpired session stored under `token_hash`, if any.
+pub async fn find_session(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+) -> Result<Option<Session>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT u.id, u.email, u.password_hash, s.current_org_id, s.csrf_token, s.expires_at
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.expires_at > now()",
+            &[&token_hash.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|row| Session {
+        user: User {
+            id: row.get(0),
+            email: row.get(1),
+            password_hash: row.get(2),
+        },
+        current_org_id: row.get(3),
+        csrf_token: row.get(4),
+        expires_at: row.get(5),
+    }))
+}
+
+/// Points a session at another org.
+pub async fn switch_org(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+    org_id: Uuid,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "UPDATE sessions SET current_org_id = $2 WHERE token_hash = $1",
+            &[&token_hash.as_slice(), &org_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ends one session.
+pub async fn delete_session(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+) -> Result<(), Error> {
+    client
+        .execute(
+            "DELETE FROM sessions WHERE token_hash = $1",
+            &[&token_hash.as_slice()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ends every session of a user except the one under `keep`, after a password change.
+pub async fn delete_other_sessions(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    keep: &[u8; 32],
+) -> Result<u64, Error> {
+    Ok(client
+        .execute(
+            "DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2",
+            &[&user_id, &keep.as_slice()],
+        )
+        .await?)
+}
+
+/// Records a failed sign-in and removes failures older than `keep_since`.
+pub async fn record_login_failure(
+    client: &impl GenericClient,
+    email: &str,
+    client_ip: &str,
+    keep_since: OffsetDateTime,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO login_failures (email, client_ip) VALUES ($1, $2)",
+            &[&email, &client_ip],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM login_failures WHERE failed_at < $1",
+            &[&keep_since],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Failed sign-ins since `since`: for this email, and from this client address.
+pub async fn recent_login_failures(
+    client: &impl GenericClient,
+    email: &str,
+    client_ip: &str,
+    since: OffsetDateTime,
+) -> Result<(i64, i64), Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE email = $1), count(*) FILTER (WHERE client_ip = $2)
+             FROM login_failures WHERE failed_at >= $3 AND (email = $1 OR client_ip = $2)",
+            &[&email, &client_ip, &since],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Forgets the failures of an email after it signed in.
+pub async fn clear_login_failures(client: &impl GenericClient, email: &str) -> Result<(), Error> {
+    client
+        .execute("DELETE FROM login_failures WHERE email = $1", &[&email])
+        .await?;
+    Ok(())
+}
+
+/// An admin token as listed (its secret is never stored).
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub owner_email: String,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Stores a new admin token for `user` (an owner) in `org`.
+pub async fn create_admin_token(
+    client: &impl GenericClient,
+    org: &Org,
+    user_id: Uuid,
+    name: &str,
+    token_hash: &[u8; 32],
+    prefix: &str,
+) -> Result<Uuid, Error> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::Invalid(
+            "token name must be 1 to 200 characters".into(),
+        ));
+    }
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &id,
+                &org.id,
+                &user_id,
+                &name,
+                &token_hash.as_slice(),
+                &prefix,
+            ],
+        )
+        .await?;
+    Ok(id)
+}
+
+/// The user and org an unrevoked admin token acts for, when that user is still an owner there.
+pub async fn find_admin_token(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+) -> Result<Option<(User, Uuid)>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT u.id, u.email, u.password_hash, t.org_id
+             FROM admin_tokens t
+             JOIN users u ON u.id = t.user_id
+             JOIN memberships m ON m.user_id = t.user_id AND m.org_id = t.org_id
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL
+               AND m.removed_at IS NULL AND m.role = 'owner'",
+            &[&token_hash.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|row| {
+        (
+            User {
+                id: row.get(0),
+                email: row.get(1),
+                password_hash: row.get(2),
+            },
+            row.get(3),
+        )
+    }))
+}
+
+/// The admin tokens of an org, newest first.
+pub async fn list_admin_tokens(
+    client: &impl GenericClient,
+    org_id: Uuid,
+) -> Result<Vec<AdminToken>, Error> {
+    let rows = client
+        .query(
+            "SELECT t.id, t.name, t.prefix, u.email, t.created_at, t.revoked_at
+             FROM admin_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.org_id = $1 ORDER BY t.created_at DESC",
+            &[&org_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| AdminToken {
+            id: row.get(0),
+            name: row.get(1),
+            prefix: row.get(2),
+            owner_email: row.get(3),
+            created_at: row.get(4),
+            revoked_at: row.get(5),
+        })
+        .collect())
+}
+
+/// Revokes an admin token of an org.
+pub async fn revoke_admin_token(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<(), Error> {
+    let n = client
+        .execute(
+            "UPDATE admin_tokens SET revoked_at = now() WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL",
+            &[&id, &org_id],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::not_found(format!("active admin token {id}")));
+    }
+    Ok(())
+}
+
+/// Adds a membership for a user inside a caller's transaction, reviving a removed one, with
+/// its ledger row. Refused when the user is already an active member.
+pub(crate) async fn join_in(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    user_id: Uuid,
+    email: &Email,
+    role: Role,
+    budget: Money,
+    actor: Actor,
+) -> Result<Uuid, Error> {
+    let active = client
+        .query_opt(
+            "SELECT 1 FROM memberships WHERE org_id = $1 AND user_id = $2 AND removed_at IS NULL",
+            &[&org_id, &user_id],
+        )
+        .await?;
+    if active.is_some() {
+        return Err(Error::Conflict(format!(
+            "{email} is already a member of this org"
+        )));
+    }
+    let revived = client
+        .query_opt(
+            "UPDATE memberships SET removed_at = NULL, role = $3, monthly_budget_nanousd = $4
+             WHERE org_id = $1 AND user_id = $2 RETURNING id",
+            &[&org_id, &user_id, &role.as_str(), &budget.nanos()],
+        )
+        .await?;
+    let membership_id = match revived {
+        Some(row) => row.get(0),
+        None => members::insert_membership(client, org_id, user_id, role, budget).await?,
+    };
+    let mut entry = NewEntry::new(org_id, LedgerKind::MemberJoined, actor);
+    entry.membership_id = Some(membership_id);
+    entry.amount = budget;
+    entry.detail = json!({ "email": email.as_str(), "role": role.as_str() });
+    transactions::append(client, &entry).await?;
+    Ok(membership_id)
+}

@@ -1,0 +1,227 @@
+//! Invites: single-use, expiring links by which an owner brings someone into an org with a role
+//! and a monthly budget. Only the SHA-256 hash of an invite's token is stored.
+
+use deadpool_postgres::GenericClient;
+use domain::{Email, LedgerKind, Money, Role};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::accounts::{self, User};
+use crate::orgs::Org;
+use crate::transactions::{self, NewEntry};
+use crate::{Actor, Error, Pool, members};
+
+/// An invite as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    pub id: Uuid,
+    pub org: Org,
+    pub email: String,
+    pub role: Role,
+    pub monthly_budget: Money,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub accepted_at: Option<OffsetDateTime>,
+}
+
+/// An invite to create.
+#[derive(Debug, Clone)]
+pub struct NewInvite {
+    pub email: Email,
+    pub role: Role,
+    pub monthly_budget: Money,
+    pub token_hash: [u8; 32],
+    pub expires_at: OffsetDateTime,
+}
+
+/// A `SELECT` of every invite column in the order [`from_row`] reads, followed by `$tail`.
+macro_rules! select_invites {
+    ($tail:literal) => {
+        concat!(
+            "SELECT i.id, o.id, o.name, i.email, i.role, i.monthly_budget_nanousd,
+                    i.created_at, i.expires_at, i.accepted_at
+             FROM invites i JOIN orgs o ON o.id = i.org_id ",
+            $tail
+        )
+    };
+}
+
+fn from_row(row: &tokio_postgres::Row) -> Invite {
+    let role: String = row.get(4);
+    Invite {
+        id: row.get(0),
+        org: Org {
+            id: row.get(1),
+            name: row.get(2),
+        },
+        email: row.get(3),
+        role: role.parse().unwrap_or(Role::User),
+        monthly_budget: Money::from_nanos(row.get(5)),
+        created_at: row.get(6),
+        expires_at: row.get(7),
+        accepted_at: row.get(8),
+    }
+}
+
+/// Stores an invite and its ledger row. Refused when the address is already a member.
+pub async fn create(
+    pool: &Pool,
+    org: &Org,
+    new: &NewInvite,
+    actor: Actor,
+) -> Result<Invite, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let member = tx
+        .query_opt(
+            "SELECT 1 FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL",
+            &[&org.id, &new.email.as_str()],
+        )
+        .await?;
+    if member.is_some() {
+        return Err(Error::Conflict(format!(
+            "{} is already a member of org {:?}",
+            new.email, org.name
+        )));
+    }
+    let id = Uuid::new_v4();
+    let user_id = match actor {
+        Actor::User(id) => Some(id),
+        Actor::Cli | Actor::System => None,
+    };
+    tx.execute(
+        "INSERT INTO invites (id, org_id, email, role, monthly_budget_nanousd, token_hash, invited_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &id,
+            &org.id,
+            &new.email.as_str(),
+            &new.role.as_str(),
+            &new.monthly_budget.nanos(),
+            &new.token_hash.as_slice(),
+            &user_id,
+            &new.expires_at,
+        ],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org.id, LedgerKind::MemberInvited, actor);
+    entry.amount = new.monthly_budget;
+    entry.detail = json!({
+        "email": new.email.as_str(),
+        "role": new.role.as_str(),
+        "expires_at": new.expires_at.unix_timestamp(),
+    });
+    transactions::append(&tx, &entry).await?;
+    let row = tx
+        .query_one(select_invites!("WHERE i.id = $1"), &[&id])
+        .await?;
+    tx.commit().await?;
+    Ok(from_row(&row))
+}
+
+/// The invite whose token hashes to `token_hash`, if any (accepted and expired ones included,
+/// so the page can say why a link no longer works).
+pub async fn find(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+) -> Result<Option<Invite>, Error> {
+    let row = client
+        .query_opt(
+            select_invites!("WHERE i.token_hash = $1"),
+            &[&token_hash.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|row| from_row(&row)))
+}
+
+/// The invites of an org not yet accepted, newest first (expired ones included).
+pub async fn pending(client: &impl GenericClient, org: &Org) -> Result<Vec<Invite>, Error> {
+    let rows = client
+        .query(
+            select_invites!(
+                "WHERE i.org_id = $1 AND i.accepted_at IS NULL ORDER BY i.created_at DESC"
+            ),
+            &[&org.id],
+        )
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Why an invite link cannot be used.
+pub fn unusable(invite: &Invite, now: OffsetDateTime) -> Option<&'static str> {
+    if invite.accepted_at.is_some() {
+        Some("this invite was already used: sign in instead")
+    } else if invite.expires_at <= now {
+        Some("this invite has expired: ask an owner for a new one")
+    } else {
+        None
+    }
+}
+
+/// Accepts an invite: creates the user (with `new_password_hash`) if the address has no account
+/// yet, adds the membership with its ledger row, and marks the invite used, in one transaction.
+/// A user who already has a password keeps it; the caller must have checked it.
+pub async fn accept(
+    pool: &Pool,
+    token_hash: &[u8; 32],
+    new_password_hash: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(User, Invite), Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            select_invites!("WHERE i.token_hash = $1 FOR UPDATE OF i"),
+            &[&token_hash.as_slice()],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("invite"))?;
+    let invite = from_row(&row);
+    if let Some(reason) = unusable(&invite, now) {
+        return Err(Error::Conflict(reason.into()));
+    }
+    let email = Email::parse(&invite.email).map_err(|err| Error::Invalid(err.to_string()))?;
+    let user_id = members::upsert_user(&tx, &email).await?;
+    let existing: Option<String> = tx
+        .query_one("SELECT password_hash FROM users WHERE id = $1", &[&user_id])
+        .await?
+        .get(0);
+    let password_hash = match (existing, new_password_hash) {
+        (Some(existing), _) => existing,
+        (None, Some(new)) => {
+            accounts::set_password(&tx, user_id, new).await?;
+            new.to_string()
+        }
+        (None, None) => {
+            return Err(Error::Invalid(
+                "choose a password for your new account".into(),
+            ));
+        }
+    };
+    accounts::join_in(
+        &tx,
+        invite.org.id,
+        user_id,
+        &email,
+        invite.role,
+        invite.monthly_budget,
+        Actor::User(user_id),
+    )
+    .await?;
+    tx.execute(
+        "UPDATE invites SET accepted_at = $2 WHERE id = $1",
+        &[&invite.id, &now],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        User {
+            id: user_id,
+            email: invite.email.clone(),
+            password_hash: Some(password_hash),
+        },
+        invite,
+    ))
+}
