@@ -1,6 +1,43 @@
-//! The admin app: keycap's control plane, an `axum` web app with server-rendered pages and a
-//! JSON API.
+//! The admin app: keycap's control plane for owners and members, an `axum` web app with
+//! server-rendered pages (askama templates, no JavaScript needed) and a JSON API under `/api/`.
 //!
-//! Not built yet: this crate holds no code until the admin issue lands. It will depend on
-//! `domain`, `db` and `vault`, and never on `gateway`. Until then, the `keycap` command line's
-//! admin verbs do everything the pages will.
+//! `admin` owns accounts (argon2id passwords, server-side sessions in Postgres, CSRF checks,
+//! sign-in throttling, invites), the six pages (`/dashboard`, `/my-keys`, `/store`, `/vault`,
+//! `/members`, `/audit`), the JSON API with its OpenAPI document, and the mapping of errors to
+//! pages and JSON ([`error`]). Every change goes through `db`, which writes the same ledger rows
+//! as the command line. It depends on `domain`, `db` and `vault` (to seal master keys it is
+//! given and to open one when an owner tests it), and never on `gateway`.
+
+mod actions;
+mod api;
+mod app;
+mod chart;
+mod config;
+mod csrf;
+mod error;
+mod password;
+mod routes;
+mod session;
+mod state;
+mod views;
+
+pub use app::app;
+pub use config::AdminConfig;
+pub use state::AppState;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// Serves the app on `listener` until `shutdown` completes, letting requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -18,7 +18,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub vault: VaultConfig,
     pub gateway: GatewaySection,
-    pub admin: ListenConfig,
+    pub admin: AdminSection,
     pub metrics: ListenConfig,
     pub openrouter: OpenRouterConfig,
     pub log: LogConfig,
@@ -79,7 +79,40 @@ impl Default for GatewaySection {
     }
 }
 
-/// A listener section: `[admin]`, `[metrics]`.
+/// `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// `host:port` of the admin web app.
+    pub listen: String,
+    /// The URL people use to reach the admin app, for setup and invite links; empty means
+    /// `http://<listen>`. An `https://` URL makes session cookies `Secure`.
+    pub public_url: String,
+    /// The gateway's URL as apps reach it, shown in key snippets; empty means
+    /// `http://<gateway.listen>/api/v1`.
+    pub gateway_public_url: String,
+    /// Hours a sign-in lasts.
+    pub session_hours: u64,
+    /// Days an invite link works.
+    pub invite_days: u64,
+    /// Failed sign-ins allowed per email within 15 minutes (an address gets four times as many).
+    pub login_max_failures: i64,
+}
+
+impl Default for AdminSection {
+    fn default() -> AdminSection {
+        AdminSection {
+            listen: "127.0.0.1:3000".into(),
+            public_url: String::new(),
+            gateway_public_url: String::new(),
+            session_hours: 12,
+            invite_days: 7,
+            login_max_failures: 5,
+        }
+    }
+}
+
+/// A listener section: `[metrics]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
@@ -110,9 +143,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             vault: VaultConfig::default(),
             gateway: GatewaySection::default(),
-            admin: ListenConfig {
-                listen: "127.0.0.1:3000".into(),
-            },
+            admin: AdminSection::default(),
             metrics: ListenConfig {
                 listen: "127.0.0.1:9464".into(),
             },
@@ -247,6 +278,20 @@ impl Config {
             domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd)
                 .map_err(|err| anyhow::anyhow!("gateway.unpriced_ceiling_usd: {err}"))?;
         }
+        if self.admin.session_hours == 0 || self.admin.invite_days == 0 {
+            bail!("admin.session_hours and admin.invite_days must be at least 1");
+        }
+        if self.admin.login_max_failures < 1 {
+            bail!("admin.login_max_failures must be at least 1");
+        }
+        for (key, url) in [
+            ("admin.public_url", &self.admin.public_url),
+            ("admin.gateway_public_url", &self.admin.gateway_public_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("{key} = {url:?} must be empty or start with http:// or https://");
+            }
+        }
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
@@ -275,6 +320,31 @@ impl Config {
             unpriced_ceiling: domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd).ok(),
             grace_period_seconds: self.gateway.grace_period_seconds,
             threads: self.gateway.threads,
+        }
+    }
+
+    /// The admin app's settings. `admin_addr` is the address the admin listener got, which
+    /// differs from `admin.listen` when that asks for port 0.
+    pub fn admin_config(&self, admin_addr: std::net::SocketAddr) -> admin::AdminConfig {
+        use std::time::Duration;
+        let public_url = if self.admin.public_url.is_empty() {
+            format!("http://{admin_addr}")
+        } else {
+            self.admin.public_url.clone()
+        };
+        let gateway_base_url = if self.admin.gateway_public_url.is_empty() {
+            format!("http://{}/api/v1", self.gateway.listen)
+        } else {
+            self.admin.gateway_public_url.clone()
+        };
+        admin::AdminConfig {
+            public_url,
+            gateway_base_url,
+            upstream_base_url: self.openrouter.base_url.clone(),
+            session_ttl: Duration::from_secs(self.admin.session_hours * 3600),
+            invite_ttl: Duration::from_secs(self.admin.invite_days * 24 * 3600),
+            login_max_failures: self.admin.login_max_failures,
+            login_window: Duration::from_secs(15 * 60),
         }
     }
 

@@ -17,7 +17,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 /// Which parts to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Everything that exists: the gateway and the background jobs.
+    /// Everything: the gateway, the admin app and the background jobs.
     Up,
     /// Everything, against an in-process OpenRouter mock, with a seeded org and key.
     Demo,
@@ -89,6 +89,28 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin_listener = match tokio::net::TcpListener::bind(&config.admin.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            maintenance.abort();
+            database.close().await;
+            anyhow::bail!(
+                "admin.listen {}: {err}: is another keycap running? choose a free port with --admin-listen",
+                config.admin.listen
+            );
+        }
+    };
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_state = admin::AppState::new(
+        database.pool.clone(),
+        keyring.clone(),
+        config.admin_config(admin_addr),
+    );
+    let setup_link = admin_state.setup_link().await;
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin_server = tokio::spawn(admin::serve(admin_listener, admin_state, async move {
+        let _ = admin_shutdown.wait_for(|stop| *stop).await;
+    }));
     let resources = gateway::server::Resources {
         pool: database.pool.clone(),
         database_url: database.url.clone(),
@@ -98,6 +120,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     let gateway_config = config.gateway_config();
     if let Err(err) = gateway::server::check_addresses(&gateway_config) {
         maintenance.abort();
+        admin_server.abort();
         database.close().await;
         anyhow::bail!(err);
     }
@@ -107,9 +130,16 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         .context("starting the gateway thread")?;
 
     eprintln!(
-        "keycap is up: gateway on http://{}/api/v1, metrics on http://{}/metrics, upstream {} (Ctrl-C to stop)",
+        "keycap is up: admin on http://{admin_addr}, gateway on http://{}/api/v1, metrics on http://{}/metrics, upstream {} (Ctrl-C to stop)",
         config.gateway.listen, config.metrics.listen, config.openrouter.base_url
     );
+    match setup_link {
+        Ok(Some(link)) => eprintln!(
+            "nobody can sign in yet: open this one-time link to create the first owner and their org:\n  {link}"
+        ),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "could not check whether keycap is set up"),
+    }
     if let Some(token) = &demo_token {
         crate::demo::print_instructions(&config.gateway.listen, token);
     }
@@ -128,6 +158,10 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         }
     };
     maintenance.abort();
+    let _ = shutdown_tx.send(true);
+    if let Ok(Err(err)) = admin_server.await {
+        tracing::warn!(error = %err, "the admin app stopped with an error");
+    }
     database.close().await;
     match joined {
         Ok(Ok(Ok(()))) => Ok(()),

@@ -1,0 +1,558 @@
+//! What the pages and the JSON API do, in one place: each function checks the viewer's role,
+//! parses the input into domain types (collecting a message per bad field), and calls the `db`
+//! function that makes the change with its ledger row. Pages and API differ only in how they
+//! show the result.
+
+use domain::services::{Service, ServiceAdapter};
+use domain::{ApiKeyToken, Email, Money, MonthWindow, Role};
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::session::Viewer;
+use crate::state::AppState;
+use crate::views::FieldErrors;
+
+/// Why an action was refused: bad fields, or an error of the request as a whole.
+#[derive(Debug)]
+pub enum Refused {
+    Fields(FieldErrors),
+    Request(AppError),
+}
+
+impl<E: Into<AppError>> From<E> for Refused {
+    fn from(err: E) -> Self {
+        Refused::Request(err.into())
+    }
+}
+
+impl Refused {
+    fn field(field: &'static str, message: impl Into<String>) -> Refused {
+        let mut errors = FieldErrors::default();
+        errors.add(field, message);
+        Refused::Fields(errors)
+    }
+}
+
+/// The services a key or master key can be for.
+pub const SERVICES: [&str; 1] = ["openrouter"];
+
+fn parse_usd(field: &'static str, text: &str, errors: &mut FieldErrors) -> Money {
+    if text.trim().is_empty() {
+        errors.add(field, "enter an amount in USD, such as 20 or 12.50");
+        return Money::ZERO;
+    }
+    match Money::parse_usd(text.trim().trim_start_matches('$')) {
+        Ok(money) => money,
+        Err(err) => {
+            errors.add(field, err.to_string());
+            Money::ZERO
+        }
+    }
+}
+
+fn parse_service(text: &str, errors: &mut FieldErrors) -> Service {
+    match text.parse::<Service>() {
+        Ok(service) => service,
+        Err(err) => {
+            errors.add("service", err.to_string());
+            Service::OpenRouter
+        }
+    }
+}
+
+fn check_name(field: &'static str, name: &str, errors: &mut FieldErrors) {
+    let n_chars = name.trim().chars().count();
+    if n_chars == 0 {
+        errors.add(field, "enter a name");
+    } else if name.trim().len() > 200 {
+        errors.add(field, "use at most 200 characters");
+    }
+}
+
+/// A sub-key to provision, as typed.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct KeyInput {
+    pub service: String,
+    pub name: String,
+    pub cap: String,
+    pub expires: String,
+    pub models: Vec<String>,
+    pub renew_monthly: bool,
+}
+
+/// Provisions a sub-key for the viewer from their own budget.
+pub async fn provision_key(
+    state: &AppState,
+    viewer: &Viewer,
+    input: &KeyInput,
+    now: OffsetDateTime,
+) -> Result<(db::keys::ApiKey, ApiKeyToken), Refused> {
+    let member = viewer.member()?;
+    let mut errors = FieldErrors::default();
+    let service = parse_service(&input.service, &mut errors);
+    check_name("name", &input.name, &mut errors);
+    let cap = parse_usd("cap", &input.cap, &mut errors);
+    if errors.get("cap").is_none() && cap == Money::ZERO {
+        errors.add("cap", "a key needs a cap above $0");
+    }
+    let expires_at = if input.expires.trim().is_empty() {
+        None
+    } else {
+        match domain::expiry::parse_expiry(&input.expires, now) {
+            Ok(at) => Some(at),
+            Err(err) => {
+                errors.add("expires", err.to_string());
+                None
+            }
+        }
+    };
+    let models: Vec<String> = input
+        .models
+        .iter()
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if models.iter().any(|m| m.len() > 200) {
+        errors.add("models", "model names must be at most 200 characters");
+    }
+    if models.len() > 100 {
+        errors.add("models", "list at most 100 models");
+    }
+    if !errors.is_empty() {
+        return Err(Refused::Fields(errors));
+    }
+    let email = Email::parse(&viewer.user.email).map_err(|e| AppError::Internal(e.to_string()))?;
+    let new = db::keys::NewKey {
+        member: email,
+        service,
+        name: input.name.trim().to_string(),
+        cap,
+        expires_at,
+        model_scope: models,
+        renew_monthly: input.renew_monthly,
+    };
+    match db::keys::create(&state.pool, &member.org, &new, viewer.actor(), now).await {
+        Ok(created) => Ok(created),
+        Err(db::Error::Budget(err)) => Err(Refused::field("cap", err.to_string())),
+        Err(db::Error::Invalid(message)) if message.contains("master key") => Err(Refused::field(
+            "form",
+            format!(
+                "{} has no active {service} master key yet: ask an owner to add one in the vault",
+                member.org.name
+            ),
+        )),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Revokes a key of the current org: members may revoke their own keys, owners any key.
+pub async fn revoke_key(
+    state: &AppState,
+    viewer: &Viewer,
+    key_id: &str,
+    now: OffsetDateTime,
+) -> Result<db::keys::Revoked, AppError> {
+    let member = viewer.member()?;
+    let not_found = || AppError::NotFound(format!("key {key_id:?} not found"));
+    let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
+    let client = state.pool.get().await?;
+    let key = db::keys::find_in_org(&client, &member.org, id)
+        .await?
+        .ok_or_else(not_found)?;
+    drop(client);
+    if key.membership_id != member.membership_id && member.role != Role::Owner {
+        return Err(AppError::Forbidden(
+            "this key belongs to another member: only they or an owner can revoke it".into(),
+        ));
+    }
+    Ok(db::keys::revoke(
+        &state.pool,
+        &member.org,
+        &key.id.to_string(),
+        viewer.actor(),
+        now,
+    )
+    .await?)
+}
+
+/// A master key's secret: non-empty, no spaces or control characters, at most 4 KiB.
+fn check_secret(secret: &str, errors: &mut FieldErrors) {
+    if secret.is_empty() {
+        errors.add("secret", "paste the master key");
+    } else if secret.len() > 4096 {
+        errors.add("secret", "a master key is at most 4096 characters");
+    } else if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errors.add("secret", "the key contains spaces or control characters");
+    }
+}
+
+fn last_four(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    chars[chars.len().saturating_sub(4)..].iter().collect()
+}
+
+fn sealed_parts(sealed: vault::Sealed) -> db::master_keys::SealedSecret {
+    db::master_keys::SealedSecret {
+        sealing_key_id: sealed.sealing_key_id,
+        nonce: sealed.nonce,
+        ciphertext: sealed.ciphertext,
+    }
+}
+
+/// Seals and stores a new master key of the current org (owners only).
+pub async fn add_master_key(
+    state: &AppState,
+    viewer: &Viewer,
+    service: &str,
+    name: &str,
+    secret: &SecretString,
+) -> Result<db::master_keys::MasterKey, Refused> {
+    let owner = viewer.owner()?;
+    let mut errors = FieldErrors::default();
+    let service = parse_service(service, &mut errors);
+    check_name("name", name, &mut errors);
+    let secret = secret.expose_secret().trim();
+    check_secret(secret, &mut errors);
+    if !errors.is_empty() {
+        return Err(Refused::Fields(errors));
+    }
+    let id = Uuid::new_v4();
+    let sealed = state.keyring.seal(owner.org.id, id, secret);
+    let new = db::master_keys::NewMasterKey {
+        id,
+        service,
+        name: name.trim().to_string(),
+        last_four: last_four(secret),
+        sealed: sealed_parts(sealed),
+    };
+    Ok(db::master_keys::add(&state.pool, &owner.org, &new, viewer.actor()).await?)
+}
+
+fn master_key_id(text: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(text).map_err(|_| AppError::NotFound(format!("master key {text:?} not found")))
+}
+
+/// Replaces the secret of a master key in place (owners only).
+pub async fn rotate_master_key(
+    state: &AppState,
+    viewer: &Viewer,
+    id: &str,
+    secret: &SecretString,
+) -> Result<db::master_keys::MasterKey, Refused> {
+    let owner = viewer.owner()?;
+    let id = master_key_id(id)?;
+    let mut errors = FieldErrors::default();
+    let secret = secret.expose_secret().trim();
+    check_secret(secret, &mut errors);
+    if !errors.is_empty() {
+        return Err(Refused::Fields(errors));
+    }
+    let sealed = state.keyring.seal(owner.org.id, id, secret);
+    Ok(db::master_keys::rotate(
+        &state.pool,
+        &owner.org,
+        id,
+        &last_four(secret),
+        &sealed_parts(sealed),
+        viewer.actor(),
+    )
+    .await?)
+}
+
+/// Revokes a master key (owners only).
+pub async fn revoke_master_key(
+    state: &AppState,
+    viewer: &Viewer,
+    id: &str,
+) -> Result<db::master_keys::MasterKey, AppError> {
+    let owner = viewer.owner()?;
+    let id = master_key_id(id)?;
+    Ok(db::master_keys::revoke(&state.pool, &owner.org, id, viewer.actor()).await?)
+}
+
+/// What the upstream said about a master key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyCheck {
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+/// Opens a master key and calls the upstream's key-check path with it (owners only). The
+/// secret goes only into the request's header; the answer's body is not shown, since an
+/// upstream may echo credentials.
+pub async fn test_master_key(
+    state: &AppState,
+    viewer: &Viewer,
+    id: &str,
+) -> Result<(db::master_keys::MasterKey, KeyCheck), AppError> {
+    let owner = viewer.owner()?;
+    let id = master_key_id(id)?;
+    let client = state.pool.get().await?;
+    let key = db::master_keys::find(&client, &owner.org, id).await?;
+    let sealed = db::master_keys::get_sealed(&client, id).await?;
+    drop(client);
+    let service: Service = key
+        .service
+        .parse()
+        .map_err(|err: domain::services::UnknownService| AppError::Internal(err.to_string()))?;
+    let adapter = match service {
+        Service::OpenRouter => domain::services::openrouter::OpenRouter::default(),
+    };
+    let secret = state
+        .keyring
+        .open(
+            owner.org.id,
+            id,
+            &vault::Sealed {
+                sealing_key_id: sealed.sealed.sealing_key_id,
+                nonce: sealed.sealed.nonce,
+                ciphertext: sealed.sealed.ciphertext,
+            },
+        )
+        .map_err(|err| AppError::Internal(format!("opening master key {id}: {err}")))?;
+    let header = adapter.credential_header();
+    let url = format!(
+        "{}{}",
+        state.config.upstream_base_url.trim_end_matches('/'),
+        adapter.key_check_path()
+    );
+    let value = zeroize::Zeroizing::new(header.value_for(secret.expose_secret()));
+    let result = state
+        .http
+        .get(&url)
+        .header(header.name, value.as_str())
+        .send()
+        .await;
+    let check = match result {
+        Ok(response) if response.status().is_success() => KeyCheck {
+            ok: true,
+            status: Some(response.status().as_u16()),
+            message: format!("the upstream accepted master key {:?}", key.name),
+        },
+        Ok(response) => KeyCheck {
+            ok: false,
+            status: Some(response.status().as_u16()),
+            message: format!(
+                "the upstream refused master key {:?} with status {}: rotate it with a working key",
+                key.name,
+                response.status().as_u16()
+            ),
+        },
+        Err(err) => KeyCheck {
+            ok: false,
+            status: None,
+            message: format!(
+                "the upstream at {} could not be reached: {}",
+                state.config.upstream_base_url,
+                if err.is_timeout() {
+                    "timed out"
+                } else if err.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                }
+            ),
+        },
+    };
+    Ok((key, check))
+}
+
+/// An invite, as typed.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct InviteInput {
+    pub email: String,
+    pub role: String,
+    pub budget: String,
+}
+
+/// Creates an invite (owners only) and returns it with its link, which is shown once.
+pub async fn invite(
+    state: &AppState,
+    viewer: &Viewer,
+    input: &InviteInput,
+    now: OffsetDateTime,
+) -> Result<(db::invites::Invite, String), Refused> {
+    let owner = viewer.owner()?;
+    let mut errors = FieldErrors::default();
+    let email = match Email::parse(&input.email) {
+        Ok(email) => Some(email),
+        Err(err) => {
+            errors.add("email", err.to_string());
+            None
+        }
+    };
+    let role = match input.role.trim() {
+        "" => Role::User,
+        text => match text.parse::<Role>() {
+            Ok(role) => role,
+            Err(err) => {
+                errors.add("role", err.to_string());
+                Role::User
+            }
+        },
+    };
+    let budget = parse_usd("budget", &input.budget, &mut errors);
+    let (Some(email), true) = (email, errors.is_empty()) else {
+        return Err(Refused::Fields(errors));
+    };
+    let token = crate::session::random_token();
+    let ttl = time::Duration::try_from(state.config.invite_ttl).unwrap_or(time::Duration::days(7));
+    let new = db::invites::NewInvite {
+        email,
+        role,
+        monthly_budget: budget,
+        token_hash: crate::session::hash(&token),
+        expires_at: now + ttl,
+    };
+    match db::invites::create(&state.pool, &owner.org, &new, viewer.actor()).await {
+        Ok(invite) => {
+            let link = format!("{}/invite/{token}", state.config.base());
+            Ok((invite, link))
+        }
+        Err(db::Error::Conflict(message)) => Err(Refused::field("email", message)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn member_email(text: &str) -> Result<Email, AppError> {
+    Email::parse(text).map_err(|err| AppError::BadRequest(err.to_string()))
+}
+
+/// Sets a member's monthly budget (owners only).
+pub async fn set_budget(
+    state: &AppState,
+    viewer: &Viewer,
+    email: &str,
+    budget: &str,
+) -> Result<db::members::Membership, Refused> {
+    let owner = viewer.owner()?;
+    let email = member_email(email)?;
+    let mut errors = FieldErrors::default();
+    let budget = parse_usd("budget", budget, &mut errors);
+    if !errors.is_empty() {
+        return Err(Refused::Fields(errors));
+    }
+    Ok(db::members::set_budget(&state.pool, &owner.org, &email, budget, viewer.actor()).await?)
+}
+
+/// Changes a member's role (owners only).
+pub async fn set_role(
+    state: &AppState,
+    viewer: &Viewer,
+    email: &str,
+    role: &str,
+) -> Result<db::members::Membership, Refused> {
+    let owner = viewer.owner()?;
+    let email = member_email(email)?;
+    let role: Role = role
+        .parse()
+        .map_err(|err: domain::role::UnknownRole| Refused::field("role", err.to_string()))?;
+    Ok(db::members::set_role(&state.pool, &owner.org, &email, role, viewer.actor()).await?)
+}
+
+/// Removes a member and revokes their keys (owners only). Returns how many keys were revoked.
+pub async fn remove_member(
+    state: &AppState,
+    viewer: &Viewer,
+    email: &str,
+    now: OffsetDateTime,
+) -> Result<usize, AppError> {
+    let owner = viewer.owner()?;
+    let email = member_email(email)?;
+    Ok(db::members::remove(&state.pool, &owner.org, &email, viewer.actor(), now).await?)
+}
+
+/// Ledger filters, as typed in the audit page's query string.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub member: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+    #[serde(default)]
+    pub before: Option<i64>,
+}
+
+impl AuditQuery {
+    /// The db filter, or a message per bad field.
+    pub fn filter(&self) -> Result<db::transactions::Filter, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let date = |field: &'static str, text: &str, errors: &mut FieldErrors| {
+            if text.trim().is_empty() {
+                return None;
+            }
+            match time::Date::parse(
+                text.trim(),
+                time::macros::format_description!("[year]-[month]-[day]"),
+            ) {
+                Ok(date) => Some(date.midnight().assume_utc()),
+                Err(_) => {
+                    errors.add(field, format!("{text:?} is not a date such as 2026-11-01"));
+                    None
+                }
+            }
+        };
+        let from = date("from", &self.from, &mut errors);
+        let to = date("to", &self.to, &mut errors).map(|at| at + time::Duration::days(1));
+        let kind = match self.kind.trim() {
+            "" => None,
+            text => match domain::LedgerKind::parse(text) {
+                Some(kind) => Some(kind),
+                None => {
+                    errors.add("kind", format!("{text:?} is not a kind of ledger entry"));
+                    None
+                }
+            },
+        };
+        let member_email = match self.member.trim() {
+            "" => None,
+            text => match Email::parse(text) {
+                Ok(email) => Some(email.to_string()),
+                Err(err) => {
+                    errors.add("member", err.to_string());
+                    None
+                }
+            },
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(db::transactions::Filter {
+            member_email,
+            kind,
+            from,
+            to,
+            before_seq: self.before,
+            membership_id: None,
+        })
+    }
+}
+
+/// A member's month: budget, carved, refunded, and spend from the rollups.
+pub async fn month_of(
+    client: &impl db::GenericClient,
+    org: &db::orgs::Org,
+    membership_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<(domain::MonthlyBudget, Money), AppError> {
+    let window = MonthWindow::containing(now);
+    let members = db::members::list(client, org).await?;
+    let membership = members
+        .iter()
+        .find(|m| m.id == membership_id)
+        .ok_or_else(|| AppError::Forbidden("you are not a member of this org".into()))?;
+    let month = db::members::monthly_budget(client, membership, window).await?;
+    let spent = db::members::spent_in(client, org, window)
+        .await?
+        .get(&membership_id)
+        .copied()
+        .unwrap_or(Money::ZERO);
+    Ok((month, spent))
+}

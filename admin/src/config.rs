@@ -1,0 +1,50 @@
+//! What the admin app needs to know about its surroundings.
+
+use std::time::Duration;
+
+/// The admin app's settings, built by the `keycap` binary from its `Config`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The URL people use to reach the admin app (`http://127.0.0.1:3000`), for setup and
+    /// invite links. A `https://` URL also marks session cookies `Secure`.
+    pub public_url: String,
+    /// The gateway's base URL as apps should use it (`http://127.0.0.1:8080/api/v1`), for the
+    /// snippets shown with a new key.
+    pub gateway_base_url: String,
+    /// The upstream's base URL (`https://openrouter.ai`), for testing a master key.
+    pub upstream_base_url: String,
+    /// How long a session lasts after sign-in.
+    pub session_ttl: Duration,
+    /// How long an invite link works.
+    pub invite_ttl: Duration,
+    /// Failed sign-ins allowed per email, and per client address, within `login_window`.
+    pub login_max_failures: i64,
+    /// The window over which failed sign-ins are counted.
+    pub login_window: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            public_url: "http://127.0.0.1:3000".into(),
+            gateway_base_url: "http://127.0.0.1:8080/api/v1".into(),
+            upstream_base_url: "https://openrouter.ai".into(),
+            session_ttl: Duration::from_secs(12 * 3600),
+            invite_ttl: Duration::from_secs(7 * 24 * 3600),
+            login_max_failures: 5,
+            login_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// True when people reach the app over https, so cookies must be `Secure`.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+
+    /// `public_url` without a trailing slash.
+    pub fn base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}

@@ -1,0 +1,176 @@
+//! Cross-site request forgery protection for every state-changing request.
+//!
+//! A request with a session must carry the session's CSRF token: as the `csrf` field of a form,
+//! or in the `X-CSRF-Token` header for the JSON API. Requests with an admin token carry no
+//! cookie, so they need none. Any request whose `Origin` header names another site is refused,
+//! which also covers the forms used before a session exists (sign-in, setup, invites).
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ApiError, AppError};
+use crate::session::Authenticated;
+
+/// The most a form body may hold.
+pub const MAX_FORM_BYTES: usize = 256 * 1024;
+/// The header that carries the CSRF token for JSON requests.
+pub const HEADER: &str = "x-csrf-token";
+
+/// Compares two tokens in time that does not depend on where they differ.
+pub fn same(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refuse(is_api: bool, error: AppError) -> Response {
+    if is_api {
+        ApiError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
+
+/// Middleware: refuses a state-changing request without the right token or from another site.
+pub async fn protect(request: Request, next: Next) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let is_api = request.uri().path().starts_with("/api/");
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| rest);
+        if host.is_none() || origin_host != host {
+            return refuse(
+                is_api,
+                AppError::Forbidden(
+                    "this request came from another site and was refused: submit the form from keycap's own pages".into(),
+                ),
+            );
+        }
+    }
+    let expected = match request.extensions().get::<Authenticated>() {
+        Some(Authenticated::Session { session, .. }) => session.csrf_token.clone(),
+        // An admin token is sent deliberately; an anonymous request changes nothing without
+        // signing in first, except the sign-in and invite forms themselves.
+        Some(Authenticated::AdminToken { .. }) | None => return next.run(request).await,
+    };
+    let missing = || {
+        AppError::Forbidden(
+            "the form's security token is missing or out of date: reload the page and try again"
+                .into(),
+        )
+    };
+    if let Some(given) = request.headers().get(HEADER) {
+        if given.to_str().is_ok_and(|given| same(&expected, given)) {
+            return next.run(request).await;
+        }
+        return refuse(is_api, missing());
+    }
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return refuse(is_api, missing());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return refuse(
+                is_api,
+                AppError::BadRequest(format!(
+                    "the form is larger than {} KiB",
+                    MAX_FORM_BYTES / 1024
+                )),
+            );
+        }
+    };
+    let given = form_field(&bytes, "csrf");
+    if !given.is_some_and(|given| same(&expected, &given)) {
+        return refuse(is_api, missing());
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// The first value of `name` in an urlencoded form body.
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(key) == name).then(|| decode(value))
+    })
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_fields_are_found_and_decoded() {
+        let check = |body: &str, name: &str, expected: Option<&str>| {
+            assert_eq!(
+                form_field(body.as_bytes(), name).as_deref(),
+                expected,
+                "{body}"
+            );
+        };
+        check("csrf=abc&x=1", "csrf", Some("abc"));
+        check("x=1&csrf=a%2Db+c", "csrf", Some("a-b c"));
+        check("x=1", "csrf", None);
+        check("csrf", "csrf", Some(""));
+        check("csrf=%zz", "csrf", Some("%zz"));
+        check("csrf=%4", "csrf", Some("%4"));
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "ab"));
+    }
+}

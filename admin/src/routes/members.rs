@@ -1,0 +1,190 @@
+//! `/members` (owners): members with their budgets and this month's money; set budgets, change
+//! roles, remove, invite.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use domain::{Money, MonthWindow};
+use time::OffsetDateTime;
+
+use crate::actions::{self, InviteInput, Refused};
+use crate::error::AppError;
+use crate::routes::{Form, NoticeQuery, Query, done};
+use crate::session::Viewer;
+use crate::state::AppState;
+use crate::views::{self, FieldErrors, InviteForm, InviteRow, Layout, MemberRow, MembersPage};
+
+async fn members_page(
+    state: &AppState,
+    viewer: &Viewer,
+    notice: Option<String>,
+    form: InviteForm,
+    errors: FieldErrors,
+    invite_link: Option<String>,
+) -> Result<MembersPage, AppError> {
+    let owner = viewer.owner()?;
+    let now = OffsetDateTime::now_utc();
+    let window = MonthWindow::containing(now);
+    let client = state.pool.get().await?;
+    let members = db::members::list(&client, &owner.org).await?;
+    let spent = db::members::spent_in(&client, &owner.org, window).await?;
+    let mut rows = Vec::with_capacity(members.len());
+    for m in &members {
+        let month = db::members::monthly_budget(&client, m, window).await?;
+        rows.push(MemberRow {
+            email: m.email.clone(),
+            role: m.role.as_str(),
+            budget: m.monthly_budget.to_string(),
+            budget_input: views::usd_input(m.monthly_budget),
+            carved: month.carved.saturating_sub(month.refunded).to_string(),
+            spent: spent.get(&m.id).copied().unwrap_or(Money::ZERO).to_string(),
+            is_self: m.user_id == viewer.user.id,
+        });
+    }
+    let invites = db::invites::pending(&client, &owner.org).await?;
+    Ok(MembersPage {
+        layout: Layout::new(viewer, "members", notice),
+        members: rows,
+        invites: invites
+            .iter()
+            .map(|i| InviteRow {
+                email: i.email.clone(),
+                role: i.role.to_string(),
+                budget: i.monthly_budget.to_string(),
+                expires: views::when(i.expires_at),
+                status: if i.expires_at <= now {
+                    "expired"
+                } else {
+                    "pending"
+                },
+            })
+            .collect(),
+        form,
+        errors,
+        invite_link,
+    })
+}
+
+/// `GET /members`.
+pub async fn get(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(notice): Query<NoticeQuery>,
+) -> Result<Response, AppError> {
+    let page = members_page(
+        &state,
+        &viewer,
+        notice.text(),
+        InviteForm::default(),
+        FieldErrors::default(),
+        None,
+    )
+    .await?;
+    Ok(views::page(&page))
+}
+
+/// `POST /members/invite`: creates an invite and shows its link once.
+pub async fn post_invite(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<InviteForm>,
+) -> Result<Response, AppError> {
+    let input = InviteInput {
+        email: form.email.clone(),
+        role: form.role.clone(),
+        budget: form.budget.clone(),
+    };
+    match actions::invite(&state, &viewer, &input, OffsetDateTime::now_utc()).await {
+        Ok((invite, link)) => {
+            let shown = InviteForm {
+                email: invite.email,
+                ..Default::default()
+            };
+            let page = members_page(
+                &state,
+                &viewer,
+                Some("Invite created.".into()),
+                shown,
+                FieldErrors::default(),
+                Some(link),
+            )
+            .await?;
+            Ok(views::page(&page))
+        }
+        Err(Refused::Fields(errors)) => {
+            let page = members_page(&state, &viewer, None, form, errors, None).await?;
+            Ok(views::render(StatusCode::BAD_REQUEST, &page))
+        }
+        Err(Refused::Request(err)) => Err(err),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct MemberForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    budget: String,
+    #[serde(default)]
+    role: String,
+}
+
+async fn refused_page(
+    state: &AppState,
+    viewer: &Viewer,
+    refused: Refused,
+) -> Result<Response, AppError> {
+    match refused {
+        Refused::Fields(errors) => {
+            let mut page_errors = FieldErrors::default();
+            let text: Vec<String> = errors.0.iter().map(|(_, m)| m.clone()).collect();
+            page_errors.add("form", text.join("; "));
+            let page = members_page(
+                state,
+                viewer,
+                None,
+                InviteForm::default(),
+                page_errors,
+                None,
+            )
+            .await?;
+            Ok(views::render(StatusCode::BAD_REQUEST, &page))
+        }
+        Refused::Request(err) => Err(err),
+    }
+}
+
+/// `POST /members/budget`.
+pub async fn post_budget(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<MemberForm>,
+) -> Result<Response, AppError> {
+    match actions::set_budget(&state, &viewer, &form.email, &form.budget).await {
+        Ok(_) => Ok(done("/members", "budget_set")),
+        Err(refused) => refused_page(&state, &viewer, refused).await,
+    }
+}
+
+/// `POST /members/role`.
+pub async fn post_role(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<MemberForm>,
+) -> Result<Response, AppError> {
+    match actions::set_role(&state, &viewer, &form.email, &form.role).await {
+        Ok(_) => Ok(done("/members", "role_changed")),
+        Err(refused) => refused_page(&state, &viewer, refused).await,
+    }
+}
+
+/// `POST /members/remove`.
+pub async fn post_remove(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<MemberForm>,
+) -> Result<Response, AppError> {
+    actions::remove_member(&state, &viewer, &form.email, OffsetDateTime::now_utc()).await?;
+    Ok(done("/members", "member_removed"))
+}

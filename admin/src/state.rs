@@ -1,0 +1,61 @@
+//! The state every handler shares.
+
+use std::sync::{Arc, Mutex};
+
+use crate::config::AdminConfig;
+
+/// Shared by every request: the pool, the keyring, the settings, and the one-time setup token.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: db::Pool,
+    pub keyring: Arc<vault::Keyring>,
+    pub config: Arc<AdminConfig>,
+    /// Client for testing master keys against the upstream.
+    pub http: reqwest::Client,
+    /// The token of the setup link, while nobody can sign in. Held only in memory: a restart
+    /// prints a new link.
+    setup_token: Arc<Mutex<Option<String>>>,
+}
+
+impl AppState {
+    /// State for an app on `pool`.
+    pub fn new(pool: db::Pool, keyring: vault::Keyring, config: AdminConfig) -> AppState {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        AppState {
+            pool,
+            keyring: Arc::new(keyring),
+            config: Arc::new(config),
+            http,
+            setup_token: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// When nobody can sign in yet, makes a one-time setup link and returns it, to be printed at
+    /// start-up. Returns `None` once keycap is set up.
+    pub async fn setup_link(&self) -> Result<Option<String>, db::Error> {
+        let client = self.pool.get().await?;
+        if db::accounts::any_user_can_sign_in(&client).await? {
+            return Ok(None);
+        }
+        let token = crate::session::random_token();
+        let link = format!("{}/setup?token={token}", self.config.base());
+        *self.setup_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(Some(link))
+    }
+
+    /// True when `token` is the current setup token.
+    pub(crate) fn setup_token_matches(&self, token: &str) -> bool {
+        let guard = self.setup_token.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_deref()
+            .is_some_and(|expected| crate::csrf::same(expected, token))
+    }
+
+    /// Forgets the setup token once the first owner exists.
+    pub(crate) fn consume_setup_token(&self) {
+        *self.setup_token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
