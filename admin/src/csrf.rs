@@ -3,7 +3,8 @@
 //! A request with a session must carry the session's CSRF token: as the `csrf` field of a form,
 //! or in the `X-CSRF-Token` header for the JSON API. Requests with an admin token carry no
 //! cookie, so they need none. Any request whose `Origin` header names another site is refused,
-//! which also covers the forms used before a session exists (sign-in, setup, invites).
+//! which also covers the forms used before a session exists (sign-in, setup, invites), which
+//! act only with what they carry (a password or the setup token).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -63,6 +64,13 @@ pub async fn protect(request: Request, next: Next) -> Response {
                 ),
             );
         }
+    }
+    // Sign-in, setup and invite acceptance act with what the form carries (a password, the
+    // setup token), never with the session's authority, so a stale session cookie must not
+    // block them; the Origin check above still applies.
+    let path = request.uri().path();
+    if path == "/login" || path == "/setup" || path.starts_with("/invite/") {
+        return next.run(request).await;
     }
     let expected = match request.extensions().get::<Authenticated>() {
         Some(Authenticated::Session { session, .. }) => session.csrf_token.clone(),

@@ -1,0 +1,188 @@
+//! The JSON API: admin tokens, the key lifecycle, JSON errors, and an OpenAPI document that
+//! names every route the app serves.
+
+use serde_json::json;
+
+use crate::support::App;
+
+#[tokio::test]
+async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
+    let app = App::start().await;
+    let owner = app.owner("Acme", "ann@acme.test").await;
+    let page = owner.post("/account/tokens", &[("name", "ci")]).await;
+    page.expect(200, &["shown only once"]);
+    let start = page
+        .body
+        .find("<code id=\"new-token\" class=\"secret\">")
+        .unwrap();
+    let rest = &page.body[start..];
+    let rest = &rest[rest.find('>').unwrap() + 1..];
+    let token = rest[..rest.find('<').unwrap()].to_string();
+    assert!(token.starts_with("kca_"), "{token}");
+
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", app.base))
+            .bearer_auth(&token)
+    };
+    // No cookie and no CSRF header: the token is enough.
+    let invited = call(reqwest::Method::POST, "/api/members/invite")
+        .json(&json!({"email": "bob@acme.test", "role": "user", "budget": "25"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invited.status().as_u16(), 201);
+    let invited: serde_json::Value = invited.json().await.unwrap();
+    assert!(invited["link"].as_str().unwrap().contains("/invite/"));
+    assert_eq!(invited["budget_nanousd"], 25_000_000_000i64);
+
+    let added = call(reqwest::Method::POST, "/api/master-keys")
+        .json(&json!({"name": "main", "secret": app.master_secret()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status().as_u16(), 201);
+    let budget = call(reqwest::Method::POST, "/api/members/budget")
+        .json(&json!({"email": "ann@acme.test", "budget_usd": "12.5"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status().as_u16(), 200);
+    // Bad fields come back per field, and nothing is made.
+    let bad = call(reqwest::Method::POST, "/api/keys")
+        .json(&json!({"name": "", "cap_usd": "many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let bad: serde_json::Value = bad.json().await.unwrap();
+    assert!(bad["error"]["fields"]["name"].is_string(), "{bad}");
+    assert!(bad["error"]["fields"]["cap"].is_string(), "{bad}");
+    let not_json = call(reqwest::Method::POST, "/api/keys")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status().as_u16(), 400);
+    let not_json: serde_json::Value = not_json.json().await.unwrap();
+    assert!(
+        not_json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read")
+    );
+
+    let created = call(reqwest::Method::POST, "/api/keys")
+        .json(&json!({"name": "ci-key", "cap_usd": "2.50", "expires": "7d", "model_scope": ["mock/cheap"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(created["cap_nanousd"], 2_500_000_000i64);
+    assert!(created["token"].as_str().unwrap().starts_with("kc_"));
+    let id = created["id"].as_str().unwrap().to_string();
+    let listed: serde_json::Value = call(reqwest::Method::GET, "/api/keys?all=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    assert!(
+        listed["keys"][0].get("token").is_none(),
+        "a listed key carries its token"
+    );
+    let revoked: serde_json::Value = call(reqwest::Method::POST, &format!("/api/keys/{id}/revoke"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(revoked["refund_nanousd"], 2_500_000_000i64);
+    let audit: serde_json::Value = call(reqwest::Method::GET, "/api/audit?kind=refund")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["chain"]["intact"], true);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
+
+    // Revoked on /account: the token stops working at once.
+    let tokens = owner.get("/account").await;
+    let token_id = tokens
+        .body
+        .split("/account/tokens/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    owner
+        .post(&format!("/account/tokens/{token_id}/revoke"), &[])
+        .await
+        .expect_redirect("/account?notice=token_revoked");
+    let refused = call(reqwest::Method::GET, "/api/me").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let garbage = http
+        .get(format!("{}/api/me", app.base))
+        .bearer_auth("kca_garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn the_openapi_document_names_every_api_route() {
+    let app = App::start().await;
+    let owner = app.owner("Acme", "ann@acme.test").await;
+    let master = owner.add_master_key("main", &app.master_secret()).await;
+    let doc = owner.get("/api/openapi.json").await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let routes = include_str!("../../src/app.rs");
+    let served: Vec<&str> = routes
+        // Every string literal of the route table that names an API path.
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|path| {
+            path.starts_with("/api/") && *path != "/api/openapi.json" && !path.contains('*')
+        })
+        .collect();
+    assert!(served.len() >= 14, "{served:?}");
+    for path in &served {
+        assert!(
+            paths.contains_key(*path),
+            "{path} is served but not documented"
+        );
+    }
+    for (path, methods) in paths {
+        assert!(
+            served.contains(&path.as_str()),
+            "{path} is documented but not served"
+        );
+        for method in methods.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", &master);
+            let page = match method.as_str() {
+                "get" => owner.get(&concrete).await,
+                _ => owner.post_json(&concrete, json!({})).await,
+            };
+            // A 404 about the thing (no such key) is fine; the route itself must exist.
+            assert!(
+                !page.body.contains("no such API route"),
+                "{method} {path}: {}",
+                page.body
+            );
+            assert_ne!(page.status.as_u16(), 405, "{method} {path}");
+        }
+    }
+}
