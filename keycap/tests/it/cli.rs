@@ -625,12 +625,34 @@ async fn up_refuses_a_busy_port_clearly() {
             &busy_addr,
             "--metrics-listen",
             &metrics,
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .unwrap();
     assert!(!out.success);
     assert!(
         out.stderr
             .contains(&format!("gateway.listen = \"{busy_addr}\" cannot be used")),
+        "{}",
+        out.stderr
+    );
+    // The same for the admin app's port.
+    let gateway = format!("127.0.0.1:{}", testkit::free_port());
+    let out = env
+        .keycap
+        .run(&[
+            "up",
+            "--gateway-listen",
+            &gateway,
+            "--metrics-listen",
+            &metrics,
+            "--admin-listen",
+            &busy_addr,
+        ])
+        .unwrap();
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(&format!("admin.listen {busy_addr}")),
         "{}",
         out.stderr
     );

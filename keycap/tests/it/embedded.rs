@@ -37,6 +37,7 @@ fn cli_and_up_share_the_embedded_cluster_and_data_survives_restarts() {
     // `keycap up` generates the encryption key and keeps the cluster running.
     let gateway = format!("127.0.0.1:{}", testkit::free_port());
     let metrics = format!("127.0.0.1:{}", testkit::free_port());
+    let admin = format!("127.0.0.1:{}", testkit::free_port());
     let mut up = keycap
         .spawn(
             &[
@@ -45,11 +46,32 @@ fn cli_and_up_share_the_embedded_cluster_and_data_survives_restarts() {
                 &gateway,
                 "--metrics-listen",
                 &metrics,
+                "--admin-listen",
+                &admin,
             ],
             "keycap is up",
             Duration::from_secs(120),
         )
         .unwrap();
+    // Nobody has a password yet, so the admin app offers its one-time setup link.
+    up.wait_for("one-time link", Duration::from_secs(10))
+        .unwrap();
+    let stderr = up.stderr_text();
+    let link = stderr
+        .split_whitespace()
+        .find(|word| word.starts_with(&format!("http://{admin}/setup?token=")))
+        .unwrap_or_else(|| panic!("no setup link in: {stderr}"))
+        .to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let setup = reqwest::get(&link).await.unwrap();
+        assert_eq!(setup.status(), 200);
+        assert!(setup.text().await.unwrap().contains("Create owner account"));
+        let forged = reqwest::get(format!("http://{admin}/setup?token=forged"))
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403);
+    });
     assert!(data.join("encryption.key").exists());
     let key_mode = std::fs::metadata(data.join("encryption.key"))
         .unwrap()

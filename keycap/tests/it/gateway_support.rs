@@ -41,6 +41,7 @@ pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>)
             &upstream_url.unwrap_or_else(|| mock.base_url()),
         )
         .env("KEYCAP_GATEWAY__LISTEN", &format!("127.0.0.1:{port}"))
+        .env("KEYCAP_ADMIN__LISTEN", "127.0.0.1:0")
         .env(
             "KEYCAP_METRICS__LISTEN",
             &format!("127.0.0.1:{metrics_port}"),
