@@ -368,13 +368,22 @@ pub struct InviteInput {
     pub budget: String,
 }
 
-/// Creates an invite (owners only) and returns it with its link, which is shown once.
+/// A created invite, its link (shown once), and what became of its email.
+pub struct Invited {
+    pub invite: db::invites::Invite,
+    pub link: String,
+    /// `None` without SMTP; otherwise whether the email went out, or why not.
+    pub emailed: Option<Result<(), String>>,
+}
+
+/// Creates an invite (owners only), and emails its link when SMTP is configured. A failed
+/// email leaves the invite valid: the owner can still copy the link.
 pub async fn invite(
     state: &AppState,
     viewer: &Viewer,
     input: &InviteInput,
     now: OffsetDateTime,
-) -> Result<(db::invites::Invite, String), Refused> {
+) -> Result<Invited, Refused> {
     let owner = viewer.owner()?;
     let mut errors = FieldErrors::default();
     let email = match Email::parse(&input.email) {
@@ -410,7 +419,27 @@ pub async fn invite(
     match db::invites::create(&state.pool, &owner.org, &new, viewer.actor()).await {
         Ok(invite) => {
             let link = format!("{}/invite/{token}", state.config.base());
-            Ok((invite, link))
+            let emailed = match &state.mailer {
+                Some(mailer) => {
+                    let body = format!(
+                        "{} invited you to {} on keycap, as {} with a monthly budget of {}.\n\n\
+                         Accept the invite here (the link works once, until {}):\n\n{link}\n",
+                        viewer.user.email,
+                        invite.org.name,
+                        invite.role,
+                        invite.monthly_budget,
+                        crate::views::when(invite.expires_at),
+                    );
+                    let subject = format!("You are invited to {} on keycap", invite.org.name);
+                    Some(mailer.send(&invite.email, &subject, body).await)
+                }
+                None => None,
+            };
+            Ok(Invited {
+                invite,
+                link,
+                emailed,
+            })
         }
         Err(db::Error::Conflict(message)) => Err(Refused::field("email", message)),
         Err(err) => Err(err.into()),

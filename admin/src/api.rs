@@ -235,13 +235,16 @@ pub async fn invite(
     ApiViewer(viewer): ApiViewer,
     ApiJson(body): ApiJson<InviteInput>,
 ) -> Result<Response, ApiError> {
-    let (invite, link) = actions::invite(&state, &viewer, &body, OffsetDateTime::now_utc())
+    let invited = actions::invite(&state, &viewer, &body, OffsetDateTime::now_utc())
         .await
         .map_err(refused)?;
+    let invite = &invited.invite;
     let body = json!({
         "email": invite.email, "role": invite.role.as_str(),
         "budget_nanousd": invite.monthly_budget.nanos(),
-        "expires_at": rfc3339(Some(invite.expires_at)), "link": link,
+        "expires_at": rfc3339(Some(invite.expires_at)), "link": invited.link,
+        "emailed": matches!(invited.emailed, Some(Ok(()))),
+        "email_error": match &invited.emailed { Some(Err(why)) => Value::from(why.as_str()), _ => Value::Null },
     });
     Ok((axum::http::StatusCode::CREATED, Json(body)).into_response())
 }

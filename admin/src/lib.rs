@@ -15,6 +15,7 @@ mod chart;
 mod config;
 mod csrf;
 mod error;
+mod mail;
 mod password;
 mod routes;
 mod session;
@@ -23,6 +24,7 @@ mod views;
 
 pub use app::app;
 pub use config::AdminConfig;
+pub use mail::{MailConfigError, Mailer};
 pub use state::AppState;
 
 use std::future::Future;

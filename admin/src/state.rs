@@ -12,6 +12,8 @@ pub struct AppState {
     pub config: Arc<AdminConfig>,
     /// Client for testing master keys against the upstream.
     pub http: reqwest::Client,
+    /// Sends invite emails, when SMTP is configured.
+    pub mailer: Option<crate::mail::Mailer>,
     /// The token of the setup link, while nobody can sign in. Held only in memory: a restart
     /// prints a new link.
     setup_token: Arc<Mutex<Option<String>>>,
@@ -29,8 +31,15 @@ impl AppState {
             keyring: Arc::new(keyring),
             config: Arc::new(config),
             http,
+            mailer: None,
             setup_token: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The same state, sending invite emails through `mailer`.
+    pub fn with_mailer(mut self, mailer: crate::mail::Mailer) -> AppState {
+        self.mailer = Some(mailer);
+        self
     }
 
     /// When nobody can sign in yet, makes a one-time setup link and returns it, to be printed at

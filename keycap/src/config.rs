@@ -21,6 +21,7 @@ pub struct Config {
     pub admin: AdminSection,
     pub metrics: ListenConfig,
     pub openrouter: OpenRouterConfig,
+    pub smtp: SmtpConfig,
     pub log: LogConfig,
 }
 
@@ -128,6 +129,27 @@ pub struct OpenRouterConfig {
     pub base_url: String,
 }
 
+/// `[smtp]`: where invite emails go out. Without a URL, invite links are only shown to copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS), `smtps://...` (TLS),
+    /// or `smtp://host:25` (plain, for a relay on a trusted network); empty sends no email. May hold a password: set it in the
+    /// environment, not in a file.
+    pub url: String,
+    /// The sender, such as `keycap <keycap@example.com>`.
+    pub from: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> SmtpConfig {
+        SmtpConfig {
+            url: String::new(),
+            from: "keycap <keycap@localhost>".into(),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -148,6 +170,7 @@ impl Default for Config {
                 listen: "127.0.0.1:9464".into(),
             },
             openrouter: OpenRouterConfig::default(),
+            smtp: SmtpConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -292,6 +315,9 @@ impl Config {
                 bail!("{key} = {url:?} must be empty or start with http:// or https://");
             }
         }
+        if !self.smtp.url.is_empty() {
+            admin::Mailer::new(&self.smtp.url, &self.smtp.from)?;
+        }
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
@@ -346,6 +372,14 @@ impl Config {
             login_max_failures: self.admin.login_max_failures,
             login_window: Duration::from_secs(15 * 60),
         }
+    }
+
+    /// The mailer for invite emails, when `smtp.url` is set.
+    pub fn mailer(&self) -> anyhow::Result<Option<admin::Mailer>> {
+        if self.smtp.url.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(admin::Mailer::new(&self.smtp.url, &self.smtp.from)?))
     }
 
     /// The encryption key file.

@@ -101,11 +101,20 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         }
     };
     let admin_addr = admin_listener.local_addr()?;
-    let admin_state = admin::AppState::new(
+    let mut admin_state = admin::AppState::new(
         database.pool.clone(),
         keyring.clone(),
         config.admin_config(admin_addr),
     );
+    match config.mailer() {
+        Ok(Some(mailer)) => admin_state = admin_state.with_mailer(mailer),
+        Ok(None) => {}
+        Err(err) => {
+            maintenance.abort();
+            database.close().await;
+            return Err(err);
+        }
+    }
     let setup_link = admin_state.setup_link().await;
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = tokio::spawn(admin::serve(admin_listener, admin_state, async move {

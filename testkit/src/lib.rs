@@ -5,11 +5,12 @@
 //! starts and a watchdog stops when it exits) and [`process`] (running and spawning the
 //! `keycap` binary, waiting until it is ready, killing it on drop). It is used only as a
 //! dev-dependency and never by production code. [`chaos::ChaosProxy`] cuts a service off from its
-//! database for outage tests.
+//! database for outage tests, and [`smtp::SmtpSink`] receives the email a test sends.
 
 pub mod chaos;
 mod database;
 pub mod process;
+pub mod smtp;
 
 pub use database::TestDb;
 

@@ -96,20 +96,27 @@ pub async fn post_invite(
         budget: form.budget.clone(),
     };
     match actions::invite(&state, &viewer, &input, OffsetDateTime::now_utc()).await {
-        Ok((invite, link)) => {
+        Ok(invited) => {
+            let notice = match &invited.emailed {
+                Some(Ok(())) => format!("Invite created and emailed to {}.", invited.invite.email),
+                _ => "Invite created.".to_string(),
+            };
+            let mut errors = FieldErrors::default();
+            if let Some(Err(why)) = &invited.emailed {
+                errors.add(
+                    "form",
+                    format!(
+                        "The invite email could not be sent: {why}. Copy the link above instead."
+                    ),
+                );
+            }
             let shown = InviteForm {
-                email: invite.email,
+                email: invited.invite.email,
                 ..Default::default()
             };
-            let page = members_page(
-                &state,
-                &viewer,
-                Some("Invite created.".into()),
-                shown,
-                FieldErrors::default(),
-                Some(link),
-            )
-            .await?;
+            let link = invited.link;
+            let page =
+                members_page(&state, &viewer, Some(notice), shown, errors, Some(link)).await?;
             Ok(views::page(&page))
         }
         Err(Refused::Fields(errors)) => {

@@ -328,3 +328,88 @@ fn sha256(text: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(text.as_bytes()).into()
 }
+
+#[tokio::test]
+async fn with_smtp_the_invite_link_is_emailed() {
+    let sink = testkit::smtp::SmtpSink::start().await.unwrap();
+    let mailer = admin::Mailer::new(&sink.url(), "keycap <keycap@acme.test>").unwrap();
+    let app = App::start_with_mailer(mailer).await;
+    let owner = app.owner("Acme", "ann@acme.test").await;
+    let page = owner
+        .post(
+            "/members/invite",
+            &[
+                ("email", "bob@acme.test"),
+                ("role", "user"),
+                ("budget", "40"),
+            ],
+        )
+        .await;
+    page.expect(200, &["Invite created and emailed to bob@acme.test"]);
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].to, vec!["bob@acme.test".to_string()]);
+    assert_eq!(mails[0].from, "keycap@acme.test");
+    assert!(
+        mails[0]
+            .data
+            .contains("Subject: You are invited to Acme on keycap"),
+        "{}",
+        mails[0].data
+    );
+    // The emailed link is the one shown on the page, and it works.
+    let shown = page
+        .body
+        .split("class=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    assert!(mails[0].data.contains(shown), "{}", mails[0].data);
+    let path = shown.strip_prefix(&app.base).unwrap();
+    app.person()
+        .post_anonymous(path, &[("password", PASSWORD)])
+        .await
+        .expect_redirect("/dashboard");
+}
+
+#[tokio::test]
+async fn an_unreachable_mail_server_still_makes_the_invite() {
+    let mailer = admin::Mailer::new("smtp://127.0.0.1:9", "keycap@acme.test").unwrap();
+    let app = App::start_with_mailer(mailer).await;
+    let owner = app.owner("Acme", "ann@acme.test").await;
+    let page = owner
+        .post(
+            "/members/invite",
+            &[
+                ("email", "bob@acme.test"),
+                ("role", "user"),
+                ("budget", "40"),
+            ],
+        )
+        .await;
+    page.expect(
+        200,
+        &[
+            "Invite created.",
+            "could not be sent",
+            "Copy the link above",
+        ],
+    );
+    let link = page
+        .body
+        .split("class=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    let path = link.strip_prefix(&app.base).unwrap();
+    app.person()
+        .post_anonymous(path, &[("password", PASSWORD)])
+        .await
+        .expect_redirect("/dashboard");
+    assert!(admin::Mailer::new("http://nope", "a@b.test").is_err());
+    assert!(admin::Mailer::new("smtp://127.0.0.1:25", "not an address").is_err());
+}

@@ -146,3 +146,27 @@ async fn unknown_pages_get_a_404_page_and_unknown_api_routes_json() {
     assert_eq!(api.json()["error"]["status"], 404);
     owner.get("/my-keys/xyz/revoke").await.expect(405, &[]);
 }
+
+#[tokio::test]
+async fn a_failure_on_our_side_shows_a_request_id_and_no_internals() {
+    let app = App::start().await;
+    let owner = app.owner("Acme", "ann@acme.test").await;
+    // Break the database under the app: the members page can no longer read the ledger.
+    app.sql("ALTER TABLE transactions RENAME TO transactions_gone")
+        .await;
+    let page = owner.get("/members").await;
+    page.expect(500, &["something went wrong on our side", "request id"]);
+    for internal in ["transactions", "relation", "SELECT", "ERROR"] {
+        assert!(
+            !page.body.contains(internal),
+            "the 500 page shows {internal:?}: {}",
+            page.body
+        );
+    }
+    let api = owner.get("/api/members").await;
+    assert_eq!(api.status.as_u16(), 500);
+    assert!(!api.body.contains("relation"), "{}", api.body);
+    app.sql("ALTER TABLE transactions_gone RENAME TO transactions")
+        .await;
+    owner.get("/members").await.expect(200, &[]);
+}

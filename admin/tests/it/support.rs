@@ -74,6 +74,18 @@ impl App {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut AdminConfig)) -> App {
+        App::start_full(adjust, None).await
+    }
+
+    /// An app that sends invite emails through `mailer`.
+    pub async fn start_with_mailer(mailer: admin::Mailer) -> App {
+        App::start_full(|_| {}, Some(mailer)).await
+    }
+
+    async fn start_full(
+        adjust: impl FnOnce(&mut AdminConfig),
+        mailer: Option<admin::Mailer>,
+    ) -> App {
         let db = TestDb::new().await.expect("test database");
         let mock = openrouter_mock::spawn(openrouter_mock::MockConfig::default())
             .await
@@ -87,7 +99,10 @@ impl App {
             ..Default::default()
         };
         adjust(&mut config);
-        let state = AppState::new(db.pool.clone(), vault::Keyring::generate(), config);
+        let mut state = AppState::new(db.pool.clone(), vault::Keyring::generate(), config);
+        if let Some(mailer) = mailer {
+            state = state.with_mailer(mailer);
+        }
         let served = state.clone();
         let server = tokio::spawn(async move {
             let app = admin::app(served).into_make_service_with_connect_info::<SocketAddr>();
