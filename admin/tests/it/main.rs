@@ -8,6 +8,7 @@
 
 mod accounts;
 mod api;
+mod audit;
 mod forms;
 mod isolation;
 mod roles;
