@@ -49,10 +49,13 @@ pub async fn any_user_can_sign_in(client: &impl GenericClient) -> Result<bool, E
     Ok(row.get(0))
 }
 
-/// Creates the first owner and their org, once: refused when any user can already sign in.
+/// Sets up the first account that can sign in, once: refused when any user can already sign
+/// in. With an org name, creates that org with `email` as its owner. Without one, `email` must
+/// already own an org (made on the command line, with no password yet), and gets this password.
+/// Returns the user and the org they start in.
 pub async fn set_up_first_owner(
     pool: &Pool,
-    org_name: &str,
+    org_name: Option<&str>,
     email: &Email,
     password_hash: &str,
 ) -> Result<(User, Org), Error> {
@@ -69,20 +72,44 @@ pub async fn set_up_first_owner(
             "keycap is already set up: sign in instead".into(),
         ));
     }
-    let created = crate::orgs::create_in(&tx, org_name, email, Actor::System).await?;
-    tx.execute(
-        "UPDATE users SET password_hash = $2 WHERE id = $1",
-        &[&created.owner_user_id, &password_hash],
-    )
-    .await?;
+    let (user_id, org) = match org_name {
+        Some(name) => {
+            let created = crate::orgs::create_in(&tx, name, email, Actor::System).await?;
+            (created.owner_user_id, created.org)
+        }
+        None => {
+            let row = tx
+                .query_opt(
+                    "SELECT u.id, o.id, o.name FROM users u
+                     JOIN memberships m ON m.user_id = u.id AND m.removed_at IS NULL AND m.role = 'owner'
+                     JOIN orgs o ON o.id = m.org_id
+                     WHERE u.email = $1 ORDER BY o.name LIMIT 1",
+                    &[&email.as_str()],
+                )
+                .await?
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{email} owns no org yet: enter the name of the org to create"
+                    ))
+                })?;
+            (
+                row.get(0),
+                Org {
+                    id: row.get(1),
+                    name: row.get(2),
+                },
+            )
+        }
+    };
+    set_password(&tx, user_id, password_hash).await?;
     tx.commit().await?;
     Ok((
         User {
-            id: created.owner_user_id,
+            id: user_id,
             email: email.to_string(),
             password_hash: Some(password_hash.to_string()),
         },
-        created.org,
+        org,
     ))
 }
 

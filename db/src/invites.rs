@@ -64,7 +64,9 @@ fn from_row(row: &tokio_postgres::Row) -> Invite {
     }
 }
 
-/// Stores an invite and its ledger row. Refused when the address is already a member.
+/// Stores an invite and its ledger row. Refused when the address is already a member who can
+/// sign in; a member added on the command line, who has no password yet, may be invited: the
+/// link then lets them choose one, and their role and budget stay as they are.
 pub async fn create(
     pool: &Pool,
     org: &Org,
@@ -76,7 +78,8 @@ pub async fn create(
     let member = tx
         .query_opt(
             "SELECT 1 FROM memberships m JOIN users u ON u.id = m.user_id
-             WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL",
+             WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL
+               AND u.password_hash IS NOT NULL",
             &[&org.id, &new.email.as_str()],
         )
         .await?;
@@ -200,16 +203,26 @@ pub async fn accept(
             ));
         }
     };
-    accounts::join_in(
-        &tx,
-        invite.org.id,
-        user_id,
-        &email,
-        invite.role,
-        invite.monthly_budget,
-        Actor::User(user_id),
-    )
-    .await?;
+    let already_member = tx
+        .query_opt(
+            "SELECT 1 FROM memberships WHERE org_id = $1 AND user_id = $2 AND removed_at IS NULL",
+            &[&invite.org.id, &user_id],
+        )
+        .await?
+        .is_some();
+    // A member added on the command line only chooses a password; anyone else joins.
+    if !already_member {
+        accounts::join_in(
+            &tx,
+            invite.org.id,
+            user_id,
+            &email,
+            invite.role,
+            invite.monthly_budget,
+            Actor::User(user_id),
+        )
+        .await?;
+    }
     tx.execute(
         "UPDATE invites SET accepted_at = $2 WHERE id = $1",
         &[&invite.id, &now],

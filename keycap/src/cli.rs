@@ -108,6 +108,21 @@ pub enum MemberCommand {
         #[arg(long, allow_hyphen_values = true)]
         budget: String,
     },
+    /// Make a single-use link to the admin app that adds someone as a member (or, for a member
+    /// added here without a password, lets them choose one); prints the link.
+    Invite {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The invitee's email.
+        email: String,
+        /// owner or user.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Monthly budget in USD.
+        #[arg(long, default_value = "0", allow_hyphen_values = true)]
+        budget: String,
+    },
     /// List an org's members with their budgets for this month.
     List {
         /// Org id or name.

@@ -374,6 +374,16 @@ impl Config {
         }
     }
 
+    /// The admin app's URL for links printed by the command line: `admin.public_url`, or
+    /// `http://<admin.listen>`.
+    pub fn admin_public_url(&self) -> String {
+        if self.admin.public_url.is_empty() {
+            format!("http://{}", self.admin.listen)
+        } else {
+            self.admin.public_url.clone()
+        }
+    }
+
     /// The mailer for invite emails, when `smtp.url` is set.
     pub fn mailer(&self) -> anyhow::Result<Option<admin::Mailer>> {
         if self.smtp.url.is_empty() {

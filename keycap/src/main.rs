@@ -116,7 +116,9 @@ async fn run_verb(database: &Database, config: &Config, command: Command) -> any
             Ok(())
         }
         Command::Org(command) => verbs::org(database, command).await,
-        Command::Member(command) => verbs::member(database, command).await,
+        Command::Member(command) => {
+            verbs::member(database, &config.admin_public_url(), command).await
+        }
         Command::Budget(command) => verbs::budget(database, command).await,
         Command::Vault(command) => {
             let keyring = up::load_keyring(config)?;

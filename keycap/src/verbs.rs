@@ -43,9 +43,39 @@ pub async fn org(database: &Database, command: OrgCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `keycap member ...`.
-pub async fn member(database: &Database, command: MemberCommand) -> anyhow::Result<()> {
+/// `keycap member ...`. `admin_url` is where the admin app is reached, for invite links.
+pub async fn member(
+    database: &Database,
+    admin_url: &str,
+    command: MemberCommand,
+) -> anyhow::Result<()> {
     match command {
+        MemberCommand::Invite {
+            org,
+            email: address,
+            role,
+            budget,
+        } => {
+            let (address, role, budget) = (email(&address)?, role.parse::<Role>()?, usd(&budget)?);
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            drop(client);
+            let token = invite_token();
+            let ttl_days = 7;
+            let new = db::invites::NewInvite {
+                email: address.clone(),
+                role,
+                monthly_budget: budget,
+                token_hash: domain::token::hash_token(&token),
+                expires_at: OffsetDateTime::now_utc() + time::Duration::days(ttl_days),
+            };
+            db::invites::create(&database.pool, &org, &new, Actor::Cli).await?;
+            eprintln!(
+                "invited {address} to {:?}; the link below works once, for {ttl_days} days (open it in a browser while keycap up runs)",
+                org.name
+            );
+            println!("{}/invite/{token}", admin_url.trim_end_matches('/'));
+        }
         MemberCommand::Add {
             org,
             email: address,
@@ -123,6 +153,14 @@ pub async fn budget(database: &Database, command: BudgetCommand) -> anyhow::Resu
         org.name
     );
     Ok(())
+}
+
+/// 32 random bytes as 64 hex digits: the secret part of an invite link.
+fn invite_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// Reads a secret from standard input: the first line, trimmed.

@@ -103,8 +103,8 @@ pub async fn post_setup(
     check_setup(&state, &form.token).await?;
     let mut errors = FieldErrors::default();
     let org_name = form.org_name.trim();
-    if org_name.is_empty() || org_name.len() > 200 {
-        errors.add("org_name", "enter an org name of 1 to 200 characters");
+    if org_name.len() > 200 {
+        errors.add("org_name", "use at most 200 characters");
     } else if Uuid::parse_str(org_name).is_ok() {
         errors.add("org_name", "an org name must not look like an id");
     }
@@ -124,8 +124,26 @@ pub async fn post_setup(
         return Ok(views::render(StatusCode::BAD_REQUEST, &page));
     };
     let hash = password::hash(SecretString::from(form.password)).await?;
-    let (user, org) =
-        db::accounts::set_up_first_owner(&state.pool, org_name, &email, &hash).await?;
+    let org_name = (!org_name.is_empty()).then_some(org_name);
+    let set_up = db::accounts::set_up_first_owner(&state.pool, org_name, &email, &hash).await;
+    let (user, org) = match set_up {
+        Ok(set_up) => set_up,
+        // The org name is missing or taken: say so next to it.
+        Err(db::Error::Invalid(message)) | Err(db::Error::Conflict(message))
+            if !message.contains("already set up") =>
+        {
+            let mut errors = FieldErrors::default();
+            errors.add("org_name", message);
+            let page = views::SetupPage {
+                token: form.token,
+                org_name: form.org_name,
+                email: form.email,
+                errors,
+            };
+            return Ok(views::render(StatusCode::BAD_REQUEST, &page));
+        }
+        Err(err) => return Err(err.into()),
+    };
     state.consume_setup_token();
     tracing::info!(user.email = %user.email, org.name = %org.name, "first owner set up");
     start_session(&state, user.id, Some(org.id), "/dashboard?notice=welcome").await

@@ -413,3 +413,107 @@ async fn an_unreachable_mail_server_still_makes_the_invite() {
     assert!(admin::Mailer::new("http://nope", "a@b.test").is_err());
     assert!(admin::Mailer::new("smtp://127.0.0.1:25", "not an address").is_err());
 }
+
+#[tokio::test]
+async fn people_made_on_the_command_line_get_in_through_setup_and_invites() {
+    let app = App::start().await;
+    // `keycap org create acme --owner ann@acme.test` and `keycap member add ... bob`: neither
+    // has a password.
+    let acme = db::orgs::create(
+        &app.db.pool,
+        "Acme",
+        &domain::Email::parse("ann@acme.test").unwrap(),
+        db::Actor::Cli,
+    )
+    .await
+    .unwrap()
+    .org;
+    db::members::add(
+        &app.db.pool,
+        &acme,
+        &domain::Email::parse("bob@acme.test").unwrap(),
+        domain::Role::User,
+        domain::Money::parse_usd("30").unwrap(),
+        db::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let link = app
+        .state
+        .setup_link()
+        .await
+        .unwrap()
+        .expect("nobody can sign in yet");
+    let token = link.split("token=").nth(1).unwrap();
+    let visitor = app.person();
+    // Without an org name, the email must already own one.
+    visitor
+        .post_anonymous(
+            "/setup",
+            &[
+                ("token", token),
+                ("org_name", ""),
+                ("email", "eve@evil.test"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await
+        .expect(400, &["owns no org yet", "value=\"eve@evil.test\""]);
+    let ann = app.person();
+    ann.post_anonymous(
+        "/setup",
+        &[
+            ("token", token),
+            ("org_name", ""),
+            ("email", "ann@acme.test"),
+            ("password", PASSWORD),
+        ],
+    )
+    .await
+    .expect_redirect("/dashboard");
+    ann.get("/members")
+        .await
+        .expect(200, &["Acme", "bob@acme.test"]);
+    let orgs: i64 = app
+        .db
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM orgs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orgs, 1, "setup made a second org");
+
+    // bob is a member without a password: an invite lets him choose one and keeps his role and
+    // budget; no second membership and no second join in the ledger.
+    let rows = app.ledger_rows().await;
+    let link = ann.invite("bob@acme.test", "owner", "999").await;
+    let bob = app.person();
+    bob.post_anonymous(
+        link.strip_prefix(&app.base).unwrap(),
+        &[("password", PASSWORD)],
+    )
+    .await
+    .expect_redirect("/dashboard");
+    bob.get("/dashboard")
+        .await
+        .expect(200, &["$30.00", "bob@acme.test"]);
+    bob.get("/vault").await.expect(403, &[]);
+    assert_eq!(
+        app.ledger_rows().await,
+        rows + 1,
+        "only the member_invited row"
+    );
+    // Once he can sign in, inviting him again is refused.
+    ann.post(
+        "/members/invite",
+        &[
+            ("email", "bob@acme.test"),
+            ("role", "user"),
+            ("budget", "1"),
+        ],
+    )
+    .await
+    .expect(400, &["already a member"]);
+}

@@ -657,3 +657,83 @@ async fn up_refuses_a_busy_port_clearly() {
         out.stderr
     );
 }
+
+/// `keycap member invite` prints a single-use link to the admin app, stored only as a hash.
+#[tokio::test]
+async fn member_invite_prints_a_link_to_the_admin_app() {
+    let env = seeded().await;
+    let link = env
+        .keycap
+        .ok(&[
+            "member",
+            "invite",
+            "--org",
+            "acme",
+            "carol@acme.test",
+            "--budget",
+            "10",
+        ])
+        .unwrap();
+    let token = link
+        .strip_prefix("http://127.0.0.1:3000/invite/")
+        .unwrap_or_else(|| panic!("unexpected link {link:?}"));
+    assert_eq!(token.len(), 64, "{token}");
+    let client = env.db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT email, role, monthly_budget_nanousd, token_hash FROM invites",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "carol@acme.test");
+    assert_eq!(row.get::<_, String>(1), "user");
+    assert_eq!(row.get::<_, i64>(2), 10_000_000_000);
+    assert_eq!(
+        row.get::<_, Vec<u8>>(3),
+        domain::token::hash_token(token).to_vec()
+    );
+    // The owner made on the command line has no password yet: a link lets her choose one.
+    let public = env
+        .keycap
+        .clone()
+        .env("KEYCAP_ADMIN__PUBLIC_URL", "https://keycap.example");
+    let ann = public
+        .ok(&["member", "invite", "--org", "acme", "ann@acme.test"])
+        .unwrap();
+    assert!(ann.starts_with("https://keycap.example/invite/"), "{ann}");
+    // Bad input: one line, nothing written.
+    let before = snapshot(&env.db).await;
+    for args in [
+        &["member", "invite", "--org", "acme", "not-an-email"][..],
+        &[
+            "member",
+            "invite",
+            "--org",
+            "acme",
+            "d@acme.test",
+            "--role",
+            "king",
+        ],
+        &[
+            "member",
+            "invite",
+            "--org",
+            "acme",
+            "d@acme.test",
+            "--budget",
+            "-1",
+        ],
+        &["member", "invite", "--org", "nope", "d@acme.test"],
+    ] {
+        let out = env.keycap.run(args).unwrap();
+        assert!(!out.success, "{args:?}");
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(snapshot(&env.db).await, before);
+}
