@@ -12,7 +12,8 @@ use uuid::Uuid;
 use crate::database::Database;
 
 const ORG: &str = "demo";
-const OWNER: &str = "owner@demo.example";
+/// The demo org's owner, who can claim the account through the setup link.
+pub const OWNER: &str = "owner@demo.example";
 const MEMBER: &str = "dev@demo.example";
 
 /// Seeds the demo org once (or reuses it) and provisions a fresh $1 sub-key; returns its token.

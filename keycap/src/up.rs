@@ -142,7 +142,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         "keycap is up: admin on http://{admin_addr}, gateway on http://{}/api/v1, metrics on http://{}/metrics, upstream {} (Ctrl-C to stop)",
         config.gateway.listen, config.metrics.listen, config.openrouter.base_url
     );
-    match setup_link {
+    match &setup_link {
         Ok(Some(link)) => eprintln!(
             "nobody can sign in yet: open this one-time link to create the first owner and their org:\n  {link}"
         ),
@@ -151,6 +151,12 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     }
     if let Some(token) = &demo_token {
         crate::demo::print_instructions(&config.gateway.listen, token);
+        if matches!(setup_link, Ok(Some(_))) {
+            eprintln!(
+                "to look around the admin app, open the setup link above, enter {} and leave the org name empty",
+                crate::demo::OWNER
+            );
+        }
     }
     let mut joined = tokio::task::spawn_blocking(move || gateway.join());
     let early_exit = tokio::select! {
