@@ -21,6 +21,19 @@ async fn master_keys_are_tested_rotated_and_revoked() {
         .post(&format!("/vault/{id}/test"), &[])
         .await
         .expect(200, &["the upstream accepted master key"]);
+    // A bad new secret is refused and changes nothing.
+    let rows = app.ledger_rows().await;
+    for bad in ["", "has spaces in it"] {
+        owner
+            .post(&format!("/vault/{id}/rotate"), &[("secret", bad)])
+            .await
+            .expect(400, &["rotation refused"]);
+    }
+    assert_eq!(app.ledger_rows().await, rows);
+    owner
+        .get("/vault")
+        .await
+        .expect(200, &[&format!("…{last_four}")]);
     // Rotating to a secret the upstream refuses: the test now says so.
     owner
         .post(
