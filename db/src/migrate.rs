@@ -14,6 +14,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_admin",
         include_str!("../../migrations/0003_admin.sql"),
     ),
+    (
+        "0004_hot_spend_updates",
+        include_str!("../../migrations/0004_hot_spend_updates.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

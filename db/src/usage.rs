@@ -1,12 +1,12 @@
-//! Spend flushed by the gateway: per-key spend and per-minute usage rollups, written in one
-//! batched statement per flush.
+//! Spend flushed by the gateway: per-key spend, written every flush, and per-minute usage
+//! rollups, written less often; each flush is one statement.
 
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{Error, Pool};
 
-/// Settled usage of one key in one minute since the last flush.
+/// Settled usage of one key in one minute since the rollups were last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub api_key_id: Uuid,
@@ -18,41 +18,60 @@ pub struct UsageDelta {
     pub cost_nanousd: i64,
 }
 
-const FLUSH: &str = "WITH delta AS (
-        SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-            AS d(api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
-    ), spend AS (
+/// Spend to add to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpendDelta {
+    pub api_key_id: Uuid,
+    pub cost_nanousd: i64,
+}
+
+// A data-modifying CTE runs whether or not the rest of the statement reads it, so the spend
+// update and the rollup upsert commit together. Empty arrays make either part a no-op.
+const FLUSH: &str = "WITH spend AS (
         UPDATE api_keys k SET spent_nanousd = k.spent_nanousd + s.cost
-        FROM (SELECT api_key_id, sum(cost_nanousd) AS cost FROM delta GROUP BY api_key_id) s
+        FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost)
         WHERE k.id = s.api_key_id
         RETURNING k.id
     )
     INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
     SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
-    FROM delta GROUP BY api_key_id, date_trunc('minute', minute)
+    FROM unnest($3::uuid[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+        AS d(api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
+    GROUP BY api_key_id, date_trunc('minute', minute)
     ON CONFLICT (api_key_id, minute) DO UPDATE SET
         n_requests = u.n_requests + EXCLUDED.n_requests,
         prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
         completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
         cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd";
 
-/// Adds the deltas to each key's spend and to the per-minute rollups, atomically, in one
-/// statement.
-pub async fn flush(pool: &Pool, deltas: &[UsageDelta]) -> Result<(), Error> {
-    if deltas.is_empty() {
+/// Adds `spend` to the keys' spend and `rollups` to the per-minute rollups, atomically, in one
+/// statement. Each key appears at most once in `spend`.
+pub async fn flush(pool: &Pool, spend: &[SpendDelta], rollups: &[UsageDelta]) -> Result<(), Error> {
+    if spend.is_empty() && rollups.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = deltas.iter().map(|d| d.api_key_id).collect();
-    let minutes: Vec<OffsetDateTime> = deltas.iter().map(|d| d.minute).collect();
-    let n_requests: Vec<i64> = deltas.iter().map(|d| d.n_requests).collect();
-    let prompt: Vec<i64> = deltas.iter().map(|d| d.prompt_tokens).collect();
-    let completion: Vec<i64> = deltas.iter().map(|d| d.completion_tokens).collect();
-    let cost: Vec<i64> = deltas.iter().map(|d| d.cost_nanousd).collect();
+    let spend_ids: Vec<Uuid> = spend.iter().map(|d| d.api_key_id).collect();
+    let spend_costs: Vec<i64> = spend.iter().map(|d| d.cost_nanousd).collect();
+    let ids: Vec<Uuid> = rollups.iter().map(|d| d.api_key_id).collect();
+    let minutes: Vec<OffsetDateTime> = rollups.iter().map(|d| d.minute).collect();
+    let n_requests: Vec<i64> = rollups.iter().map(|d| d.n_requests).collect();
+    let prompt: Vec<i64> = rollups.iter().map(|d| d.prompt_tokens).collect();
+    let completion: Vec<i64> = rollups.iter().map(|d| d.completion_tokens).collect();
+    let cost: Vec<i64> = rollups.iter().map(|d| d.cost_nanousd).collect();
     let client = pool.get().await?;
     client
         .execute(
             FLUSH,
-            &[&ids, &minutes, &n_requests, &prompt, &completion, &cost],
+            &[
+                &spend_ids,
+                &spend_costs,
+                &ids,
+                &minutes,
+                &n_requests,
+                &prompt,
+                &completion,
+                &cost,
+            ],
         )
         .await?;
     Ok(())

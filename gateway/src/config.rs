@@ -15,6 +15,8 @@ pub struct GatewayConfig {
     pub upstream_base_url: String,
     /// How often settled spend is written to Postgres.
     pub flush_interval: Duration,
+    /// How often per-minute usage rollups are written (with the next flush after it).
+    pub rollup_interval: Duration,
     /// How often every cached key is reloaded, as a safety net behind `NOTIFY`.
     pub refresh_interval: Duration,
     /// How often the upstream's model list (prices) is fetched again.
@@ -38,6 +40,7 @@ impl Default for GatewayConfig {
             metrics_listen: "127.0.0.1:9464".into(),
             upstream_base_url: "https://openrouter.ai".into(),
             flush_interval: Duration::from_secs(1),
+            rollup_interval: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(30),
             price_refresh_interval: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(10),

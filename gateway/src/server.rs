@@ -61,7 +61,10 @@ pub fn run(
     let flusher = control.spawn(flusher::run(
         resources.pool.clone(),
         usage_rx,
-        config.flush_interval,
+        flusher::Intervals {
+            flush: config.flush_interval,
+            rollup: config.rollup_interval,
+        },
         gateway.metrics,
         flusher_stop_rx,
     ));

@@ -51,6 +51,8 @@ pub struct GatewaySection {
     pub listen: String,
     /// Milliseconds between flushes of settled spend to Postgres.
     pub flush_interval_ms: u64,
+    /// Milliseconds between writes of per-minute usage rollups (with the next flush).
+    pub rollup_interval_ms: u64,
     /// Seconds between full reloads of cached keys (behind LISTEN/NOTIFY).
     pub refresh_interval_seconds: u64,
     /// Seconds between fetches of the upstream's prices.
@@ -70,6 +72,7 @@ impl Default for GatewaySection {
         GatewaySection {
             listen: "127.0.0.1:8080".into(),
             flush_interval_ms: 1000,
+            rollup_interval_ms: 60_000,
             refresh_interval_seconds: 30,
             price_refresh_seconds: 300,
             max_body_bytes: 65536,
@@ -290,11 +293,12 @@ impl Config {
             );
         }
         if self.gateway.flush_interval_ms == 0
+            || self.gateway.rollup_interval_ms == 0
             || self.gateway.refresh_interval_seconds == 0
             || self.gateway.threads == 0
         {
             bail!(
-                "gateway.flush_interval_ms, gateway.refresh_interval_seconds and gateway.threads must be at least 1"
+                "gateway.flush_interval_ms, gateway.rollup_interval_ms, gateway.refresh_interval_seconds and gateway.threads must be at least 1"
             );
         }
         if !self.gateway.unpriced_ceiling_usd.is_empty() {
@@ -339,6 +343,7 @@ impl Config {
             metrics_listen: self.metrics.listen.clone(),
             upstream_base_url: self.openrouter.base_url.clone(),
             flush_interval: Duration::from_millis(self.gateway.flush_interval_ms),
+            rollup_interval: Duration::from_millis(self.gateway.rollup_interval_ms),
             refresh_interval: Duration::from_secs(self.gateway.refresh_interval_seconds),
             price_refresh_interval: Duration::from_secs(self.gateway.price_refresh_seconds.max(1)),
             negative_cache_ttl: Duration::from_secs(10),

@@ -9,7 +9,8 @@ use admin::{AdminConfig, AppState};
 use testkit::TestDb;
 use tokio::sync::watch;
 
-/// How often the gateway writes settled spend to Postgres here: short, so pages show it soon.
+/// How often the gateway writes settled spend and usage rollups to Postgres here: short, so
+/// pages show them soon.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct Stack {
@@ -43,6 +44,7 @@ impl Stack {
             metrics_listen: format!("127.0.0.1:{}", testkit::free_port()),
             upstream_base_url: mock.base_url(),
             flush_interval: FLUSH_INTERVAL,
+            rollup_interval: FLUSH_INTERVAL,
             grace_period_seconds: 1,
             ..Default::default()
         };

@@ -749,3 +749,47 @@ async fn a_stream_cut_off_by_shutdown_is_charged_its_reservation() {
     gw.stop();
     assert_eq!(gw.spent_in_db(&token).await, cheap_reservation(&body, 40));
 }
+
+/// Spend goes out every flush; rollups wait for their own interval, and shutdown writes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollups_are_held_for_their_interval_and_written_on_shutdown() {
+    let mut gw = start().await;
+    gw.stop();
+    gw.keycap = gw
+        .keycap
+        .clone()
+        .env("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000");
+    gw.restart();
+    gw.wait_for_prices();
+    let token = gw.key("1", &[]);
+    let body: serde_json::Value = gw
+        .chat(&token, &chat_body("mock/cheap", 9, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cost = reported_cost(&body);
+    gw.wait_for_spent(&token, cost).await;
+    assert_eq!(
+        rollups(&gw.db).await,
+        (0, 0),
+        "rollups went out before their interval"
+    );
+    gw.stop();
+    assert_eq!(rollups(&gw.db).await, (1, cost.nanos()));
+}
+
+/// How many rollup rows there are, and the cost they sum to.
+async fn rollups(db: &testkit::TestDb) -> (i64, i64) {
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(cost_nanousd), 0)::bigint FROM usage_rollups",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}

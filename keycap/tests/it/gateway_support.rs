@@ -47,6 +47,7 @@ pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>)
             &format!("127.0.0.1:{metrics_port}"),
         )
         .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
+        .env("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "100")
         .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
         .env("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "1");
     crate::support::seed_acme(&keycap, &mock.state().config().master_key);
