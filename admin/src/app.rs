@@ -71,7 +71,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .fallback(not_found)
         // Outermost first: find who is asking, then check the CSRF token of changes.
-        .layer(middleware::from_fn(csrf::protect))
+        .layer(middleware::from_fn_with_state(state.clone(), csrf::protect))
         .layer(middleware::from_fn_with_state(state.clone(), session::load))
         .layer(axum::extract::DefaultBodyLimit::max(csrf::MAX_FORM_BYTES))
         .with_state(state)

@@ -7,13 +7,20 @@
 //! act only with what they carry (a password or the setup token).
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, AppError};
 use crate::session::Authenticated;
+use crate::state::AppState;
+
+/// The `org` field of a submitted form: the org the page was showing. The `Viewer` extractor
+/// refuses the request when the session has since switched to another org (in another tab),
+/// so that a stale page never acts on the wrong org.
+#[derive(Clone)]
+pub struct FormOrg(pub String);
 
 /// The most a form body may hold.
 pub const MAX_FORM_BYTES: usize = 256 * 1024;
@@ -37,8 +44,19 @@ fn refuse(is_api: bool, error: AppError) -> Response {
     }
 }
 
+/// The `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_len = rest.find('/').unwrap_or(rest.len());
+            &url[..scheme.len() + 3 + host_len]
+        }
+        None => url,
+    }
+}
+
 /// Middleware: refuses a state-changing request without the right token or from another site.
-pub async fn protect(request: Request, next: Next) -> Response {
+pub async fn protect(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -56,7 +74,10 @@ pub async fn protect(request: Request, next: Next) -> Response {
             .ok()
             .and_then(|o| o.split_once("://"))
             .map(|(_, rest)| rest);
-        if host.is_none() || origin_host != host {
+        // Our own pages post with an Origin of the Host they were served from, or, behind a
+        // proxy that rewrites Host, of the public URL.
+        let public = origin.to_str().ok() == Some(origin_of(state.config.base()));
+        if !public && (host.is_none() || origin_host != host) {
             return refuse(
                 is_api,
                 AppError::Forbidden(
@@ -115,8 +136,11 @@ pub async fn protect(request: Request, next: Next) -> Response {
     if !given.is_some_and(|given| same(&expected, &given)) {
         return refuse(is_api, missing());
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let mut request = Request::from_parts(parts, Body::from(bytes.clone()));
+    if let Some(org) = form_field(&bytes, "org") {
+        request.extensions_mut().insert(FormOrg(org));
+    }
+    next.run(request).await
 }
 
 /// The first value of `name` in an urlencoded form body.
@@ -173,6 +197,15 @@ mod tests {
         check("csrf", "csrf", Some(""));
         check("csrf=%zz", "csrf", Some("%zz"));
         check("csrf=%4", "csrf", Some("%4"));
+    }
+
+    #[test]
+    fn origins_are_scheme_and_authority() {
+        assert_eq!(
+            origin_of("https://keycap.example/admin"),
+            "https://keycap.example"
+        );
+        assert_eq!(origin_of("http://127.0.0.1:3000"), "http://127.0.0.1:3000");
     }
 
     #[test]

@@ -16,8 +16,20 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, AppError};
 use crate::state::AppState;
 
-/// The session cookie's name.
+/// The session cookie's name over http.
 pub const COOKIE: &str = "keycap_session";
+/// Its name over https: the `__Host-` prefix makes browsers refuse the cookie unless it is
+/// Secure, for this host only and for every path, so a sibling subdomain cannot plant one.
+pub const SECURE_COOKIE: &str = "__Host-keycap_session";
+
+/// The session cookie's name for this app.
+pub fn cookie_name(state: &AppState) -> &'static str {
+    if state.config.secure_cookies() {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
 /// Every admin token starts with this.
 pub const ADMIN_TOKEN_PREFIX: &str = "kca_";
 
@@ -66,14 +78,23 @@ pub fn session_cookie(token: &str, state: &AppState) -> String {
         ""
     };
     format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        "{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        cookie_name(state),
         state.config.session_ttl.as_secs()
     )
 }
 
 /// A `Set-Cookie` value that ends a session.
-pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+pub fn clear_cookie(state: &AppState) -> String {
+    let secure = if state.config.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
+        cookie_name(state)
+    )
 }
 
 /// Middleware: finds the session or admin token of the request, if any.
@@ -119,7 +140,7 @@ async fn authenticate(
                 });
             }
         }
-    } else if let Some(token) = cookie(&headers, COOKIE) {
+    } else if let Some(token) = cookie(&headers, cookie_name(state)) {
         let token_hash = hash(token);
         let client = state.pool.get().await?;
         db::accounts::find_session(&client, &token_hash)
@@ -177,6 +198,20 @@ impl Viewer {
 }
 
 async fn viewer_from_parts(parts: &Parts, state: &AppState) -> Result<Viewer, AppError> {
+    let viewer = load_viewer(parts, state).await?;
+    if let Some(crate::csrf::FormOrg(org)) = parts.extensions.get::<crate::csrf::FormOrg>() {
+        let current = viewer.current.as_ref().map(|m| m.org.id.to_string());
+        let exempt = matches!(parts.uri.path(), "/orgs/switch" | "/logout");
+        if !exempt && current.as_deref() != Some(org.as_str()) {
+            return Err(AppError::Conflict(
+                "you switched to another org in another tab since this page was loaded: reload the page and try again".into(),
+            ));
+        }
+    }
+    Ok(viewer)
+}
+
+async fn load_viewer(parts: &Parts, state: &AppState) -> Result<Viewer, AppError> {
     let next = parts
         .uri
         .path_and_query()

@@ -63,6 +63,8 @@ pub struct Layout {
     pub email: String,
     pub csrf: String,
     pub is_owner: bool,
+    /// The current org's id, sent back by every form (see `csrf::FormOrg`).
+    pub org_id: String,
     pub org_name: String,
     /// `(org id, org name, is current)` for the org switcher.
     pub orgs: Vec<(String, String, bool)>,
@@ -77,6 +79,7 @@ impl Layout {
             email: viewer.user.email.clone(),
             csrf: viewer.csrf_token.clone(),
             is_owner: viewer.is_owner(),
+            org_id: current.map(|id| id.to_string()).unwrap_or_default(),
             org_name: viewer
                 .current
                 .as_ref()

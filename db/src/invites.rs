@@ -187,13 +187,39 @@ pub async fn accept(
     }
     let email = Email::parse(&invite.email).map_err(|err| Error::Invalid(err.to_string()))?;
     let user_id = members::upsert_user(&tx, &email).await?;
+    // Lock the user row: a password set at the same time by another invite must not slip by.
     let existing: Option<String> = tx
-        .query_one("SELECT password_hash FROM users WHERE id = $1", &[&user_id])
+        .query_one(
+            "SELECT password_hash FROM users WHERE id = $1 FOR UPDATE",
+            &[&user_id],
+        )
         .await?
         .get(0);
     let password_hash = match (existing, new_password_hash) {
-        (Some(existing), _) => existing,
+        // The caller checked this password before calling.
+        (Some(existing), None) => existing,
+        (Some(_), Some(_)) => {
+            return Err(Error::Conflict(
+                "this account has a password now: open the invite again and enter it".into(),
+            ));
+        }
         (None, Some(new)) => {
+            // A password-less user (made on the command line) may only be claimed through an
+            // invite of the one org they already belong to, or of none: otherwise an owner of
+            // one org could take over a member of another.
+            let elsewhere = tx
+                .query_opt(
+                    "SELECT 1 FROM memberships
+                     WHERE user_id = $1 AND org_id <> $2 AND removed_at IS NULL",
+                    &[&user_id, &invite.org.id],
+                )
+                .await?;
+            if elsewhere.is_some() {
+                return Err(Error::Conflict(format!(
+                    "{email} belongs to another org and has not chosen a password yet: \
+                     they must first sign in through that org's invite"
+                )));
+            }
             accounts::set_password(&tx, user_id, new).await?;
             new.to_string()
         }

@@ -1,5 +1,6 @@
-//! Time-driven changes: closing expired keys (with their refunds) and renewing monthly keys at
-//! the month boundary. `keycap up` runs [`run_due`] periodically; every step is idempotent.
+//! Time-driven changes: closing expired keys (with their refunds), renewing monthly keys at
+//! the month boundary, and forgetting expired sessions. `keycap up` runs [`run_due`]
+//! periodically; every step is idempotent.
 
 use domain::budget::{Renewal, renew};
 use domain::{LedgerKind, Money, MonthWindow, MonthlyBudget};
@@ -16,16 +17,22 @@ pub struct Report {
     pub expired: usize,
     pub renewed: usize,
     pub paused: usize,
+    pub sessions_deleted: u64,
 }
 
 /// Closes every key whose expiry has passed and renews monthly keys that are due.
 pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> {
     let expired = expire_due(pool, now).await?;
     let (renewed, paused) = renew_due(pool, now).await?;
+    let client = pool.get().await?;
+    let sessions_deleted = client
+        .execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
+        .await?;
     Ok(Report {
         expired,
         renewed,
         paused,
+        sessions_deleted,
     })
 }
 

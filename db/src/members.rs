@@ -195,6 +195,35 @@ pub async fn set_budget(
     Ok(membership)
 }
 
+/// Serialises role changes and removals within one org. Taken before any membership row is
+/// locked, so that two owners demoting each other wait for one another instead of deadlocking.
+async fn lock_roles(client: &impl GenericClient, org: &Org) -> Result<(), Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('keycap.roles.' || $1::uuid::text, 0))",
+            &[&org.id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Revokes the admin tokens a user issued in an org, when they stop being its owner: a token
+/// must not come back to life if they become an owner again.
+async fn revoke_admin_tokens(
+    client: &impl GenericClient,
+    org: &Org,
+    user_id: Uuid,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "UPDATE admin_tokens SET revoked_at = now()
+             WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            &[&org.id, &user_id],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Refuses a change that would leave an org without an active owner.
 async fn check_not_last_owner(
     client: &impl GenericClient,
@@ -231,11 +260,15 @@ pub async fn set_role(
 ) -> Result<Membership, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    lock_roles(&tx, org).await?;
     let mut membership = find_for_update(&tx, org, email).await?;
     if membership.role == role {
         return Err(Error::Invalid(format!("{email} is already {role}")));
     }
     check_not_last_owner(&tx, org, &membership).await?;
+    if membership.role == Role::Owner {
+        revoke_admin_tokens(&tx, org, membership.user_id).await?;
+    }
     tx.execute(
         "UPDATE memberships SET role = $2 WHERE id = $1",
         &[&membership.id, &role.as_str()],
@@ -262,8 +295,10 @@ pub async fn remove(
 ) -> Result<usize, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    lock_roles(&tx, org).await?;
     let membership = find_for_update(&tx, org, email).await?;
     check_not_last_owner(&tx, org, &membership).await?;
+    revoke_admin_tokens(&tx, org, membership.user_id).await?;
     let rows = tx
         .query(
             crate::keys::select_keys!(

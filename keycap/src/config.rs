@@ -305,8 +305,11 @@ impl Config {
             domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd)
                 .map_err(|err| anyhow::anyhow!("gateway.unpriced_ceiling_usd: {err}"))?;
         }
-        if self.admin.session_hours == 0 || self.admin.invite_days == 0 {
-            bail!("admin.session_hours and admin.invite_days must be at least 1");
+        if !(1..=24 * 366).contains(&self.admin.session_hours) {
+            bail!("admin.session_hours must be between 1 and 8784 (a year)");
+        }
+        if !(1..=366).contains(&self.admin.invite_days) {
+            bail!("admin.invite_days must be between 1 and 366");
         }
         if self.admin.login_max_failures < 1 {
             bail!("admin.login_max_failures must be at least 1");

@@ -83,7 +83,8 @@ pub async fn get_setup(
     }))
 }
 
-#[derive(Debug, serde::Deserialize)]
+// No Debug: it carries a secret.
+#[derive(serde::Deserialize)]
 pub struct SetupForm {
     #[serde(default)]
     token: String,
@@ -164,7 +165,8 @@ pub async fn get_login(Query(query): Query<LoginQuery>) -> Response {
     })
 }
 
-#[derive(Debug, serde::Deserialize)]
+// No Debug: it carries a secret.
+#[derive(serde::Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
     email: String,
@@ -176,33 +178,39 @@ pub struct LoginForm {
 
 /// Where to go after signing in: a path on this site only.
 fn local_path(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    // Only characters that cannot change which site a browser goes to: no backslashes, tabs or
+    // newlines (which browsers drop, turning "/\t/evil" into "//evil").
+    let safe = next.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'/' | b'_' | b'-' | b'.' | b'?' | b'=' | b'&' | b'%')
+    });
+    if safe && next.starts_with('/') && !next.starts_with("//") {
         next
     } else {
         "/dashboard"
     }
 }
 
-/// Refuses when this email or address failed too often lately. Returns the window's start.
-async fn check_throttle(
-    state: &AppState,
-    email: &str,
-    client_ip: &str,
-) -> Result<OffsetDateTime, AppError> {
+/// Counts a password attempt against this email and address before the password is checked,
+/// as a failure until it succeeds (then [`db::accounts::clear_login_failures`] forgets it), so
+/// that many attempts sent at once cannot all slip under the limit. Refuses when the email or
+/// the address has failed too often lately.
+async fn begin_attempt(state: &AppState, email: &str, client_ip: &str) -> Result<(), AppError> {
     let window = time::Duration::try_from(state.config.login_window)
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let since = OffsetDateTime::now_utc() - window;
     let client = state.pool.get().await?;
+    db::accounts::record_login_failure(&client, email, client_ip, since).await?;
     let (by_email, by_ip) =
         db::accounts::recent_login_failures(&client, email, client_ip, since).await?;
     // An address may try several accounts, so it gets a larger allowance than one account.
-    if by_email >= state.config.login_max_failures || by_ip >= 4 * state.config.login_max_failures {
+    if by_email > state.config.login_max_failures || by_ip > 4 * state.config.login_max_failures {
         return Err(AppError::TooManyRequests(format!(
             "too many failed sign-ins: wait {} minutes and try again",
             window.whole_minutes()
         )));
     }
-    Ok(since)
+    Ok(())
 }
 
 /// `POST /login`.
@@ -222,13 +230,13 @@ pub async fn post_login(
             },
         )
     };
-    let since = match check_throttle(&state, &email_text, &client_ip).await {
-        Ok(since) => since,
+    match begin_attempt(&state, &email_text, &client_ip).await {
+        Ok(()) => {}
         Err(err @ AppError::TooManyRequests(_)) => {
             return Ok(refuse(StatusCode::TOO_MANY_REQUESTS, err.to_string()));
         }
         Err(err) => return Err(err),
-    };
+    }
     let user = match Email::parse(&form.email) {
         Ok(email) => {
             let client = state.pool.get().await?;
@@ -240,7 +248,6 @@ pub async fn post_login(
     let ok = password::verify(SecretString::from(form.password.clone()), stored).await?;
     let client = state.pool.get().await?;
     let Some(user) = user.filter(|_| ok) else {
-        db::accounts::record_login_failure(&client, &email_text, &client_ip, since).await?;
         tracing::info!(client.ip = %client_ip, "failed sign-in");
         return Ok(refuse(
             StatusCode::UNAUTHORIZED,
@@ -269,7 +276,7 @@ pub async fn post_logout(
         db::accounts::delete_session(&client, &hash).await?;
     }
     let mut response = Redirect::to("/login").into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&session::clear_cookie()) {
+    if let Ok(cookie) = HeaderValue::from_str(&session::clear_cookie(&state)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     Ok(response)
@@ -359,7 +366,8 @@ pub async fn get_invite(
     )))
 }
 
-#[derive(Debug, serde::Deserialize)]
+// No Debug: it carries a secret.
+#[derive(serde::Deserialize)]
 pub struct InviteAcceptForm {
     #[serde(default)]
     password: String,
@@ -378,16 +386,16 @@ pub async fn post_invite(
     let mut errors = FieldErrors::default();
     let new_hash = match &account {
         Some(user) => {
-            let since = check_throttle(&state, &invite.email, &client_ip).await?;
+            begin_attempt(&state, &invite.email, &client_ip).await?;
             let ok = password::verify(
                 SecretString::from(form.password),
                 user.password_hash.clone(),
             )
             .await?;
-            if !ok {
+            if ok {
                 let client = state.pool.get().await?;
-                db::accounts::record_login_failure(&client, &invite.email, &client_ip, since)
-                    .await?;
+                db::accounts::clear_login_failures(&client, &invite.email).await?;
+            } else {
                 errors.add("password", "that is not the password of this account");
             }
             None
@@ -477,7 +485,8 @@ pub async fn get_account(
     Ok(views::page(&page))
 }
 
-#[derive(Debug, serde::Deserialize)]
+// No Debug: it carries a secret.
+#[derive(serde::Deserialize)]
 pub struct PasswordForm {
     #[serde(default)]
     current: String,

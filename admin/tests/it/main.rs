@@ -10,6 +10,7 @@ mod accounts;
 mod api;
 mod audit;
 mod forms;
+mod hardening;
 mod isolation;
 mod roles;
 mod support;
