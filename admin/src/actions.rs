@@ -80,6 +80,8 @@ pub struct KeyInput {
     pub expires: String,
     pub models: Vec<String>,
     pub renew_monthly: bool,
+    /// Requests per minute, as typed; empty for no limit.
+    pub rpm: String,
 }
 
 /// Provisions a sub-key for the viewer from their own budget.
@@ -120,6 +122,19 @@ pub async fn provision_key(
     if models.len() > 100 {
         errors.add("models", "list at most 100 models");
     }
+    let rate_limit_rpm = match input.rpm.trim() {
+        "" => None,
+        text => match text.parse::<i32>() {
+            Ok(rpm) if (1..=1_000_000).contains(&rpm) => Some(rpm),
+            _ => {
+                errors.add(
+                    "rpm",
+                    "enter a whole number of requests per minute from 1 to 1000000, or leave it empty for no limit",
+                );
+                None
+            }
+        },
+    };
     if !errors.is_empty() {
         return Err(Refused::Fields(errors));
     }
@@ -132,6 +147,7 @@ pub async fn provision_key(
         expires_at,
         model_scope: models,
         renew_monthly: input.renew_monthly,
+        rate_limit_rpm,
     };
     match db::keys::create(&state.pool, &member.org, &new, viewer.actor(), now).await {
         Ok(created) => Ok(created),

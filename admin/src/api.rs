@@ -70,6 +70,7 @@ fn key_json(key: &db::keys::ApiKey, now: OffsetDateTime) -> Value {
         "service": key.service, "cap_nanousd": key.cap.nanos(), "spent_nanousd": key.spent.nanos(),
         "remaining_nanousd": key.remaining().nanos(), "model_scope": key.model_scope,
         "renew_monthly": key.renew_monthly, "expires_at": rfc3339(key.expires_at),
+        "rate_limit_rpm": key.rate_limit_rpm,
         "created_at": rfc3339(Some(key.created_at)), "status": views::key_status(key, now),
     })
 }
@@ -163,6 +164,8 @@ pub struct NewKeyBody {
     model_scope: Vec<String>,
     #[serde(default)]
     renew_monthly: bool,
+    #[serde(default)]
+    rate_limit_rpm: Option<i64>,
 }
 
 fn default_service() -> String {
@@ -182,6 +185,10 @@ pub async fn create_key(
         expires: body.expires.unwrap_or_default(),
         models: body.model_scope,
         renew_monthly: body.renew_monthly,
+        rpm: body
+            .rate_limit_rpm
+            .map(|rpm| rpm.to_string())
+            .unwrap_or_default(),
     };
     let now = OffsetDateTime::now_utc();
     let (key, token) = actions::provision_key(&state, &viewer, &input, now)

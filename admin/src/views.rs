@@ -192,6 +192,8 @@ pub struct KeyRow {
     pub status: &'static str,
     pub models: String,
     pub renew: bool,
+    /// `60/min`, or `none`.
+    pub rate: String,
 }
 
 impl KeyRow {
@@ -212,6 +214,9 @@ impl KeyRow {
                 key.model_scope.join(", ")
             },
             renew: key.renew_monthly,
+            rate: key
+                .rate_limit_rpm
+                .map_or_else(|| "none".to_string(), |rpm| format!("{rpm}/min")),
         }
     }
 
@@ -335,6 +340,8 @@ pub struct StoreForm {
     pub models: String,
     #[serde(default)]
     pub renew_monthly: Option<String>,
+    #[serde(default)]
+    pub rpm: String,
 }
 
 #[derive(Template)]

@@ -32,6 +32,7 @@ fn entry(i: u64) -> ([u8; 32], KeyEntry) {
         closed_at: None,
         close_reason: None,
         changed_at: time::OffsetDateTime::UNIX_EPOCH,
+        rate_limit_rpm: None,
     };
     (domain::token::hash_token(&token), KeyEntry::from_row(&key))
 }

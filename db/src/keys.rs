@@ -35,6 +35,8 @@ pub struct ApiKey {
     pub close_reason: Option<String>,
     /// When a gateway-visible column last changed (not spend).
     pub changed_at: OffsetDateTime,
+    /// At most this many requests per minute; `None` for no limit.
+    pub rate_limit_rpm: Option<i32>,
 }
 
 impl ApiKey {
@@ -60,6 +62,8 @@ pub struct NewKey {
     pub expires_at: Option<OffsetDateTime>,
     pub model_scope: Vec<String>,
     pub renew_monthly: bool,
+    /// At most this many requests per minute (1 to 1,000,000); `None` for no limit.
+    pub rate_limit_rpm: Option<i32>,
 }
 
 macro_rules! select_keys {
@@ -67,7 +71,8 @@ macro_rules! select_keys {
         concat!(
             "SELECT k.id, k.org_id, k.membership_id, u.email, k.master_key_id, k.service, k.name, k.prefix,
                     k.cap_nanousd, k.spent_nanousd, k.model_scope, k.renew_monthly, k.period_start,
-                    k.paused_reason, k.expires_at, k.created_at, k.closed_at, k.close_reason, k.changed_at
+                    k.paused_reason, k.expires_at, k.created_at, k.closed_at, k.close_reason, k.changed_at,
+                    k.rate_limit_rpm
              FROM api_keys k
              JOIN memberships m ON m.id = k.membership_id
              JOIN users u ON u.id = m.user_id ",
@@ -97,6 +102,7 @@ fn from_row(row: &tokio_postgres::Row) -> ApiKey {
         closed_at: row.get(16),
         close_reason: row.get(17),
         changed_at: row.get(18),
+        rate_limit_rpm: row.get(19),
     }
 }
 
@@ -123,6 +129,14 @@ pub async fn create(
         .iter()
         .map(|m| m.trim().to_string())
         .collect();
+    if new
+        .rate_limit_rpm
+        .is_some_and(|rpm| !(1..=1_000_000).contains(&rpm))
+    {
+        return Err(Error::Invalid(
+            "a rate limit must be 1 to 1000000 requests per minute".into(),
+        ));
+    }
     if model_scope.iter().any(|m| m.is_empty() || m.len() > 200) {
         return Err(Error::Invalid(
             "model names in the scope must be 1 to 200 characters".into(),
@@ -150,8 +164,9 @@ pub async fn create(
     let prefix = token.display_prefix();
     tx.execute(
         "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash, prefix,
-                               cap_nanousd, model_scope, renew_monthly, period_start, expires_at, created_by, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                               cap_nanousd, model_scope, renew_monthly, period_start, expires_at, created_by, created_at,
+                               rate_limit_rpm)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         &[
             &id,
             &org.id,
@@ -168,6 +183,7 @@ pub async fn create(
             &new.expires_at,
             &actor.user_id(),
             &now,
+            &new.rate_limit_rpm,
         ],
     )
     .await?;
@@ -183,6 +199,7 @@ pub async fn create(
         "expires_at": new.expires_at.map(|at| at.unix_timestamp()),
         "model_scope": model_scope,
         "renew_monthly": new.renew_monthly,
+        "rate_limit_rpm": new.rate_limit_rpm,
     });
     transactions::append(&tx, &entry).await?;
     let row = tx

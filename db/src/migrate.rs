@@ -18,6 +18,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_hot_spend_updates",
         include_str!("../../migrations/0004_hot_spend_updates.sql"),
     ),
+    (
+        "0005_rate_limits",
+        include_str!("../../migrations/0005_rate_limits.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -9,6 +9,7 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::budget::KeyBudget;
+use crate::rate_limit::RateLimiter;
 
 /// What the gateway knows of a key besides its budget; replaced whole on reload.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct KeyInfo {
     pub period_start: Date,
     /// The row's `changed_at`: an older row never replaces a newer one.
     pub changed_at: OffsetDateTime,
+    /// At most this many requests per minute; `None` for no limit.
+    pub rate_limit_rpm: Option<u32>,
 }
 
 /// A cached key.
@@ -32,6 +35,7 @@ pub struct KeyEntry {
     pub org_id: Uuid,
     info: RwLock<Arc<KeyInfo>>,
     pub budget: KeyBudget,
+    pub rate: RateLimiter,
 }
 
 impl KeyEntry {
@@ -42,6 +46,7 @@ impl KeyEntry {
             org_id: key.org_id,
             info: RwLock::new(Arc::new(info_of(key))),
             budget: KeyBudget::new(key.cap, key.spent),
+            rate: RateLimiter::default(),
         }
     }
 
@@ -83,6 +88,7 @@ fn info_of(key: &db::keys::ApiKey) -> KeyInfo {
         paused_reason: key.paused_reason.clone(),
         period_start: key.period_start,
         changed_at: key.changed_at,
+        rate_limit_rpm: key.rate_limit_rpm.and_then(|rpm| u32::try_from(rpm).ok()),
     }
 }
 

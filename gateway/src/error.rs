@@ -15,6 +15,8 @@ pub struct Refusal {
     pub error_type: &'static str,
     /// What happened and what to do; never a secret.
     pub message: String,
+    /// Seconds to send as `Retry-After`, for a rate limit.
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl Refusal {
@@ -29,7 +31,22 @@ impl Refusal {
             reason,
             error_type,
             message: message.into(),
+            retry_after_seconds: None,
         }
+    }
+
+    pub fn rate_limited(rpm: u32, wait: std::time::Duration) -> Refusal {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut refusal = Refusal::new(
+            429,
+            "rate_limit",
+            "rate_limit_exceeded",
+            format!(
+                "this key allows {rpm} requests per minute: retry in {seconds} s, or ask for a key with a higher limit"
+            ),
+        );
+        refusal.retry_after_seconds = Some(seconds);
+        refusal
     }
 
     pub fn missing_key() -> Refusal {

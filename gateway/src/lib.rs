@@ -1,7 +1,8 @@
 //! The gateway: keycap's data plane, a `pingora` reverse proxy that is OpenRouter-compatible on
 //! `/api/v1/*`.
 //!
-//! It owns the per-request path (auth and the key cache, reservation against the key's cap,
+//! It owns the per-request path (auth and the key cache, the key's rate limit, reservation
+//! against the key's cap,
 //! the swap of the sub-key for the decrypted master key, metering of the response as it
 //! streams, settlement) and the background work that keeps it honest (flushing spend to
 //! Postgres, reloading changed keys on `NOTIFY`, refreshing prices). It depends on `domain`,
@@ -17,6 +18,7 @@ pub mod flusher;
 pub mod metrics;
 pub mod prices;
 pub mod proxy;
+pub mod rate_limit;
 pub mod server;
 pub mod state;
 pub mod sync;

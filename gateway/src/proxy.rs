@@ -121,7 +121,7 @@ impl ProxyHttp for Proxy {
                     .with_label_values(&[refusal.reason])
                     .inc();
                 ctx.outcome = "refused";
-                respond(session, refusal.status, refusal.body()).await?;
+                respond_refusal(session, &refusal).await?;
                 Ok(true)
             }
         }
@@ -414,6 +414,11 @@ impl Proxy {
             }
             Route::Metered | Route::Refused(_) => {}
         }
+        if let Some(rpm) = info.rate_limit_rpm {
+            key.rate
+                .try_acquire(rpm, Instant::now())
+                .map_err(|wait| Refusal::rate_limited(rpm, wait))?;
+        }
 
         let body = read_body(session, gateway.config.max_body_bytes).await?;
         let parsed = ChatRequest::parse(&body)
@@ -520,9 +525,32 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal
 
 /// Writes a whole JSON response.
 async fn respond(session: &mut Session, status: u16, body: Bytes) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(status, Some(2))?;
+    respond_with(session, status, body, None).await
+}
+
+/// Answers with a refusal's status and body (and `Retry-After` for a rate limit).
+async fn respond_refusal(session: &mut Session, refusal: &Refusal) -> pingora::Result<()> {
+    respond_with(
+        session,
+        refusal.status,
+        refusal.body(),
+        refusal.retry_after_seconds,
+    )
+    .await
+}
+
+async fn respond_with(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    retry_after_seconds: Option<u64>,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(3))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len())?;
+    if let Some(seconds) = retry_after_seconds {
+        header.insert_header("retry-after", seconds)?;
+    }
     // The request body may be unread: do not try to reuse the connection.
     session.set_keepalive(None);
     session
@@ -547,6 +575,11 @@ fn key_info_body(key: &KeyEntry) -> Bytes {
             serde_json::Value::from(text).to_string()
         });
     let label = serde_json::Value::from(format!("{} ({})", info.prefix, info.name)).to_string();
+    let rate_limit = match info.rate_limit_rpm {
+        Some(rpm) => format!("{{\"requests\":{rpm},\"interval\":\"1m\"}}"),
+        None => "{\"requests\":-1,\"interval\":\"1m\",\"note\":\"no rate limit on this key\"}"
+            .to_string(),
+    };
     let body = format!(
         concat!(
             "{{\"data\":{{\"label\":{label},\"limit\":{cap},\"limit_remaining\":{remaining},",
@@ -555,8 +588,9 @@ fn key_info_body(key: &KeyEntry) -> Bytes {
             "\"byok_usage\":0,\"byok_usage_daily\":0,\"byok_usage_weekly\":0,\"byok_usage_monthly\":0,",
             "\"is_free_tier\":false,\"is_management_key\":false,\"is_provisioning_key\":false,",
             "\"expires_at\":{expires},\"creator_user_id\":null,",
-            "\"rate_limit\":{{\"requests\":-1,\"interval\":\"10s\",\"note\":\"keycap enforces the cap, not a rate\"}}}}}}"
+            "\"rate_limit\":{rate_limit}}}}}"
         ),
+        rate_limit = rate_limit,
         label = label,
         cap = usd_number(cap),
         remaining = usd_number(remaining),

@@ -227,6 +227,9 @@ pub struct KeyCreateArgs {
     /// Carve the cap again from each new month's budget.
     #[arg(long)]
     pub renew_monthly: bool,
+    /// At most this many requests per minute through the gateway (default: no limit).
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<i32>,
 }
 
 /// `keycap audit`.

@@ -72,6 +72,7 @@ pub async fn seed(
         expires_at: None,
         model_scope: vec![],
         renew_monthly: false,
+        rate_limit_rpm: None,
     };
     let (_, token) = db::keys::create(pool, &org, &new_key, Actor::Cli, OffsetDateTime::now_utc())
         .await

@@ -265,6 +265,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
                             "expires_at": rfc3339(k.expires_at), "revoked_at": rfc3339(k.revoked_at()),
                             "prefix": k.prefix, "model_scope": k.model_scope,
                             "renew_monthly": k.renew_monthly, "paused_reason": k.paused_reason,
+                            "rate_limit_rpm": k.rate_limit_rpm,
                             "status": key_status(k),
                         })
                     })
@@ -346,6 +347,7 @@ async fn key_create(database: &Database, args: KeyCreateArgs) -> anyhow::Result<
             .filter(|m| !m.trim().is_empty())
             .collect(),
         renew_monthly: args.renew_monthly,
+        rate_limit_rpm: args.rpm,
     };
     let client = database.pool.get().await?;
     let org = orgs::find(&client, &args.org).await?;

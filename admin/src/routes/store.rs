@@ -64,6 +64,7 @@ pub async fn post(
         expires: form.expires.clone(),
         models: form.models.split(',').map(str::to_string).collect(),
         renew_monthly: form.renew_monthly.is_some(),
+        rpm: form.rpm.clone(),
     };
     match actions::provision_key(&state, &viewer, &input, OffsetDateTime::now_utc()).await {
         Ok((key, token)) => {

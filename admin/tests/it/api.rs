@@ -74,13 +74,14 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
     );
 
     let created = call(reqwest::Method::POST, "/api/keys")
-        .json(&json!({"name": "ci-key", "cap_usd": "2.50", "expires": "7d", "model_scope": ["mock/cheap"]}))
+        .json(&json!({"name": "ci-key", "cap_usd": "2.50", "expires": "7d", "model_scope": ["mock/cheap"], "rate_limit_rpm": 30}))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
     let created: serde_json::Value = created.json().await.unwrap();
     assert_eq!(created["cap_nanousd"], 2_500_000_000i64);
+    assert_eq!(created["rate_limit_rpm"], 30);
     assert!(created["token"].as_str().unwrap().starts_with("kc_"));
     let id = created["id"].as_str().unwrap().to_string();
     let listed: serde_json::Value = call(reqwest::Method::GET, "/api/keys?all=true")

@@ -51,6 +51,14 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
             &["not in the future"],
         ),
         (
+            &[("name", "x"), ("cap", "1"), ("rpm", "0")],
+            &["requests per minute", "value=\"0\""],
+        ),
+        (
+            &[("name", "x"), ("cap", "1"), ("rpm", "lots")],
+            &["requests per minute", "value=\"lots\""],
+        ),
+        (
             &[("name", "x"), ("cap", "1"), ("service", "aws")],
             &["aws", "is unknown"],
         ),

@@ -150,6 +150,24 @@ async fn every_refusal_is_clear_and_changes_nothing() {
 
     let cases: &[(&[&str], &str, &str)] = &[
         (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "r",
+                "--cap",
+                "1",
+                "--rpm",
+                "0",
+            ],
+            "",
+            "a rate limit must be 1 to 1000000 requests per minute",
+        ),
+        (
             &["org", "create", "acme", "--owner", "x@acme.test"],
             "",
             "org \"acme\" already exists",

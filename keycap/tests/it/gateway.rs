@@ -793,3 +793,69 @@ async fn rollups(db: &testkit::TestDb) -> (i64, i64) {
         .unwrap();
     (row.get(0), row.get(1))
 }
+
+/// A key with a rate limit: a minute's requests at once, then 429 with `Retry-After`, in
+/// OpenRouter's error shape, and nothing charged for the refused request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
+    let gw = start().await;
+    let token = gw.key("1", &["--rpm", "2"]);
+    let body = chat_body("mock/cheap", 9, false);
+    let mut charged = Money::ZERO;
+    for _ in 0..2 {
+        let answer: serde_json::Value = gw
+            .chat(&token, &body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        charged = charged.checked_add(reported_cost(&answer)).unwrap();
+    }
+    let refused = gw.chat(&token, &body).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], 429);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 requests per minute"),
+        "{error}"
+    );
+    gw.wait_for_spent(&token, charged).await;
+    let info: serde_json::Value = gw
+        .http
+        .get(format!("{}/api/v1/key", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["data"]["rate_limit"]["requests"], 2);
+    assert_eq!(info["data"]["rate_limit"]["interval"], "1m");
+    let metrics = gw
+        .http
+        .get(&gw.metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("reason=\"rate_limit\"} 1"), "{metrics}");
+    // A key without a limit is not limited.
+    let free = gw.key("1", &[]);
+    for _ in 0..5 {
+        assert_eq!(gw.chat(&free, &body).send().await.unwrap().status(), 200);
+    }
+}

@@ -72,6 +72,7 @@ fn new_key(name: &str, cap: &str) -> NewKey {
         expires_at: None,
         model_scope: vec![],
         renew_monthly: false,
+        rate_limit_rpm: None,
     }
 }
 
