@@ -423,7 +423,8 @@ pub struct MembersPage {
     pub form: InviteForm,
     pub errors: FieldErrors,
     /// A just-created invite link, shown to copy.
-    pub invite_link: Option<String>,
+    /// A just-created invite, shown to copy: `(email, link)`.
+    pub invite_link: Option<(String, String)>,
 }
 
 #[derive(Template)]

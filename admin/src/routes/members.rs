@@ -21,7 +21,7 @@ async fn members_page(
     notice: Option<String>,
     form: InviteForm,
     errors: FieldErrors,
-    invite_link: Option<String>,
+    invite_link: Option<(String, String)>,
 ) -> Result<MembersPage, AppError> {
     let owner = viewer.owner()?;
     let now = OffsetDateTime::now_utc();
@@ -110,13 +110,16 @@ pub async fn post_invite(
                     ),
                 );
             }
-            let shown = InviteForm {
-                email: invited.invite.email,
-                ..Default::default()
-            };
-            let link = invited.link;
-            let page =
-                members_page(&state, &viewer, Some(notice), shown, errors, Some(link)).await?;
+            let link = (invited.invite.email, invited.link);
+            let page = members_page(
+                &state,
+                &viewer,
+                Some(notice),
+                InviteForm::default(),
+                errors,
+                Some(link),
+            )
+            .await?;
             Ok(views::page(&page))
         }
         Err(Refused::Fields(errors)) => {
