@@ -296,6 +296,70 @@ pub struct KeyCheck {
     pub message: String,
 }
 
+/// How a master-key test ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Accepted,
+    /// The upstream answered with this status.
+    Refused(u16),
+    /// The upstream could not be reached; why, in a few words.
+    Unreachable(&'static str),
+}
+
+impl CheckOutcome {
+    /// A short code for a URL: `ok`, `refused-401`, `unreachable-timed-out`.
+    pub fn code(self) -> String {
+        match self {
+            CheckOutcome::Accepted => "ok".into(),
+            CheckOutcome::Refused(status) => format!("refused-{status}"),
+            CheckOutcome::Unreachable(why) => format!("unreachable-{}", why.replace(' ', "-")),
+        }
+    }
+
+    /// Reads [`CheckOutcome::code`] back; `None` for anything else.
+    pub fn from_code(code: &str) -> Option<CheckOutcome> {
+        if code == "ok" {
+            return Some(CheckOutcome::Accepted);
+        }
+        if let Some(status) = code.strip_prefix("refused-") {
+            return status
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (100..600).contains(s))
+                .map(CheckOutcome::Refused);
+        }
+        match code.strip_prefix("unreachable-")? {
+            "timed-out" => Some(CheckOutcome::Unreachable("timed out")),
+            "connection-failed" => Some(CheckOutcome::Unreachable("connection failed")),
+            "request-failed" => Some(CheckOutcome::Unreachable("request failed")),
+            _ => None,
+        }
+    }
+
+    /// What to tell the owner about the key named `name`.
+    pub fn check(self, name: &str, upstream: &str) -> KeyCheck {
+        match self {
+            CheckOutcome::Accepted => KeyCheck {
+                ok: true,
+                status: Some(200),
+                message: format!("the upstream accepted master key {name:?}"),
+            },
+            CheckOutcome::Refused(status) => KeyCheck {
+                ok: false,
+                status: Some(status),
+                message: format!(
+                    "the upstream refused master key {name:?} with status {status}: rotate it with a working key"
+                ),
+            },
+            CheckOutcome::Unreachable(why) => KeyCheck {
+                ok: false,
+                status: None,
+                message: format!("the upstream at {upstream} could not be reached: {why}"),
+            },
+        }
+    }
+}
+
 /// Opens a master key and calls the upstream's key-check path with it (owners only). The
 /// secret goes only into the request's header; the answer's body is not shown, since an
 /// upstream may echo credentials.
@@ -303,7 +367,7 @@ pub async fn test_master_key(
     state: &AppState,
     viewer: &Viewer,
     id: &str,
-) -> Result<(db::master_keys::MasterKey, KeyCheck), AppError> {
+) -> Result<(db::master_keys::MasterKey, CheckOutcome), AppError> {
     let owner = viewer.owner()?;
     let id = master_key_id(id)?;
     let client = state.pool.get().await?;
@@ -342,38 +406,14 @@ pub async fn test_master_key(
         .header(header.name, value.as_str())
         .send()
         .await;
-    let check = match result {
-        Ok(response) if response.status().is_success() => KeyCheck {
-            ok: true,
-            status: Some(response.status().as_u16()),
-            message: format!("the upstream accepted master key {:?}", key.name),
-        },
-        Ok(response) => KeyCheck {
-            ok: false,
-            status: Some(response.status().as_u16()),
-            message: format!(
-                "the upstream refused master key {:?} with status {}: rotate it with a working key",
-                key.name,
-                response.status().as_u16()
-            ),
-        },
-        Err(err) => KeyCheck {
-            ok: false,
-            status: None,
-            message: format!(
-                "the upstream at {} could not be reached: {}",
-                state.config.upstream_base_url,
-                if err.is_timeout() {
-                    "timed out"
-                } else if err.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                }
-            ),
-        },
+    let outcome = match result {
+        Ok(response) if response.status().is_success() => CheckOutcome::Accepted,
+        Ok(response) => CheckOutcome::Refused(response.status().as_u16()),
+        Err(err) if err.is_timeout() => CheckOutcome::Unreachable("timed out"),
+        Err(err) if err.is_connect() => CheckOutcome::Unreachable("connection failed"),
+        Err(_) => CheckOutcome::Unreachable("request failed"),
     };
-    Ok((key, check))
+    Ok((key, outcome))
 }
 
 /// An invite, as typed.
@@ -600,4 +640,31 @@ pub async fn month_of(
         .copied()
         .unwrap_or(Money::ZERO);
     Ok((month, spent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckOutcome;
+
+    #[test]
+    fn check_outcomes_round_trip_through_their_codes() {
+        for outcome in [
+            CheckOutcome::Accepted,
+            CheckOutcome::Refused(401),
+            CheckOutcome::Unreachable("timed out"),
+            CheckOutcome::Unreachable("connection failed"),
+            CheckOutcome::Unreachable("request failed"),
+        ] {
+            assert_eq!(CheckOutcome::from_code(&outcome.code()), Some(outcome));
+        }
+        for bad in [
+            "",
+            "refused-abc",
+            "refused-999",
+            "unreachable-<script>",
+            "accepted",
+        ] {
+            assert_eq!(CheckOutcome::from_code(bad), None, "{bad}");
+        }
+    }
 }

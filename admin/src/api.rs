@@ -380,7 +380,8 @@ pub async fn test_master_key(
     ApiViewer(viewer): ApiViewer,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let (_, check) = actions::test_master_key(&state, &viewer, &id).await?;
+    let (key, outcome) = actions::test_master_key(&state, &viewer, &id).await?;
+    let check = outcome.check(&key.name, &state.config.upstream_base_url);
     Ok(Json(serde_json::to_value(check).unwrap_or(Value::Null)))
 }
 

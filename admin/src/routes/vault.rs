@@ -3,12 +3,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use crate::actions::{self, Refused};
+use crate::actions::{self, CheckOutcome, Refused};
 use crate::error::AppError;
 use crate::routes::{Form, NoticeQuery, Query, done};
 use crate::session::Viewer;
@@ -37,18 +37,53 @@ async fn vault_page(
 }
 
 /// `GET /vault`.
+/// The query of the vault page: a notice code, or the result of a master-key test.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct VaultQuery {
+    #[serde(default)]
+    notice: Option<String>,
+    #[serde(default)]
+    tested: Option<String>,
+    #[serde(default)]
+    result: Option<String>,
+}
+
+/// `GET /vault`.
 pub async fn get(
     State(state): State<AppState>,
     viewer: Viewer,
-    Query(notice): Query<NoticeQuery>,
+    Query(query): Query<VaultQuery>,
 ) -> Result<Response, AppError> {
+    let mut notice = NoticeQuery {
+        notice: query.notice,
+    }
+    .text();
+    let mut errors = FieldErrors::default();
+    // The result of a test: a fixed code and the id of a key of this org, never free text.
+    let outcome = query.result.as_deref().and_then(CheckOutcome::from_code);
+    let tested = query
+        .tested
+        .as_deref()
+        .and_then(|id| uuid::Uuid::parse_str(id).ok());
+    if let (Some(outcome), Some(id)) = (outcome, tested) {
+        let owner = viewer.owner()?;
+        let client = state.pool.get().await?;
+        if let Ok(key) = db::master_keys::find(&client, &owner.org, id).await {
+            let check = outcome.check(&key.name, &state.config.upstream_base_url);
+            if check.ok {
+                notice = Some(check.message);
+            } else {
+                errors.add("form", check.message);
+            }
+        }
+    }
     let page = vault_page(
         &state,
         &viewer,
-        notice.text(),
+        notice,
         actions::SERVICES[0].into(),
         String::new(),
-        FieldErrors::default(),
+        errors,
     )
     .await?;
     Ok(views::page(&page))
@@ -123,30 +158,20 @@ pub async fn post_rotate(
     }
 }
 
-/// `POST /vault/{id}/test`: asks the upstream whether the key works, and says what it answered.
+/// `POST /vault/{id}/test`: asks the upstream whether the key works, then shows the vault
+/// with the answer (a redirect, so reloading the page does not test again).
 pub async fn post_test(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    let (_, check) = actions::test_master_key(&state, &viewer, &id).await?;
-    let mut errors = FieldErrors::default();
-    let notice = if check.ok {
-        Some(check.message)
-    } else {
-        errors.add("form", check.message);
-        None
-    };
-    let page = vault_page(
-        &state,
-        &viewer,
-        notice,
-        actions::SERVICES[0].into(),
-        String::new(),
-        errors,
-    )
-    .await?;
-    Ok(views::page(&page))
+    let (key, outcome) = actions::test_master_key(&state, &viewer, &id).await?;
+    Ok(Redirect::to(&format!(
+        "/vault?tested={}&result={}",
+        key.id,
+        outcome.code()
+    ))
+    .into_response())
 }
 
 /// `GET /vault/{id}/revoke`: the keys that depend on it, and the button that revokes it.

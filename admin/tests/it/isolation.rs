@@ -109,6 +109,12 @@ async fn an_owner_sees_and_changes_nothing_of_another_org() {
     ann.post(&format!("/vault/{beta_master}/test"), &[])
         .await
         .expect(404, &[]);
+    // A test result in the address names a key of the viewer's own org, or nothing at all.
+    let forged = ann
+        .get(&format!("/vault?tested={beta_master}&result=ok"))
+        .await;
+    forged.expect(200, &[]);
+    assert!(!forged.body.contains("accepted"), "{}", forged.body);
     ann.post(
         &format!("/vault/{beta_master}/rotate"),
         &[("secret", "sk-or-v1-stolen")],

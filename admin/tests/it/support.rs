@@ -226,6 +226,15 @@ impl Person {
         self.post_anonymous(path, &all).await
     }
 
+    /// Posts a form with the CSRF token and follows the redirect that answers it.
+    pub async fn post_follow(&self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let posted = self.post(path, fields).await;
+        match posted.location.clone() {
+            Some(location) if posted.status.is_redirection() => self.get(&location).await,
+            _ => posted,
+        }
+    }
+
     /// Posts a form as it is, with no CSRF token added.
     pub async fn post_anonymous(&self, path: &str, fields: &[(&str, &str)]) -> Page {
         read(

@@ -18,7 +18,7 @@ async fn master_keys_are_tested_rotated_and_revoked() {
     );
 
     owner
-        .post(&format!("/vault/{id}/test"), &[])
+        .post_follow(&format!("/vault/{id}/test"), &[])
         .await
         .expect(200, &["the upstream accepted master key"]);
     // A bad new secret is refused and changes nothing.
@@ -44,7 +44,7 @@ async fn master_keys_are_tested_rotated_and_revoked() {
         .expect_redirect("/vault?notice=master_key_rotated");
     owner.get("/vault").await.expect(200, &["…9999"]);
     owner
-        .post(&format!("/vault/{id}/test"), &[])
+        .post_follow(&format!("/vault/{id}/test"), &[])
         .await
         .expect(200, &["the upstream refused master key", "status 401"]);
     let api = owner
@@ -120,7 +120,7 @@ async fn an_unreachable_upstream_is_reported_not_a_crash() {
     let owner = app.owner("Acme", "ann@acme.test").await;
     let id = owner.add_master_key("main", &app.master_secret()).await;
     owner
-        .post(&format!("/vault/{id}/test"), &[])
+        .post_follow(&format!("/vault/{id}/test"), &[])
         .await
         .expect(200, &["could not be reached"]);
 }
