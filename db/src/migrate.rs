@@ -22,6 +22,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_rate_limits",
         include_str!("../../migrations/0005_rate_limits.sql"),
     ),
+    (
+        "0006_late_spend",
+        include_str!("../../migrations/0006_late_spend.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

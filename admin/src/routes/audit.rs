@@ -90,7 +90,10 @@ pub async fn get(
 /// One CSV field, quoted when it needs to be, and defused when a spreadsheet would read it as
 /// a formula.
 fn csv_field(text: &str) -> String {
-    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    // A plain number (a negative amount) is no formula; anything else starting like one is
+    // quoted so a spreadsheet shows it as text.
+    let is_number = text.parse::<f64>().is_ok_and(f64::is_finite);
+    let text = if !is_number && text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")
     } else {
         text.to_string()
@@ -176,7 +179,10 @@ mod tests {
         check("a,b", "\"a,b\"");
         check("say \"hi\"", "\"say \"\"hi\"\"\"");
         check("=cmd()", "'=cmd()");
-        check("-5", "'-5");
+        check("-5", "-5");
+        check("-5+1", "'-5+1");
+        check("-0.0001", "-0.0001");
+        check("-inf", "'-inf");
         check("{\"a\":1,\"b\":2}", "\"{\"\"a\"\":1,\"\"b\"\":2}\"");
     }
 }

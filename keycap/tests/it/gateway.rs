@@ -859,3 +859,67 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
         assert_eq!(gw.chat(&free, &body).send().await.unwrap().status(), 200);
     }
 }
+
+/// A key revoked while a stream is in flight is refunded its whole unspent cap at once; the
+/// stream's charge, flushed after, is taken back from that refund, so the member's budget ends
+/// up exactly as if the refund had waited for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn spend_after_a_revoke_is_taken_back_from_the_refund() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let body = chat_body("mock/cheap", 20, true);
+    let mut stream = first_chunk_of_slow_stream(&gw, &token, &body, 100).await;
+    gw.keycap
+        .ok(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    let mut text = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let cost = String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .find_map(|chunk| chunk["usage"]["cost"].as_f64())
+        .and_then(Money::from_reported_usd)
+        .expect("the stream reported its cost");
+    assert!(cost > Money::ZERO);
+    gw.wait_for_spent(&token, cost).await;
+    let client = gw.db.client().await.unwrap();
+    let refunds: Vec<i64> = client
+        .query(
+            "SELECT t.amount_nanousd FROM transactions t JOIN api_keys k ON k.id = t.api_key_id
+             WHERE k.token_hash = $1 AND t.kind = 'refund' ORDER BY t.seq",
+            &[&domain::token::hash_token(&token).to_vec()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(refunds, vec![Money::from_usd(1).nanos(), -cost.nanos()]);
+    // bob's $100 budget: $1 carved, $1 − cost refunded.
+    let members: serde_json::Value = serde_json::from_str(
+        &gw.keycap
+            .ok(&["member", "list", "--org", "acme", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let bob = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "bob@acme.test")
+        .unwrap();
+    assert_eq!(
+        bob["available_nanousd"],
+        Money::from_usd(100).nanos() - cost.nanos()
+    );
+    let audit = gw.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
