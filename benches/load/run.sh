@@ -142,10 +142,11 @@ settle_flushes() {
   done
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# CPU ticks of the postmaster and every backend it forked.
+# CPU ticks of the postmaster, of every backend it forked that is still running, and (through
+# the postmaster's cutime and cstime) of those that have exited.
 pg_ticks() {
   local pm; pm=$(head -1 "$WORK/data/postgres/postmaster.pid" 2>/dev/null) || { echo 0; return; }
-  local total; total=$(cpu_ticks "$pm")
+  local total; total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat" 2>/dev/null || echo 0)
   for child in $(pgrep -P "$pm"); do total=$((total + $(cpu_ticks "$child"))); done
   echo "$total"
 }

@@ -190,7 +190,7 @@ pub async fn accept(
     // Lock the user row: a password set at the same time by another invite must not slip by.
     let existing: Option<String> = tx
         .query_one(
-            "SELECT password_hash FROM users WHERE id = $1 FOR UPDATE",
+            "SELECT password_hash FROM users WHERE id = $1 FOR NO KEY UPDATE",
             &[&user_id],
         )
         .await?

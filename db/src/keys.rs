@@ -35,7 +35,7 @@ pub struct ApiKey {
     pub close_reason: Option<String>,
     /// When a gateway-visible column last changed (not spend).
     pub changed_at: OffsetDateTime,
-    /// At most this many requests per minute; `None` for no limit.
+    /// Requests per minute (a burst of N, then one every 60/N s); `None` for no limit.
     pub rate_limit_rpm: Option<i32>,
 }
 
@@ -62,7 +62,8 @@ pub struct NewKey {
     pub expires_at: Option<OffsetDateTime>,
     pub model_scope: Vec<String>,
     pub renew_monthly: bool,
-    /// At most this many requests per minute (1 to 1,000,000); `None` for no limit.
+    /// Requests per minute (1 to 1,000,000: a burst of N, then one every 60/N s); `None` for
+    /// no limit.
     pub rate_limit_rpm: Option<i32>,
 }
 

@@ -63,7 +63,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
 }
 
 const LOCK_MEMBERSHIPS: &str =
-    "SELECT id FROM memberships WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+    "SELECT id FROM memberships WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
         coalesce((SELECT sum(amount_nanousd) FROM transactions t
@@ -72,7 +72,7 @@ const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
         coalesce((SELECT sum(amount_nanousd) FROM transactions t
                   WHERE t.membership_id = m.id AND t.kind = 'refund'
                     AND t.created_at >= $2 AND t.created_at < $3), 0)::bigint
-    FROM memberships m WHERE m.id = $1 FOR UPDATE";
+    FROM memberships m WHERE m.id = $1 FOR NO KEY UPDATE";
 
 /// Renews monthly keys carved in an earlier month: spend resets and the cap is carved again
 /// from the new month, or the key is paused (with a reason) when the budget cannot cover it.

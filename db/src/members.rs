@@ -58,7 +58,7 @@ const FIND_FOR_UPDATE: &str =
     "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd
     FROM memberships m JOIN users u ON u.id = m.user_id
     WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL
-    FOR UPDATE OF m";
+    FOR NO KEY UPDATE OF m";
 
 fn membership_from_row(row: &tokio_postgres::Row) -> Membership {
     let role: String = row.get(4);
@@ -84,7 +84,10 @@ pub async fn find(
 }
 
 /// Finds an active member and locks the membership row for the rest of the transaction, so
-/// that concurrent carves from one budget happen one after another.
+/// that concurrent carves from one budget happen one after another. `NO KEY UPDATE`, not
+/// `UPDATE`: a ledger insert elsewhere (the late-spend trigger of migration 0006) holds the
+/// org's ledger lock while its foreign key takes a key-share lock on this row, and a full
+/// update lock here would deadlock with it.
 pub(crate) async fn find_for_update(
     client: &impl GenericClient,
     org: &Org,
@@ -237,7 +240,7 @@ async fn check_not_last_owner(
     let rows = client
         .query(
             "SELECT id FROM memberships WHERE org_id = $1 AND role = 'owner' AND removed_at IS NULL
-             ORDER BY id FOR UPDATE",
+             ORDER BY id FOR NO KEY UPDATE",
             &[&org.id],
         )
         .await?;

@@ -24,7 +24,7 @@ pub struct KeyInfo {
     pub period_start: Date,
     /// The row's `changed_at`: an older row never replaces a newer one.
     pub changed_at: OffsetDateTime,
-    /// At most this many requests per minute; `None` for no limit.
+    /// Requests per minute: a burst of this many, then one every 60 s / N; `None` for no limit.
     pub rate_limit_rpm: Option<u32>,
 }
 

@@ -1,5 +1,6 @@
-//! Per-key rate limits: at most `rpm` requests per minute, with bursts of up to a minute's
-//! worth, enforced with GCRA (the generic cell rate algorithm) on one atomic per key, so
+//! Per-key rate limits: `rpm` requests per minute sustained, with bursts of up to a minute's
+//! worth (so a key idle for a minute may send `rpm` at once, and any 60 s window admits at
+//! most `2 * rpm - 1`), enforced with GCRA (the generic cell rate algorithm) on one atomic per key, so
 //! concurrent requests never jointly pass it.
 //!
 //! GCRA keeps a "theoretical arrival time" (TAT): when the key would be back to an empty

@@ -227,7 +227,8 @@ pub struct KeyCreateArgs {
     /// Carve the cap again from each new month's budget.
     #[arg(long)]
     pub renew_monthly: bool,
-    /// At most this many requests per minute through the gateway (default: no limit).
+    /// Requests per minute through the gateway: N at once, then one every 60/N s (default: no
+    /// limit).
     #[arg(long, value_name = "N")]
     pub rpm: Option<i32>,
 }
