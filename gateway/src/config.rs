@@ -52,6 +52,10 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The most the request line and headers may hold, in bytes. Larger ones up to pingora's own
+/// limit (1 MiB) get a 431 in OpenRouter's shape; beyond that, pingora answers 400 itself.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// The largest request body the gateway can price before it opens an upstream connection:
 /// pingora replays a body read ahead of the upstream call only up to 64 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -138,6 +138,17 @@ impl Refusal {
         Refusal::new(400, reason, "invalid_request", message)
     }
 
+    pub fn headers_too_large(limit: usize) -> Refusal {
+        Refusal::new(
+            431,
+            "headers_too_large",
+            "request_header_fields_too_large",
+            format!(
+                "the request's headers are larger than the gateway's limit of {limit} bytes: send fewer or shorter headers"
+            ),
+        )
+    }
+
     pub fn too_large(limit: usize) -> Refusal {
         Refusal::new(
             413,

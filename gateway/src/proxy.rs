@@ -352,6 +352,15 @@ impl Proxy {
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Admit, Refusal> {
         let gateway = &self.gateway;
         let request = session.req_header();
+        let header_bytes = request.uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + request
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum::<usize>();
+        if header_bytes > crate::config::MAX_HEADER_BYTES {
+            return Err(Refusal::headers_too_large(crate::config::MAX_HEADER_BYTES));
+        }
         let path = request.uri.path_and_query().map_or_else(
             || request.uri.path().to_string(),
             |p| p.as_str().to_string(),
@@ -420,60 +429,72 @@ impl Proxy {
                 .map_err(|wait| Refusal::rate_limited(rpm, wait))?;
         }
 
-        let body = read_body(session, gateway.config.max_body_bytes).await?;
-        let parsed = ChatRequest::parse(&body)
-            .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
-        if !info.model_scope.is_empty() {
-            for model in std::iter::once(&parsed.model).chain(&parsed.fallback_models) {
-                if !info.model_scope.iter().any(|allowed| allowed == model) {
-                    return Err(Refusal::out_of_scope(model));
+        // A request refused from here on (body, scope, prices, budget) gives its rate-limit
+        // slot back: only requests that go upstream use the rate.
+        let admitted = async {
+            let body = read_body(session, gateway.config.max_body_bytes).await?;
+            let parsed = ChatRequest::parse(&body)
+                .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
+            if !info.model_scope.is_empty() {
+                for model in std::iter::once(&parsed.model).chain(&parsed.fallback_models) {
+                    if !info.model_scope.iter().any(|allowed| allowed == model) {
+                        return Err(Refusal::out_of_scope(model));
+                    }
                 }
             }
-        }
-        let prices = gateway.prices.get();
-        if prices.is_empty() && gateway.config.unpriced_ceiling.is_none() {
-            return Err(Refusal::unavailable(
-                "no_prices",
-                "the gateway has not loaded the upstream's prices yet: retry in a moment".into(),
-            ));
-        }
-        let quote = gateway
-            .adapter
-            .quote(&parsed, &prices)
-            .map_err(|err| match err {
-                PriceError::UnknownModel { .. } => {
-                    Refusal::bad_request("unknown_model", err.to_string())
-                }
-                other => Refusal::bad_request("unpriced_model", other.to_string()),
-            })?;
-        let adapter = &gateway.adapter;
-        let fit = key
-            .budget
-            .reserve(|remaining| adapter.fit(&quote, remaining));
-        let (reservation, body) = match fit {
-            Fit::AsRequested { reserve } => (reserve, body),
-            Fit::Lowered {
-                max_tokens,
-                reserve,
-            } => match adapter.lower_max_tokens(&body, max_tokens) {
-                Ok(lowered) => (reserve, Bytes::from(lowered)),
-                Err(err) => {
-                    key.budget.settle(reserve, Money::ZERO);
-                    return Err(Refusal::bad_request("bad_body", err.to_string()));
-                }
-            },
-            Fit::Refuse { need_at_least } => {
-                return Err(Refusal::budget(key.budget.remaining(), need_at_least));
+            let prices = gateway.prices.get();
+            if prices.is_empty() && gateway.config.unpriced_ceiling.is_none() {
+                return Err(Refusal::unavailable(
+                    "no_prices",
+                    "the gateway has not loaded the upstream's prices yet: retry in a moment"
+                        .into(),
+                ));
             }
-        };
-        ctx.body = Some(body);
-        ctx.metered = Some(Metered {
-            quote,
-            reservation,
-            meter: None,
-        });
-        ctx.master = Some(master);
-        Ok(Admit::Forward)
+            let quote = gateway
+                .adapter
+                .quote(&parsed, &prices)
+                .map_err(|err| match err {
+                    PriceError::UnknownModel { .. } => {
+                        Refusal::bad_request("unknown_model", err.to_string())
+                    }
+                    other => Refusal::bad_request("unpriced_model", other.to_string()),
+                })?;
+            let adapter = &gateway.adapter;
+            let fit = key
+                .budget
+                .reserve(|remaining| adapter.fit(&quote, remaining));
+            let (reservation, body) = match fit {
+                Fit::AsRequested { reserve } => (reserve, body),
+                Fit::Lowered {
+                    max_tokens,
+                    reserve,
+                } => match adapter.lower_max_tokens(&body, max_tokens) {
+                    Ok(lowered) => (reserve, Bytes::from(lowered)),
+                    Err(err) => {
+                        key.budget.settle(reserve, Money::ZERO);
+                        return Err(Refusal::bad_request("bad_body", err.to_string()));
+                    }
+                },
+                Fit::Refuse { need_at_least } => {
+                    return Err(Refusal::budget(key.budget.remaining(), need_at_least));
+                }
+            };
+            ctx.body = Some(body);
+            ctx.metered = Some(Metered {
+                quote,
+                reservation,
+                meter: None,
+            });
+            ctx.master = Some(master);
+            Ok(Admit::Forward)
+        }
+        .await;
+        if admitted.is_err()
+            && let Some(rpm) = info.rate_limit_rpm
+        {
+            key.rate.release(rpm);
+        }
+        admitted
     }
 }
 

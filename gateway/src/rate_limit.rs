@@ -48,6 +48,19 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Gives back a slot taken by [`RateLimiter::try_acquire`] for a request that was refused
+    /// afterwards (a bad body, the budget), so refusals do not use up the rate.
+    pub fn release(&self, rpm: u32) {
+        let interval = MINUTE_NANOS / u64::from(rpm.max(1));
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.saturating_sub(interval))
+            });
+    }
+}
+
 /// One GCRA step: the new TAT when a request at `now` is allowed, or the wait until it would be.
 fn gcra(tat: u64, now: u64, rpm: u32) -> Result<u64, Duration> {
     let interval = MINUTE_NANOS / u64::from(rpm.max(1));
@@ -78,6 +91,16 @@ mod tests {
         assert_eq!(gcra(tat, now + 19 * SECOND, 3), Err(Duration::from_secs(1)));
         let tat = gcra(tat, now + 20 * SECOND, 3).unwrap();
         assert!(gcra(tat, now + 20 * SECOND, 3).is_err());
+    }
+
+    #[test]
+    fn a_released_slot_can_be_taken_again() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        assert!(limiter.try_acquire(1, now).is_ok());
+        assert!(limiter.try_acquire(1, now).is_err());
+        limiter.release(1);
+        assert!(limiter.try_acquire(1, now).is_ok());
     }
 
     #[test]

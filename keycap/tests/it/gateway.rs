@@ -923,3 +923,39 @@ async fn spend_after_a_revoke_is_taken_back_from_the_refund() {
         audit.stderr
     );
 }
+
+/// Headers over the gateway's 64 KiB get a 431 in OpenRouter's shape, without an upstream call.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_headers_get_a_431_in_openrouters_shape() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let response = gw
+        .chat(&token, &chat_body("mock/cheap", 9, false))
+        .header("x-large", "y".repeat(100 * 1024))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        response,
+        431,
+        "larger than the gateway's limit of 65536 bytes",
+    )
+    .await;
+    assert_eq!(gw.mock.state().n_inference_requests(), 0);
+}
+
+/// A request refused after its rate-limit slot was taken (here: the cap cannot pay for it)
+/// gives the slot back, so the client keeps seeing why (402), not 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_request_does_not_use_up_the_rate() {
+    let gw = start().await;
+    let token = gw.key("0.000001", &["--rpm", "1"]);
+    for _ in 0..3 {
+        let response = gw
+            .chat(&token, &chat_body("mock/cheap", 9, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 402);
+    }
+}
