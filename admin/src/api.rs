@@ -19,7 +19,6 @@ use crate::actions::{self, AuditQuery, InviteInput, KeyInput, Refused};
 use crate::error::{ApiError, AppError};
 use crate::session::ApiViewer;
 use crate::state::AppState;
-use crate::views;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -71,7 +70,7 @@ fn key_json(key: &db::keys::ApiKey, now: OffsetDateTime) -> Value {
         "remaining_nanousd": key.remaining().nanos(), "model_scope": key.model_scope,
         "renew_monthly": key.renew_monthly, "expires_at": rfc3339(key.expires_at),
         "rate_limit_rpm": key.rate_limit_rpm,
-        "created_at": rfc3339(Some(key.created_at)), "status": views::key_status(key, now),
+        "created_at": rfc3339(Some(key.created_at)), "status": key.status(now),
     })
 }
 

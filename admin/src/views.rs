@@ -207,7 +207,7 @@ impl KeyRow {
             spent: key.spent.to_string(),
             remaining: key.remaining().to_string(),
             expires: when_or(key.expires_at, "never"),
-            status: key_status(key, now),
+            status: key.status(now),
             models: if key.model_scope.is_empty() {
                 "any".into()
             } else {
@@ -222,17 +222,6 @@ impl KeyRow {
 
     pub fn is_open(&self) -> bool {
         matches!(self.status, "active" | "paused")
-    }
-}
-
-/// A key's status as people read it.
-pub fn key_status(key: &db::keys::ApiKey, now: OffsetDateTime) -> &'static str {
-    match (key.close_reason.as_deref(), &key.paused_reason) {
-        (Some("revoked"), _) => "revoked",
-        (Some(_), _) => "expired",
-        (None, _) if key.expires_at.is_some_and(|at| at <= now) => "expired",
-        (None, Some(_)) => "paused",
-        (None, None) => "active",
     }
 }
 

@@ -45,6 +45,19 @@ impl ApiKey {
         self.cap.saturating_sub(self.spent).at_least_zero()
     }
 
+    /// The key's status as people read it: `revoked`, `expired` (closed, or past its expiry
+    /// but not closed yet by maintenance), `paused` or `active`, in the order the gateway
+    /// checks them.
+    pub fn status(&self, now: OffsetDateTime) -> &'static str {
+        match (self.close_reason.as_deref(), &self.paused_reason) {
+            (Some("revoked"), _) => "revoked",
+            (Some(_), _) => "expired",
+            (None, _) if self.expires_at.is_some_and(|at| at <= now) => "expired",
+            (None, Some(_)) => "paused",
+            (None, None) => "active",
+        }
+    }
+
     /// When it was revoked, if it was.
     pub fn revoked_at(&self) -> Option<OffsetDateTime> {
         self.closed_at
@@ -444,4 +457,51 @@ pub async fn open_using_master_key(
         )
         .await?;
     Ok(rows.iter().map(from_row).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_gateways_order_of_checks() {
+        let now = OffsetDateTime::now_utc();
+        let past = Some(now - time::Duration::hours(1));
+        let check = |close: Option<&str>, paused: Option<&str>, expires, expected: &str| {
+            let key = ApiKey {
+                id: Uuid::nil(),
+                org_id: Uuid::nil(),
+                membership_id: Uuid::nil(),
+                member_email: String::new(),
+                master_key_id: Uuid::nil(),
+                service: "openrouter".into(),
+                name: "k".into(),
+                prefix: "kc_".into(),
+                cap: Money::ZERO,
+                spent: Money::ZERO,
+                model_scope: Vec::new(),
+                renew_monthly: false,
+                period_start: now.date(),
+                paused_reason: paused.map(str::to_string),
+                expires_at: expires,
+                created_at: now,
+                closed_at: close.map(|_| now),
+                close_reason: close.map(str::to_string),
+                changed_at: now,
+                rate_limit_rpm: None,
+            };
+            assert_eq!(
+                key.status(now),
+                expected,
+                "{close:?} {paused:?} {expires:?}"
+            );
+        };
+        check(None, None, None, "active");
+        check(Some("revoked"), Some("budget"), past, "revoked");
+        check(Some("expired"), None, None, "expired");
+        check(None, Some("budget"), None, "paused");
+        // Past its expiry but not yet closed by maintenance: expired, even when paused.
+        check(None, Some("budget"), past, "expired");
+        check(None, None, Some(now + time::Duration::hours(1)), "active");
+    }
 }

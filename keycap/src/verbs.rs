@@ -254,6 +254,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
             let client = database.pool.get().await?;
             let org = orgs::find(&client, &org).await?;
             let keys = db::keys::list(&client, &org, member.as_ref()).await?;
+            let now = OffsetDateTime::now_utc();
             if json {
                 let out: Vec<_> = keys
                     .iter()
@@ -266,7 +267,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
                             "prefix": k.prefix, "model_scope": k.model_scope,
                             "renew_monthly": k.renew_monthly, "paused_reason": k.paused_reason,
                             "rate_limit_rpm": k.rate_limit_rpm,
-                            "status": key_status(k),
+                            "status": k.status(now),
                         })
                     })
                     .collect();
@@ -286,7 +287,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
                         k.cap.to_string(),
                         k.spent.to_string(),
                         k.remaining().to_string(),
-                        key_status(k)
+                        k.status(now)
                     );
                 }
             }
@@ -310,22 +311,6 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
             );
             Ok(())
         }
-    }
-}
-
-fn key_status(key: &db::keys::ApiKey) -> &'static str {
-    match (key.close_reason.as_deref(), &key.paused_reason) {
-        (Some("revoked"), _) => "revoked",
-        (Some(_), _) => "expired",
-        (None, Some(_)) => "paused",
-        (None, None)
-            if key
-                .expires_at
-                .is_some_and(|at| at <= OffsetDateTime::now_utc()) =>
-        {
-            "expired"
-        }
-        (None, None) => "active",
     }
 }
 
