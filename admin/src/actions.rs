@@ -463,13 +463,13 @@ pub async fn invite(
     let (Some(email), true) = (email, errors.is_empty()) else {
         return Err(Refused::Fields(errors));
     };
-    let token = crate::session::random_token();
+    let token = domain::token::random_secret();
     let ttl = time::Duration::try_from(state.config.invite_ttl).unwrap_or(time::Duration::days(7));
     let new = db::invites::NewInvite {
         email,
         role,
         monthly_budget: budget,
-        token_hash: crate::session::hash(&token),
+        token_hash: domain::token::hash_token(&token),
         expires_at: now + ttl,
     };
     match db::invites::create(&state.pool, &owner.org, &new, viewer.actor()).await {

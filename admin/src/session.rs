@@ -6,12 +6,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use db::Actor;
 use db::accounts::{OrgMembership, Session, User};
 use domain::Role;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
+use domain::token::hash_token;
 
 use crate::error::{ApiError, AppError};
 use crate::state::AppState;
@@ -32,18 +30,6 @@ pub fn cookie_name(state: &AppState) -> &'static str {
 }
 /// Every admin token starts with this.
 pub const ADMIN_TOKEN_PREFIX: &str = "kca_";
-
-/// 32 random bytes, base64url: session tokens, CSRF tokens, invite and setup tokens.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The SHA-256 under which a token is stored.
-pub fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
 
 /// How the request authenticated, put in the request's extensions by [`load`].
 #[derive(Clone)]
@@ -128,7 +114,7 @@ async fn authenticate(
     let authenticated = if let Some(token) = bearer {
         let client = state.pool.get().await?;
         let found = if token.starts_with(ADMIN_TOKEN_PREFIX) {
-            db::accounts::find_admin_token(&client, &hash(&token)).await?
+            db::accounts::find_admin_token(&client, &hash_token(&token)).await?
         } else {
             None
         };
@@ -141,7 +127,7 @@ async fn authenticate(
             }
         }
     } else if let Some(token) = cookie(&headers, cookie_name(state)) {
-        let token_hash = hash(token);
+        let token_hash = hash_token(token);
         let client = state.pool.get().await?;
         db::accounts::find_session(&client, &token_hash)
             .await?

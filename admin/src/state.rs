@@ -49,7 +49,7 @@ impl AppState {
         if db::accounts::any_user_can_sign_in(&client).await? {
             return Ok(None);
         }
-        let token = crate::session::random_token();
+        let token = domain::token::random_secret();
         let link = format!("{}/setup?token={token}", self.config.base());
         *self.setup_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(Some(link))

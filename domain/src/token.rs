@@ -71,6 +71,14 @@ pub fn check_shape(text: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// 256 random bits as 64 hex digits: the secret of a session, an invite link, a setup link or
+/// an admin token. Like a sub-key token, only its [`hash_token`] is ever stored.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// SHA-256 of a presented token string, valid or not.
 pub fn hash_token(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()

@@ -60,7 +60,7 @@ pub async fn member(
             let client = database.pool.get().await?;
             let org = orgs::find(&client, &org).await?;
             drop(client);
-            let token = invite_token();
+            let token = domain::token::random_secret();
             let ttl_days = 7;
             let new = db::invites::NewInvite {
                 email: address.clone(),
@@ -153,14 +153,6 @@ pub async fn budget(database: &Database, command: BudgetCommand) -> anyhow::Resu
         org.name
     );
     Ok(())
-}
-
-/// 32 random bytes as 64 hex digits: the secret part of an invite link.
-fn invite_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
 }
 
 /// Reads a secret from standard input: the first line, trimmed.

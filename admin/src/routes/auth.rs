@@ -28,16 +28,16 @@ async fn start_session(
     org_id: Option<Uuid>,
     to: &str,
 ) -> Result<Response, AppError> {
-    let token = session::random_token();
+    let token = domain::token::random_secret();
     let ttl = time::Duration::try_from(state.config.session_ttl)
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let client = state.pool.get().await?;
     db::accounts::create_session(
         &client,
-        &session::hash(&token),
+        &domain::token::hash_token(&token),
         user_id,
         org_id,
-        &session::random_token(),
+        &domain::token::random_secret(),
         OffsetDateTime::now_utc() + ttl,
     )
     .await?;
@@ -308,7 +308,7 @@ pub async fn post_switch_org(
 
 async fn find_invite(state: &AppState, token: &str) -> Result<db::invites::Invite, AppError> {
     let client = state.pool.get().await?;
-    let invite = db::invites::find(&client, &session::hash(token))
+    let invite = db::invites::find(&client, &domain::token::hash_token(token))
         .await?
         .ok_or_else(|| {
             AppError::NotFound(
@@ -414,7 +414,7 @@ pub async fn post_invite(
     }
     let (user, invite) = db::invites::accept(
         &state.pool,
-        &session::hash(&token),
+        &domain::token::hash_token(&token),
         new_hash.as_deref(),
         OffsetDateTime::now_utc(),
     )
@@ -545,7 +545,11 @@ pub async fn post_token(
     Form(form): Form<TokenForm>,
 ) -> Result<Response, AppError> {
     let owner = viewer.owner()?.clone();
-    let token = format!("{}{}", session::ADMIN_TOKEN_PREFIX, session::random_token());
+    let token = format!(
+        "{}{}",
+        session::ADMIN_TOKEN_PREFIX,
+        domain::token::random_secret()
+    );
     let prefix: String = token.chars().take(12).collect();
     let client = state.pool.get().await?;
     let created = db::accounts::create_admin_token(
@@ -553,7 +557,7 @@ pub async fn post_token(
         &owner.org,
         viewer.user.id,
         &form.name,
-        &session::hash(&token),
+        &domain::token::hash_token(&token),
         &prefix,
     )
     .await;

@@ -33,10 +33,7 @@ async fn second_org(app: &App) -> (Person, String, String) {
             email: domain::Email::parse("bert@beta.test").unwrap(),
             role: domain::Role::Owner,
             monthly_budget: domain::Money::parse_usd("30").unwrap(),
-            token_hash: {
-                use sha2::Digest;
-                sha2::Sha256::digest(token.as_bytes()).into()
-            },
+            token_hash: domain::token::hash_token(&token),
             expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
         },
         db::Actor::Cli,
