@@ -204,11 +204,6 @@ fn check_secret(secret: &str, errors: &mut FieldErrors) {
     }
 }
 
-fn last_four(secret: &str) -> String {
-    let chars: Vec<char> = secret.chars().collect();
-    chars[chars.len().saturating_sub(4)..].iter().collect()
-}
-
 fn sealed_parts(sealed: vault::Sealed) -> db::master_keys::SealedSecret {
     db::master_keys::SealedSecret {
         sealing_key_id: sealed.sealing_key_id,
@@ -240,7 +235,7 @@ pub async fn add_master_key(
         id,
         service,
         name: name.trim().to_string(),
-        last_four: last_four(secret),
+        last_four: vault::last_four(secret),
         sealed: sealed_parts(sealed),
     };
     Ok(db::master_keys::add(&state.pool, &owner.org, &new, viewer.actor()).await?)
@@ -270,7 +265,7 @@ pub async fn rotate_master_key(
         &state.pool,
         &owner.org,
         id,
-        &last_four(secret),
+        &vault::last_four(secret),
         &sealed_parts(sealed),
         viewer.actor(),
     )

@@ -194,8 +194,7 @@ pub async fn vault(
             let secret = read_secret()?;
             let id = Uuid::new_v4();
             let sealed = keyring.seal(org.id, id, secret.expose_secret());
-            let chars: Vec<char> = secret.expose_secret().chars().collect();
-            let last_four: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+            let last_four = vault::last_four(secret.expose_secret());
             let new = db::master_keys::NewMasterKey {
                 id,
                 service,

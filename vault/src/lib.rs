@@ -15,3 +15,19 @@ mod seal;
 
 pub use keyring::{KeySource, Keyring, LoadError, LoadedKeyring, SealingKey};
 pub use seal::{CIPHERTEXT_VERSION, OpenError, Sealed};
+
+/// The last four characters of a secret: all that is ever shown of a master key again.
+pub fn last_four(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    chars[chars.len().saturating_sub(4)..].iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn last_four_is_at_most_four_characters() {
+        assert_eq!(super::last_four("sk-or-v1-abcd1234"), "1234");
+        assert_eq!(super::last_four("ab"), "ab");
+        assert_eq!(super::last_four("xé€12"), "é€12");
+    }
+}
