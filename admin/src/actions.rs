@@ -615,23 +615,19 @@ impl AuditQuery {
     }
 }
 
-/// A member's month: budget, carved, refunded, and spend from the rollups.
+/// A member's month in their current org: budget, carved, refunded, and spend from the
+/// rollups.
 pub async fn month_of(
     client: &impl db::GenericClient,
-    org: &db::orgs::Org,
-    membership_id: Uuid,
+    member: &db::accounts::OrgMembership,
     now: OffsetDateTime,
 ) -> Result<(domain::MonthlyBudget, Money), AppError> {
     let window = MonthWindow::containing(now);
-    let members = db::members::list(client, org).await?;
-    let membership = members
-        .iter()
-        .find(|m| m.id == membership_id)
-        .ok_or_else(|| AppError::Forbidden("you are not a member of this org".into()))?;
-    let month = db::members::monthly_budget(client, membership, window).await?;
-    let spent = db::members::spent_in(client, org, window)
+    let id = member.membership_id;
+    let month = db::members::month_of(client, id, member.monthly_budget, window).await?;
+    let spent = db::members::spent_in(client, &member.org, window, Some(id))
         .await?
-        .get(&membership_id)
+        .get(&id)
         .copied()
         .unwrap_or(Money::ZERO);
     Ok((month, spent))

@@ -96,13 +96,7 @@ pub async fn me(State(state): State<AppState>, ApiViewer(viewer): ApiViewer) -> 
     let mut body = json!({ "email": viewer.user.email, "orgs": orgs, "current_org": Value::Null });
     if let Some(member) = &viewer.current {
         let client = state.pool.get().await.map_err(db::Error::from)?;
-        let (month, spent) = actions::month_of(
-            &client,
-            &member.org,
-            member.membership_id,
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
+        let (month, spent) = actions::month_of(&client, member, OffsetDateTime::now_utc()).await?;
         body["current_org"] = json!({
             "id": member.org.id, "name": member.org.name, "role": member.role.as_str(),
             "budget_nanousd": month.budget.nanos(),
@@ -220,7 +214,7 @@ pub async fn list_members(
     let window = domain::MonthWindow::containing(OffsetDateTime::now_utc());
     let client = state.pool.get().await.map_err(db::Error::from)?;
     let members = db::members::list(&client, &owner.org).await?;
-    let spent = db::members::spent_in(&client, &owner.org, window).await?;
+    let spent = db::members::spent_in(&client, &owner.org, window, None).await?;
     let mut out = Vec::with_capacity(members.len());
     for m in &members {
         let month = db::members::monthly_budget(&client, m, window).await?;

@@ -125,11 +125,21 @@ pub async fn monthly_budget(
     membership: &Membership,
     window: MonthWindow,
 ) -> Result<MonthlyBudget, Error> {
+    month_of(client, membership.id, membership.monthly_budget, window).await
+}
+
+/// The same for a membership known by id, with its monthly `budget`.
+pub async fn month_of(
+    client: &impl GenericClient,
+    membership_id: Uuid,
+    budget: Money,
+    window: MonthWindow,
+) -> Result<MonthlyBudget, Error> {
     let row = client
-        .query_one(MONTH, &[&membership.id, &window.start, &window.end])
+        .query_one(MONTH, &[&membership_id, &window.start, &window.end])
         .await?;
     Ok(MonthlyBudget {
-        budget: membership.monthly_budget,
+        budget,
         carved: Money::from_nanos(row.get(0)),
         refunded: Money::from_nanos(row.get(1)),
     })
@@ -327,19 +337,22 @@ pub async fn remove(
     Ok(rows.len())
 }
 
-/// What each member of an org spent in a month, from the gateway's rollups, by membership id.
+/// What each member of an org spent in a month, from the gateway's rollups, by membership id;
+/// only `membership_id`'s when one is given.
 pub async fn spent_in(
     client: &impl GenericClient,
     org: &Org,
     window: MonthWindow,
+    membership_id: Option<Uuid>,
 ) -> Result<std::collections::HashMap<Uuid, Money>, Error> {
     let rows = client
         .query(
             "SELECT k.membership_id, coalesce(sum(r.cost_nanousd), 0)::bigint
              FROM usage_rollups r JOIN api_keys k ON k.id = r.api_key_id
              WHERE k.org_id = $1 AND r.minute >= $2 AND r.minute < $3
+               AND ($4::uuid IS NULL OR k.membership_id = $4)
              GROUP BY k.membership_id",
-            &[&org.id, &window.start, &window.end],
+            &[&org.id, &window.start, &window.end, &membership_id],
         )
         .await?;
     Ok(rows

@@ -25,7 +25,7 @@ pub async fn get(
     let now = OffsetDateTime::now_utc();
     let window = MonthWindow::containing(now);
     let client = state.pool.get().await?;
-    let (month, spent) = actions::month_of(&client, &member.org, member.membership_id, now).await?;
+    let (month, spent) = actions::month_of(&client, member, now).await?;
     let is_owner = member.role == Role::Owner;
     let email = domain::Email::parse(&viewer.user.email).ok();
     let keys = db::keys::list(
@@ -37,7 +37,7 @@ pub async fn get(
     let mut org_figures = Vec::new();
     if is_owner {
         let members = db::members::list(&client, &member.org).await?;
-        let spent_by_member = db::members::spent_in(&client, &member.org, window).await?;
+        let spent_by_member = db::members::spent_in(&client, &member.org, window, None).await?;
         let mut budgets = Money::ZERO;
         let mut carved = Money::ZERO;
         for m in &members {

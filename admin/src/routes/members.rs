@@ -28,7 +28,7 @@ async fn members_page(
     let window = MonthWindow::containing(now);
     let client = state.pool.get().await?;
     let members = db::members::list(&client, &owner.org).await?;
-    let spent = db::members::spent_in(&client, &owner.org, window).await?;
+    let spent = db::members::spent_in(&client, &owner.org, window, None).await?;
     let mut rows = Vec::with_capacity(members.len());
     for m in &members {
         let month = db::members::monthly_budget(&client, m, window).await?;

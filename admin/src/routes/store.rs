@@ -22,13 +22,7 @@ async fn store_page(
 ) -> Result<StorePage, AppError> {
     let member = viewer.member()?;
     let client = state.pool.get().await?;
-    let (month, _) = actions::month_of(
-        &client,
-        &member.org,
-        member.membership_id,
-        OffsetDateTime::now_utc(),
-    )
-    .await?;
+    let (month, _) = actions::month_of(&client, member, OffsetDateTime::now_utc()).await?;
     Ok(StorePage {
         layout: Layout::new(viewer, "store", None),
         services: actions::SERVICES.to_vec(),
