@@ -3,14 +3,12 @@
 //! session and admin tokens arrive as SHA-256 hashes. Nothing here sees a secret.
 
 use deadpool_postgres::GenericClient;
-use domain::{Email, LedgerKind, Money, Role};
-use serde_json::json;
+use domain::{Email, Money, Role};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::orgs::Org;
-use crate::transactions::{self, NewEntry};
-use crate::{Actor, Error, Pool, members};
+use crate::{Actor, Error, Pool};
 
 /// A user who can sign in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,45 +425,4 @@ pub async fn revoke_admin_token(
         return Err(Error::not_found(format!("active admin token {id}")));
     }
     Ok(())
-}
-
-/// Adds a membership for a user inside a caller's transaction, reviving a removed one, with
-/// its ledger row. Refused when the user is already an active member.
-pub(crate) async fn join_in(
-    client: &impl GenericClient,
-    org_id: Uuid,
-    user_id: Uuid,
-    email: &Email,
-    role: Role,
-    budget: Money,
-    actor: Actor,
-) -> Result<Uuid, Error> {
-    let active = client
-        .query_opt(
-            "SELECT 1 FROM memberships WHERE org_id = $1 AND user_id = $2 AND removed_at IS NULL",
-            &[&org_id, &user_id],
-        )
-        .await?;
-    if active.is_some() {
-        return Err(Error::Conflict(format!(
-            "{email} is already a member of this org"
-        )));
-    }
-    let revived = client
-        .query_opt(
-            "UPDATE memberships SET removed_at = NULL, role = $3, monthly_budget_nanousd = $4
-             WHERE org_id = $1 AND user_id = $2 RETURNING id",
-            &[&org_id, &user_id, &role.as_str(), &budget.nanos()],
-        )
-        .await?;
-    let membership_id = match revived {
-        Some(row) => row.get(0),
-        None => members::insert_membership(client, org_id, user_id, role, budget).await?,
-    };
-    let mut entry = NewEntry::new(org_id, LedgerKind::MemberJoined, actor);
-    entry.membership_id = Some(membership_id);
-    entry.amount = budget;
-    entry.detail = json!({ "email": email.as_str(), "role": role.as_str() });
-    transactions::append(client, &entry).await?;
-    Ok(membership_id)
 }

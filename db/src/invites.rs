@@ -238,7 +238,7 @@ pub async fn accept(
         .is_some();
     // A member added on the command line only chooses a password; anyone else joins.
     if !already_member {
-        accounts::join_in(
+        members::join_in(
             &tx,
             invite.org.id,
             user_id,

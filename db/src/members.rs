@@ -50,6 +50,47 @@ pub(crate) async fn insert_membership(
     Ok(id)
 }
 
+/// Adds a membership for a user inside a caller's transaction, reviving a removed one, with
+/// its ledger row. Refused when the user is already an active member.
+pub(crate) async fn join_in(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    user_id: Uuid,
+    email: &Email,
+    role: Role,
+    budget: Money,
+    actor: Actor,
+) -> Result<Uuid, Error> {
+    let active = client
+        .query_opt(
+            "SELECT 1 FROM memberships WHERE org_id = $1 AND user_id = $2 AND removed_at IS NULL",
+            &[&org_id, &user_id],
+        )
+        .await?;
+    if active.is_some() {
+        return Err(Error::Conflict(format!(
+            "{email} is already a member of this org"
+        )));
+    }
+    let revived = client
+        .query_opt(
+            "UPDATE memberships SET removed_at = NULL, role = $3, monthly_budget_nanousd = $4
+             WHERE org_id = $1 AND user_id = $2 RETURNING id",
+            &[&org_id, &user_id, &role.as_str(), &budget.nanos()],
+        )
+        .await?;
+    let membership_id = match revived {
+        Some(row) => row.get(0),
+        None => insert_membership(client, org_id, user_id, role, budget).await?,
+    };
+    let mut entry = NewEntry::new(org_id, LedgerKind::MemberJoined, actor);
+    entry.membership_id = Some(membership_id);
+    entry.amount = budget;
+    entry.detail = json!({ "email": email.as_str(), "role": role.as_str() });
+    transactions::append(client, &entry).await?;
+    Ok(membership_id)
+}
+
 const FIND: &str = "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd
     FROM memberships m JOIN users u ON u.id = m.user_id
     WHERE m.org_id = $1 AND u.email = $2 AND m.removed_at IS NULL";
@@ -167,8 +208,7 @@ pub async fn add(
         )));
     }
     let user_id = upsert_user(&tx, email).await?;
-    let membership_id =
-        crate::accounts::join_in(&tx, org.id, user_id, email, role, budget, actor).await?;
+    let membership_id = join_in(&tx, org.id, user_id, email, role, budget, actor).await?;
     tx.commit().await?;
     Ok(Membership {
         id: membership_id,
