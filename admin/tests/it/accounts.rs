@@ -353,17 +353,10 @@ async fn with_smtp_the_invite_link_is_emailed() {
         mails[0].data
     );
     // The emailed link is the one shown on the page, and it works.
-    let shown = page
-        .body
-        .split("class=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap();
+    let shown = page.secret("invite-link");
     // The body is quoted-printable: long lines are folded with soft breaks ("=" at line end).
     let body = mails[0].data.replace("=\r\n", "");
-    assert!(body.contains(shown), "{}", mails[0].data);
+    assert!(body.contains(&shown), "{}", mails[0].data);
     let path = shown.strip_prefix(&app.base).unwrap();
     app.person()
         .post_anonymous(path, &[("password", PASSWORD)])
@@ -394,14 +387,7 @@ async fn an_unreachable_mail_server_still_makes_the_invite() {
             "Copy the link above",
         ],
     );
-    let link = page
-        .body
-        .split("class=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap();
+    let link = page.secret("invite-link");
     let path = link.strip_prefix(&app.base).unwrap();
     app.person()
         .post_anonymous(path, &[("password", PASSWORD)])

@@ -11,13 +11,7 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
     let owner = app.owner("Acme", "ann@acme.test").await;
     let page = owner.post("/account/tokens", &[("name", "ci")]).await;
     page.expect(200, &["shown only once"]);
-    let start = page
-        .body
-        .find("<code id=\"new-token\" class=\"secret\">")
-        .unwrap();
-    let rest = &page.body[start..];
-    let rest = &rest[rest.find('>').unwrap() + 1..];
-    let token = rest[..rest.find('<').unwrap()].to_string();
+    let token = page.secret("new-token");
     assert!(token.starts_with("kca_"), "{token}");
 
     let http = reqwest::Client::new();

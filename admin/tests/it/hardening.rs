@@ -103,15 +103,7 @@ async fn an_admin_token_dies_with_its_owner_role() {
     let app = App::start().await;
     let ann = app.owner("Acme", "ann@acme.test").await;
     let page = ann.post("/account/tokens", &[("name", "ci")]).await;
-    let token = page
-        .body
-        .split("id=\"new-token\" class=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let token = page.secret("new-token");
     let _bob = app.member(&ann, "bob@acme.test", "owner", "0").await;
     let me = |token: String| {
         let base = app.base.clone();

@@ -63,6 +63,20 @@ impl Page {
         );
     }
 
+    /// The text of the one-time secret shown in `<code id="{id}" class="secret">`: a new token,
+    /// an invite link.
+    #[track_caller]
+    pub fn secret(&self, id: &str) -> String {
+        let marker = format!("<code id=\"{id}\" class=\"secret\">");
+        let start = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {marker} in: {}", self.body))
+            + marker.len();
+        let rest = &self.body[start..];
+        rest[..rest.find('<').unwrap()].to_string()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
@@ -272,13 +286,7 @@ impl Person {
             )
             .await;
         page.expect(200, &["Invite created."]);
-        let start = page
-            .body
-            .find("id=\"invite-link\" class=\"secret\">")
-            .unwrap();
-        let rest = &page.body[start..];
-        let rest = &rest[rest.find('>').unwrap() + 1..];
-        rest[..rest.find('<').unwrap()].to_string()
+        page.secret("invite-link")
     }
 
     /// Adds a master key to the vault and returns its id.
@@ -320,13 +328,7 @@ impl Person {
             )
             .await;
         page.expect(200, &["is ready"]);
-        let start = page
-            .body
-            .find("<code id=\"token\" class=\"secret\">")
-            .unwrap();
-        let rest = &page.body[start..];
-        let rest = &rest[rest.find('>').unwrap() + 1..];
-        let token = rest[..rest.find('<').unwrap()].to_string();
+        let token = page.secret("token");
         let keys = self.get("/api/keys").await.json();
         let id = keys["keys"]
             .as_array()
