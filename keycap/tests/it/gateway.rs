@@ -81,13 +81,17 @@ async fn first_chunk_of_slow_stream(
 /// Collects an SSE body and returns (the text, the usage chunk's cost).
 async fn read_stream(response: reqwest::Response) -> (String, Option<Money>) {
     let text = response.text().await.unwrap();
-    let cost = text
-        .lines()
+    let cost = sse_cost(&text);
+    (text, cost)
+}
+
+/// The cost reported in an SSE body's usage chunk, if any.
+fn sse_cost(text: &str) -> Option<Money> {
+    text.lines()
         .filter_map(|line| line.strip_prefix("data: "))
         .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
         .find_map(|chunk| chunk["usage"]["cost"].as_f64())
-        .and_then(Money::from_reported_usd);
-    (text, cost)
+        .and_then(Money::from_reported_usd)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,16 +138,7 @@ async fn json_and_streams_pass_through_and_are_charged_exactly() {
     let expected = json_cost.checked_add(stream_cost).unwrap();
     gw.wait_for_spent(&token, expected).await;
     // GET /api/v1/key answers about the sub-key, in OpenRouter's shape.
-    let info: serde_json::Value = gw
-        .http
-        .get(format!("{}/api/v1/key", gw.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = gw.key_info(&token).await;
     assert_eq!(info["data"]["limit"], 5);
     assert_eq!(
         Money::from_reported_usd(info["data"]["usage"].as_f64().unwrap()),
@@ -564,16 +559,7 @@ async fn spend_survives_a_restart() {
     gw.stop();
     assert_eq!(gw.spent_in_db(&token).await, cost);
     gw.restart();
-    let info: serde_json::Value = gw
-        .http
-        .get(format!("{}/api/v1/key", gw.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = gw.key_info(&token).await;
     assert_eq!(
         Money::from_reported_usd(info["data"]["usage"].as_f64().unwrap()),
         Some(cost)
@@ -831,16 +817,7 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
         "{error}"
     );
     gw.wait_for_spent(&token, charged).await;
-    let info: serde_json::Value = gw
-        .http
-        .get(format!("{}/api/v1/key", gw.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = gw.key_info(&token).await;
     assert_eq!(info["data"]["rate_limit"]["requests"], 2);
     assert_eq!(info["data"]["rate_limit"]["interval"], "1m");
     let metrics = gw
@@ -876,14 +853,7 @@ async fn spend_after_a_revoke_is_taken_back_from_the_refund() {
     while let Some(chunk) = stream.next().await {
         text.extend_from_slice(&chunk.unwrap());
     }
-    let cost = String::from_utf8(text)
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
-        .find_map(|chunk| chunk["usage"]["cost"].as_f64())
-        .and_then(Money::from_reported_usd)
-        .expect("the stream reported its cost");
+    let cost = sse_cost(&String::from_utf8(text).unwrap()).expect("the stream reported its cost");
     assert!(cost > Money::ZERO);
     gw.wait_for_spent(&token, cost).await;
     let client = gw.db.client().await.unwrap();

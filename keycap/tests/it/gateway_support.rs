@@ -133,6 +133,19 @@ impl Gateway {
     }
 
     /// The key's spend in Postgres.
+    /// `GET /api/v1/key` with `token`, as JSON.
+    pub async fn key_info(&self, token: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/api/v1/key", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn spent_in_db(&self, token: &str) -> Money {
         let client = self.db.client().await.unwrap();
         let hash = domain::token::hash_token(token).to_vec();
