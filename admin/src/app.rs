@@ -44,7 +44,10 @@ pub fn app(state: AppState) -> Router {
         .route("/members/role", post(members::post_role))
         .route("/members/remove", post(members::post_remove))
         .route("/audit", get(audit::get))
-        .route("/audit.csv", get(audit::get_csv))
+        .route("/audit.csv", get(audit::get_csv));
+    // The stylesheet and script need no session: they are served outside its middleware, so
+    // loading a page does not look the session up three times.
+    let assets = Router::new()
         .route("/static/app.css", get(stylesheet))
         .route("/static/app.js", get(script));
     let api = Router::new()
@@ -74,6 +77,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), csrf::protect))
         .layer(middleware::from_fn_with_state(state.clone(), session::load))
         .layer(axum::extract::DefaultBodyLimit::max(csrf::MAX_FORM_BYTES))
+        .merge(assets)
         .with_state(state)
 }
 

@@ -145,6 +145,13 @@ async fn unknown_pages_get_a_404_page_and_unknown_api_routes_json() {
     api.expect(404, &["openapi.json"]);
     assert_eq!(api.json()["error"]["status"], 404);
     owner.get("/my-keys/xyz/revoke").await.expect(405, &[]);
+    // The stylesheet and script are public.
+    let anonymous = app.person();
+    anonymous
+        .get("/static/app.css")
+        .await
+        .expect(200, &["font"]);
+    anonymous.get("/static/app.js").await.expect(200, &["copy"]);
 }
 
 #[tokio::test]
