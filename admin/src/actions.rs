@@ -174,8 +174,9 @@ pub async fn revoke_key(
     let not_found = || AppError::NotFound(format!("key {key_id:?} not found"));
     let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
     let client = state.pool.get().await?;
-    let key = db::keys::find_in_org(&client, &member.org, id)
+    let key = db::keys::find_by_id(&client, id)
         .await?
+        .filter(|key| key.org_id == member.org.id)
         .ok_or_else(not_found)?;
     drop(client);
     if key.membership_id != member.membership_id && member.role != Role::Owner {
@@ -366,9 +367,14 @@ pub async fn test_master_key(
     let owner = viewer.owner()?;
     let id = master_key_id(id)?;
     let client = state.pool.get().await?;
-    let key = db::master_keys::find(&client, &owner.org, id).await?;
-    let sealed = db::master_keys::get_sealed(&client, id).await?;
+    let not_found = || AppError::NotFound(format!("master key {id} not found"));
+    let sealed = match db::master_keys::get_sealed(&client, id).await {
+        Ok(sealed) if sealed.key.org_id == owner.org.id => sealed,
+        Ok(_) | Err(db::Error::NotFound { .. }) => return Err(not_found()),
+        Err(err) => return Err(err.into()),
+    };
     drop(client);
+    let key = sealed.key;
     let service: Service = key
         .service
         .parse()

@@ -426,21 +426,6 @@ pub async fn master_keys_changed_since(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// One key of an org by id.
-pub async fn find_in_org(
-    client: &impl GenericClient,
-    org: &Org,
-    id: Uuid,
-) -> Result<Option<ApiKey>, Error> {
-    let row = client
-        .query_opt(
-            select_keys!("WHERE k.id = $1 AND k.org_id = $2"),
-            &[&id, &org.id],
-        )
-        .await?;
-    Ok(row.map(|row| from_row(&row)))
-}
-
 /// The open keys that use a master key, for the warning shown before revoking it.
 pub async fn open_using_master_key(
     client: &impl GenericClient,
