@@ -75,16 +75,6 @@ impl Money {
         Ok(Money(if negative { -nanos } else { nanos }))
     }
 
-    /// Rounds a provider-reported float cost (USD) to nano-dollars. This is the one place a
-    /// float becomes money, at the edge where a JSON number arrives.
-    pub fn from_reported_usd(usd: f64) -> Option<Money> {
-        if !usd.is_finite() {
-            return None;
-        }
-        // Go through the shortest decimal representation so that 0.0015 is exactly 1_500_000.
-        Money::from_usd_str(&format!("{usd}")).ok()
-    }
-
     fn parse_signed(input: &str) -> Result<Money, MoneyError> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
@@ -320,17 +310,16 @@ mod tests {
     }
 
     #[test]
-    fn rounds_reported_floats_once() {
-        assert_eq!(
-            Money::from_reported_usd(0.0015),
-            Some(Money::from_nanos(1_500_000))
-        );
-        assert_eq!(
-            Money::from_reported_usd(0.0012),
-            Some(Money::from_nanos(1_200_000))
-        );
-        assert_eq!(Money::from_reported_usd(1e-10), Some(Money::ZERO));
-        assert_eq!(Money::from_reported_usd(f64::NAN), None);
+    fn reads_json_number_text_exactly() {
+        let read = |text: &str| Money::from_usd_str(text).ok();
+        assert_eq!(read("0.0015"), Some(Money::from_nanos(1_500_000)));
+        assert_eq!(read("0.0012"), Some(Money::from_nanos(1_200_000)));
+        assert_eq!(read("4.4e-5"), Some(Money::from_nanos(44_000)));
+        // Below a nano-dollar rounds half up, once.
+        assert_eq!(read("1e-10"), Some(Money::ZERO));
+        assert_eq!(read("0.0000000015"), Some(Money::from_nanos(2)));
+        assert_eq!(read("null"), None);
+        assert_eq!(read("\"0.01\""), None);
     }
 
     #[test]

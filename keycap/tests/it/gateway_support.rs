@@ -188,9 +188,18 @@ impl Gateway {
     }
 }
 
+/// A JSON number of dollars as money, read from its text as the gateway reads it; `None` for
+/// anything else.
+pub fn usd(value: &serde_json::Value) -> Option<Money> {
+    value
+        .is_number()
+        .then(|| Money::from_usd_str(&value.to_string()).ok())
+        .flatten()
+}
+
 /// The reported `usage.cost` of a JSON body, in nano-dollars.
 pub fn reported_cost(body: &serde_json::Value) -> Money {
-    Money::from_reported_usd(body["usage"]["cost"].as_f64().unwrap()).unwrap()
+    usd(&body["usage"]["cost"]).unwrap()
 }
 
 /// What the gateway reserves on `mock/cheap` ($0.000001 per prompt token, $0.000002 per

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 use serde::de::{self, Visitor};
+use serde_json::value::RawValue;
 
 use crate::money::Money;
 use crate::services::ResponseMeter;
@@ -223,7 +224,7 @@ impl JsonMeter {
 
 /// Finds the last `"usage": {...}` in the tail of a large body. In JSON text a quote inside a
 /// string is escaped, so the bytes `"usage"` followed by a colon can only be an object key.
-fn usage_in_tail(tail: &[u8]) -> MeterOutcome {
+pub(crate) fn usage_in_tail(tail: &[u8]) -> MeterOutcome {
     let mut end = tail.len();
     while let Some(at) = memchr::memmem::rfind(&tail[..end], USAGE_KEY) {
         end = at;
@@ -275,30 +276,31 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
 
 /// The top level of a JSON response or of one stream chunk; other fields are skipped.
 #[derive(Deserialize)]
-pub(crate) struct BodyWire {
-    #[serde(default)]
-    pub(crate) usage: Option<UsageWire>,
+pub(crate) struct BodyWire<'a> {
+    #[serde(default, borrow)]
+    pub(crate) usage: Option<UsageWire<'a>>,
     #[serde(default)]
     pub(crate) error: Option<serde_json::Value>,
 }
 
-/// `usage` as OpenRouter sends it (schema `ChatUsage`).
+/// `usage` as OpenRouter sends it (schema `ChatUsage`). Costs are kept as the JSON number's
+/// own text and read as exact decimals: no float ever holds them.
 #[derive(Deserialize)]
-pub(crate) struct UsageWire {
+pub(crate) struct UsageWire<'a> {
     #[serde(default)]
     prompt_tokens: Option<Count>,
     #[serde(default)]
     completion_tokens: Option<Count>,
-    #[serde(default)]
-    cost: Option<f64>,
+    #[serde(default, borrow)]
+    cost: Option<&'a RawValue>,
     #[serde(default)]
     is_byok: Option<bool>,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     completion_tokens_details: Option<CompletionDetails>,
-    #[serde(default)]
-    cost_details: Option<CostDetails>,
+    #[serde(default, borrow)]
+    cost_details: Option<CostDetails<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -316,12 +318,18 @@ struct CompletionDetails {
 }
 
 #[derive(Deserialize)]
-struct CostDetails {
-    #[serde(default)]
-    upstream_inference_cost: Option<f64>,
+struct CostDetails<'a> {
+    #[serde(default, borrow)]
+    upstream_inference_cost: Option<&'a RawValue>,
 }
 
-impl UsageWire {
+/// A reported cost in dollars, from its JSON text (`0.0015`, `4.4e-5`), rounded to nano-dollars;
+/// `None` for anything but a number in range (`null`, a string).
+fn reported_cost(raw: &RawValue) -> Option<Money> {
+    Money::from_usd_str(raw.get()).ok()
+}
+
+impl UsageWire<'_> {
     /// The outcome this usage amounts to: a cost when one is reported and readable, else token
     /// counts when both prompt and completion counts are there, else nothing.
     pub(crate) fn outcome(self) -> MeterOutcome {
@@ -348,12 +356,12 @@ impl UsageWire {
             self.is_byok,
             self.cost_details.and_then(|d| d.upstream_inference_cost),
         ) {
-            (Some(true), Some(upstream)) => Money::from_reported_usd(upstream),
+            (Some(true), Some(upstream)) => reported_cost(upstream),
             _ => Some(Money::ZERO),
         };
         let cost = self
             .cost
-            .and_then(Money::from_reported_usd)
+            .and_then(reported_cost)
             .and_then(|cost| cost.checked_add(byok_upstream?));
         match cost {
             Some(cost) => MeterOutcome::Reported { cost, usage },
