@@ -9,6 +9,7 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::budget::KeyBudget;
+use crate::flusher::Unflushed;
 use crate::rate_limit::RateLimiter;
 
 /// What the gateway knows of a key besides its budget; replaced whole on reload.
@@ -36,6 +37,8 @@ pub struct KeyEntry {
     info: RwLock<Arc<KeyInfo>>,
     pub budget: KeyBudget,
     pub rate: RateLimiter,
+    /// Settled usage the flusher has not taken yet.
+    pub unflushed: Unflushed,
 }
 
 impl KeyEntry {
@@ -47,6 +50,31 @@ impl KeyEntry {
             info: RwLock::new(Arc::new(info_of(key))),
             budget: KeyBudget::new(key.cap, key.spent),
             rate: RateLimiter::default(),
+            unflushed: Unflushed::default(),
+        }
+    }
+
+    /// An entry with no cap and no spend, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests(id: Uuid) -> KeyEntry {
+        KeyEntry {
+            id,
+            org_id: Uuid::nil(),
+            info: RwLock::new(Arc::new(KeyInfo {
+                name: "test".into(),
+                prefix: "kc_test".into(),
+                master_key_id: Uuid::nil(),
+                model_scope: Vec::new(),
+                expires_at: None,
+                close_reason: None,
+                paused_reason: None,
+                period_start: Date::MIN,
+                changed_at: OffsetDateTime::UNIX_EPOCH,
+                rate_limit_rpm: None,
+            })),
+            budget: KeyBudget::new(domain::Money::ZERO, domain::Money::ZERO),
+            rate: RateLimiter::default(),
+            unflushed: Unflushed::default(),
         }
     }
 
@@ -66,7 +94,8 @@ impl KeyEntry {
             Ok(info) => info,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if new_info.changed_at < info.changed_at {
+        // The same version (a refresh reads recent rows again) or an older one: nothing to do.
+        if new_info.changed_at <= info.changed_at {
             return;
         }
         if new_info.period_start != info.period_start {
@@ -188,9 +217,13 @@ impl KeyCache {
 
 /// Extracts the bearer token from an `Authorization` header value.
 pub fn bearer(value: Option<&[u8]>) -> Option<&str> {
-    let value = std::str::from_utf8(value?).ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let value = value?.trim_ascii();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    std::str::from_utf8(token.trim_ascii()).ok()
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub struct Upstream {
     /// The address, when `host` is an IP address (no lookup per request).
     pub ip_addr: Option<std::net::SocketAddr>,
     /// The `Host` header value: the host, and the port unless it is the scheme's default.
-    pub host_header: String,
+    pub host_header: http::HeaderValue,
 }
 
 impl Upstream {
@@ -90,30 +90,41 @@ impl Upstream {
                 "upstream {base_url:?} must be a scheme and host, without a path"
             ));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("upstream {base_url:?} has a bad port"))?;
-                (
-                    host.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_string(),
-                    port,
-                )
+        let default_port = if tls { 443 } else { 80 };
+        let bad_port = || format!("upstream {base_url:?} has a bad port");
+        let parse_port = |port: &str| port.parse::<u16>().map_err(|_| bad_port());
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            // An IPv6 address: `[::1]` or `[::1]:8090`.
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("upstream {base_url:?} has an unclosed '['"))?;
+            let port = match after {
+                "" => default_port,
+                after => parse_port(after.strip_prefix(':').ok_or_else(bad_port)?)?,
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host.to_string(), parse_port(port)?),
+                None => (authority.to_string(), default_port),
             }
-            _ => (authority.to_string(), if tls { 443 } else { 80 }),
         };
         let ip_addr = host
             .parse::<std::net::IpAddr>()
             .ok()
             .map(|ip| std::net::SocketAddr::new(ip, port));
-        let default_port = if tls { 443 } else { 80 };
-        let host_header = if port == default_port {
-            host.clone()
+        let host_in_header = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            format!("{host}:{port}")
+            host.clone()
         };
+        let host_header = if port == default_port {
+            host_in_header
+        } else {
+            format!("{host_in_header}:{port}")
+        };
+        let host_header = http::HeaderValue::try_from(host_header)
+            .map_err(|_| format!("upstream {base_url:?} has a bad host"))?;
         Ok(Upstream {
             host_header,
             host,
@@ -147,5 +158,18 @@ mod tests {
         check("ftp://x", Err(()));
         check("https://openrouter.ai/api/v1", Err(()));
         check("http://h:notaport", Err(()));
+        check("http://[::1]:8090", Ok(("::1", 8090, false)));
+        check("https://[::1]", Ok(("::1", 443, true)));
+        check("http://[::1", Err(()));
+        check("http://[::1]8090", Err(()));
+    }
+
+    #[test]
+    fn writes_the_host_header() {
+        let host = |url: &str| Upstream::parse(url).unwrap().host_header;
+        assert_eq!(host("https://openrouter.ai"), "openrouter.ai");
+        assert_eq!(host("http://127.0.0.1:8090"), "127.0.0.1:8090");
+        assert_eq!(host("http://[::1]:8090"), "[::1]:8090");
+        assert_eq!(host("http://[::1]"), "[::1]");
     }
 }

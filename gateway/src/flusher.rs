@@ -1,26 +1,30 @@
-//! The flusher: settled usage goes into a channel on the hot path; every flush interval, and
-//! once more on shutdown, it is summed and written to Postgres in one statement. Spend goes out
-//! every flush, since the cap, a restart and the admin pages read it. Per-minute rollups, which
-//! only the admin app's charts and totals read, are held longer (the rollup interval) and go
-//! out with the flush after it: with many keys active, rewriting every key's rollup row every
-//! second was most of the database's work. A failed flush keeps its deltas and tries again, so
-//! nothing settled is lost while the process lives.
+//! The flusher: settled usage accumulates in each key's own cache entry ([`Unflushed`]), and
+//! the [`Outbox`] lists the keys that have some. Every flush interval, and once more on
+//! shutdown, the flusher takes what the listed keys hold and writes it to Postgres in one
+//! statement. Spend goes out every flush, since the cap, a restart and the admin pages read it.
+//! Per-minute rollups, which only the admin app's charts and totals read, are held longer (the
+//! rollup interval) and go out with the flush after it: with many keys active, rewriting every
+//! key's rollup row every second was most of the database's work. A failed flush keeps what it
+//! took and tries again, so nothing settled is lost while the process lives.
+//!
+//! Recording a request touches the key's entry, which the request has just used, and takes a
+//! lock only when the key is not listed yet: no message, no allocation, no shared map per
+//! request.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use db::usage::{SpendDelta, UsageDelta};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
-use uuid::Uuid;
+use tokio::sync::watch;
 
+use crate::auth::KeyEntry;
 use crate::metrics::Metrics;
 
-/// One settled request.
-#[derive(Debug, Clone)]
-pub struct SettledUsage {
-    pub api_key_id: Uuid,
-    pub at: OffsetDateTime,
+/// The usage of one settled request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub cost_nanousd: i64,
@@ -33,55 +37,177 @@ pub struct Intervals {
     pub rollup: Duration,
 }
 
+/// One key's usage in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MinuteUsage {
+    /// Minutes since the Unix epoch.
+    minute: i64,
+    n_requests: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cost_nanousd: i64,
+}
+
+/// What one key has settled that the flusher has not taken yet.
+#[derive(Debug, Default)]
+pub struct Unflushed {
+    spend: AtomicI64,
+    /// Usage by minute, oldest first; a minute or two between rollup writes.
+    rollups: Mutex<Vec<MinuteUsage>>,
+    /// Whether the key is on the outbox's spend list (then it is not listed again).
+    on_spend_list: AtomicBool,
+    on_rollup_list: AtomicBool,
+}
+
+/// The keys holding unflushed usage, in two lists: one taken every flush (spend), one taken
+/// when rollups are due.
 #[derive(Default)]
-struct Pending {
-    /// Spend per key since the last successful flush.
-    spend: HashMap<Uuid, i64>,
-    /// Usage per key and minute since the rollups were last written.
-    rollups: HashMap<(Uuid, i64), UsageDelta>,
-    /// When the oldest unflushed spend settled.
-    oldest: Option<Instant>,
+pub struct Outbox {
+    spend: Mutex<Listed>,
+    rollups: Mutex<Listed>,
 }
 
-impl Pending {
-    fn add(&mut self, usage: SettledUsage) {
+#[derive(Default)]
+struct Listed {
+    keys: Vec<Arc<KeyEntry>>,
+    /// When the first key went on the list.
+    since: Option<Instant>,
+}
+
+impl Outbox {
+    /// Adds one settled request, settled `at`, to `key`'s unflushed usage.
+    pub fn record(&self, key: &Arc<KeyEntry>, usage: Settled, at: OffsetDateTime) {
+        let unflushed = &key.unflushed;
         if usage.cost_nanousd != 0 {
-            *self.spend.entry(usage.api_key_id).or_insert(0) += usage.cost_nanousd;
-            self.oldest.get_or_insert_with(Instant::now);
+            // Add, then list: the flusher unlists, then takes (see `take_spend`), so an amount
+            // is always either taken by the pass that unlisted the key or listed again.
+            unflushed
+                .spend
+                .fetch_add(usage.cost_nanousd, Ordering::SeqCst);
+            if !unflushed.on_spend_list.swap(true, Ordering::SeqCst) {
+                list(&self.spend, key);
+            }
         }
-        let minute = usage.at.unix_timestamp().div_euclid(60);
-        let delta = self
-            .rollups
-            .entry((usage.api_key_id, minute))
-            .or_insert_with(|| UsageDelta {
-                api_key_id: usage.api_key_id,
-                minute: usage.at,
-                n_requests: 0,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                cost_nanousd: 0,
-            });
-        delta.n_requests += 1;
-        delta.prompt_tokens += usage.prompt_tokens;
-        delta.completion_tokens += usage.completion_tokens;
-        delta.cost_nanousd += usage.cost_nanousd;
+        let minute = at.unix_timestamp().div_euclid(60);
+        {
+            let mut rollups = lock(&unflushed.rollups);
+            match rollups.last_mut() {
+                Some(last) if last.minute == minute => {
+                    last.n_requests += 1;
+                    last.prompt_tokens += usage.prompt_tokens;
+                    last.completion_tokens += usage.completion_tokens;
+                    last.cost_nanousd += usage.cost_nanousd;
+                }
+                // Requests settling out of order on two threads may give a minute two entries;
+                // the flush statement sums them.
+                _ => rollups.push(MinuteUsage {
+                    minute,
+                    n_requests: 1,
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cost_nanousd: usage.cost_nanousd,
+                }),
+            }
+        }
+        if !unflushed.on_rollup_list.swap(true, Ordering::SeqCst) {
+            list(&self.rollups, key);
+        }
     }
 
-    fn is_empty(&self) -> bool {
-        self.spend.is_empty() && self.rollups.is_empty()
+    /// Takes every listed key's spend. `spare` is an empty list to swap in, so the list's
+    /// memory is reused from flush to flush.
+    fn take_spend(&self, spare: &mut Vec<Arc<KeyEntry>>) -> (Vec<SpendDelta>, Option<Instant>) {
+        let since = swap_list(&self.spend, spare);
+        let deltas = spare
+            .iter()
+            .filter_map(|key| {
+                key.unflushed.on_spend_list.store(false, Ordering::SeqCst);
+                let cost = key.unflushed.spend.swap(0, Ordering::SeqCst);
+                (cost != 0).then_some(SpendDelta {
+                    api_key_id: key.id,
+                    cost_nanousd: cost,
+                })
+            })
+            .collect();
+        spare.clear();
+        (deltas, since)
+    }
+
+    /// Takes every listed key's rollups.
+    fn take_rollups(&self, spare: &mut Vec<Arc<KeyEntry>>) -> Vec<UsageDelta> {
+        swap_list(&self.rollups, spare);
+        let mut deltas = Vec::with_capacity(spare.len());
+        for key in spare.iter() {
+            key.unflushed.on_rollup_list.store(false, Ordering::SeqCst);
+            let minutes = std::mem::take(&mut *lock(&key.unflushed.rollups));
+            deltas.extend(minutes.into_iter().map(|usage| {
+                UsageDelta {
+                    api_key_id: key.id,
+                    minute: OffsetDateTime::from_unix_timestamp(usage.minute * 60)
+                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    n_requests: usage.n_requests,
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    cost_nanousd: usage.cost_nanousd,
+                }
+            }));
+        }
+        spare.clear();
+        deltas
+    }
+
+    /// When the oldest spend not yet taken was listed.
+    fn spend_since(&self) -> Option<Instant> {
+        lock(&self.spend).since
     }
 }
 
-/// Runs until `shutdown` turns true and the inbox is drained, then flushes everything a last
-/// time.
+fn list(listed: &Mutex<Listed>, key: &Arc<KeyEntry>) {
+    let mut listed = lock(listed);
+    listed.since.get_or_insert_with(Instant::now);
+    listed.keys.push(Arc::clone(key));
+}
+
+/// Swaps the list with `spare` (empty) and returns when it was started.
+fn swap_list(listed: &Mutex<Listed>, spare: &mut Vec<Arc<KeyEntry>>) -> Option<Instant> {
+    let mut listed = lock(listed);
+    std::mem::swap(&mut listed.keys, spare);
+    listed.since.take()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// What was taken from the outbox but not written yet (a flush failed), and the rollups held
+/// until they are due.
+#[derive(Default)]
+struct Taken {
+    spend: Vec<SpendDelta>,
+    rollups: Vec<UsageDelta>,
+    /// When the oldest spend in `spend` was listed.
+    since: Option<Instant>,
+}
+
+/// Runs until `shutdown` turns true, then flushes everything a last time. Stop it only after
+/// the proxy has stopped, so that no request settles after the last flush.
 pub async fn run(
     pool: db::Pool,
-    mut inbox: mpsc::UnboundedReceiver<SettledUsage>,
+    outbox: Arc<Outbox>,
     intervals: Intervals,
     metrics: &'static Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut pending = Pending::default();
+    let mut flusher = Flusher {
+        pool,
+        outbox,
+        metrics,
+        taken: Taken::default(),
+        spare: Vec::new(),
+    };
     let mut ticker = tokio::time::interval(intervals.flush);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rollups_written = Instant::now();
@@ -90,27 +216,20 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => {}
         }
-        while let Ok(usage) = inbox.try_recv() {
-            pending.add(usage);
-        }
         let woke = Instant::now();
         let stopping = *shutdown.borrow();
         // Ticks wake a little early or late: half a flush interval of slack keeps rollups on
         // the flush they are due with rather than the one after.
         let with_rollups = stopping
             || woke.duration_since(rollups_written) + intervals.flush / 2 >= intervals.rollup;
-        if flush(&pool, &mut pending, with_rollups, metrics).await && with_rollups {
+        if flusher.flush(with_rollups).await && with_rollups {
             rollups_written = woke;
         }
         if stopping {
-            // Requests that finished while flushing are in the inbox still.
-            while let Ok(usage) = inbox.try_recv() {
-                pending.add(usage);
-            }
-            flush(&pool, &mut pending, true, metrics).await;
-            if !pending.is_empty() {
+            // One more try for a flush that failed.
+            if !flusher.flush(true).await {
                 tracing::error!(
-                    n_keys = pending.spend.len(),
+                    n_keys = flusher.taken.spend.len(),
                     "could not flush the last spend before shutdown"
                 );
             }
@@ -119,54 +238,228 @@ pub async fn run(
     }
 }
 
-/// Writes the pending spend, and the rollups too when `with_rollups`. Returns whether the
-/// write succeeded (or there was nothing to write).
-async fn flush(
-    pool: &db::Pool,
-    pending: &mut Pending,
-    with_rollups: bool,
-    metrics: &Metrics,
-) -> bool {
-    metrics.flush_lag_seconds.set(
-        pending
-            .oldest
-            .map(|oldest| oldest.elapsed().as_secs_f64())
-            .unwrap_or(0.0),
-    );
-    let rollups_due = with_rollups && !pending.rollups.is_empty();
-    if pending.spend.is_empty() && !rollups_due {
-        return true;
-    }
-    let spend: Vec<SpendDelta> = pending
-        .spend
-        .iter()
-        .map(|(&api_key_id, &cost_nanousd)| SpendDelta {
-            api_key_id,
-            cost_nanousd,
-        })
-        .collect();
-    let rollups: Vec<UsageDelta> = if with_rollups {
-        pending.rollups.values().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    let started = Instant::now();
-    match db::usage::flush(pool, &spend, &rollups).await {
-        Ok(()) => {
-            metrics
-                .flush_duration_seconds
-                .observe(started.elapsed().as_secs_f64());
-            pending.spend.clear();
-            pending.oldest = None;
-            if with_rollups {
-                pending.rollups.clear();
+struct Flusher {
+    pool: db::Pool,
+    outbox: Arc<Outbox>,
+    metrics: &'static Metrics,
+    taken: Taken,
+    spare: Vec<Arc<KeyEntry>>,
+}
+
+impl Flusher {
+    /// Writes the pending spend, and the rollups too when `with_rollups`. Returns whether the
+    /// write succeeded (or there was nothing to write).
+    async fn flush(&mut self, with_rollups: bool) -> bool {
+        let oldest = [self.taken.since, self.outbox.spend_since()]
+            .into_iter()
+            .flatten()
+            .min();
+        self.metrics.flush_lag_seconds.set(
+            oldest
+                .map(|oldest| oldest.elapsed().as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        let (spend, since) = self.outbox.take_spend(&mut self.spare);
+        self.taken.since = [self.taken.since, since].into_iter().flatten().min();
+        if self.taken.spend.is_empty() {
+            self.taken.spend = spend;
+        } else {
+            // A failed flush's spend is still here: one delta per key, as the statement needs.
+            self.taken.spend.extend(spend);
+            self.taken.spend = merge_by_key(std::mem::take(&mut self.taken.spend));
+        }
+        if with_rollups {
+            let rollups = self.outbox.take_rollups(&mut self.spare);
+            self.taken.rollups.extend(rollups);
+        }
+        let rollups: &[UsageDelta] = if with_rollups {
+            &self.taken.rollups
+        } else {
+            &[]
+        };
+        if self.taken.spend.is_empty() && rollups.is_empty() {
+            return true;
+        }
+        let started = Instant::now();
+        match db::usage::flush(&self.pool, &self.taken.spend, rollups).await {
+            Ok(()) => {
+                self.metrics
+                    .flush_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.taken.spend.clear();
+                self.taken.since = None;
+                if with_rollups {
+                    self.taken.rollups.clear();
+                }
+                true
             }
-            true
+            Err(err) => {
+                self.metrics.flush_errors_total.inc();
+                tracing::warn!(error = %err, n_keys = self.taken.spend.len(), "flushing spend failed; will retry");
+                false
+            }
         }
-        Err(err) => {
-            metrics.flush_errors_total.inc();
-            tracing::warn!(error = %err, n_keys = spend.len(), "flushing spend failed; will retry");
-            false
+    }
+}
+
+/// Sums the deltas of each key into one.
+fn merge_by_key(mut deltas: Vec<SpendDelta>) -> Vec<SpendDelta> {
+    deltas.sort_unstable_by_key(|delta| delta.api_key_id);
+    let mut merged: Vec<SpendDelta> = Vec::with_capacity(deltas.len());
+    for delta in deltas {
+        match merged.last_mut() {
+            Some(last) if last.api_key_id == delta.api_key_id => {
+                last.cost_nanousd += delta.cost_nanousd;
+            }
+            _ => merged.push(delta),
         }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: u128) -> Arc<KeyEntry> {
+        Arc::new(KeyEntry::for_tests(uuid::Uuid::from_u128(id)))
+    }
+
+    fn at(minute: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(minute * 60 + 7).unwrap()
+    }
+
+    fn usage(cost: i64) -> Settled {
+        Settled {
+            prompt_tokens: 2,
+            completion_tokens: 3,
+            cost_nanousd: cost,
+        }
+    }
+
+    #[test]
+    fn sums_spend_per_key_and_lists_each_key_once() {
+        let outbox = Outbox::default();
+        let (a, b) = (key(1), key(2));
+        outbox.record(&a, usage(10), at(5));
+        outbox.record(&a, usage(15), at(5));
+        outbox.record(&b, usage(0), at(5));
+        let mut spare = Vec::new();
+        let (mut spend, since) = outbox.take_spend(&mut spare);
+        spend.sort_by_key(|d| d.api_key_id);
+        assert_eq!(
+            spend,
+            vec![SpendDelta {
+                api_key_id: a.id,
+                cost_nanousd: 25
+            }]
+        );
+        assert!(since.is_some());
+        // Taken: nothing left, and the key is listed again by its next request.
+        assert_eq!(outbox.take_spend(&mut spare).0, vec![]);
+        outbox.record(&a, usage(1), at(6));
+        assert_eq!(outbox.take_spend(&mut spare).0.len(), 1);
+    }
+
+    #[test]
+    fn keeps_rollups_per_minute_until_taken() {
+        let outbox = Outbox::default();
+        let a = key(1);
+        outbox.record(&a, usage(10), at(5));
+        outbox.record(&a, usage(0), at(5));
+        outbox.record(&a, usage(4), at(6));
+        let mut spare = Vec::new();
+        // Taking spend leaves the rollups.
+        outbox.take_spend(&mut spare);
+        let rollups = outbox.take_rollups(&mut spare);
+        assert_eq!(rollups.len(), 2);
+        assert_eq!(
+            rollups[0].minute,
+            OffsetDateTime::from_unix_timestamp(300).unwrap()
+        );
+        assert_eq!(
+            (
+                rollups[0].n_requests,
+                rollups[0].prompt_tokens,
+                rollups[0].cost_nanousd
+            ),
+            (2, 4, 10)
+        );
+        assert_eq!((rollups[1].n_requests, rollups[1].cost_nanousd), (1, 4));
+        assert!(outbox.take_rollups(&mut spare).is_empty());
+    }
+
+    #[test]
+    fn loses_nothing_recorded_while_taking() {
+        let outbox = Arc::new(Outbox::default());
+        let keys: Vec<_> = (0..8).map(key).collect();
+        let recorders: Vec<_> = (0..4)
+            .map(|thread| {
+                let (outbox, keys) = (Arc::clone(&outbox), keys.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        outbox.record(&keys[(i + thread) % keys.len()], usage(1), at(1));
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        let mut spare = Vec::new();
+        while recorders.iter().any(|r| !r.is_finished()) {
+            total += outbox
+                .take_spend(&mut spare)
+                .0
+                .iter()
+                .map(|d| d.cost_nanousd)
+                .sum::<i64>();
+        }
+        for recorder in recorders {
+            recorder.join().unwrap();
+        }
+        total += outbox
+            .take_spend(&mut spare)
+            .0
+            .iter()
+            .map(|d| d.cost_nanousd)
+            .sum::<i64>();
+        assert_eq!(total, 4 * 20_000);
+        let requests: i64 = outbox
+            .take_rollups(&mut spare)
+            .iter()
+            .map(|d| d.n_requests)
+            .sum();
+        assert_eq!(requests, 4 * 20_000);
+    }
+
+    #[test]
+    fn merges_deltas_of_one_key() {
+        let id = |n| uuid::Uuid::from_u128(n);
+        let merged = merge_by_key(vec![
+            SpendDelta {
+                api_key_id: id(2),
+                cost_nanousd: 1,
+            },
+            SpendDelta {
+                api_key_id: id(1),
+                cost_nanousd: 2,
+            },
+            SpendDelta {
+                api_key_id: id(2),
+                cost_nanousd: 3,
+            },
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                SpendDelta {
+                    api_key_id: id(1),
+                    cost_nanousd: 2
+                },
+                SpendDelta {
+                    api_key_id: id(2),
+                    cost_nanousd: 4
+                },
+            ]
+        );
     }
 }

@@ -15,6 +15,7 @@ use domain::services::openrouter::{
     ChatRequest, MeterOutcome, NoUsage, PriceError, Quote, UsageMeter,
 };
 use domain::services::{Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter};
+use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -23,7 +24,7 @@ use time::OffsetDateTime;
 
 use crate::auth::{KeyEntry, bearer};
 use crate::error::{Refusal, error_body};
-use crate::flusher::SettledUsage;
+use crate::flusher::Settled;
 use crate::state::{Gateway, MasterKey};
 
 /// The proxy: one per gateway, shared by all requests.
@@ -39,6 +40,9 @@ pub struct RequestCtx {
     master: Option<Arc<MasterKey>>,
     /// The body to send upstream, read ahead and perhaps rewritten.
     body: Option<Bytes>,
+    /// Whether the request's framing headers must be replaced by the body's length: it was
+    /// rewritten, sent chunked or with `Expect`, or its declared length was not its length.
+    reframe_body: bool,
     metered: Option<Metered>,
     upstream_started: Option<Instant>,
     /// True once the whole request was handed to an upstream connection: from then on the
@@ -63,13 +67,14 @@ impl Drop for RequestCtx {
         key.budget.settle(metered.reservation, charge);
         tracing::warn!(key.id = %key.id, %charge, "request cut off by shutdown; charged its reservation");
         if charge > Money::ZERO {
-            let _ = self.gateway.usage.send(SettledUsage {
-                api_key_id: key.id,
-                at: OffsetDateTime::now_utc(),
+            let usage = Settled {
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 cost_nanousd: charge.nanos(),
-            });
+            };
+            self.gateway
+                .outbox
+                .record(&key, usage, OffsetDateTime::now_utc());
         }
     }
 }
@@ -96,6 +101,7 @@ impl ProxyHttp for Proxy {
             key: None,
             master: None,
             body: None,
+            reframe_body: false,
             metered: None,
             upstream_started: None,
             sent_upstream: false,
@@ -156,7 +162,13 @@ impl ProxyHttp for Proxy {
                     )
                 })?,
         };
-        let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
+        // The host name goes in the TLS handshake (SNI); a plain upstream needs none.
+        let sni = if upstream.tls {
+            upstream.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, upstream.tls, sni);
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.total_connection_timeout = Some(Duration::from_secs(20));
         Ok(Box::new(peer))
@@ -168,17 +180,21 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        upstream_request.insert_header("host", self.gateway.upstream.host_header.as_str())?;
+        upstream_request.insert_header(header::HOST, self.gateway.upstream.host_header.clone())?;
         if let Some(master) = &ctx.master {
             upstream_request
                 .insert_header(self.gateway.credential_header(), master.credential())?;
         }
         // Metering reads the bytes as they pass: ask for them uncompressed.
-        upstream_request.remove_header("accept-encoding");
-        if let Some(body) = &ctx.body {
-            upstream_request.insert_header("content-length", body.len())?;
-            upstream_request.remove_header("transfer-encoding");
-            upstream_request.remove_header("expect");
+        upstream_request.remove_header(&header::ACCEPT_ENCODING);
+        // The body read ahead goes with a length; the client's own framing stays when it is
+        // already that (the usual case).
+        if let Some(body) = &ctx.body
+            && ctx.reframe_body
+        {
+            upstream_request.insert_header(header::CONTENT_LENGTH, body.len())?;
+            upstream_request.remove_header(&header::TRANSFER_ENCODING);
+            upstream_request.remove_header(&header::EXPECT);
         }
         Ok(())
     }
@@ -213,7 +229,7 @@ impl ProxyHttp for Proxy {
         if let Some(metered) = &mut ctx.metered {
             let content_type = upstream_response
                 .headers
-                .get("content-type")
+                .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
             metered.meter = Some(
                 self.gateway
@@ -338,13 +354,14 @@ impl ProxyHttp for Proxy {
             }
             MeterOutcome::Nothing { .. } => (0, 0),
         };
-        let _ = self.gateway.usage.send(SettledUsage {
-            api_key_id: key.id,
-            at: OffsetDateTime::now_utc(),
+        let usage = Settled {
             prompt_tokens: i64::try_from(prompt_tokens).unwrap_or(i64::MAX),
             completion_tokens: i64::try_from(completion_tokens).unwrap_or(i64::MAX),
             cost_nanousd: settlement.charge.nanos(),
-        });
+        };
+        self.gateway
+            .outbox
+            .record(&key, usage, OffsetDateTime::now_utc());
     }
 }
 
@@ -361,11 +378,11 @@ impl Proxy {
         if header_bytes > crate::config::MAX_HEADER_BYTES {
             return Err(Refusal::headers_too_large(crate::config::MAX_HEADER_BYTES));
         }
-        let path = request.uri.path_and_query().map_or_else(
-            || request.uri.path().to_string(),
-            |p| p.as_str().to_string(),
-        );
-        let route = gateway.adapter.route(request.method.as_str(), &path);
+        let path = request
+            .uri
+            .path_and_query()
+            .map_or(request.uri.path(), |p| p.as_str());
+        let route = gateway.adapter.route(request.method.as_str(), path);
         match route {
             Route::Refused(RouteRefusal::UnknownPath) => {
                 return Err(Refusal::not_found(format!(
@@ -378,8 +395,13 @@ impl Proxy {
             }
             _ => {}
         }
-        let token = bearer(request.headers.get("authorization").map(|v| v.as_bytes()))
-            .ok_or_else(Refusal::missing_key)?;
+        let token = bearer(
+            request
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .ok_or_else(Refusal::missing_key)?;
         domain::token::check_shape(token)
             .map_err(|err| Refusal::malformed_key(&err.to_string()))?;
         let key = gateway
@@ -393,7 +415,9 @@ impl Proxy {
             Some(_) => return Err(Refusal::expired(&info.prefix)),
             None => {}
         }
-        if domain::budget::is_expired(info.expires_at, OffsetDateTime::now_utc()) {
+        if info.expires_at.is_some()
+            && domain::budget::is_expired(info.expires_at, OffsetDateTime::now_utc())
+        {
             return Err(Refusal::expired(&info.prefix));
         }
         if let Some(reason) = &info.paused_reason {
@@ -432,7 +456,10 @@ impl Proxy {
         // A request refused from here on (body, scope, prices, budget) gives its rate-limit
         // slot back: only requests that go upstream use the rate.
         let admitted = async {
-            let body = read_body(session, gateway.config.max_body_bytes).await?;
+            let ReadBody {
+                bytes: body,
+                framed_as_is,
+            } = read_body(session, gateway.config.max_body_bytes).await?;
             let parsed = ChatRequest::parse(&body)
                 .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
             if !info.model_scope.is_empty() {
@@ -463,13 +490,13 @@ impl Proxy {
             let fit = key
                 .budget
                 .reserve(|remaining| adapter.fit(&quote, remaining));
-            let (reservation, body) = match fit {
-                Fit::AsRequested { reserve } => (reserve, body),
+            let (reservation, body, reframe_body) = match fit {
+                Fit::AsRequested { reserve } => (reserve, body, !framed_as_is),
                 Fit::Lowered {
                     max_tokens,
                     reserve,
                 } => match adapter.lower_max_tokens(&body, max_tokens) {
-                    Ok(lowered) => (reserve, Bytes::from(lowered)),
+                    Ok(lowered) => (reserve, Bytes::from(lowered), true),
                     Err(err) => {
                         key.budget.settle(reserve, Money::ZERO);
                         return Err(Refusal::bad_request("bad_body", err.to_string()));
@@ -480,6 +507,7 @@ impl Proxy {
                 }
             };
             ctx.body = Some(body);
+            ctx.reframe_body = reframe_body;
             ctx.metered = Some(Metered {
                 quote,
                 reservation,
@@ -498,12 +526,20 @@ impl Proxy {
     }
 }
 
+/// A request body read ahead.
+struct ReadBody {
+    bytes: Bytes,
+    /// True when the request declared exactly this length, and neither chunked encoding nor
+    /// `Expect`: its headers can go upstream as they are.
+    framed_as_is: bool,
+}
+
 /// Reads the whole request body ahead of the upstream call, within `limit` bytes.
-async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal> {
+async fn read_body(session: &mut Session, limit: usize) -> Result<ReadBody, Refusal> {
     let declared = session
         .req_header()
         .headers
-        .get("content-length")
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
@@ -512,7 +548,7 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal
     let expects_continue = session
         .req_header()
         .headers
-        .get("expect")
+        .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
         session.write_continue_response().await.map_err(|_| {
@@ -520,14 +556,25 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal
         })?;
     }
     session.enable_retry_buffering();
-    let mut body = BytesMut::new();
+    // A body that arrives in one chunk (the usual case) is kept as it came, without a copy.
+    let mut whole: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut read = 0;
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > limit {
+                read += chunk.len();
+                if read > limit {
                     return Err(Refusal::too_large(limit));
                 }
-                body.extend_from_slice(&chunk);
+                if let Some(head) = whole.take() {
+                    joined.extend_from_slice(&head);
+                    joined.extend_from_slice(&chunk);
+                } else if joined.is_empty() {
+                    whole = Some(chunk);
+                } else {
+                    joined.extend_from_slice(&chunk);
+                }
             }
             Ok(None) => break,
             Err(_) => {
@@ -541,7 +588,15 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Refusal
     if session.retry_buffer_truncated() {
         return Err(Refusal::too_large(limit));
     }
-    Ok(body.freeze())
+    let bytes = whole.unwrap_or_else(|| joined.freeze());
+    let headers = &session.req_header().headers;
+    let framed_as_is = declared == Some(bytes.len())
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && !headers.contains_key(header::EXPECT);
+    Ok(ReadBody {
+        bytes,
+        framed_as_is,
+    })
 }
 
 /// Writes a whole JSON response.

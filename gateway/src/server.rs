@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::config::GatewayConfig;
 use crate::proxy::Proxy;
@@ -46,13 +46,11 @@ pub fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     check_addresses(&config)?;
-    let (usage_tx, usage_rx) = mpsc::unbounded_channel();
     let control = resources.control.clone();
     let gateway = Arc::new(Gateway::new(
         config.clone(),
         resources.pool.clone(),
         resources.keyring,
-        usage_tx,
         control.clone(),
     )?);
 
@@ -60,7 +58,7 @@ pub fn run(
     let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
     let flusher = control.spawn(flusher::run(
         resources.pool.clone(),
-        usage_rx,
+        Arc::clone(&gateway.outbox),
         flusher::Intervals {
             flush: config.flush_interval,
             rollup: config.rollup_interval,

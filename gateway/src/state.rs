@@ -6,12 +6,11 @@ use dashmap::DashMap;
 use domain::services::ServiceAdapter;
 use domain::services::openrouter::{OpenRouter, OpenRouterConfig};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::auth::{Cached, KeyCache, KeyEntry};
 use crate::config::{GatewayConfig, Upstream};
-use crate::flusher::SettledUsage;
+use crate::flusher::Outbox;
 use crate::metrics::Metrics;
 use crate::prices::PriceList;
 
@@ -58,7 +57,8 @@ pub struct Gateway {
     pub keys: KeyCache,
     pub masters: DashMap<Uuid, Arc<MasterKey>>,
     pub prices: PriceList,
-    pub usage: mpsc::UnboundedSender<SettledUsage>,
+    /// Keys with settled usage not yet flushed (the flusher takes it).
+    pub outbox: Arc<Outbox>,
     /// The runtime that owns the database connections and background tasks.
     pub control: tokio::runtime::Handle,
     pub metrics: &'static Metrics,
@@ -71,12 +71,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Shared state; `usage` is the flusher's inbox.
+    /// Shared state.
     pub fn new(
         config: GatewayConfig,
         pool: db::Pool,
         keyring: vault::Keyring,
-        usage: mpsc::UnboundedSender<SettledUsage>,
         control: tokio::runtime::Handle,
     ) -> Result<Gateway, String> {
         let upstream = Upstream::parse(&config.upstream_base_url)?;
@@ -94,7 +93,7 @@ impl Gateway {
             keys,
             masters: DashMap::new(),
             prices: PriceList::default(),
-            usage,
+            outbox: Arc::new(Outbox::default()),
             control,
             metrics: Metrics::global(),
             changed_uncached: DashMap::new(),

@@ -402,6 +402,64 @@ async fn an_unreachable_upstream_is_a_502_that_costs_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_in_pieces_reaches_the_upstream_whole() {
+    let gw = start().await;
+    let token = gw.key("5", &[]);
+    // 40 KiB of content in a chunked body of many pieces: the gateway reads it ahead to price
+    // it, and must forward every byte.
+    let content = "budget ".repeat(40 * 1024 / 7);
+    let body = serde_json::to_vec(&json!({
+        "model": "mock/cheap",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 5,
+    }))
+    .unwrap();
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(3000).map(|piece| Ok(piece.to_vec())).collect();
+    let response = gw
+        .http
+        .post(format!("{}/api/v1/chat/completions", gw.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    // The mock counts a token per 4 bytes of content.
+    assert_eq!(
+        answer["usage"]["prompt_tokens"],
+        content.len().div_ceil(4) as u64
+    );
+    let last = gw.mock.state().last_request().unwrap();
+    assert_eq!(last.body["messages"][0]["content"], content.as_str());
+    assert!(!last.headers.contains_key("transfer-encoding"));
+    assert_eq!(
+        last.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    let mut spent = reported_cost(&answer);
+
+    // A client that asks to be told to go on gets its answer from the gateway; the upstream
+    // never sees the `Expect`.
+    let response = gw
+        .chat(&token, &chat_body("mock/cheap", 3, false))
+        .header("expect", "100-continue")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let last = gw.mock.state().last_request().unwrap();
+    assert!(!last.headers.contains_key("expect"));
+    spent = spent.checked_add(reported_cost(&answer)).unwrap();
+    gw.wait_for_spent(&token, spent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_clear_errors_and_never_reach_the_upstream() {
     let gw = start().await;
     let token = gw.key("1", &[]);
@@ -556,10 +614,7 @@ async fn spend_survives_a_restart() {
     assert_eq!(gw.spent_in_db(&token).await, cost);
     gw.restart();
     let info = gw.key_info(&token).await;
-    assert_eq!(
-        Money::from_reported_usd(info["data"]["usage"].as_f64().unwrap()),
-        Some(cost)
-    );
+    assert_eq!(usd(&info["data"]["usage"]), Some(cost));
     // Models pass through for free.
     let models: serde_json::Value = gw
         .http
