@@ -178,6 +178,18 @@ for _ in $(seq 1 10); do
 done
 echo "keycap caches $(cached_keys) keys" >&2
 
+if [ -n "${HOLD:-}" ]; then
+  # For manual probes (perf, strace): leave everything running until interrupted.
+  cat >&2 <<HELD
+holding; Ctrl-C (or kill $$) stops everything.
+  passthrough: http://127.0.0.1:$PASS_PORT (pid ${PIDS[0]})
+  keycap:      http://127.0.0.1:$GW_PORT (pid ${PIDS[1]}), metrics http://127.0.0.1:$METRICS_PORT/metrics
+  load:        N_KEYS=10 STREAM=0 taskset -c 1 wrk -t1 -c128 -d5s --latency -s $WORK/bench.lua URL
+HELD
+  # In the background and waited for, so that a signal stops it at once.
+  while true; do sleep 3600 & wait $!; done
+fi
+
 if [ -n "${PROFILE_KEYCAP:-}" ]; then
   # Optional: a CPU profile of keycap under streamed load at 128 connections (perf record).
   echo "profiling keycap into $PROFILE_KEYCAP..." >&2
