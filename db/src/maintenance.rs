@@ -1,5 +1,5 @@
 //! Time-driven changes: closing expired keys (with their refunds), renewing monthly keys at
-//! the month boundary, and forgetting expired sessions. `keycap up` runs [`run_due`]
+//! the month boundary, and forgetting expired sessions and old flush claims. `keycap up` runs [`run_due`]
 //! periodically; every step is idempotent.
 
 use domain::budget::{Renewal, renew};
@@ -18,6 +18,7 @@ pub struct Report {
     pub renewed: usize,
     pub paused: usize,
     pub sessions_deleted: u64,
+    pub flush_claims_deleted: u64,
 }
 
 /// Closes every key whose expiry has passed and renews monthly keys that are due.
@@ -28,11 +29,20 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
     let sessions_deleted = client
         .execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
         .await?;
+    // A gateway retries a failed flush under its claim only while it lives; a week is far
+    // beyond any retry (see migrations/0007_flush_claims.sql).
+    let flush_claims_deleted = client
+        .execute(
+            "DELETE FROM spend_flushes WHERE flushed_at < $1::timestamptz - interval '7 days'",
+            &[&now],
+        )
+        .await?;
     Ok(Report {
         expired,
         renewed,
         paused,
         sessions_deleted,
+        flush_claims_deleted,
     })
 }
 

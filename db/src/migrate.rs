@@ -26,6 +26,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_late_spend",
         include_str!("../../migrations/0006_late_spend.sql"),
     ),
+    (
+        "0007_flush_claims",
+        include_str!("../../migrations/0007_flush_claims.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

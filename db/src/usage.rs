@@ -1,5 +1,5 @@
 //! Spend flushed by the gateway: per-key spend, written every flush, and per-minute usage
-//! rollups, written less often; each flush is one statement.
+//! rollups, written less often; each flush is one statement, applied at most once per flush id.
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -25,30 +25,53 @@ pub struct SpendDelta {
     pub cost_nanousd: i64,
 }
 
-// A data-modifying CTE runs whether or not the rest of the statement reads it, so the spend
-// update and the rollup upsert commit together. Empty arrays make either part a no-op.
-const FLUSH: &str = "WITH spend AS (
+// The flush claims its id first; the spend update and the rollup upsert join the claim, so
+// they change nothing when the id was claimed before (a retry of a flush that committed). A
+// data-modifying CTE runs whether or not the rest of the statement reads it, so all three
+// commit together. Empty arrays make either write a no-op.
+const FLUSH: &str = "WITH claim AS (
+        INSERT INTO spend_flushes (id) VALUES ($9) ON CONFLICT (id) DO NOTHING RETURNING id
+    ), spend AS (
         UPDATE api_keys k SET spent_nanousd = k.spent_nanousd + s.cost
-        FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost)
+        FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost), claim
         WHERE k.id = s.api_key_id
         RETURNING k.id
+    ), rollups AS (
+        INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
+        SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
+        FROM unnest($3::uuid[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+            AS d(api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd), claim
+        GROUP BY api_key_id, date_trunc('minute', minute)
+        ON CONFLICT (api_key_id, minute) DO UPDATE SET
+            n_requests = u.n_requests + EXCLUDED.n_requests,
+            prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+            cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd
     )
-    INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
-    SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
-    FROM unnest($3::uuid[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
-        AS d(api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
-    GROUP BY api_key_id, date_trunc('minute', minute)
-    ON CONFLICT (api_key_id, minute) DO UPDATE SET
-        n_requests = u.n_requests + EXCLUDED.n_requests,
-        prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
-        completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
-        cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd";
+    SELECT count(*) FROM claim";
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// The deltas were added.
+    Applied,
+    /// A flush with this id had committed before (a retry after a lost reply): nothing was
+    /// added again.
+    AlreadyApplied,
+}
 
 /// Adds `spend` to the keys' spend and `rollups` to the per-minute rollups, atomically, in one
-/// statement. Each key appears at most once in `spend`.
-pub async fn flush(pool: &Pool, spend: &[SpendDelta], rollups: &[UsageDelta]) -> Result<(), Error> {
+/// statement, unless a flush with the same `id` committed before: retrying a flush whose reply
+/// was lost, with its id and deltas unchanged, never adds them twice. Each key appears at most
+/// once in `spend`.
+pub async fn flush(
+    pool: &Pool,
+    id: Uuid,
+    spend: &[SpendDelta],
+    rollups: &[UsageDelta],
+) -> Result<Flushed, Error> {
     if spend.is_empty() && rollups.is_empty() {
-        return Ok(());
+        return Ok(Flushed::Applied);
     }
     let spend_ids: Vec<Uuid> = spend.iter().map(|d| d.api_key_id).collect();
     let spend_costs: Vec<i64> = spend.iter().map(|d| d.cost_nanousd).collect();
@@ -59,8 +82,8 @@ pub async fn flush(pool: &Pool, spend: &[SpendDelta], rollups: &[UsageDelta]) ->
     let completion: Vec<i64> = rollups.iter().map(|d| d.completion_tokens).collect();
     let cost: Vec<i64> = rollups.iter().map(|d| d.cost_nanousd).collect();
     let client = pool.get().await?;
-    client
-        .execute(
+    let claimed: i64 = client
+        .query_one(
             FLUSH,
             &[
                 &spend_ids,
@@ -71,10 +94,16 @@ pub async fn flush(pool: &Pool, spend: &[SpendDelta], rollups: &[UsageDelta]) ->
                 &prompt,
                 &completion,
                 &cost,
+                &id,
             ],
         )
-        .await?;
-    Ok(())
+        .await?
+        .get(0);
+    Ok(if claimed == 1 {
+        Flushed::Applied
+    } else {
+        Flushed::AlreadyApplied
+    })
 }
 
 /// Spend per UTC day in `[from, to)`, for an org or for one membership, in day order. Days

@@ -5,7 +5,9 @@
 //! Per-minute rollups, which only the admin app's charts and totals read, are held longer (the
 //! rollup interval) and go out with the flush after it: with many keys active, rewriting every
 //! key's rollup row every second was most of the database's work. A failed flush keeps what it
-//! took and tries again, so nothing settled is lost while the process lives.
+//! took and retries it unchanged under the same id before anything new, so nothing settled is
+//! lost while the process lives, and a flush whose reply was lost after it committed is not
+//! applied twice (see `db::usage::flush`).
 //!
 //! Recording a request touches the key's entry, which the request has just used, and takes a
 //! lock only when the key is not listed yet: no message, no allocation, no shared map per
@@ -15,9 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use db::usage::{SpendDelta, UsageDelta};
+use db::usage::{Flushed, SpendDelta, UsageDelta};
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::auth::KeyEntry;
 use crate::metrics::Metrics;
@@ -182,13 +185,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// What was taken from the outbox but not written yet (a flush failed), and the rollups held
-/// until they are due.
-#[derive(Default)]
-struct Taken {
+/// Deltas taken from the outbox, written (or retried) as one flush under one id.
+struct Batch {
+    /// The flush's claim in Postgres: a retry under the same id never applies it twice.
+    id: Uuid,
     spend: Vec<SpendDelta>,
     rollups: Vec<UsageDelta>,
-    /// When the oldest spend in `spend` was listed.
+    /// When the oldest spend in it was listed.
     since: Option<Instant>,
 }
 
@@ -205,7 +208,7 @@ pub async fn run(
         pool,
         outbox,
         metrics,
-        taken: Taken::default(),
+        failed: None,
         spare: Vec::new(),
     };
     let mut ticker = tokio::time::interval(intervals.flush);
@@ -229,7 +232,7 @@ pub async fn run(
             // One more try for a flush that failed.
             if !flusher.flush(true).await {
                 tracing::error!(
-                    n_keys = flusher.taken.spend.len(),
+                    n_keys = flusher.failed.as_ref().map_or(0, |batch| batch.spend.len()),
                     "could not flush the last spend before shutdown"
                 );
             }
@@ -242,79 +245,81 @@ struct Flusher {
     pool: db::Pool,
     outbox: Arc<Outbox>,
     metrics: &'static Metrics,
-    taken: Taken,
+    /// A batch whose write failed. It may have committed all the same (a lost reply), so it is
+    /// retried as it is, under its id, before anything new goes out.
+    failed: Option<Batch>,
     spare: Vec<Arc<KeyEntry>>,
 }
 
 impl Flusher {
-    /// Writes the pending spend, and the rollups too when `with_rollups`. Returns whether the
-    /// write succeeded (or there was nothing to write).
+    /// Retries a failed batch, then writes the pending spend, and the rollups too when
+    /// `with_rollups`. Returns whether everything was written (or there was nothing to write).
     async fn flush(&mut self, with_rollups: bool) -> bool {
-        let oldest = [self.taken.since, self.outbox.spend_since()]
-            .into_iter()
-            .flatten()
-            .min();
+        let oldest = [
+            self.failed.as_ref().and_then(|batch| batch.since),
+            self.outbox.spend_since(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         self.metrics.flush_lag_seconds.set(
             oldest
                 .map(|oldest| oldest.elapsed().as_secs_f64())
                 .unwrap_or(0.0),
         );
+        if let Some(batch) = self.failed.take()
+            && let Err(batch) = self.write(batch).await
+        {
+            self.failed = Some(batch);
+            return false;
+        }
         let (spend, since) = self.outbox.take_spend(&mut self.spare);
-        self.taken.since = [self.taken.since, since].into_iter().flatten().min();
-        if self.taken.spend.is_empty() {
-            self.taken.spend = spend;
+        let rollups = if with_rollups {
+            self.outbox.take_rollups(&mut self.spare)
         } else {
-            // A failed flush's spend is still here: one delta per key, as the statement needs.
-            self.taken.spend.extend(spend);
-            self.taken.spend = merge_by_key(std::mem::take(&mut self.taken.spend));
-        }
-        if with_rollups {
-            let rollups = self.outbox.take_rollups(&mut self.spare);
-            self.taken.rollups.extend(rollups);
-        }
-        let rollups: &[UsageDelta] = if with_rollups {
-            &self.taken.rollups
-        } else {
-            &[]
+            Vec::new()
         };
-        if self.taken.spend.is_empty() && rollups.is_empty() {
+        if spend.is_empty() && rollups.is_empty() {
             return true;
         }
-        let started = Instant::now();
-        match db::usage::flush(&self.pool, &self.taken.spend, rollups).await {
-            Ok(()) => {
-                self.metrics
-                    .flush_duration_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.taken.spend.clear();
-                self.taken.since = None;
-                if with_rollups {
-                    self.taken.rollups.clear();
-                }
-                true
-            }
-            Err(err) => {
-                self.metrics.flush_errors_total.inc();
-                tracing::warn!(error = %err, n_keys = self.taken.spend.len(), "flushing spend failed; will retry");
+        let batch = Batch {
+            id: Uuid::new_v4(),
+            spend,
+            rollups,
+            since,
+        };
+        match self.write(batch).await {
+            Ok(()) => true,
+            Err(batch) => {
+                self.failed = Some(batch);
                 false
             }
         }
     }
-}
 
-/// Sums the deltas of each key into one.
-fn merge_by_key(mut deltas: Vec<SpendDelta>) -> Vec<SpendDelta> {
-    deltas.sort_unstable_by_key(|delta| delta.api_key_id);
-    let mut merged: Vec<SpendDelta> = Vec::with_capacity(deltas.len());
-    for delta in deltas {
-        match merged.last_mut() {
-            Some(last) if last.api_key_id == delta.api_key_id => {
-                last.cost_nanousd += delta.cost_nanousd;
+    /// Writes one batch; gives it back when the write failed.
+    async fn write(&self, batch: Batch) -> Result<(), Batch> {
+        let started = Instant::now();
+        match db::usage::flush(&self.pool, batch.id, &batch.spend, &batch.rollups).await {
+            Ok(flushed) => {
+                self.metrics
+                    .flush_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if flushed == Flushed::AlreadyApplied {
+                    tracing::warn!(
+                        flush.id = %batch.id,
+                        "a retried flush had committed before its reply was lost; not applied again"
+                    );
+                }
+                Ok(())
             }
-            _ => merged.push(delta),
+            Err(err) => {
+                self.metrics.flush_errors_total.inc();
+                tracing::warn!(error = %err, n_keys = batch.spend.len(), "flushing spend failed; will retry");
+                Err(batch)
+            }
         }
     }
-    merged
 }
 
 #[cfg(test)]
@@ -429,37 +434,5 @@ mod tests {
             .map(|d| d.n_requests)
             .sum();
         assert_eq!(requests, 4 * 20_000);
-    }
-
-    #[test]
-    fn merges_deltas_of_one_key() {
-        let id = |n| uuid::Uuid::from_u128(n);
-        let merged = merge_by_key(vec![
-            SpendDelta {
-                api_key_id: id(2),
-                cost_nanousd: 1,
-            },
-            SpendDelta {
-                api_key_id: id(1),
-                cost_nanousd: 2,
-            },
-            SpendDelta {
-                api_key_id: id(2),
-                cost_nanousd: 3,
-            },
-        ]);
-        assert_eq!(
-            merged,
-            vec![
-                SpendDelta {
-                    api_key_id: id(1),
-                    cost_nanousd: 2
-                },
-                SpendDelta {
-                    api_key_id: id(2),
-                    cost_nanousd: 4
-                },
-            ]
-        );
     }
 }

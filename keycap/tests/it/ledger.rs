@@ -218,3 +218,62 @@ async fn expiry_and_monthly_renewal() {
         .unwrap();
     assert_eq!((report.renewed, report.paused), (1, 0));
 }
+
+/// A flush retried under its id after a lost reply (it had committed) adds nothing again; a new
+/// flush adds its own deltas; maintenance forgets claims after a week.
+#[tokio::test]
+async fn a_flush_retried_under_its_id_is_applied_once() {
+    use db::usage::{Flushed, SpendDelta, UsageDelta};
+
+    let env = seeded().await;
+    let client = env.db.pool.get().await.unwrap();
+    let org = db::orgs::find(&client, "acme").await.unwrap();
+    drop(client);
+    let now = time::OffsetDateTime::now_utc();
+    let (key, _token) =
+        db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
+            .await
+            .unwrap();
+    let spend = [SpendDelta {
+        api_key_id: key.id,
+        cost_nanousd: 1_500,
+    }];
+    let rollups = [UsageDelta {
+        api_key_id: key.id,
+        minute: now,
+        n_requests: 3,
+        prompt_tokens: 30,
+        completion_tokens: 40,
+        cost_nanousd: 1_500,
+    }];
+    let totals = || async {
+        let client = env.db.pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
+                   FROM usage_rollups WHERE api_key_id = k.id)
+                 FROM api_keys k WHERE k.id = $1",
+                &[&key.id],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    let id = uuid::Uuid::new_v4();
+    let first = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
+    assert_eq!(first.unwrap(), Flushed::Applied);
+    assert_eq!(totals().await, (1_500, 3));
+    // The same flush again, as after a reply lost on a dropped connection.
+    let retry = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
+    assert_eq!(retry.unwrap(), Flushed::AlreadyApplied);
+    assert_eq!(totals().await, (1_500, 3));
+    // The next flush has its own id.
+    let next = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups).await;
+    assert_eq!(next.unwrap(), Flushed::Applied);
+    assert_eq!(totals().await, (3_000, 6));
+
+    let report = db::maintenance::run_due(&env.db.pool, now + time::Duration::days(8))
+        .await
+        .unwrap();
+    assert_eq!(report.flush_claims_deleted, 2);
+}
