@@ -200,37 +200,52 @@ fi
 
 ROUNDS=${ROUNDS:-3}
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-# Median of each column over ROUNDS runs, the baseline and keycap alternating so that a noisy
-# moment on this shared machine hits both.
-measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu"
-  local b=() k=()
+# ROUNDS pairs of runs, the baseline and keycap back to back (which goes first alternates), so
+# that a noisy moment on this shared machine hits both runs of a pair. Gives the median of each
+# column, and the median, lowest and highest of the pairs' throughput ratios and the median of
+# their p99 differences.
+measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu ratio lo hi p99_diff"
+  local b=() k=() ratios=() p99_diffs=() round=0 b_run k_run
   for _ in $(seq 1 "$ROUNDS"); do
-    b+=("$(measure "http://127.0.0.1:$PASS_PORT" "$1" "$2" "$3" "${PIDS[0]}")")
-    k+=("$(measure "http://127.0.0.1:$GW_PORT" "$1" "$2" "$3" "${PIDS[1]}")")
+    round=$((round + 1))
+    if [ $((round % 2)) = 1 ]; then
+      b_run=$(measure "http://127.0.0.1:$PASS_PORT" "$1" "$2" "$3" "${PIDS[0]}")
+      k_run=$(measure "http://127.0.0.1:$GW_PORT" "$1" "$2" "$3" "${PIDS[1]}")
+    else
+      k_run=$(measure "http://127.0.0.1:$GW_PORT" "$1" "$2" "$3" "${PIDS[1]}")
+      b_run=$(measure "http://127.0.0.1:$PASS_PORT" "$1" "$2" "$3" "${PIDS[0]}")
+    fi
+    b+=("$b_run"); k+=("$k_run")
+    ratios+=("$(awk -v b="${b_run%% *}" -v k="${k_run%% *}" 'BEGIN { print k / b }')")
+    p99_diffs+=("$(echo "$b_run $k_run" | awk '{ print $8 - $3 }')")
   done
   local out=""
   for side in b k; do
     local -n runs=$side
     for col in 1 2 3 4; do out+="$(printf '%s\n' "${runs[@]}" | awk -v c=$col '{print $c}' | median) "; done
   done
+  out+="$(printf '%s\n' "${ratios[@]}" | median) "
+  out+="$(printf '%s\n' "${ratios[@]}" | sort -g | head -1) $(printf '%s\n' "${ratios[@]}" | sort -g | tail -1) "
+  out+="$(printf '%s\n' "${p99_diffs[@]}" | median)"
   echo "$out"
 }
 
 if [ -z "${ONLY_MANY_KEYS:-}" ]; then
-printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s %8s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "p99-bare ms" "cpu %"
+printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s %12s %8s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "(pairs)" "p99-bare ms" "cpu %"
 for stream in 0 1; do
   format=$([ "$stream" = 1 ] && echo stream || echo json)
   for conns in 1 32 128; do
     read -r n_rps n_p50 n_p99 _ < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10)
-    read -r b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu < <(measure_pair "$conns" "$stream" 10)
+    read -r b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu ratio lo hi p99_diff < <(measure_pair "$conns" "$stream" 10)
+    # nginx and the passthrough against the passthrough's medians; keycap by its pairs.
     for system in nginx passthrough keycap; do
       case $system in
-        nginx) rps=$n_rps; p50=$n_p50; p99=$n_p99; cpu=- ;;
-        passthrough) rps=$b_rps; p50=$b_p50; p99=$b_p99; cpu=$b_cpu ;;
-        keycap) rps=$k_rps; p50=$k_p50; p99=$k_p99; cpu=$k_cpu ;;
+        nginx) rps=$n_rps; p50=$n_p50; p99=$n_p99; cpu=-; x=$(awk -v r="$n_rps" -v b="$b_rps" 'BEGIN { print r / b }'); range=""; diff=$(awk -v a="$n_p99" -v b="$b_p99" 'BEGIN { print a - b }') ;;
+        passthrough) rps=$b_rps; p50=$b_p50; p99=$b_p99; cpu=$b_cpu; x=1; range=""; diff=0 ;;
+        keycap) rps=$k_rps; p50=$k_p50; p99=$k_p99; cpu=$k_cpu; x=$ratio; range=$(awk -v l="$lo" -v h="$hi" 'BEGIN { printf "%.2f-%.2f", l, h }'); diff=$p99_diff ;;
       esac
-      awk -v f="$format" -v c="$conns" -v s="$system" -v r="$rps" -v a="$p50" -v b="$p99" -v br="$b_rps" -v bp="$b_p99" -v u="$cpu" \
-        'BEGIN { printf "%-8s %-6s %-12s %12.0f %10.3f %10.3f %10.2f %12.3f %8s\n", f, c, s, r, a, b, r/br, b-bp, u }'
+      awk -v f="$format" -v c="$conns" -v s="$system" -v r="$rps" -v a="$p50" -v b="$p99" -v x="$x" -v g="$range" -v d="$diff" -v u="$cpu" \
+        'BEGIN { printf "%-8s %-6s %-12s %12.0f %10.3f %10.3f %10.2f %12s %12.3f %8s\n", f, c, s, r, a, b, x, g, d, u }'
     done
   done
 done
@@ -239,14 +254,24 @@ fi
 
 echo
 echo "keycap with many keys in its cache (json, 128 connections):"
-small=(); large=()
+small=(); large=(); ratios=(); round=0
 for _ in $(seq 1 "$ROUNDS"); do
-  small+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 10 "${PIDS[1]}")")
-  large+=("$(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE" "${PIDS[1]}")")
+  round=$((round + 1))
+  if [ $((round % 2)) = 1 ]; then
+    s_run=$(measure "http://127.0.0.1:$GW_PORT" 128 0 10 "${PIDS[1]}")
+    l_run=$(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE" "${PIDS[1]}")
+  else
+    l_run=$(measure "http://127.0.0.1:$GW_PORT" 128 0 "$N_KEYS_LARGE" "${PIDS[1]}")
+    s_run=$(measure "http://127.0.0.1:$GW_PORT" 128 0 10 "${PIDS[1]}")
+  fi
+  small+=("$s_run"); large+=("$l_run")
+  ratios+=("$(awk -v s="${s_run%% *}" -v l="${l_run%% *}" 'BEGIN { print l / s }')")
 done
-small_rps=$(printf '%s\n' "${small[@]}" | awk '{print $1}' | median); small_p99=$(printf '%s\n' "${small[@]}" | awk '{print $3}' | median)
-large_rps=$(printf '%s\n' "${large[@]}" | awk '{print $1}' | median); large_p99=$(printf '%s\n' "${large[@]}" | awk '{print $3}' | median)
-small_cpu=$(printf '%s\n' "${small[@]}" | awk '{print $4}' | median); large_cpu=$(printf '%s\n' "${large[@]}" | awk '{print $4}' | median)
-small_pg=$(printf '%s\n' "${small[@]}" | awk '{print $5}' | median); large_pg=$(printf '%s\n' "${large[@]}" | awk '{print $5}' | median)
-awk -v s="$small_rps" -v l="$large_rps" -v n="$N_KEYS_LARGE" -v sp="$small_p99" -v lp="$large_p99" -v sc="$small_cpu" -v lc="$large_cpu" -v sg="$small_pg" -v lg="$large_pg" \
-  'BEGIN { printf "  10 keys: %.0f req/s (p99 %.3f ms, keycap cpu %s%%, postgres cpu %s%%)\n  %d keys: %.0f req/s (p99 %.3f ms, keycap cpu %s%%, postgres cpu %s%%)\n  ratio: %.3f\n", s, sp, sc, sg, n, l, lp, lc, lg, l/s }'
+col_median() { local c=$1; shift; printf '%s\n' "$@" | awk -v c="$c" '{print $c}' | median; }
+awk -v s="$(col_median 1 "${small[@]}")" -v l="$(col_median 1 "${large[@]}")" -v n="$N_KEYS_LARGE" \
+    -v sp="$(col_median 3 "${small[@]}")" -v lp="$(col_median 3 "${large[@]}")" \
+    -v sc="$(col_median 4 "${small[@]}")" -v lc="$(col_median 4 "${large[@]}")" \
+    -v sg="$(col_median 5 "${small[@]}")" -v lg="$(col_median 5 "${large[@]}")" \
+    -v r="$(printf '%s\n' "${ratios[@]}" | median)" -v lo="$(printf '%s\n' "${ratios[@]}" | sort -g | head -1)" \
+    -v hi="$(printf '%s\n' "${ratios[@]}" | sort -g | tail -1)" -v k="$ROUNDS" \
+  'BEGIN { printf "  10 keys: %.0f req/s (p99 %.3f ms, keycap cpu %s%%, postgres cpu %s%%)\n  %d keys: %.0f req/s (p99 %.3f ms, keycap cpu %s%%, postgres cpu %s%%)\n  ratio: %.3f (median of %d pairs; %.2f-%.2f)\n", s, sp, sc, sg, n, l, lp, lc, lg, r, k, lo, hi }'
