@@ -135,9 +135,17 @@ wait_ok "http://127.0.0.1:$NGINX_PORT"; wait_ok "http://127.0.0.1:$PASS_PORT"; w
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v}'; }
 # Waits until keycap has flushed everything it settled, so that one run's flush (a large one
 # after a run over many keys) does not land in the next run.
+# It also waits for Postgres's autovacuum workers, which a run over many keys (many updated
+# rows) wakes, and which would otherwise take CPU from the load generator during the next run.
 settle_flushes() {
+  # The lag gauge is set at each flush tick: wait for the tick after the run first.
+  sleep "$(awk -v ms="${FLUSH_MS:-1000}" 'BEGIN { print ms / 1000 + 0.2 }')"
   for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" | grep -qx 'gateway_flush_lag_seconds 0' && return 0
+    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" | grep -qx 'gateway_flush_lag_seconds 0' && break
+    sleep 0.1
+  done
+  for _ in $(seq 1 600); do
+    [ "$("${PSQL[@]}" -tAc "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 0 ] && return 0
     sleep 0.1
   done
 }
