@@ -162,10 +162,12 @@ fn split_exponent(input: &str) -> Result<(&str, i64), MoneyError> {
             let exponent: i64 = trimmed[at + 1..]
                 .parse()
                 .map_err(|_| MoneyError::Invalid(trimmed.to_string()))?;
-            if exponent.abs() > 30 {
+            if exponent > 30 {
                 return Err(MoneyError::Invalid(trimmed.to_string()));
             }
-            Ok((&trimmed[..at], exponent))
+            // However small, a value below a nano-dollar rounds to zero; the floor keeps the
+            // scale arithmetic far from overflow.
+            Ok((&trimmed[..at], exponent.max(-1000)))
         }
         None => Ok((trimmed, 0)),
     }
@@ -317,6 +319,8 @@ mod tests {
         assert_eq!(read("4.4e-5"), Some(Money::from_nanos(44_000)));
         // Below a nano-dollar rounds half up, once.
         assert_eq!(read("1e-10"), Some(Money::ZERO));
+        assert_eq!(read("1e-31"), Some(Money::ZERO));
+        assert_eq!(read("5e-9223372036854775808"), Some(Money::ZERO));
         assert_eq!(read("0.0000000015"), Some(Money::from_nanos(2)));
         assert_eq!(read("null"), None);
         assert_eq!(read("\"0.01\""), None);

@@ -109,6 +109,11 @@ impl Upstream {
                 None => (authority.to_string(), default_port),
             }
         };
+        if host.is_empty() || (host.contains(':') && !authority.starts_with('[')) {
+            return Err(format!(
+                "upstream {base_url:?} needs a host (an IPv6 address goes in brackets: http://[::1]:8090)"
+            ));
+        }
         let ip_addr = host
             .parse::<std::net::IpAddr>()
             .ok()
@@ -162,6 +167,9 @@ mod tests {
         check("https://[::1]", Ok(("::1", 443, true)));
         check("http://[::1", Err(()));
         check("http://[::1]8090", Err(()));
+        check("http://:80", Err(()));
+        check("http://[]", Err(()));
+        check("http://::1", Err(()));
     }
 
     #[test]

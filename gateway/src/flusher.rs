@@ -229,13 +229,7 @@ pub async fn run(
             rollups_written = woke;
         }
         if stopping {
-            // One more try for a flush that failed.
-            if !flusher.flush(true).await {
-                tracing::error!(
-                    n_keys = flusher.failed.as_ref().map_or(0, |batch| batch.spend.len()),
-                    "could not flush the last spend before shutdown"
-                );
-            }
+            flusher.last_flush().await;
             return;
         }
     }
@@ -273,20 +267,8 @@ impl Flusher {
             self.failed = Some(batch);
             return false;
         }
-        let (spend, since) = self.outbox.take_spend(&mut self.spare);
-        let rollups = if with_rollups {
-            self.outbox.take_rollups(&mut self.spare)
-        } else {
-            Vec::new()
-        };
-        if spend.is_empty() && rollups.is_empty() {
+        let Some(batch) = self.take_batch(with_rollups) else {
             return true;
-        }
-        let batch = Batch {
-            id: Uuid::new_v4(),
-            spend,
-            rollups,
-            since,
         };
         match self.write(batch).await {
             Ok(()) => true,
@@ -294,6 +276,47 @@ impl Flusher {
                 self.failed = Some(batch);
                 false
             }
+        }
+    }
+
+    /// Takes what the outbox holds as a new batch; `None` when there is nothing to write.
+    fn take_batch(&mut self, with_rollups: bool) -> Option<Batch> {
+        let (spend, since) = self.outbox.take_spend(&mut self.spare);
+        let rollups = if with_rollups {
+            self.outbox.take_rollups(&mut self.spare)
+        } else {
+            Vec::new()
+        };
+        (!spend.is_empty() || !rollups.is_empty()).then(|| Batch {
+            id: Uuid::new_v4(),
+            spend,
+            rollups,
+            since,
+        })
+    }
+
+    /// On shutdown, after the proxy has stopped: one more try for a batch that failed, and,
+    /// whether or not it goes through, a try for everything else settled since. What still
+    /// cannot be written is logged with its amount.
+    async fn last_flush(&mut self) {
+        let mut left = Vec::new();
+        if let Some(batch) = self.failed.take()
+            && let Err(batch) = self.write(batch).await
+        {
+            left.push(batch);
+        }
+        if let Some(batch) = self.take_batch(true)
+            && let Err(batch) = self.write(batch).await
+        {
+            left.push(batch);
+        }
+        if !left.is_empty() {
+            let spend = left.iter().flat_map(|batch| &batch.spend);
+            tracing::error!(
+                n_keys = spend.clone().count(),
+                lost_nanousd = spend.map(|delta| delta.cost_nanousd).sum::<i64>(),
+                "could not flush the last spend before shutdown"
+            );
         }
     }
 

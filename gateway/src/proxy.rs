@@ -591,6 +591,7 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<ReadBody, Refu
     let bytes = whole.unwrap_or_else(|| joined.freeze());
     let headers = &session.req_header().headers;
     let framed_as_is = declared == Some(bytes.len())
+        && headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
         && !headers.contains_key(header::TRANSFER_ENCODING)
         && !headers.contains_key(header::EXPECT);
     Ok(ReadBody {

@@ -333,6 +333,22 @@ impl UsageWire<'_> {
     /// The outcome this usage amounts to: a cost when one is reported and readable, else token
     /// counts when both prompt and completion counts are there, else nothing.
     pub(crate) fn outcome(self) -> MeterOutcome {
+        // A cost that is not a JSON number makes the usage unreadable, as any other wrong type
+        // does (a number out of range is only unusable: the token counts are used instead).
+        let upstream = self
+            .cost_details
+            .as_ref()
+            .and_then(|d| d.upstream_inference_cost);
+        if self.cost.into_iter().chain(upstream).any(|raw| {
+            !raw.get()
+                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        }) {
+            return MeterOutcome::Nothing {
+                reason: NoUsage::Malformed {
+                    detail: "usage.cost is not a number".to_string(),
+                },
+            };
+        }
         let count = |value: Option<Count>| value.map_or(0, |count| count.0);
         let usage = Usage {
             prompt_tokens: count(self.prompt_tokens),

@@ -124,7 +124,8 @@ impl SseMeter {
         if !may_hold_usage {
             return;
         }
-        let has_usage = USAGE_FINDER.find(data).is_some_and(|at| {
+        let mut usage_keys = USAGE_FINDER.find_iter(data);
+        let has_usage = usage_keys.next().is_some_and(|at| {
             after_colon(&data[at + USAGE_KEY.len()..])
                 .is_none_or(|value| !value.starts_with(b"null"))
         });
@@ -132,8 +133,8 @@ impl SseMeter {
         if !has_usage && !has_error {
             return;
         }
-        if !has_error {
-            // Only the usage object is read, not the rest of the chunk.
+        if !has_error && usage_keys.next().is_none() {
+            // One usage object and no error: only that object is read, not the whole chunk.
             self.usage(usage_in_tail(data));
             return;
         }

@@ -166,6 +166,12 @@ fn json_bodies_without_a_usable_cost() {
         r#"{"usage":{"prompt_tokens":10,"completion_tokens":15,"cost":1e300}}"#,
         tokens(10, 15),
     );
+    // Read from the number's text: far below a nano-dollar is zero, not unreadable.
+    check(
+        JSON,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"cost":4e-40}}"#,
+        reported(0, 1, 2),
+    );
     check(
         JSON,
         r#"{"id":"gen-1","choices":[]}"#,
@@ -188,6 +194,8 @@ fn json_bodies_without_a_usable_cost() {
     for body in [
         "<html>502 Bad Gateway</html>",
         r#"{"usage":{"cost":"0.1"}}"#,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"cost":"0.1"}}"#,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"cost":1,"is_byok":true,"cost_details":{"upstream_inference_cost":true}}}"#,
         "[1,2]",
     ] {
         check_malformed(JSON, body);

@@ -230,3 +230,21 @@ fn long_streams_meter_the_same_in_any_chunking() {
         );
     }
 }
+
+#[test]
+fn a_usage_chunk_with_a_nested_usage_key_reads_the_top_level_one() {
+    // The top-level usage comes first; a later `"usage": null` nested in the chunk must not
+    // be read in its place.
+    let nested = concat!(
+        r#"data: {"id":"gen-1","object":"chat.completion.chunk","usage":{"prompt_tokens":10,"#,
+        r#""completion_tokens":15,"total_tokens":25,"cost":0.00002,"#,
+        r#""completion_tokens_details":{"reasoning_tokens":5}},"#,
+        r#""choices":[{"index":0,"delta":{"usage":null}}]}"#,
+        "\n\n"
+    );
+    check(
+        SSE,
+        &stream(&[&token_chunk("Hello"), nested, "data: [DONE]\n\n"]),
+        reported_stream(),
+    );
+}
