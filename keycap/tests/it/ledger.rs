@@ -6,7 +6,7 @@ use domain::services::Service;
 use domain::{Email, Money};
 use time::macros::datetime;
 
-use crate::support::{keys_json, seeded};
+use crate::support::{Env, keys_json, seeded};
 
 #[tokio::test]
 async fn the_ledger_refuses_update_delete_and_truncate() {
@@ -63,6 +63,12 @@ async fn tampering_breaks_the_hash_chain() {
     );
 }
 
+/// The seeded org.
+async fn acme(env: &Env) -> db::orgs::Org {
+    let client = env.db.pool.get().await.unwrap();
+    db::orgs::find(&client, "acme").await.unwrap()
+}
+
 fn new_key(name: &str, cap: &str) -> NewKey {
     NewKey {
         member: Email::parse("bob@acme.test").unwrap(),
@@ -80,9 +86,7 @@ fn new_key(name: &str, cap: &str) -> NewKey {
 #[tokio::test]
 async fn concurrent_carving_never_overshoots_the_budget() {
     let env = seeded().await;
-    let client = env.db.pool.get().await.unwrap();
-    let org = db::orgs::find(&client, "acme").await.unwrap();
-    drop(client);
+    let org = acme(&env).await;
     let now = time::OffsetDateTime::now_utc();
     let attempts = (0..10).map(|i| {
         let (pool, org) = (env.db.pool.clone(), org.clone());
@@ -123,9 +127,7 @@ async fn concurrent_carving_never_overshoots_the_budget() {
 #[tokio::test]
 async fn expiry_and_monthly_renewal() {
     let env = seeded().await;
-    let client = env.db.pool.get().await.unwrap();
-    let org = db::orgs::find(&client, "acme").await.unwrap();
-    drop(client);
+    let org = acme(&env).await;
     let november = datetime!(2026-11-10 12:00 UTC);
     let mut expiring = new_key("expiring", "30");
     expiring.expires_at = Some(datetime!(2026-11-20 0:00 UTC));
@@ -226,9 +228,7 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     use db::usage::{Flushed, SpendDelta, UsageDelta};
 
     let env = seeded().await;
-    let client = env.db.pool.get().await.unwrap();
-    let org = db::orgs::find(&client, "acme").await.unwrap();
-    drop(client);
+    let org = acme(&env).await;
     let now = time::OffsetDateTime::now_utc();
     let (key, _token) =
         db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
