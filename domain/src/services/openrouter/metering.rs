@@ -368,10 +368,7 @@ impl UsageWire<'_> {
                     .and_then(|d| d.reasoning_tokens),
             ),
         };
-        let byok_upstream = match (
-            self.is_byok,
-            self.cost_details.and_then(|d| d.upstream_inference_cost),
-        ) {
+        let byok_upstream = match (self.is_byok, upstream) {
             (Some(true), Some(upstream)) => reported_cost(upstream),
             _ => Some(Money::ZERO),
         };
