@@ -43,10 +43,12 @@ pub async fn org(database: &Database, command: OrgCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `keycap member ...`. `admin_url` is where the admin app is reached, for invite links.
+/// `keycap member ...`. `admin_url` is where the admin app is reached, for invite links, which
+/// work for `invite_days` (`admin.invite_days`, as for invites from the admin app).
 pub async fn member(
     database: &Database,
     admin_url: &str,
+    invite_days: u64,
     command: MemberCommand,
 ) -> anyhow::Result<()> {
     match command {
@@ -61,7 +63,7 @@ pub async fn member(
             let org = orgs::find(&client, &org).await?;
             drop(client);
             let token = domain::token::random_secret();
-            let ttl_days = 7;
+            let ttl_days = i64::try_from(invite_days)?;
             let new = db::invites::NewInvite {
                 email: address.clone(),
                 role,

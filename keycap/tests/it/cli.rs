@@ -720,6 +720,22 @@ async fn member_invite_prints_a_link_to_the_admin_app() {
         .ok(&["member", "invite", "--org", "acme", "ann@acme.test"])
         .unwrap();
     assert!(ann.starts_with("https://keycap.example/invite/"), "{ann}");
+    // The link works for `admin.invite_days`, as an invite from the admin app does.
+    env.keycap
+        .clone()
+        .env("KEYCAP_ADMIN__INVITE_DAYS", "2")
+        .ok(&["member", "invite", "--org", "acme", "dave@acme.test"])
+        .unwrap();
+    let days_left: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM expires_at - now())::float8 / 86400 FROM invites
+             WHERE email = 'dave@acme.test'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((1.9..=2.0).contains(&days_left), "{days_left}");
     // Bad input: one line, nothing written.
     let before = snapshot(&env.db).await;
     for args in [
