@@ -164,6 +164,31 @@ pub async fn get_sealed(client: &impl GenericClient, id: Uuid) -> Result<SealedM
         .ok_or_else(|| Error::not_found(format!("master key {id}")))
 }
 
+/// Locks the org's master key `id` for the rest of `tx`; a revoked one is a conflict, said
+/// with `when_revoked` after its name.
+async fn lock_active(
+    tx: &deadpool_postgres::Transaction<'_>,
+    org: &Org,
+    id: Uuid,
+    when_revoked: &str,
+) -> Result<MasterKey, Error> {
+    let row = tx
+        .query_opt(
+            select_master_keys!("WHERE id = $1 AND org_id = $2 FOR UPDATE"),
+            &[&id, &org.id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("master key {id}")))?;
+    let key = from_row(&row).key;
+    if key.revoked_at.is_some() {
+        return Err(Error::Conflict(format!(
+            "master key {:?} {when_revoked}",
+            key.name
+        )));
+    }
+    Ok(key)
+}
+
 /// Replaces the secret of an active master key in place (same id, so the sub-keys that use it
 /// keep working with the new secret) and writes its ledger row.
 pub async fn rotate(
@@ -176,20 +201,7 @@ pub async fn rotate(
 ) -> Result<MasterKey, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt(
-            select_master_keys!("WHERE id = $1 AND org_id = $2 FOR UPDATE"),
-            &[&id, &org.id],
-        )
-        .await?
-        .ok_or_else(|| Error::not_found(format!("master key {id}")))?;
-    let mut key = from_row(&row).key;
-    if key.revoked_at.is_some() {
-        return Err(Error::Conflict(format!(
-            "master key {:?} is revoked: add a new one instead",
-            key.name
-        )));
-    }
+    let mut key = lock_active(&tx, org, id, "is revoked: add a new one instead").await?;
     tx.execute(
         "UPDATE master_keys SET ciphertext = $2, nonce = $3, sealing_key_id = $4, last_four = $5,
                 rotated_at = now()
@@ -218,20 +230,7 @@ pub async fn rotate(
 pub async fn revoke(pool: &Pool, org: &Org, id: Uuid, actor: Actor) -> Result<MasterKey, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt(
-            select_master_keys!("WHERE id = $1 AND org_id = $2 FOR UPDATE"),
-            &[&id, &org.id],
-        )
-        .await?
-        .ok_or_else(|| Error::not_found(format!("master key {id}")))?;
-    let mut key = from_row(&row).key;
-    if key.revoked_at.is_some() {
-        return Err(Error::Conflict(format!(
-            "master key {:?} is already revoked",
-            key.name
-        )));
-    }
+    let mut key = lock_active(&tx, org, id, "is already revoked").await?;
     let revoked_at: OffsetDateTime = tx
         .query_one(
             "UPDATE master_keys SET revoked_at = now() WHERE id = $1 RETURNING revoked_at",
