@@ -18,6 +18,12 @@ use crate::cli::{
 };
 use crate::database::Database;
 
+/// The org named `name`, read on a connection that goes back to the pool at once.
+async fn find_org(database: &Database, name: &str) -> anyhow::Result<orgs::Org> {
+    let client = database.pool.get().await?;
+    Ok(orgs::find(&client, name).await?)
+}
+
 fn email(text: &str) -> anyhow::Result<Email> {
     Ok(Email::parse(text)?)
 }
@@ -59,9 +65,7 @@ pub async fn member(
             budget,
         } => {
             let (address, role, budget) = (email(&address)?, role.parse::<Role>()?, usd(&budget)?);
-            let client = database.pool.get().await?;
-            let org = orgs::find(&client, &org).await?;
-            drop(client);
+            let org = find_org(database, &org).await?;
             let token = domain::token::random_secret();
             let ttl_days = i64::try_from(invite_days)?;
             let new = db::invites::NewInvite {
@@ -85,9 +89,7 @@ pub async fn member(
             budget,
         } => {
             let (address, role, budget) = (email(&address)?, role.parse::<Role>()?, usd(&budget)?);
-            let client = database.pool.get().await?;
-            let org = orgs::find(&client, &org).await?;
-            drop(client);
+            let org = find_org(database, &org).await?;
             db::members::add(&database.pool, &org, &address, role, budget, Actor::Cli).await?;
             eprintln!(
                 "added {address} to {:?} as {role} with a monthly budget of {budget}",
@@ -146,9 +148,7 @@ pub async fn budget(database: &Database, command: BudgetCommand) -> anyhow::Resu
         usd: amount,
     } = command;
     let (address, amount) = (email(&address)?, usd(&amount)?);
-    let client = database.pool.get().await?;
-    let org = orgs::find(&client, &org).await?;
-    drop(client);
+    let org = find_org(database, &org).await?;
     db::members::set_budget(&database.pool, &org, &address, amount, Actor::Cli).await?;
     eprintln!(
         "set the monthly budget of {address} in {:?} to {amount}",
@@ -190,9 +190,7 @@ pub async fn vault(
     match command {
         VaultCommand::Add { org, service, name } => {
             let service: Service = service.parse()?;
-            let client = database.pool.get().await?;
-            let org = orgs::find(&client, &org).await?;
-            drop(client);
+            let org = find_org(database, &org).await?;
             let secret = read_secret()?;
             let id = Uuid::new_v4();
             let sealed = keyring.seal(org.id, id, secret.expose_secret());
@@ -287,9 +285,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
             Ok(())
         }
         KeyCommand::Revoke { org, key } => {
-            let client = database.pool.get().await?;
-            let org = orgs::find(&client, &org).await?;
-            drop(client);
+            let org = find_org(database, &org).await?;
             let revoked = db::keys::revoke(
                 &database.pool,
                 &org,
@@ -327,9 +323,7 @@ async fn key_create(database: &Database, args: KeyCreateArgs) -> anyhow::Result<
         renew_monthly: args.renew_monthly,
         rate_limit_rpm: args.rpm,
     };
-    let client = database.pool.get().await?;
-    let org = orgs::find(&client, &args.org).await?;
-    drop(client);
+    let org = find_org(database, &args.org).await?;
     let (key, token) = db::keys::create(&database.pool, &org, &new, Actor::Cli, now).await?;
     eprintln!(
         "created key {} ({:?}) for {} with a cap of {}; the token below is shown only once",
