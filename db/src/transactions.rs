@@ -86,26 +86,6 @@ pub async fn append(client: &impl GenericClient, entry: &NewEntry) -> Result<(),
     Ok(())
 }
 
-const LIST: &str = "SELECT t.seq, t.kind, t.created_at, actor.email, member.email, t.api_key_id,
-        t.master_key_id, t.amount_nanousd, t.detail, t.hash
-    FROM transactions t
-    LEFT JOIN users actor ON actor.id = t.actor_user_id
-    LEFT JOIN memberships m ON m.id = t.membership_id
-    LEFT JOIN users member ON member.id = m.user_id
-    WHERE t.org_id = $1
-    ORDER BY t.seq DESC
-    LIMIT $2";
-
-/// The newest `limit` ledger rows of an org, newest first.
-pub async fn list(
-    client: &impl GenericClient,
-    org_id: Uuid,
-    limit: i64,
-) -> Result<Vec<Entry>, Error> {
-    let rows = client.query(LIST, &[&org_id, &limit]).await?;
-    Ok(rows.iter().map(entry_from_row).collect())
-}
-
 /// Which ledger rows to list: all filters are optional and combine with AND.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -138,7 +118,8 @@ const LIST_FILTERED: &str =
     ORDER BY t.seq DESC
     LIMIT $8";
 
-/// The newest `limit` ledger rows of an org that match `filter`, newest first.
+/// The newest `limit` ledger rows of an org that match `filter` (`Filter::default()` for
+/// all), newest first.
 pub async fn list_filtered(
     client: &impl GenericClient,
     org_id: Uuid,

@@ -340,7 +340,8 @@ pub async fn audit(database: &Database, args: AuditArgs) -> anyhow::Result<()> {
     }
     let client = database.pool.get().await?;
     let org = orgs::find(&client, &args.org).await?;
-    let entries = db::transactions::list(&client, org.id, args.limit).await?;
+    let entries =
+        db::transactions::list_filtered(&client, org.id, &Default::default(), args.limit).await?;
     let chain = db::transactions::verify_chain(&client, org.id).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
