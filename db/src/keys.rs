@@ -84,10 +84,11 @@ macro_rules! select_keys {
     ($tail:literal) => {
         concat!(
             "SELECT k.id, k.org_id, k.membership_id, u.email, k.master_key_id, k.service, k.name, k.prefix,
-                    k.cap_nanousd, k.spent_nanousd, k.model_scope, k.renew_monthly, k.period_start,
+                    k.cap_nanousd, s.spent_nanousd, k.model_scope, k.renew_monthly, k.period_start,
                     k.paused_reason, k.expires_at, k.created_at, k.closed_at, k.close_reason, k.changed_at,
                     k.rate_limit_rpm
              FROM api_keys k
+             JOIN key_spends s ON s.api_key_id = k.id
              JOIN memberships m ON m.id = k.membership_id
              JOIN users u ON u.id = m.user_id ",
             $tail
@@ -263,7 +264,7 @@ async fn find_for_update(
         Ok(id) => {
             client
                 .query(
-                    select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR UPDATE OF k"),
+                    select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR UPDATE OF k, s"),
                     &[&org.id, &id],
                 )
                 .await?
@@ -276,7 +277,7 @@ async fn find_for_update(
             }
             client
                 .query(
-                    select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR UPDATE OF k"),
+                    select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR UPDATE OF k, s"),
                     &[&org.id, &needle],
                 )
                 .await?

@@ -52,7 +52,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
     let tx = client.transaction().await?;
     let rows = tx
         .query(
-            select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR UPDATE OF k SKIP LOCKED"),
+            select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR UPDATE OF k, s SKIP LOCKED"),
             &[&now],
         )
         .await?;
@@ -95,7 +95,7 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         .query(
             select_keys!(
                 "WHERE k.renew_monthly AND k.closed_at IS NULL AND k.period_start < $1
-                 ORDER BY k.created_at FOR UPDATE OF k SKIP LOCKED"
+                 ORDER BY k.created_at FOR UPDATE OF k, s SKIP LOCKED"
             ),
             &[&window.first_day()],
         )
@@ -130,8 +130,13 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         match renew(key.cap, &month) {
             Renewal::Renew { carve } => {
                 tx.execute(
-                    "UPDATE api_keys SET spent_nanousd = 0, period_start = $2, paused_reason = NULL WHERE id = $1",
+                    "UPDATE api_keys SET period_start = $2, paused_reason = NULL WHERE id = $1",
                     &[&key.id, &window.first_day()],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE key_spends SET spent_nanousd = 0 WHERE api_key_id = $1",
+                    &[&key.id],
                 )
                 .await?;
                 entry.amount = carve;

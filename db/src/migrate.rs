@@ -30,6 +30,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_flush_claims",
         include_str!("../../migrations/0007_flush_claims.sql"),
     ),
+    (
+        "0008_key_spends",
+        include_str!("../../migrations/0008_key_spends.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -32,10 +32,10 @@ pub struct SpendDelta {
 const FLUSH: &str = "WITH claim AS (
         INSERT INTO spend_flushes (id) VALUES ($9) ON CONFLICT (id) DO NOTHING RETURNING id
     ), spend AS (
-        UPDATE api_keys k SET spent_nanousd = k.spent_nanousd + s.cost
+        UPDATE key_spends k SET spent_nanousd = k.spent_nanousd + s.cost
         FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost), claim
-        WHERE k.id = s.api_key_id
-        RETURNING k.id
+        WHERE k.api_key_id = s.api_key_id
+        RETURNING k.api_key_id
     ), rollups AS (
         INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
         SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)

@@ -151,7 +151,8 @@ impl Gateway {
         let hash = domain::token::hash_token(token).to_vec();
         let row = client
             .query_one(
-                "SELECT spent_nanousd FROM api_keys WHERE token_hash = $1",
+                "SELECT s.spent_nanousd FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id
+                 WHERE k.token_hash = $1",
                 &[&hash],
             )
             .await

@@ -143,7 +143,7 @@ async fn expiry_and_monthly_renewal() {
     let client = env.db.client().await.unwrap();
     client
         .execute(
-            "UPDATE api_keys SET spent_nanousd = 7000000000 WHERE id = $1",
+            "UPDATE key_spends SET spent_nanousd = 7000000000 WHERE api_key_id = $1",
             &[&renewing_key.id],
         )
         .await
@@ -173,7 +173,8 @@ async fn expiry_and_monthly_renewal() {
     assert_eq!((report.expired, report.renewed, report.paused), (0, 1, 0));
     let row = client
         .query_one(
-            "SELECT spent_nanousd, period_start::text FROM api_keys WHERE id = $1",
+            "SELECT s.spent_nanousd, k.period_start::text
+             FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id WHERE k.id = $1",
             &[&renewing_key.id],
         )
         .await
@@ -251,8 +252,8 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
         let row = client
             .query_one(
                 "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
-                   FROM usage_rollups WHERE api_key_id = k.id)
-                 FROM api_keys k WHERE k.id = $1",
+                   FROM usage_rollups WHERE api_key_id = k.api_key_id)
+                 FROM key_spends k WHERE k.api_key_id = $1",
                 &[&key.id],
             )
             .await
