@@ -18,11 +18,47 @@ pub struct UsageDelta {
     pub cost_nanousd: i64,
 }
 
-/// Spend to add to one key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpendDelta {
-    pub api_key_id: Uuid,
-    pub cost_nanousd: i64,
+/// Spend to add, at most one entry per key, kept as the two arrays the flush statement takes:
+/// a flush of many keys makes no other copy, and a cleared one keeps its memory for the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpendDeltas {
+    api_key_ids: Vec<Uuid>,
+    costs_nanousd: Vec<i64>,
+}
+
+impl SpendDeltas {
+    /// Adds `cost_nanousd` for a key not in the list yet.
+    pub fn push(&mut self, api_key_id: Uuid, cost_nanousd: i64) {
+        self.api_key_ids.push(api_key_id);
+        self.costs_nanousd.push(cost_nanousd);
+    }
+
+    pub fn len(&self) -> usize {
+        self.api_key_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.api_key_ids.is_empty()
+    }
+
+    /// Empties the list, keeping its memory.
+    pub fn clear(&mut self) {
+        self.api_key_ids.clear();
+        self.costs_nanousd.clear();
+    }
+
+    /// `(key id, cost)` pairs, in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (Uuid, i64)> + '_ {
+        self.api_key_ids
+            .iter()
+            .copied()
+            .zip(self.costs_nanousd.iter().copied())
+    }
+
+    /// The sum of the costs.
+    pub fn total_nanousd(&self) -> i64 {
+        self.costs_nanousd.iter().sum()
+    }
 }
 
 // The flush claims its id first; the spend update and the rollup upsert join the claim, so
@@ -67,14 +103,12 @@ pub enum Flushed {
 pub async fn flush(
     pool: &Pool,
     id: Uuid,
-    spend: &[SpendDelta],
+    spend: &SpendDeltas,
     rollups: &[UsageDelta],
 ) -> Result<Flushed, Error> {
     if spend.is_empty() && rollups.is_empty() {
         return Ok(Flushed::Applied);
     }
-    let spend_ids: Vec<Uuid> = spend.iter().map(|d| d.api_key_id).collect();
-    let spend_costs: Vec<i64> = spend.iter().map(|d| d.cost_nanousd).collect();
     let ids: Vec<Uuid> = rollups.iter().map(|d| d.api_key_id).collect();
     let minutes: Vec<OffsetDateTime> = rollups.iter().map(|d| d.minute).collect();
     let n_requests: Vec<i64> = rollups.iter().map(|d| d.n_requests).collect();
@@ -86,8 +120,8 @@ pub async fn flush(
         .query_one(
             FLUSH,
             &[
-                &spend_ids,
-                &spend_costs,
+                &spend.api_key_ids,
+                &spend.costs_nanousd,
                 &ids,
                 &minutes,
                 &n_requests,

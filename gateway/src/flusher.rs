@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use db::usage::{Flushed, SpendDelta, UsageDelta};
+use db::usage::{Flushed, SpendDeltas, UsageDelta};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -117,23 +117,24 @@ impl Outbox {
         }
     }
 
-    /// Takes every listed key's spend. `spare` is an empty list to swap in, so the list's
-    /// memory is reused from flush to flush.
-    fn take_spend(&self, spare: &mut Vec<Arc<KeyEntry>>) -> (Vec<SpendDelta>, Option<Instant>) {
+    /// Takes every listed key's spend into `into` (empty), and returns when the oldest of it
+    /// was listed. `spare` is an empty list to swap in: both keep their memory from flush to
+    /// flush, so a flush of many keys does not fault in fresh pages every second.
+    fn take_spend(
+        &self,
+        spare: &mut Vec<Arc<KeyEntry>>,
+        into: &mut SpendDeltas,
+    ) -> Option<Instant> {
         let since = swap_list(&self.spend, spare);
-        let deltas = spare
-            .iter()
-            .filter_map(|key| {
-                key.unflushed.on_spend_list.store(false, Ordering::SeqCst);
-                let cost = key.unflushed.spend.swap(0, Ordering::SeqCst);
-                (cost != 0).then_some(SpendDelta {
-                    api_key_id: key.id,
-                    cost_nanousd: cost,
-                })
-            })
-            .collect();
+        for key in spare.iter() {
+            key.unflushed.on_spend_list.store(false, Ordering::SeqCst);
+            let cost = key.unflushed.spend.swap(0, Ordering::SeqCst);
+            if cost != 0 {
+                into.push(key.id, cost);
+            }
+        }
         spare.clear();
-        (deltas, since)
+        since
     }
 
     /// Takes every listed key's rollups.
@@ -189,7 +190,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Batch {
     /// The flush's claim in Postgres: a retry under the same id never applies it twice.
     id: Uuid,
-    spend: Vec<SpendDelta>,
+    spend: SpendDeltas,
     rollups: Vec<UsageDelta>,
     /// When the oldest spend in it was listed.
     since: Option<Instant>,
@@ -210,6 +211,7 @@ pub async fn run(
         metrics,
         failed: None,
         spare: Vec::new(),
+        spare_spend: SpendDeltas::default(),
     };
     let mut ticker = tokio::time::interval(intervals.flush);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,6 +245,8 @@ struct Flusher {
     /// retried as it is, under its id, before anything new goes out.
     failed: Option<Batch>,
     spare: Vec<Arc<KeyEntry>>,
+    /// The spend list of the last batch written, emptied, for the next one.
+    spare_spend: SpendDeltas,
 }
 
 impl Flusher {
@@ -281,13 +285,18 @@ impl Flusher {
 
     /// Takes what the outbox holds as a new batch; `None` when there is nothing to write.
     fn take_batch(&mut self, with_rollups: bool) -> Option<Batch> {
-        let (spend, since) = self.outbox.take_spend(&mut self.spare);
+        let mut spend = std::mem::take(&mut self.spare_spend);
+        let since = self.outbox.take_spend(&mut self.spare, &mut spend);
         let rollups = if with_rollups {
             self.outbox.take_rollups(&mut self.spare)
         } else {
             Vec::new()
         };
-        (!spend.is_empty() || !rollups.is_empty()).then(|| Batch {
+        if spend.is_empty() && rollups.is_empty() {
+            self.spare_spend = spend;
+            return None;
+        }
+        Some(Batch {
             id: Uuid::new_v4(),
             spend,
             rollups,
@@ -311,17 +320,19 @@ impl Flusher {
             left.push(batch);
         }
         if !left.is_empty() {
-            let spend = left.iter().flat_map(|batch| &batch.spend);
             tracing::error!(
-                n_keys = spend.clone().count(),
-                lost_nanousd = spend.map(|delta| delta.cost_nanousd).sum::<i64>(),
+                n_keys = left.iter().map(|batch| batch.spend.len()).sum::<usize>(),
+                lost_nanousd = left
+                    .iter()
+                    .map(|batch| batch.spend.total_nanousd())
+                    .sum::<i64>(),
                 "could not flush the last spend before shutdown"
             );
         }
     }
 
     /// Writes one batch; gives it back when the write failed.
-    async fn write(&self, batch: Batch) -> Result<(), Batch> {
+    async fn write(&mut self, mut batch: Batch) -> Result<(), Batch> {
         let started = Instant::now();
         match db::usage::flush(&self.pool, batch.id, &batch.spend, &batch.rollups).await {
             Ok(flushed) => {
@@ -334,6 +345,8 @@ impl Flusher {
                         "a retried flush had committed before its reply was lost; not applied again"
                     );
                 }
+                batch.spend.clear();
+                self.spare_spend = batch.spend;
                 Ok(())
             }
             Err(err) => {
@@ -373,20 +386,17 @@ mod tests {
         outbox.record(&a, usage(15), at(5));
         outbox.record(&b, usage(0), at(5));
         let mut spare = Vec::new();
-        let (mut spend, since) = outbox.take_spend(&mut spare);
-        spend.sort_by_key(|d| d.api_key_id);
-        assert_eq!(
-            spend,
-            vec![SpendDelta {
-                api_key_id: a.id,
-                cost_nanousd: 25
-            }]
-        );
+        let mut spend = SpendDeltas::default();
+        let since = outbox.take_spend(&mut spare, &mut spend);
+        assert_eq!(spend.iter().collect::<Vec<_>>(), vec![(a.id, 25)]);
         assert!(since.is_some());
         // Taken: nothing left, and the key is listed again by its next request.
-        assert_eq!(outbox.take_spend(&mut spare).0, vec![]);
+        spend.clear();
+        outbox.take_spend(&mut spare, &mut spend);
+        assert!(spend.is_empty());
         outbox.record(&a, usage(1), at(6));
-        assert_eq!(outbox.take_spend(&mut spare).0.len(), 1);
+        outbox.take_spend(&mut spare, &mut spend);
+        assert_eq!(spend.iter().collect::<Vec<_>>(), vec![(a.id, 1)]);
     }
 
     #[test]
@@ -398,7 +408,7 @@ mod tests {
         outbox.record(&a, usage(4), at(6));
         let mut spare = Vec::new();
         // Taking spend leaves the rollups.
-        outbox.take_spend(&mut spare);
+        outbox.take_spend(&mut spare, &mut SpendDeltas::default());
         let rollups = outbox.take_rollups(&mut spare);
         assert_eq!(rollups.len(), 2);
         assert_eq!(
@@ -433,23 +443,19 @@ mod tests {
             .collect();
         let mut total = 0;
         let mut spare = Vec::new();
+        let mut spend = SpendDeltas::default();
+        let mut take = |spend: &mut SpendDeltas| {
+            spend.clear();
+            outbox.take_spend(&mut spare, spend);
+            spend.total_nanousd()
+        };
         while recorders.iter().any(|r| !r.is_finished()) {
-            total += outbox
-                .take_spend(&mut spare)
-                .0
-                .iter()
-                .map(|d| d.cost_nanousd)
-                .sum::<i64>();
+            total += take(&mut spend);
         }
         for recorder in recorders {
             recorder.join().unwrap();
         }
-        total += outbox
-            .take_spend(&mut spare)
-            .0
-            .iter()
-            .map(|d| d.cost_nanousd)
-            .sum::<i64>();
+        total += take(&mut spend);
         assert_eq!(total, 4 * 20_000);
         let requests: i64 = outbox
             .take_rollups(&mut spare)

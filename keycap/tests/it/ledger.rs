@@ -226,7 +226,7 @@ async fn expiry_and_monthly_renewal() {
 /// flush adds its own deltas; maintenance forgets claims after a week.
 #[tokio::test]
 async fn a_flush_retried_under_its_id_is_applied_once() {
-    use db::usage::{Flushed, SpendDelta, UsageDelta};
+    use db::usage::{Flushed, SpendDeltas, UsageDelta};
 
     let env = seeded().await;
     let org = acme(&env).await;
@@ -235,10 +235,8 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
         db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
             .await
             .unwrap();
-    let spend = [SpendDelta {
-        api_key_id: key.id,
-        cost_nanousd: 1_500,
-    }];
+    let mut spend = SpendDeltas::default();
+    spend.push(key.id, 1_500);
     let rollups = [UsageDelta {
         api_key_id: key.id,
         minute: now,
