@@ -55,11 +55,19 @@ struct MinuteUsage {
 #[derive(Debug, Default)]
 pub struct Unflushed {
     spend: AtomicI64,
-    /// Usage by minute, oldest first; a minute or two between rollup writes.
-    rollups: Mutex<Vec<MinuteUsage>>,
+    rollups: Mutex<Rollups>,
     /// Whether the key is on the outbox's spend list (then it is not listed again).
     on_spend_list: AtomicBool,
     on_rollup_list: AtomicBool,
+}
+
+/// A key's usage by minute since its rollups were last taken. The latest minute is kept inline,
+/// so recording a request touches no memory beyond the key's entry; a minute that ends moves
+/// to `earlier` (a minute or two between rollup writes).
+#[derive(Debug, Default)]
+struct Rollups {
+    latest: Option<MinuteUsage>,
+    earlier: Vec<MinuteUsage>,
 }
 
 /// The keys holding unflushed usage, in two lists: one taken every flush (spend), one taken
@@ -94,22 +102,28 @@ impl Outbox {
         let minute = at.unix_timestamp().div_euclid(60);
         {
             let mut rollups = lock(&unflushed.rollups);
-            match rollups.last_mut() {
-                Some(last) if last.minute == minute => {
-                    last.n_requests += 1;
-                    last.prompt_tokens += usage.prompt_tokens;
-                    last.completion_tokens += usage.completion_tokens;
-                    last.cost_nanousd += usage.cost_nanousd;
+            let Rollups { latest, earlier } = &mut *rollups;
+            match latest {
+                Some(latest) if latest.minute == minute => {
+                    latest.n_requests += 1;
+                    latest.prompt_tokens += usage.prompt_tokens;
+                    latest.completion_tokens += usage.completion_tokens;
+                    latest.cost_nanousd += usage.cost_nanousd;
                 }
                 // Requests settling out of order on two threads may give a minute two entries;
                 // the flush statement sums them.
-                _ => rollups.push(MinuteUsage {
-                    minute,
-                    n_requests: 1,
-                    prompt_tokens: usage.prompt_tokens,
-                    completion_tokens: usage.completion_tokens,
-                    cost_nanousd: usage.cost_nanousd,
-                }),
+                _ => {
+                    let next = MinuteUsage {
+                        minute,
+                        n_requests: 1,
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                        cost_nanousd: usage.cost_nanousd,
+                    };
+                    if let Some(ended) = latest.replace(next) {
+                        earlier.push(ended);
+                    }
+                }
             }
         }
         if !unflushed.on_rollup_list.swap(true, Ordering::SeqCst) {
@@ -143,8 +157,8 @@ impl Outbox {
         let mut deltas = Vec::with_capacity(spare.len());
         for key in spare.iter() {
             key.unflushed.on_rollup_list.store(false, Ordering::SeqCst);
-            let minutes = std::mem::take(&mut *lock(&key.unflushed.rollups));
-            deltas.extend(minutes.into_iter().map(|usage| {
+            let Rollups { latest, earlier } = std::mem::take(&mut *lock(&key.unflushed.rollups));
+            deltas.extend(earlier.into_iter().chain(latest).map(|usage| {
                 UsageDelta {
                     api_key_id: key.id,
                     minute: OffsetDateTime::from_unix_timestamp(usage.minute * 60)
