@@ -276,3 +276,104 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
         .unwrap();
     assert_eq!(report.flush_claims_deleted, 2);
 }
+
+/// Migration 0008 moves each key's spend from `api_keys` to `key_spends`: every amount arrives,
+/// `closed` follows `closed_at`, and keys made afterwards get their row (and `closed` keeps up).
+/// The migrations up to 0007 run in a schema of their own, with rows the old shape allowed.
+#[tokio::test]
+async fn moving_spend_to_key_spends_keeps_every_keys_spend() {
+    let db = testkit::TestDb::new().await.unwrap();
+    let client = db.client().await.unwrap();
+    client
+        .batch_execute("CREATE SCHEMA before_0008; SET search_path TO before_0008")
+        .await
+        .unwrap();
+    let (last, earlier) = db::MIGRATIONS.split_last().unwrap();
+    assert_eq!(
+        last.0, "0008_key_spends",
+        "this test is about migration 0008"
+    );
+    for (_, sql) in earlier {
+        client.batch_execute(sql).await.unwrap();
+    }
+    client
+        .batch_execute(
+            "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
+             INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
+             INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
+             VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
+                     '00000000-0000-0000-0000-000000000002', 'user', 1000000);
+             INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
+             VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
+                     'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');
+             INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
+                                   prefix, cap_nanousd, spent_nanousd, period_start, closed_at, close_reason)
+             SELECT ('00000000-0000-0000-0000-0000000001' || lpad(i::text, 2, '0'))::uuid,
+                    '00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000003',
+                    '00000000-0000-0000-0000-000000000004', 'openrouter', 'k' || i,
+                    sha256(convert_to(i::text, 'UTF8')), 'kc_' || i, 1000, i * 7, current_date,
+                    CASE WHEN i = 3 THEN now() END, CASE WHEN i = 3 THEN 'revoked' END
+             FROM generate_series(1, 3) AS i;",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(last.1).await.unwrap();
+
+    let spends = |client: tokio_postgres::Client| async move {
+        let rows = client
+            .query(
+                "SELECT k.name, s.spent_nanousd, s.closed
+                 FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id ORDER BY k.name",
+                &[],
+            )
+            .await
+            .unwrap();
+        let spends: Vec<(String, i64, bool)> = rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        (client, spends)
+    };
+    let (client, moved) = spends(client).await;
+    assert_eq!(
+        moved,
+        [
+            ("k1".to_string(), 7, false),
+            ("k2".to_string(), 14, false),
+            ("k3".to_string(), 21, true)
+        ]
+    );
+    let old_column = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_schema = 'before_0008' AND table_name = 'api_keys'
+               AND column_name = 'spent_nanousd'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(old_column.get::<_, i64>(0), 0);
+
+    // A key made afterwards gets its row; closing it is mirrored.
+    client
+        .batch_execute(
+            "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
+                                   prefix, cap_nanousd, period_start)
+             VALUES ('00000000-0000-0000-0000-000000000199', '00000000-0000-0000-0000-000000000001',
+                     '00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000004',
+                     'openrouter', 'k4', sha256(convert_to('4', 'UTF8')), 'kc_4', 1000, current_date);
+             UPDATE api_keys SET closed_at = now(), close_reason = 'expired' WHERE name = 'k2';",
+        )
+        .await
+        .unwrap();
+    let (_client, after) = spends(client).await;
+    assert_eq!(
+        after,
+        [
+            ("k1".to_string(), 7, false),
+            ("k2".to_string(), 14, true),
+            ("k3".to_string(), 21, true),
+            ("k4".to_string(), 0, false)
+        ]
+    );
+}

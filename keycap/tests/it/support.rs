@@ -78,12 +78,14 @@ pub async fn snapshot(db: &TestDb) -> String {
                     (SELECT count(*) FROM master_keys), (SELECT count(*) FROM api_keys),
                     (SELECT coalesce(sum(cap_nanousd), 0)::bigint FROM api_keys),
                     (SELECT count(*) FILTER (WHERE closed_at IS NOT NULL) FROM api_keys),
-                    (SELECT count(*) FROM transactions)",
+                    (SELECT count(*) FROM transactions),
+                    (SELECT count(*) FROM key_spends),
+                    (SELECT coalesce(sum(spent_nanousd), 0)::bigint FROM key_spends)",
             &[],
         )
         .await
         .unwrap();
-    (0..9)
+    (0..11)
         .map(|i| row.get::<_, i64>(i).to_string())
         .collect::<Vec<_>>()
         .join(",")
