@@ -15,6 +15,9 @@
 -- write spend to a column that no reader looks at any more. Stop older keycap processes (their
 -- last flush writes their spend) before starting this version, which copies it over here.
 
+-- Keys inserted, or spend flushed by an older process, while this runs would miss the copy.
+LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE key_spends (
     api_key_id    uuid PRIMARY KEY REFERENCES api_keys (id) ON DELETE CASCADE,
     spent_nanousd bigint NOT NULL DEFAULT 0 CHECK (spent_nanousd >= 0),
@@ -47,6 +50,10 @@ CREATE TRIGGER api_keys_closed_mirror AFTER UPDATE OF closed_at ON api_keys
 -- the function is VOLATILE, so it sees a refund committed by a revoke the flush waited for; as
 -- an AFTER ROW trigger it takes the org's ledger lock only after the flush has locked all its
 -- spend rows (a revoke locks the key's spend row, with its `api_keys` row, before the ledger).
+-- Code that locks a key to close or renew it takes `FOR NO KEY UPDATE OF k, s`, not
+-- `FOR UPDATE`: a flush, holding spend rows, ends with foreign-key checks (of its rollup rows
+-- and of take-back ledger rows) that take KEY SHARE on the keys' `api_keys` rows, which
+-- `FOR UPDATE` would block, a deadlock.
 DROP TRIGGER api_keys_late_spend ON api_keys;
 DROP FUNCTION api_keys_take_back_refund();
 

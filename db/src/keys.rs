@@ -253,7 +253,8 @@ pub async fn list(
     Ok(rows.iter().map(from_row).collect())
 }
 
-/// Finds one key of an org by its id or by its display prefix, locking it.
+/// Finds one key of an org by its id or by its display prefix, locking it: its `api_keys` row
+/// and its spend row, `FOR NO KEY UPDATE` (see migration 0008 for why not `FOR UPDATE`).
 async fn find_for_update(
     client: &impl GenericClient,
     org: &Org,
@@ -264,7 +265,7 @@ async fn find_for_update(
         Ok(id) => {
             client
                 .query(
-                    select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR UPDATE OF k, s"),
+                    select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR NO KEY UPDATE OF k, s"),
                     &[&org.id, &id],
                 )
                 .await?
@@ -277,7 +278,7 @@ async fn find_for_update(
             }
             client
                 .query(
-                    select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR UPDATE OF k, s"),
+                    select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR NO KEY UPDATE OF k, s"),
                     &[&org.id, &needle],
                 )
                 .await?

@@ -52,7 +52,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
     let tx = client.transaction().await?;
     let rows = tx
         .query(
-            select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR UPDATE OF k, s SKIP LOCKED"),
+            select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"),
             &[&now],
         )
         .await?;
@@ -95,7 +95,7 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         .query(
             select_keys!(
                 "WHERE k.renew_monthly AND k.closed_at IS NULL AND k.period_start < $1
-                 ORDER BY k.created_at FOR UPDATE OF k, s SKIP LOCKED"
+                 ORDER BY k.created_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"
             ),
             &[&window.first_day()],
         )

@@ -355,7 +355,7 @@ pub async fn remove(
     let rows = tx
         .query(
             crate::keys::select_keys!(
-                "WHERE k.membership_id = $1 AND k.closed_at IS NULL ORDER BY k.id FOR UPDATE OF k, s"
+                "WHERE k.membership_id = $1 AND k.closed_at IS NULL ORDER BY k.id FOR NO KEY UPDATE OF k, s"
             ),
             &[&membership.id],
         )

@@ -277,6 +277,70 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     assert_eq!(report.flush_claims_deleted, 2);
 }
 
+/// A revoke that starts while a flush holds the key's spend row waits for the flush, then
+/// refunds the cap less the flushed spend; neither deadlocks. The flush is held open on
+/// purpose where a revoke that locked `api_keys` `FOR UPDATE` deadlocked with it: its spend
+/// rows are locked and the foreign-key check of its rollup row (a KEY SHARE lock on the key's
+/// `api_keys` row) has not run yet; a test trigger that sorts before that check sleeps there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
+    use db::usage::{Flushed, SpendDeltas, UsageDelta};
+
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let (key, _token) =
+        db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
+            .await
+            .unwrap();
+    env.db
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE FUNCTION test_slow_flush() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+             CREATE TRIGGER \"AAA_test_slow_flush\" AFTER INSERT ON usage_rollups
+                 FOR EACH ROW EXECUTE FUNCTION test_slow_flush();",
+        )
+        .await
+        .unwrap();
+    let mut spend = SpendDeltas::default();
+    spend.push(key.id, 1_500);
+    let rollups = vec![UsageDelta {
+        api_key_id: key.id,
+        minute: now,
+        n_requests: 1,
+        prompt_tokens: 10,
+        completion_tokens: 20,
+        cost_nanousd: 1_500,
+    }];
+    let pool = env.db.pool.clone();
+    let flush = tokio::spawn(async move {
+        db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &rollups).await
+    });
+    // Revoke once the flush is asleep in the test trigger (its spend row locked).
+    let watcher = env.db.client().await.unwrap();
+    for _ in 0..500 {
+        let asleep = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if asleep.get::<_, i64>(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.id.to_string(), Actor::Cli, now).await;
+    assert_eq!(flush.await.unwrap().unwrap(), Flushed::Applied);
+    let revoked = revoked.expect("the revoke waits for the flush instead of deadlocking");
+    assert_eq!(revoked.key.spent, Money::from_nanos(1_500));
+    assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000 - 1_500));
+}
+
 /// Migration 0008 moves each key's spend from `api_keys` to `key_spends`: every amount arrives,
 /// `closed` follows `closed_at`, and keys made afterwards get their row (and `closed` keeps up).
 /// The migrations up to 0007 run in a schema of their own, with rows the old shape allowed.
