@@ -84,16 +84,39 @@ const FLUSH: &str = "WITH claim AS (
             completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
             cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd
     )
-    SELECT count(*) FROM claim";
+    SELECT (SELECT count(*) FROM claim), (SELECT count(*) FROM spend)";
+
+/// The spend of a flush that matched no key's spend row, for keys the database does not have.
+const UNMATCHED: &str = "SELECT count(*), coalesce(sum(s.cost), 0)::bigint
+    FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost)
+    WHERE NOT EXISTS (SELECT 1 FROM key_spends k WHERE k.api_key_id = s.api_key_id)";
 
 /// What a flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
-    /// The deltas were added.
-    Applied,
+    /// The deltas were added, except any spend in `unmatched`.
+    Applied { unmatched: Unmatched },
     /// A flush with this id had committed before (a retry after a lost reply): nothing was
     /// added again.
     AlreadyApplied,
+}
+
+/// Spend sent for keys that have no spend row (every key gets one when it is made, so this
+/// means a key the database no longer has): it is recorded nowhere, so the caller must say so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unmatched {
+    pub n_keys: i64,
+    pub nanousd: i64,
+}
+
+impl Flushed {
+    /// Applied, with every key's spend recorded.
+    pub const APPLIED: Flushed = Flushed::Applied {
+        unmatched: Unmatched {
+            n_keys: 0,
+            nanousd: 0,
+        },
+    };
 }
 
 /// Adds `spend` to the keys' spend and `rollups` to the per-minute rollups, atomically, in one
@@ -107,7 +130,7 @@ pub async fn flush(
     rollups: &[UsageDelta],
 ) -> Result<Flushed, Error> {
     if spend.is_empty() && rollups.is_empty() {
-        return Ok(Flushed::Applied);
+        return Ok(Flushed::APPLIED);
     }
     let ids: Vec<Uuid> = rollups.iter().map(|d| d.api_key_id).collect();
     let minutes: Vec<OffsetDateTime> = rollups.iter().map(|d| d.minute).collect();
@@ -116,7 +139,7 @@ pub async fn flush(
     let completion: Vec<i64> = rollups.iter().map(|d| d.completion_tokens).collect();
     let cost: Vec<i64> = rollups.iter().map(|d| d.cost_nanousd).collect();
     let client = pool.get().await?;
-    let claimed: i64 = client
+    let row = client
         .query_one(
             FLUSH,
             &[
@@ -131,12 +154,22 @@ pub async fn flush(
                 &id,
             ],
         )
-        .await?
-        .get(0);
-    Ok(if claimed == 1 {
-        Flushed::Applied
-    } else {
-        Flushed::AlreadyApplied
+        .await?;
+    let (claimed, matched): (i64, i64) = (row.get(0), row.get(1));
+    if claimed == 0 {
+        return Ok(Flushed::AlreadyApplied);
+    }
+    if usize::try_from(matched).unwrap_or(0) == spend.len() {
+        return Ok(Flushed::APPLIED);
+    }
+    let row = client
+        .query_one(UNMATCHED, &[&spend.api_key_ids, &spend.costs_nanousd])
+        .await?;
+    Ok(Flushed::Applied {
+        unmatched: Unmatched {
+            n_keys: row.get(0),
+            nanousd: row.get(1),
+        },
     })
 }
 

@@ -353,11 +353,17 @@ impl Flusher {
                 self.metrics
                     .flush_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
-                if flushed == Flushed::AlreadyApplied {
-                    tracing::warn!(
+                match flushed {
+                    Flushed::AlreadyApplied => tracing::warn!(
                         flush.id = %batch.id,
                         "a retried flush had committed before its reply was lost; not applied again"
-                    );
+                    ),
+                    Flushed::Applied { unmatched } if unmatched.n_keys > 0 => tracing::error!(
+                        n_keys = unmatched.n_keys,
+                        lost_nanousd = unmatched.nanousd,
+                        "flushed spend for keys the database does not have; it is recorded nowhere"
+                    ),
+                    Flushed::Applied { .. } => {}
                 }
                 batch.spend.clear();
                 self.spare_spend = batch.spend;

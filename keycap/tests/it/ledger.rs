@@ -223,7 +223,8 @@ async fn expiry_and_monthly_renewal() {
 }
 
 /// A flush retried under its id after a lost reply (it had committed) adds nothing again; a new
-/// flush adds its own deltas; maintenance forgets claims after a week.
+/// flush adds its own deltas; maintenance forgets claims after a week; spend for a key the
+/// database does not have is reported, not dropped silently.
 #[tokio::test]
 async fn a_flush_retried_under_its_id_is_applied_once() {
     use db::usage::{Flushed, SpendDeltas, UsageDelta};
@@ -260,7 +261,7 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     };
     let id = uuid::Uuid::new_v4();
     let first = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
-    assert_eq!(first.unwrap(), Flushed::Applied);
+    assert_eq!(first.unwrap(), Flushed::APPLIED);
     assert_eq!(totals().await, (1_500, 3));
     // The same flush again, as after a reply lost on a dropped connection.
     let retry = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
@@ -268,13 +269,29 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     assert_eq!(totals().await, (1_500, 3));
     // The next flush has its own id.
     let next = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups).await;
-    assert_eq!(next.unwrap(), Flushed::Applied);
+    assert_eq!(next.unwrap(), Flushed::APPLIED);
     assert_eq!(totals().await, (3_000, 6));
 
     let report = db::maintenance::run_due(&env.db.pool, now + time::Duration::days(8))
         .await
         .unwrap();
     assert_eq!(report.flush_claims_deleted, 2);
+
+    // Spend for a key the database does not have is applied for the others and reported.
+    let mut spend = SpendDeltas::default();
+    spend.push(key.id, 10);
+    spend.push(uuid::Uuid::new_v4(), 700);
+    let flushed = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[]).await;
+    assert_eq!(
+        flushed.unwrap(),
+        Flushed::Applied {
+            unmatched: db::usage::Unmatched {
+                n_keys: 1,
+                nanousd: 700
+            }
+        }
+    );
+    assert_eq!(totals().await, (3_010, 6));
 }
 
 /// A revoke that starts while a flush holds the key's spend row waits for the flush, then
@@ -335,7 +352,7 @@ async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let revoked = db::keys::revoke(&env.db.pool, &org, &key.id.to_string(), Actor::Cli, now).await;
-    assert_eq!(flush.await.unwrap().unwrap(), Flushed::Applied);
+    assert_eq!(flush.await.unwrap().unwrap(), Flushed::APPLIED);
     let revoked = revoked.expect("the revoke waits for the flush instead of deadlocking");
     assert_eq!(revoked.key.spent, Money::from_nanos(1_500));
     assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000 - 1_500));
