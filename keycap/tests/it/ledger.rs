@@ -222,30 +222,47 @@ async fn expiry_and_monthly_renewal() {
     assert_eq!((report.renewed, report.paused), (1, 0));
 }
 
+/// A $10 key of bob's in acme, and one flush's worth of its usage at `now`: `cost` of spend
+/// and one rollup row of `n_requests` requests.
+async fn key_and_usage(
+    env: &Env,
+    now: time::OffsetDateTime,
+    cost: i64,
+    n_requests: i64,
+) -> (
+    db::orgs::Org,
+    db::keys::ApiKey,
+    db::usage::SpendDeltas,
+    Vec<db::usage::UsageDelta>,
+) {
+    let org = acme(env).await;
+    let (key, _token) =
+        db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
+            .await
+            .unwrap();
+    let mut spend = db::usage::SpendDeltas::default();
+    spend.push(key.id, cost);
+    let rollups = vec![db::usage::UsageDelta {
+        api_key_id: key.id,
+        minute: now,
+        n_requests,
+        prompt_tokens: 10 * n_requests,
+        completion_tokens: 20 * n_requests,
+        cost_nanousd: cost,
+    }];
+    (org, key, spend, rollups)
+}
+
 /// A flush retried under its id after a lost reply (it had committed) adds nothing again; a new
 /// flush adds its own deltas; maintenance forgets claims after a week; spend for a key the
 /// database does not have is reported, not dropped silently.
 #[tokio::test]
 async fn a_flush_retried_under_its_id_is_applied_once() {
-    use db::usage::{Flushed, SpendDeltas, UsageDelta};
+    use db::usage::{Flushed, SpendDeltas};
 
     let env = seeded().await;
-    let org = acme(&env).await;
     let now = time::OffsetDateTime::now_utc();
-    let (key, _token) =
-        db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
-            .await
-            .unwrap();
-    let mut spend = SpendDeltas::default();
-    spend.push(key.id, 1_500);
-    let rollups = [UsageDelta {
-        api_key_id: key.id,
-        minute: now,
-        n_requests: 3,
-        prompt_tokens: 30,
-        completion_tokens: 40,
-        cost_nanousd: 1_500,
-    }];
+    let (_org, key, spend, rollups) = key_and_usage(&env, now, 1_500, 3).await;
     let totals = || async {
         let client = env.db.pool.get().await.unwrap();
         let row = client
@@ -301,15 +318,11 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
 /// `api_keys` row) has not run yet; a test trigger that sorts before that check sleeps there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
-    use db::usage::{Flushed, SpendDeltas, UsageDelta};
+    use db::usage::Flushed;
 
     let env = seeded().await;
-    let org = acme(&env).await;
     let now = time::OffsetDateTime::now_utc();
-    let (key, _token) =
-        db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
-            .await
-            .unwrap();
+    let (org, key, spend, rollups) = key_and_usage(&env, now, 1_500, 1).await;
     env.db
         .client()
         .await
@@ -322,16 +335,6 @@ async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
         )
         .await
         .unwrap();
-    let mut spend = SpendDeltas::default();
-    spend.push(key.id, 1_500);
-    let rollups = vec![UsageDelta {
-        api_key_id: key.id,
-        minute: now,
-        n_requests: 1,
-        prompt_tokens: 10,
-        completion_tokens: 20,
-        cost_nanousd: 1_500,
-    }];
     let pool = env.db.pool.clone();
     let flush = tokio::spawn(async move {
         db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &rollups).await
