@@ -76,7 +76,8 @@ NGINX
 taskset -c 1 nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;'
 
 # --- the bare passthrough ---------------------------------------------------------------------------
-taskset -c 0 "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$NGINX_PORT" 1 2>"$WORK/passthrough.log" &
+# shellcheck disable=SC2086 # PASSTHROUGH_ARGS is a list of arguments
+taskset -c 0 "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$NGINX_PORT" 1 ${PASSTHROUGH_ARGS:-} 2>"$WORK/passthrough.log" &
 PIDS+=($!)
 
 # --- keycap: its database on core 1, the gateway on core 0 -----------------------------------------

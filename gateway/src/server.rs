@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
@@ -24,6 +26,14 @@ pub struct Resources {
     /// The runtime for database work and background tasks.
     pub control: tokio::runtime::Handle,
 }
+
+/// The write buffer of each client connection. pingora's default (1,460 bytes, one TCP segment)
+/// makes an answer with a `Content-Length` longer than that go out in two writes, its header
+/// and then its body; with room for both, it goes out in one at the end of the body (a
+/// streamed answer of ~3 KiB: 6 system calls per request instead of 7, measured in
+/// benches/README.md). Answers without a length (OpenRouter's streams are chunked) are still
+/// flushed chunk by chunk, so streams stay unbuffered.
+const CLIENT_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Turns our shutdown watch into pingora's shutdown signal.
 struct WatchShutdown(watch::Receiver<bool>);
@@ -94,7 +104,10 @@ pub fn run(
             gateway: Arc::clone(&gateway),
         },
     );
-    proxy.add_tcp(&config.listen);
+    proxy.add_listener(
+        ListenerConfig::tcp(config.listen.as_str())
+            .l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER_BYTES)),
+    );
     let mut metrics = pingora_prometheus::prometheus_http_service();
     metrics.add_tcp(&config.metrics_listen);
     server.add_service(proxy);

@@ -2,13 +2,17 @@
 //! same way as keycap's gateway (same pingora version and features, same thread count), so
 //! the harness measures what keycap adds on top of pingora itself.
 //!
-//! `passthrough LISTEN UPSTREAM_HOST:PORT [THREADS] [--read-ahead]`
+//! `passthrough LISTEN UPSTREAM_HOST:PORT [THREADS] [--read-ahead] [--write-buffer BYTES]`
 //!
 //! With `--read-ahead` it reads each request body whole before contacting the upstream, as
 //! keycap must to price a request: this isolates what that pingora path costs by itself.
+//! `--write-buffer` sets the client connections' write buffer (pingora's default is 1,460
+//! bytes; keycap uses 16 KiB): the baseline with keycap's transport setting.
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
@@ -51,12 +55,33 @@ impl ProxyHttp for Passthrough {
 
 fn main() {
     let mut args = std::env::args().skip(1);
+    const USAGE: &str = "usage: passthrough LISTEN UPSTREAM_HOST:PORT [THREADS] [--read-ahead] [--write-buffer BYTES]";
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: passthrough LISTEN UPSTREAM_HOST:PORT [THREADS]");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
-    let read_ahead = args.next().as_deref() == Some("--read-ahead");
+    let mut threads = 1;
+    let mut read_ahead = false;
+    let mut buffers = L4BufferSettings::default();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--read-ahead" => read_ahead = true,
+            "--write-buffer" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(bytes) => buffers = buffers.write(bytes),
+                None => {
+                    eprintln!("--write-buffer needs a size in bytes\n{USAGE}");
+                    std::process::exit(2);
+                }
+            },
+            n => match n.parse() {
+                Ok(n) => threads = n,
+                Err(_) => {
+                    eprintln!("unknown argument {n:?}\n{USAGE}");
+                    std::process::exit(2);
+                }
+            },
+        }
+    }
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
@@ -71,7 +96,7 @@ fn main() {
             read_ahead,
         },
     );
-    proxy.add_tcp(&listen);
+    proxy.add_listener(ListenerConfig::tcp(listen.as_str()).l4_buffer(buffers));
     server.add_service(proxy);
     server.bootstrap();
     eprintln!("passthrough listening on {listen}");
