@@ -404,14 +404,19 @@ pub async fn changed_since(
     client: &impl GenericClient,
     since: OffsetDateTime,
 ) -> Result<(Vec<ApiKey>, OffsetDateTime), Error> {
-    let now: OffsetDateTime = client
-        .query_one("SELECT clock_timestamp()", &[])
-        .await?
-        .get(0);
+    let now = database_now(client).await?;
     let rows = client
         .query(select_keys!("WHERE k.changed_at >= $1"), &[&since])
         .await?;
     Ok((rows.iter().map(from_row).collect(), now))
+}
+
+/// The database's clock, the one that stamps `changed_at`.
+pub async fn database_now(client: &impl GenericClient) -> Result<OffsetDateTime, Error> {
+    Ok(client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await?
+        .get(0))
 }
 
 /// Master keys changed at or after `since`.

@@ -68,6 +68,8 @@ pub struct Gateway {
     pub changed_uncached: DashMap<Uuid, std::time::Instant>,
     /// The database clock at the last refresh of changed keys (see `sync`).
     pub refreshed_at: std::sync::Mutex<Option<time::OffsetDateTime>>,
+    /// When this gateway started: nothing was cached before.
+    pub started: std::time::Instant,
 }
 
 impl Gateway {
@@ -98,6 +100,7 @@ impl Gateway {
             metrics: Metrics::global(),
             changed_uncached: DashMap::new(),
             refreshed_at: std::sync::Mutex::new(None),
+            started: std::time::Instant::now(),
         })
     }
 

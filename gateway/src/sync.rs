@@ -79,7 +79,15 @@ pub async fn refresh_changed(gateway: &Gateway) {
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
     };
     let previous = *lock(&gateway.refreshed_at);
-    let since = previous.map_or(time::OffsetDateTime::UNIX_EPOCH, |at| at - COMMIT_MARGIN);
+    let since = match previous {
+        Some(at) => at - COMMIT_MARGIN,
+        // The first pass looks back from the gateway's start (in the database's clock), when
+        // the cache was empty, not to the beginning of time: that would load every key.
+        None => match db::keys::database_now(&client).await {
+            Ok(now) => now - gateway.started.elapsed() - COMMIT_MARGIN,
+            Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
+        },
+    };
     let (changed, now) = match db::keys::changed_since(&client, since).await {
         Ok(changed) => changed,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
