@@ -4,6 +4,7 @@ use deadpool_postgres::GenericClient;
 use domain::budget::refund_on_close;
 use domain::services::Service;
 use domain::{ApiKeyToken, Email, LedgerKind, Money, MonthWindow};
+use futures_util::TryStreamExt;
 use serde_json::json;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
@@ -398,17 +399,27 @@ pub async fn find_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
     Ok(row.map(|row| from_row(&row)))
 }
 
-/// Keys changed (in what a gateway caches) at or after `since`, for the gateway's periodic
-/// refresh, with the database's clock reading to pass as `since` next time.
+/// For the gateway's periodic refresh: passes each key changed (in what a gateway caches) at
+/// or after `since` for which `wanted(id, changed_at)` holds to `apply`, one row at a time as
+/// they arrive, so that memory does not grow with the number of changed keys. Returns the
+/// database's clock reading from before the query, to pass as `since` next time.
 pub async fn changed_since(
     client: &impl GenericClient,
     since: OffsetDateTime,
-) -> Result<(Vec<ApiKey>, OffsetDateTime), Error> {
+    mut wanted: impl FnMut(Uuid, OffsetDateTime) -> bool,
+    mut apply: impl FnMut(ApiKey),
+) -> Result<OffsetDateTime, Error> {
     let now = database_now(client).await?;
     let rows = client
-        .query(select_keys!("WHERE k.changed_at >= $1"), &[&since])
+        .query_raw(select_keys!("WHERE k.changed_at >= $1"), [&since])
         .await?;
-    Ok((rows.iter().map(from_row).collect(), now))
+    let mut rows = std::pin::pin!(rows);
+    while let Some(row) = rows.try_next().await? {
+        if wanted(row.get(0), row.get(18)) {
+            apply(from_row(&row));
+        }
+    }
+    Ok(now)
 }
 
 /// The database's clock, the one that stamps `changed_at`.

@@ -72,7 +72,8 @@ async fn apply(gateway: &Gateway, change: Change) {
 const COMMIT_MARGIN: Duration = Duration::from_secs(60);
 
 /// Reloads the cached keys and master keys that changed since the previous pass (with a margin),
-/// the safety net behind NOTIFY. It reads only what changed, however many keys are cached.
+/// the safety net behind NOTIFY. It reads only what changed, however many keys are cached, and
+/// builds only the cached keys whose row is newer than their entry, one row at a time.
 pub async fn refresh_changed(gateway: &Gateway) {
     let client = match gateway.pool.get().await {
         Ok(client) => client,
@@ -88,15 +89,22 @@ pub async fn refresh_changed(gateway: &Gateway) {
             Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
         },
     };
-    let (changed, now) = match db::keys::changed_since(&client, since).await {
-        Ok(changed) => changed,
+    // Only cached keys whose row is newer than their entry are worth loading.
+    let is_stale = |id, changed_at| {
+        gateway
+            .keys
+            .by_id(id)
+            .is_some_and(|entry| entry.info().changed_at < changed_at)
+    };
+    let reload = |key: db::keys::ApiKey| {
+        if let Some(entry) = gateway.keys.by_id(key.id) {
+            entry.reload(&key);
+        }
+    };
+    let now = match db::keys::changed_since(&client, since, is_stale, reload).await {
+        Ok(now) => now,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
     };
-    for key in &changed {
-        if let Some(entry) = gateway.keys.by_id(key.id) {
-            entry.reload(key);
-        }
-    }
     let masters = match db::keys::master_keys_changed_since(&client, since).await {
         Ok(masters) => masters,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh master keys"),

@@ -461,3 +461,53 @@ async fn moving_spend_to_key_spends_keeps_every_keys_spend() {
         ]
     );
 }
+
+/// The gateway's refresh gets the changed keys it asks for and no others, and nothing that
+/// changed before `since`.
+#[tokio::test]
+async fn changed_since_keeps_only_the_wanted_keys() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (key, _token) =
+            db::keys::create(&env.db.pool, &org, &new_key(name, "1"), Actor::Cli, now)
+                .await
+                .unwrap();
+        ids.push(key.id);
+    }
+    let client = env.db.pool.get().await.unwrap();
+    let before = db::keys::database_now(&client).await.unwrap() - time::Duration::minutes(1);
+
+    let mut offered = Vec::new();
+    let mut changed = Vec::new();
+    let read_at = db::keys::changed_since(
+        &client,
+        before,
+        |id, changed_at| {
+            offered.push((id, changed_at));
+            id != ids[1]
+        },
+        |key| changed.push(key),
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<_> = changed.iter().map(|key| key.id).collect();
+    got.sort();
+    let mut want = vec![ids[0], ids[2]];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(changed.iter().find(|k| k.id == ids[0]).unwrap().name, "a");
+    // Each wanted key was offered with its own row's changed_at; the unwanted one was offered too.
+    for key in &changed {
+        assert!(offered.contains(&(key.id, key.changed_at)), "{offered:?}");
+    }
+    assert!(offered.iter().any(|(id, _)| *id == ids[1]));
+
+    let mut later = Vec::new();
+    db::keys::changed_since(&client, read_at, |_, _| true, |key| later.push(key))
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "{later:?}");
+}
