@@ -399,15 +399,16 @@ pub async fn find_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
     Ok(row.map(|row| from_row(&row)))
 }
 
-/// For the gateway's periodic refresh: passes each key changed (in what a gateway caches) at
-/// or after `since` for which `wanted(id, changed_at)` holds to `apply`, one row at a time as
-/// they arrive, so that memory does not grow with the number of changed keys. Returns the
-/// database's clock reading from before the query, to pass as `since` next time.
-pub async fn changed_since(
+/// For the gateway's periodic refresh: for each key changed (in what a gateway caches) at or
+/// after `since`, asks `wanted(id, changed_at)`, and passes what it returns with the key to
+/// `apply`, one row at a time as they arrive, so that memory does not grow with the number of
+/// changed keys; a key `wanted` returns `None` for is not built. Returns the database's clock
+/// reading from before the query, to pass as `since` next time.
+pub async fn changed_since<T>(
     client: &impl GenericClient,
     since: OffsetDateTime,
-    mut wanted: impl FnMut(Uuid, OffsetDateTime) -> bool,
-    mut apply: impl FnMut(ApiKey),
+    mut wanted: impl FnMut(Uuid, OffsetDateTime) -> Option<T>,
+    mut apply: impl FnMut(T, ApiKey),
 ) -> Result<OffsetDateTime, Error> {
     let now = database_now(client).await?;
     let rows = client
@@ -415,8 +416,8 @@ pub async fn changed_since(
         .await?;
     let mut rows = std::pin::pin!(rows);
     while let Some(row) = rows.try_next().await? {
-        if wanted(row.get(0), row.get(18)) {
-            apply(from_row(&row));
+        if let Some(wanted) = wanted(row.get(0), row.get(18)) {
+            apply(wanted, from_row(&row));
         }
     }
     Ok(now)

@@ -90,18 +90,14 @@ pub async fn refresh_changed(gateway: &Gateway) {
         },
     };
     // Only cached keys whose row is newer than their entry are worth loading.
-    let is_stale = |id, changed_at| {
+    let stale_entry = |id, changed_at| {
         gateway
             .keys
             .by_id(id)
-            .is_some_and(|entry| entry.info().changed_at < changed_at)
+            .filter(|entry| entry.info().changed_at < changed_at)
     };
-    let reload = |key: db::keys::ApiKey| {
-        if let Some(entry) = gateway.keys.by_id(key.id) {
-            entry.reload(&key);
-        }
-    };
-    let now = match db::keys::changed_since(&client, since, is_stale, reload).await {
+    let reload = |entry: Arc<crate::auth::KeyEntry>, key: db::keys::ApiKey| entry.reload(&key);
+    let now = match db::keys::changed_since(&client, since, stale_entry, reload).await {
         Ok(now) => now,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
     };

@@ -487,9 +487,12 @@ async fn changed_since_keeps_only_the_wanted_keys() {
         before,
         |id, changed_at| {
             offered.push((id, changed_at));
-            id != ids[1]
+            (id != ids[1]).then_some(id)
         },
-        |key| changed.push(key),
+        |id, key| {
+            assert_eq!(id, key.id);
+            changed.push(key);
+        },
     )
     .await
     .unwrap();
@@ -506,7 +509,7 @@ async fn changed_since_keeps_only_the_wanted_keys() {
     assert!(offered.iter().any(|(id, _)| *id == ids[1]));
 
     let mut later = Vec::new();
-    db::keys::changed_since(&client, read_at, |_, _| true, |key| later.push(key))
+    db::keys::changed_since(&client, read_at, |_, _| Some(()), |(), key| later.push(key))
         .await
         .unwrap();
     assert!(later.is_empty(), "{later:?}");
