@@ -68,10 +68,10 @@ impl Money {
     pub fn from_usd_str(input: &str) -> Result<Money, MoneyError> {
         let (mantissa, exponent) = split_exponent(input)?;
         let (negative, int_part, frac_part) = split_decimal(input, mantissa)?;
-        let digits: String = format!("{int_part}{frac_part}");
         // value = digits * 10^(exponent - frac_len) dollars = digits * 10^(exponent - frac_len + 9) nanos
         let scale = exponent - frac_part.len() as i64 + 9;
-        let nanos = scale_digits(input, &digits, scale)?;
+        let digits = int_part.bytes().chain(frac_part.bytes());
+        let nanos = scale_digits(input, digits, scale)?;
         Ok(Money(if negative { -nanos } else { nanos }))
     }
 
@@ -193,31 +193,36 @@ fn split_decimal<'a>(
     Ok((negative, int_part, frac_part))
 }
 
-/// `digits * 10^scale`, rounded half away from zero when `scale` is negative.
-fn scale_digits(input: &str, digits: &str, scale: i64) -> Result<i64, MoneyError> {
+/// `digits * 10^scale` (ASCII digits, most significant first), rounded half away from zero
+/// when `scale` is negative. Reads the digits in place: this runs for every metered response.
+fn scale_digits(
+    input: &str,
+    digits: impl Iterator<Item = u8> + Clone,
+    scale: i64,
+) -> Result<i64, MoneyError> {
     let too_large = || MoneyError::TooLarge(input.trim().to_string());
-    let digits = digits.trim_start_matches('0');
-    if digits.is_empty() {
-        return Ok(0);
+    let mut digits = digits
+        .skip_while(|d| *d == b'0')
+        .map(|d| i64::from(d - b'0'));
+    let significant = digits.clone().count();
+    // How many of the significant digits are kept; the first dropped one decides rounding.
+    let kept = match usize::try_from(-scale) {
+        Ok(dropped) if dropped > significant => return Ok(0),
+        Ok(dropped) => significant - dropped,
+        Err(_) => significant,
+    };
+    let mut value: i64 = 0;
+    for digit in digits.by_ref().take(kept) {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(digit))
+            .ok_or_else(too_large)?;
     }
     if scale >= 0 {
-        let mut value: i64 = digits.parse().map_err(|_| too_large())?;
         for _ in 0..scale {
             value = value.checked_mul(10).ok_or_else(too_large)?;
         }
-        return Ok(value);
-    }
-    let drop = usize::try_from(-scale).unwrap_or(usize::MAX);
-    if drop > digits.len() {
-        return Ok(0);
-    }
-    let (kept, dropped) = digits.split_at(digits.len() - drop);
-    let mut value: i64 = if kept.is_empty() {
-        0
-    } else {
-        kept.parse().map_err(|_| too_large())?
-    };
-    if dropped.as_bytes().first().is_some_and(|d| *d >= b'5') {
+    } else if digits.next().is_some_and(|d| d >= 5) {
         value = value.checked_add(1).ok_or_else(too_large)?;
     }
     Ok(value)
@@ -308,6 +313,14 @@ mod tests {
         check_provider("-1", Some(-1_000_000_000));
         check_provider("0", Some(0));
         check_provider("nope", None);
+        check_provider("000.0000000005", Some(1));
+        check_provider("12345678901234567890e-20", Some(123_456_789));
+        check_provider("9223372036.854775807", Some(i64::MAX));
+        check_provider("9223372036.854775808", None);
+        check_provider("9223372036.8547758075", None);
+        check_provider("9223372036.8547758074", Some(i64::MAX));
+        check_provider("1e9", Some(1_000_000_000_000_000_000));
+        check_provider("1e10", None);
         check_provider("1e99", None);
     }
 
