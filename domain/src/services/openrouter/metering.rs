@@ -6,6 +6,9 @@
 //! only its last [`JSON_TAIL_BYTES`] (where OpenRouter puts `usage`); a stream keeps only the
 //! line in progress, and drops a line longer than [`SSE_LINE_LIMIT`].
 
+use std::sync::LazyLock;
+
+use memchr::memmem::FinderRev;
 use serde::Deserialize;
 use serde::de::{self, Visitor};
 use serde_json::value::RawValue;
@@ -226,7 +229,7 @@ impl JsonMeter {
 /// string is escaped, so the bytes `"usage"` followed by a colon can only be an object key.
 pub(crate) fn usage_in_tail(tail: &[u8]) -> MeterOutcome {
     let mut end = tail.len();
-    while let Some(at) = memchr::memmem::rfind(&tail[..end], USAGE_KEY) {
+    while let Some(at) = USAGE_FINDER_REV.rfind(&tail[..end]) {
         end = at;
         let Some(value) = after_colon(&tail[at + USAGE_KEY.len()..]) else {
             continue;
@@ -251,6 +254,8 @@ pub(crate) fn usage_in_tail(tail: &[u8]) -> MeterOutcome {
 
 /// The key that marks usage, quotes included.
 pub(crate) const USAGE_KEY: &[u8] = b"\"usage\"";
+/// Searches backwards for [`USAGE_KEY`], built once rather than for every response.
+static USAGE_FINDER_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(USAGE_KEY));
 
 /// The bytes after optional whitespace, a colon and optional whitespace; `None` without a colon.
 pub(crate) fn after_colon(bytes: &[u8]) -> Option<&[u8]> {
