@@ -16,16 +16,22 @@ fn token_hash(c: &mut Criterion) {
     c.bench_function("token_hash", |b| b.iter(|| hash_token(black_box(&token))));
 }
 
-/// A chat request of about 2 KiB: a system prompt, a few turns with an image, and a tool.
-fn chat_body() -> Vec<u8> {
+/// A chat request of about 2 KiB: a system prompt, a few turns (the last with an image when
+/// `with_image`, else with a second text part), and a tool.
+fn chat_body(with_image: bool) -> Vec<u8> {
     let turn = "Explain how a budget-enforcing proxy reserves the worst case of a request. ";
     let turn = turn.repeat(4);
+    let last_part = if with_image {
+        r#"{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}"#
+    } else {
+        r#"{"type":"text","text":"And how does it settle afterwards?"}"#
+    };
     format!(
         r#"{{"model":"openai/gpt-4o-mini","stream":true,"max_tokens":512,"temperature":0.3,
         "messages":[{{"role":"system","content":"You are terse."}},
           {{"role":"user","content":"{turn}"}},{{"role":"assistant","content":"{turn}"}},
           {{"role":"user","content":[{{"type":"text","text":"{turn}"}},
-            {{"type":"image_url","image_url":{{"url":"https://example.com/a.png"}}}}]}}],
+            {last_part}]}}],
         "tools":[{{"type":"function","function":{{"name":"lookup","description":"Find a page",
           "parameters":{{"type":"object","properties":{{"q":{{"type":"string"}}}}}}}}}}]}}"#
     )
@@ -73,17 +79,21 @@ fn request_pricing(c: &mut Criterion) {
     .expect("price parses");
     let mini_price = *mini.get("openai/gpt-4o-mini").expect("model is priced");
     prices.insert("openai/gpt-4o-mini", mini_price);
-    let body = chat_body();
     let remaining = Money::from_usd(5);
     let mut group = c.benchmark_group("request");
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("parse_quote_fit", |b| {
-        b.iter(|| {
-            let request = ChatRequest::parse(black_box(&body)).expect("request parses");
-            let quote = adapter.quote(&request, &prices).expect("request is priced");
-            adapter.fit(&quote, black_box(remaining))
-        })
-    });
+    // With an image part, `messages` is read part by part; without one (the usual request) it
+    // is skipped unread.
+    for (name, with_image) in [("parse_quote_fit", true), ("parse_quote_fit_text", false)] {
+        let body = chat_body(with_image);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let request = ChatRequest::parse(black_box(&body)).expect("request parses");
+                let quote = adapter.quote(&request, &prices).expect("request is priced");
+                adapter.fit(&quote, black_box(remaining))
+            })
+        });
+    }
     group.finish();
 }
 

@@ -16,7 +16,9 @@
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use crate::services::openrouter::request::wire::RequestWire;
+use serde::Deserialize;
+
+use crate::services::openrouter::request::wire::{ImageParts, NoImageParts, RequestWire};
 
 /// What a request asks for that decides its price.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,15 +120,17 @@ impl ChatRequest {
                 },
             });
         }
-        let wire: RequestWire =
-            serde_json::from_slice(body).map_err(|err| match err.classify() {
-                serde_json::error::Category::Data => RequestError::InvalidField {
-                    detail: err.to_string(),
-                },
-                _ => RequestError::NotJson {
-                    detail: err.to_string(),
-                },
-            })?;
+        if wire::may_hold_image_parts(body) {
+            ChatRequest::from_wire(read_wire::<ImageParts>(body)?, body)
+        } else {
+            ChatRequest::from_wire(read_wire::<NoImageParts>(body)?, body)
+        }
+    }
+
+    fn from_wire<M: Into<ImageParts>>(
+        wire: RequestWire<M>,
+        body: &[u8],
+    ) -> Result<ChatRequest, RequestError> {
         let model = match wire.model {
             Value::Null => return Err(RequestError::MissingModel),
             Value::String(model) if !model.trim().is_empty() => model,
@@ -188,10 +192,23 @@ impl ChatRequest {
             max_tokens,
             choices: per_prompt.saturating_mul(wire.prompt.0.max(1)),
             prompt_bytes: body.len() as u64,
-            image_parts: wire.messages.0,
+            image_parts: wire.messages.into().0,
             web_search,
         })
     }
+}
+
+fn read_wire<'de, M: Deserialize<'de> + Default>(
+    body: &'de [u8],
+) -> Result<RequestWire<M>, RequestError> {
+    serde_json::from_slice(body).map_err(|err| match err.classify() {
+        serde_json::error::Category::Data => RequestError::InvalidField {
+            detail: err.to_string(),
+        },
+        _ => RequestError::NotJson {
+            detail: err.to_string(),
+        },
+    })
 }
 
 /// Sets the completion limit in a request body to `max_tokens`: in `max_tokens` and in

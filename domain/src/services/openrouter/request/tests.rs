@@ -132,6 +132,33 @@ fn counts_image_parts() {
 }
 
 #[test]
+fn skips_messages_only_when_they_cannot_hold_an_image_part() {
+    use super::wire::may_hold_image_parts;
+    // The usual body: messages are skipped unread.
+    assert!(!may_hold_image_parts(
+        br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9llo\n"}]}"#
+    ));
+    assert!(may_hold_image_parts(br#"{"content":"an image"}"#));
+    assert!(may_hold_image_parts(b"{\"content\":\"\xff\"}"));
+    assert!(may_hold_image_parts(br#"{"content":"\u0041"}"#));
+    assert!(may_hold_image_parts(br#"{"content":"ends in \u00"#));
+    // An image marker written with escapes is still counted.
+    check(
+        r#"{"model":"m","messages":[{"role":"user","content":[
+            {"type":"\u0069mage_url","\u0069mage_url":{"url":"https://example.com/a.png"}}]}]}"#,
+        Ok(ChatRequest {
+            image_parts: 1,
+            ..request("m")
+        }),
+    );
+    // Skipped messages are still checked for JSON syntax.
+    assert!(matches!(
+        ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user",}]}"#),
+        Err(RequestError::NotJson { .. })
+    ));
+}
+
+#[test]
 fn notices_web_search() {
     let web = |model: &str| ChatRequest {
         web_search: true,

@@ -1,13 +1,17 @@
 //! The wire shape of a completion request: the priced fields, and visitors that count image
 //! parts, prompts and web-search switches while serde skips everything else unbuilt.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// The priced fields; serde skips the others without building them.
+/// The priced fields; serde skips the others without building them. `M` reads `messages`:
+/// [`ImageParts`] counts image parts, [`NoImageParts`] skips a list known to hold none.
 #[derive(Deserialize)]
-pub(super) struct RequestWire {
+pub(super) struct RequestWire<M> {
     #[serde(default)]
     pub(super) model: Value,
     #[serde(default)]
@@ -23,7 +27,7 @@ pub(super) struct RequestWire {
     #[serde(default)]
     pub(super) best_of: Value,
     #[serde(default)]
-    pub(super) messages: ImageParts,
+    pub(super) messages: M,
     #[serde(default)]
     pub(super) prompt: PromptCount,
     #[serde(default)]
@@ -79,6 +83,38 @@ impl<'de> Visitor<'de> for ImageVisitor {
     }
 
     visit_scalars!(ImageParts(0); str bool i64 u64 f64 unit);
+}
+
+/// `messages` skipped unread, for a body that cannot hold an image part (see
+/// [`may_hold_image_parts`]): much cheaper than [`ImageParts`] on a long prompt.
+#[derive(Default)]
+pub(super) struct NoImageParts;
+
+impl<'de> Deserialize<'de> for NoImageParts {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer)?;
+        Ok(NoImageParts)
+    }
+}
+
+impl From<NoImageParts> for ImageParts {
+    fn from(_: NoImageParts) -> ImageParts {
+        ImageParts(0)
+    }
+}
+
+/// False only when no string in `body` can read `image`, so [`ImageParts`] would count none:
+/// the body is UTF-8 (as [`ImageParts`] requires of the strings it reads), never has `image`
+/// literally, and never escapes an ASCII character (`\u0069mage`). Every image marker
+/// (`image_url`, `input_image`, `image`) contains `image`.
+pub(super) fn may_hold_image_parts(body: &[u8]) -> bool {
+    static IMAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"image"));
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u00"));
+    std::str::from_utf8(body).is_err()
+        || IMAGE.find(body).is_some()
+        || ESCAPE
+            .find_iter(body)
+            .any(|at| body.get(at + 4).is_none_or(|d| (b'0'..=b'7').contains(d)))
 }
 
 /// Object keys that matter when looking for image parts and web-search switches.
