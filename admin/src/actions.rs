@@ -205,14 +205,6 @@ fn check_secret(secret: &str, errors: &mut FieldErrors) {
     }
 }
 
-fn sealed_parts(sealed: vault::Sealed) -> db::master_keys::SealedSecret {
-    db::master_keys::SealedSecret {
-        sealing_key_id: sealed.sealing_key_id,
-        nonce: sealed.nonce,
-        ciphertext: sealed.ciphertext,
-    }
-}
-
 /// Seals and stores a new master key of the current org (owners only).
 pub async fn add_master_key(
     state: &AppState,
@@ -237,7 +229,7 @@ pub async fn add_master_key(
         service,
         name: name.trim().to_string(),
         last_four: vault::last_four(secret),
-        sealed: sealed_parts(sealed),
+        sealed,
     };
     Ok(db::master_keys::add(&state.pool, &owner.org, &new, viewer.actor()).await?)
 }
@@ -267,7 +259,7 @@ pub async fn rotate_master_key(
         &owner.org,
         id,
         &vault::last_four(secret),
-        &sealed_parts(sealed),
+        &sealed,
         viewer.actor(),
     )
     .await?)
@@ -384,15 +376,7 @@ pub async fn test_master_key(
     };
     let secret = state
         .keyring
-        .open(
-            owner.org.id,
-            id,
-            &vault::Sealed {
-                sealing_key_id: sealed.sealed.sealing_key_id,
-                nonce: sealed.sealed.nonce,
-                ciphertext: sealed.sealed.ciphertext,
-            },
-        )
+        .open(owner.org.id, id, &sealed.sealed)
         .map_err(|err| AppError::Internal(format!("opening master key {id}: {err}")))?;
     let header = adapter.credential_header();
     let url = format!(

@@ -1,8 +1,8 @@
 //! Master API keys as stored: sealed bytes from the vault, a name and the last four characters.
 
 use deadpool_postgres::GenericClient;
-use domain::LedgerKind;
 use domain::services::Service;
+use domain::{LedgerKind, Sealed};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -10,14 +10,6 @@ use uuid::Uuid;
 use crate::orgs::Org;
 use crate::transactions::{self, NewEntry};
 use crate::{Actor, Error, Pool};
-
-/// The sealed parts of a secret, as the vault produced them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedSecret {
-    pub sealing_key_id: String,
-    pub nonce: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-}
 
 /// A master key row, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +27,7 @@ pub struct MasterKey {
 #[derive(Debug, Clone)]
 pub struct SealedMasterKey {
     pub key: MasterKey,
-    pub sealed: SealedSecret,
+    pub sealed: Sealed,
 }
 
 /// A master key to store. The caller picks `id` first, because the vault binds it into the seal.
@@ -45,7 +37,7 @@ pub struct NewMasterKey {
     pub service: Service,
     pub name: String,
     pub last_four: String,
-    pub sealed: SealedSecret,
+    pub sealed: Sealed,
 }
 
 /// Stores a sealed master key and its ledger row.
@@ -118,7 +110,7 @@ fn from_row(row: &tokio_postgres::Row) -> SealedMasterKey {
             created_at: row.get(5),
             revoked_at: row.get(6),
         },
-        sealed: SealedSecret {
+        sealed: Sealed {
             sealing_key_id: row.get(7),
             nonce: row.get(8),
             ciphertext: row.get(9),
@@ -196,7 +188,7 @@ pub async fn rotate(
     org: &Org,
     id: Uuid,
     last_four: &str,
-    sealed: &SealedSecret,
+    sealed: &Sealed,
     actor: Actor,
 ) -> Result<MasterKey, Error> {
     let mut client = pool.get().await?;

@@ -1,8 +1,9 @@
 //! Pure types and rules that every other keycap crate shares.
 //!
 //! `domain` owns money ([`Money`], integer nano-dollars), the monthly budget arithmetic
-//! ([`budget`]), sub-key tokens ([`token`]), roles, ledger event kinds ([`ledger`]) and the
-//! per-provider service adapters ([`services`]).
+//! ([`budget`]), sub-key tokens ([`token`]), roles, ledger event kinds ([`ledger`]), the
+//! per-provider service adapters ([`services`]) and the shape of a sealed secret ([`Sealed`]),
+//! which `vault` makes and `db` stores.
 //!
 //! It does no I/O and no async, and depends on no other keycap crate, so every rule here is
 //! testable with plain unit tests.
@@ -13,6 +14,7 @@ pub mod expiry;
 pub mod ledger;
 pub mod money;
 pub mod role;
+pub mod sealed;
 pub mod services;
 pub mod token;
 
@@ -21,4 +23,5 @@ pub use email::{BadEmail, Email};
 pub use ledger::LedgerKind;
 pub use money::{Money, MoneyError};
 pub use role::Role;
+pub use sealed::Sealed;
 pub use token::{ApiKeyToken, TokenError};

@@ -178,14 +178,9 @@ impl Gateway {
             .await
             .map_err(|err| LookupError::Database(err.to_string()))?
             .map_err(|err| LookupError::Database(err.to_string()))?;
-        let sealed = vault::Sealed {
-            sealing_key_id: row.sealed.sealing_key_id,
-            nonce: row.sealed.nonce,
-            ciphertext: row.sealed.ciphertext,
-        };
         let secret: SecretString = self
             .keyring
-            .open(row.key.org_id, id, &sealed)
+            .open(row.key.org_id, id, &row.sealed)
             .map_err(|_| LookupError::Vault(id))?;
         let credential = zeroize::Zeroizing::new(
             self.adapter

@@ -46,19 +46,8 @@ pub async fn seed(
                 id,
                 service: Service::OpenRouter,
                 name: "openrouter-mock".into(),
-                last_four: master_key
-                    .chars()
-                    .rev()
-                    .take(4)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect(),
-                sealed: db::master_keys::SealedSecret {
-                    sealing_key_id: sealed.sealing_key_id,
-                    nonce: sealed.nonce,
-                    ciphertext: sealed.ciphertext,
-                },
+                last_four: vault::last_four(master_key),
+                sealed,
             };
             db::master_keys::add(pool, &created.org, &new, Actor::Cli).await?;
             created.org

@@ -200,11 +200,7 @@ pub async fn vault(
                 service,
                 name,
                 last_four,
-                sealed: db::master_keys::SealedSecret {
-                    sealing_key_id: sealed.sealing_key_id,
-                    nonce: sealed.nonce,
-                    ciphertext: sealed.ciphertext,
-                },
+                sealed,
             };
             let key = db::master_keys::add(&database.pool, &org, &new, Actor::Cli).await?;
             eprintln!(

@@ -7,32 +7,13 @@ use secrecy::SecretString;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+pub use domain::Sealed;
+
 use crate::keyring::{Keyring, SealingKey};
 
 /// The first byte of every ciphertext this version writes.
 pub const CIPHERTEXT_VERSION: u8 = 1;
 const AAD_LABEL: &[u8] = b"keycap master key v1";
-
-/// A sealed secret as it is stored: the sealing key's id, the nonce and the versioned
-/// ciphertext (tag included).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sealed {
-    /// Id of the encryption key that sealed it.
-    pub sealing_key_id: String,
-    /// The 96-bit nonce, fresh for every seal.
-    pub nonce: Vec<u8>,
-    /// `CIPHERTEXT_VERSION` followed by the AES-256-GCM ciphertext and tag.
-    pub ciphertext: Vec<u8>,
-}
-
-impl std::fmt::Debug for Sealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealed")
-            .field("sealing_key_id", &self.sealing_key_id)
-            .field("ciphertext_len", &self.ciphertext.len())
-            .finish_non_exhaustive()
-    }
-}
 
 /// Why a sealed secret could not be opened. No variant carries secret material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
