@@ -7,7 +7,9 @@ use domain::Money;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::gateway_support::{cheap_reservation, reported_cost, start, start_with_upstream, usd};
+use crate::gateway_support::{
+    RecordingRelay, cheap_reservation, reported_cost, start, start_with_upstream, usd,
+};
 
 fn chat_body(model: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Tell me about budgets."}], "max_tokens": max_tokens, "stream": stream})
@@ -457,6 +459,64 @@ async fn a_body_sent_in_pieces_reaches_the_upstream_whole() {
     assert!(!last.headers.contains_key("expect"));
     spent = spent.checked_add(reported_cost(&answer)).unwrap();
     gw.wait_for_spent(&token, spent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_content_length_reaches_the_upstream_once() {
+    // The mock's HTTP server folds repeated headers, so a relay in front of it keeps the
+    // request exactly as the gateway wrote it.
+    let mock = openrouter_mock::spawn(openrouter_mock::MockConfig::default())
+        .await
+        .unwrap();
+    let relay = RecordingRelay::start(mock.base_url().trim_start_matches("http://")).await;
+    let gw = start_with_upstream(mock, Some(relay.url())).await;
+    gw.wait_for_prices();
+    let token = gw.key("5", &[]);
+    relay.clear();
+    // The same length declared twice, which HTTP tolerates from a client.
+    let body = serde_json::to_vec(&chat_body("mock/cheap", 3, false)).unwrap();
+    let (status, answer) = raw_post(
+        &gw.base,
+        &format!(
+            "Authorization: Bearer {token}\r\nContent-Length: {len}\r\nContent-Length: {len}\r\n",
+            len = body.len()
+        ),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = String::from_utf8_lossy(&relay.sent()).to_string();
+    let head = sent
+        .split("\r\n\r\n")
+        .find(|head| head.starts_with("POST /api/v1/chat/completions"))
+        .unwrap_or_else(|| panic!("no chat request upstream in {sent:?}"));
+    let lengths: Vec<&str> = head
+        .lines()
+        .filter(|line| line.to_ascii_lowercase().starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths.len(), 1, "{head}");
+    assert!(lengths[0].ends_with(&format!(" {}", body.len())), "{head}");
+    gw.wait_for_spent(&token, reported_cost(&answer)).await;
+}
+
+/// Sends `POST /api/v1/chat/completions` with `headers` (each ending in CRLF) and `body` over a
+/// plain TCP connection, written as given, and returns the status and the JSON answer.
+async fn raw_post(base: &str, headers: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: {address}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\n{headers}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(json).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]

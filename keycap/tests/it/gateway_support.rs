@@ -208,3 +208,67 @@ pub fn reported_cost(body: &serde_json::Value) -> Money {
 pub fn cheap_reservation(body: &serde_json::Value, max_tokens: u64) -> Money {
     Money::from_nanos(body.to_string().len() as i64 * 1_000 + max_tokens as i64 * 2_000)
 }
+
+/// A TCP relay that keeps every byte sent through it, in front of an upstream: to see a request
+/// exactly as the gateway wrote it, which an HTTP server would parse and fold. Stops when
+/// dropped.
+pub struct RecordingRelay {
+    port: u16,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingRelay {
+    /// A relay on 127.0.0.1 to `target` (`host:port`).
+    pub async fn start(target: &str) -> RecordingRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, kept) = (target.to_string(), std::sync::Arc::clone(&sent));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let kept = std::sync::Arc::clone(&kept);
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                            kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                    };
+                    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                    let _ = tokio::join!(upstream, downstream);
+                });
+            }
+        });
+        RecordingRelay { port, sent, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything sent through the relay so far, on every connection.
+    pub fn sent(&self) -> Vec<u8> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.sent.lock().unwrap().clear();
+    }
+}
+
+impl Drop for RecordingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
