@@ -416,7 +416,7 @@ pub async fn changed_since<T>(
         .await?;
     let mut rows = std::pin::pin!(rows);
     while let Some(row) = rows.try_next().await? {
-        if let Some(wanted) = wanted(row.get(0), row.get(18)) {
+        if let Some(wanted) = wanted(row.get("id"), row.get("changed_at")) {
             apply(wanted, from_row(&row));
         }
     }
