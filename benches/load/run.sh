@@ -13,10 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_CELL=${1:-5}
+# INSTRUCTIONS=1: instead of timing, count the instructions each proxy runs per request under
+# valgrind's callgrind (deterministic, so unaffected by a noisy machine), and stop there.
+INSTRUCTIONS=${INSTRUCTIONS:-}
+if [ -n "$INSTRUCTIONS" ]; then N_KEYS_LARGE=10; fi
 N_KEYS_LARGE=${N_KEYS_LARGE:-100000}
 
-for tool in nginx wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux" >&2; exit 1; }
+for tool in nginx wrk taskset ${INSTRUCTIONS:+valgrind callgrind_control}; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux valgrind" >&2; exit 1; }
 done
 PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
 
@@ -31,6 +35,10 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Let them exit (under valgrind, after writing their last profile) before their files go.
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   if [ -f "$WORK/data/postgres/postmaster.pid" ]; then
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true
@@ -41,6 +49,9 @@ cleanup() {
 trap cleanup EXIT
 trap "exit 130" INT TERM
 
+# Each proxy runs under callgrind in INSTRUCTIONS mode, as is otherwise.
+WRAP=()
+if [ -n "$INSTRUCTIONS" ]; then WRAP=(valgrind -q --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p"); fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 NGINX_PORT=$(port); PASS_PORT=$(port); GW_PORT=$(port); METRICS_PORT=$(port)
 
@@ -77,7 +88,7 @@ taskset -c 1 nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;'
 
 # --- the bare passthrough ---------------------------------------------------------------------------
 # shellcheck disable=SC2086 # PASSTHROUGH_ARGS is a list of arguments
-taskset -c 0 "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$NGINX_PORT" 1 ${PASSTHROUGH_ARGS:-} 2>"$WORK/passthrough.log" &
+taskset -c 0 "${WRAP[@]}" "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$NGINX_PORT" 1 ${PASSTHROUGH_ARGS:-} 2>"$WORK/passthrough.log" &
 PIDS+=($!)
 
 # --- keycap: its database on core 1, the gateway on core 0 -----------------------------------------
@@ -102,7 +113,7 @@ SQL
 KEYCAP_OPENROUTER__BASE_URL=http://127.0.0.1:$NGINX_PORT KEYCAP_GATEWAY__LISTEN=127.0.0.1:$GW_PORT \
 KEYCAP_METRICS__LISTEN=127.0.0.1:$METRICS_PORT KEYCAP_GATEWAY__THREADS=1 KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS=0 \
 KEYCAP_GATEWAY__FLUSH_INTERVAL_MS=${FLUSH_MS:-1000} \
-  taskset -c 0 "$KEYCAP" up 2>"$WORK/keycap.log" &
+  taskset -c 0 "${WRAP[@]}" "$KEYCAP" up 2>"$WORK/keycap.log" &
 PIDS+=($!)
 
 # --- wrk: one request shape for every system; the token rotates over N keys ----------------------
@@ -124,7 +135,10 @@ end
 LUA
 
 wait_ok() { # URL STREAM
-  for _ in $(seq 1 300); do
+  # Up to 30 s; under valgrind keycap starts ten times slower.
+  local tries=300
+  if [ -n "$INSTRUCTIONS" ]; then tries=3000; fi
+  for _ in $(seq 1 "$tries"); do
     if curl -sf -o /dev/null -X POST "$1/api/v1/chat/completions" -H "Authorization: Bearer kc_$(printf '%048x' 1)" \
          -H 'Content-Type: application/json' -d '{"model":"bench/model","messages":[],"max_tokens":64}'; then return 0; fi
     sleep 0.1
@@ -186,6 +200,27 @@ for _ in $(seq 1 10); do
   [ "$(cached_keys)" -ge "$N_KEYS_LARGE" ] && break
 done
 echo "keycap caches $(cached_keys) keys" >&2
+
+if [ -n "$INSTRUCTIONS" ]; then
+  # Counters are zeroed before a run and dumped after it: instructions of every thread of the
+  # process (the flusher's too) over the requests of that run.
+  per_request() { # PID URL STREAM -> instructions per request
+    callgrind_control -z "$1" >/dev/null 2>&1
+    local n file
+    n=$(N_KEYS=10 STREAM=$3 taskset -c 1 wrk -t1 -c8 -d"${SECONDS_PER_CELL}s" -s "$WORK/bench.lua" "$2" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$1" >/dev/null 2>&1
+    file=$(ls -t "$WORK"/callgrind."$1".* | head -1)
+    awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n; exit }' "$file"
+  }
+  printf '\ninstructions per request (callgrind, 8 connections):\n%-8s %14s %14s %10s\n' format passthrough keycap ratio
+  for stream in 0 1; do
+    b=$(per_request "${PIDS[0]}" "http://127.0.0.1:$PASS_PORT" "$stream")
+    k=$(per_request "${PIDS[1]}" "http://127.0.0.1:$GW_PORT" "$stream")
+    awk -v f="$([ "$stream" = 1 ] && echo stream || echo json)" -v b="$b" -v k="$k" \
+      'BEGIN { printf "%-8s %14d %14d %10.3f\n", f, b, k, k / b }'
+  done
+  exit 0
+fi
 
 if [ -n "${HOLD:-}" ]; then
   # For manual probes (perf, strace): leave everything running until interrupted.
