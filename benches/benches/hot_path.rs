@@ -16,7 +16,7 @@ fn token_hash(c: &mut Criterion) {
     c.bench_function("token_hash", |b| b.iter(|| hash_token(black_box(&token))));
 }
 
-/// A chat request of about 2 KiB: a system prompt, a few turns (the last with an image when
+/// A chat request of about 1.3 KiB: a system prompt, a few turns (the last with an image when
 /// `with_image`, else with a second text part), and a tool.
 fn chat_body(with_image: bool) -> Vec<u8> {
     let turn = "Explain how a budget-enforcing proxy reserves the worst case of a request. ";
