@@ -13,10 +13,9 @@
 //! bytes. The one exception is an image sent by URL, whose tokens are not in the body; those are
 //! covered by a per-image allowance in the quote.
 
+use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
-
-use serde::Deserialize;
 
 use crate::services::openrouter::request::wire::{ImageParts, NoImageParts, RequestWire};
 
@@ -198,6 +197,7 @@ impl ChatRequest {
     }
 }
 
+/// The priced fields of a body, with `messages` read by `M`.
 fn read_wire<'de, M: Deserialize<'de> + Default>(
     body: &'de [u8],
 ) -> Result<RequestWire<M>, RequestError> {
