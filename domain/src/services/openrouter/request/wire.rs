@@ -86,7 +86,10 @@ impl<'de> Visitor<'de> for ImageVisitor {
 }
 
 /// `messages` skipped unread, for a body that cannot hold an image part (see
-/// [`may_hold_image_parts`]): much cheaper than [`ImageParts`] on a long prompt.
+/// [`may_hold_image_parts`]): much cheaper than [`ImageParts`] on a long prompt. Skipped, they
+/// are checked as every field keycap does not price is: for JSON syntax, not for what only
+/// reading their values finds (a lone surrogate `\ud800`, a number like `1e400`, nesting past
+/// 128 levels), which the upstream judges.
 #[derive(Default)]
 pub(super) struct NoImageParts;
 
