@@ -16,6 +16,7 @@ SECONDS_PER_CELL=${1:-5}
 # INSTRUCTIONS=1: instead of timing, count the instructions each proxy runs per request under
 # valgrind's callgrind (deterministic, so unaffected by a noisy machine), and stop there.
 INSTRUCTIONS=${INSTRUCTIONS:-}
+# It needs no many-keys warm-up (that would take an hour under valgrind): 10 keys only.
 if [ -n "$INSTRUCTIONS" ]; then N_KEYS_LARGE=10; fi
 N_KEYS_LARGE=${N_KEYS_LARGE:-100000}
 
@@ -204,18 +205,22 @@ echo "keycap caches $(cached_keys) keys" >&2
 if [ -n "$INSTRUCTIONS" ]; then
   # Counters are zeroed before a run and dumped after it: instructions of every thread of the
   # process (the flusher's too) over the requests of that run.
+  # A failure here exits the script (the callers check), rather than print a wrong count.
   per_request() { # PID URL STREAM -> instructions per request
-    callgrind_control -z "$1" >/dev/null 2>&1
-    local n file
-    n=$(N_KEYS=10 STREAM=$3 taskset -c 1 wrk -t1 -c8 -d"${SECONDS_PER_CELL}s" -s "$WORK/bench.lua" "$2" | awk '/requests in/ {print $1}')
-    callgrind_control -d "$1" >/dev/null 2>&1
-    file=$(ls -t "$WORK"/callgrind."$1".* | head -1)
+    local out n file
+    callgrind_control -z "$1" >/dev/null || { echo "callgrind_control -z $1 failed" >&2; return 1; }
+    out=$(N_KEYS=10 STREAM=$3 taskset -c 1 wrk -t1 -c8 -d"${SECONDS_PER_CELL}s" --timeout 30s -s "$WORK/bench.lua" "$2")
+    if echo "$out" | grep -q -E "Non-2xx|Socket errors"; then echo "failed requests to $2:" >&2; echo "$out" >&2; return 1; fi
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$1" >/dev/null || { echo "callgrind_control -d $1 failed" >&2; return 1; }
+    # Dumps are numbered in order: the highest is this run's.
+    file=$(ls "$WORK"/callgrind."$1".* | sort -t. -k3 -n | tail -1)
     awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n; exit }' "$file"
   }
   printf '\ninstructions per request (callgrind, 8 connections):\n%-8s %14s %14s %10s\n' format passthrough keycap ratio
   for stream in 0 1; do
-    b=$(per_request "${PIDS[0]}" "http://127.0.0.1:$PASS_PORT" "$stream")
-    k=$(per_request "${PIDS[1]}" "http://127.0.0.1:$GW_PORT" "$stream")
+    b=$(per_request "${PIDS[0]}" "http://127.0.0.1:$PASS_PORT" "$stream") || exit 1
+    k=$(per_request "${PIDS[1]}" "http://127.0.0.1:$GW_PORT" "$stream") || exit 1
     awk -v f="$([ "$stream" = 1 ] && echo stream || echo json)" -v b="$b" -v k="$k" \
       'BEGIN { printf "%-8s %14d %14d %10.3f\n", f, b, k, k / b }'
   done

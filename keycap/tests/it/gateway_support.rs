@@ -209,9 +209,9 @@ pub fn cheap_reservation(body: &serde_json::Value, max_tokens: u64) -> Money {
     Money::from_nanos(body.to_string().len() as i64 * 1_000 + max_tokens as i64 * 2_000)
 }
 
-/// A TCP relay that keeps every byte sent through it, in front of an upstream: to see a request
-/// exactly as the gateway wrote it, which an HTTP server would parse and fold. Stops when
-/// dropped.
+/// A TCP relay that keeps every byte sent through it (all connections in one buffer), in front
+/// of an upstream: to see a request exactly as the gateway wrote it, which an HTTP server would
+/// parse and fold. Stops accepting when dropped; open connections end with the test's runtime.
 pub struct RecordingRelay {
     port: u16,
     sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
