@@ -207,12 +207,13 @@ if [ -n "$INSTRUCTIONS" ]; then
   # process (the flusher's too) over the requests of that run.
   # A failure here exits the script (the callers check), rather than print a wrong count.
   per_request() { # PID URL STREAM -> instructions per request
-    local out n file
-    callgrind_control -z "$1" >/dev/null || { echo "callgrind_control -z $1 failed" >&2; return 1; }
+    local out n file said
+    # callgrind_control reports each command on stderr: shown only when it fails.
+    said=$(callgrind_control -z "$1" 2>&1) || { echo "$said" >&2; return 1; }
     out=$(N_KEYS=10 STREAM=$3 taskset -c 1 wrk -t1 -c8 -d"${SECONDS_PER_CELL}s" --timeout 30s -s "$WORK/bench.lua" "$2")
     if echo "$out" | grep -q -E "Non-2xx|Socket errors"; then echo "failed requests to $2:" >&2; echo "$out" >&2; return 1; fi
     n=$(echo "$out" | awk '/requests in/ {print $1}')
-    callgrind_control -d "$1" >/dev/null || { echo "callgrind_control -d $1 failed" >&2; return 1; }
+    said=$(callgrind_control -d "$1" 2>&1) || { echo "$said" >&2; return 1; }
     # Dumps are numbered in order: the highest is this run's.
     file=$(ls "$WORK"/callgrind."$1".* | sort -t. -k3 -n | tail -1)
     awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n; exit }' "$file"
