@@ -402,15 +402,14 @@ pub async fn find_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
 /// For the gateway's periodic refresh: for each key changed (in what a gateway caches) at or
 /// after `since`, asks `wanted(id, changed_at)`, and passes what it returns with the key to
 /// `apply`, one row at a time as they arrive, so that memory does not grow with the number of
-/// changed keys; a key `wanted` returns `None` for is not built. Returns the database's clock
-/// reading from before the query, to pass as `since` next time.
+/// changed keys; a key `wanted` returns `None` for is not built. The caller reads
+/// [`database_now`] before calling, to pass as `since` next time.
 pub async fn changed_since<T>(
     client: &impl GenericClient,
     since: OffsetDateTime,
     mut wanted: impl FnMut(Uuid, OffsetDateTime) -> Option<T>,
     mut apply: impl FnMut(T, ApiKey),
-) -> Result<OffsetDateTime, Error> {
-    let now = database_now(client).await?;
+) -> Result<(), Error> {
     let rows = client
         .query_raw(select_keys!("WHERE k.changed_at >= $1"), [&since])
         .await?;
@@ -420,7 +419,7 @@ pub async fn changed_since<T>(
             apply(wanted, from_row(&row));
         }
     }
-    Ok(now)
+    Ok(())
 }
 
 /// The database's clock, the one that stamps `changed_at`.

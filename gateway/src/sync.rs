@@ -79,15 +79,16 @@ pub async fn refresh_changed(gateway: &Gateway) {
         Ok(client) => client,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
     };
-    let previous = *lock(&gateway.refreshed_at);
-    let since = match previous {
+    // Read before the query: the next pass looks back from here.
+    let now = match db::keys::database_now(&client).await {
+        Ok(now) => now,
+        Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
+    };
+    let since = match *lock(&gateway.refreshed_at) {
         Some(at) => at - COMMIT_MARGIN,
         // The first pass looks back from the gateway's start (in the database's clock), when
         // the cache was empty, not to the beginning of time: that would load every key.
-        None => match db::keys::database_now(&client).await {
-            Ok(now) => now - gateway.started.elapsed() - COMMIT_MARGIN,
-            Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
-        },
+        None => now - gateway.started.elapsed() - COMMIT_MARGIN,
     };
     // Only cached keys whose row is newer than their entry are worth loading.
     let stale_entry = |id, changed_at| {
@@ -97,10 +98,9 @@ pub async fn refresh_changed(gateway: &Gateway) {
             .filter(|entry| entry.info().changed_at < changed_at)
     };
     let reload = |entry: Arc<crate::auth::KeyEntry>, key: db::keys::ApiKey| entry.reload(&key);
-    let now = match db::keys::changed_since(&client, since, stale_entry, reload).await {
-        Ok(now) => now,
-        Err(err) => return tracing::warn!(error = %err, "cannot refresh keys"),
-    };
+    if let Err(err) = db::keys::changed_since(&client, since, stale_entry, reload).await {
+        return tracing::warn!(error = %err, "cannot refresh keys");
+    }
     let masters = match db::keys::master_keys_changed_since(&client, since).await {
         Ok(masters) => masters,
         Err(err) => return tracing::warn!(error = %err, "cannot refresh master keys"),

@@ -482,7 +482,8 @@ async fn changed_since_keeps_only_the_wanted_keys() {
 
     let mut offered = Vec::new();
     let mut changed = Vec::new();
-    let read_at = db::keys::changed_since(
+    let read_at = db::keys::database_now(&client).await.unwrap();
+    db::keys::changed_since(
         &client,
         before,
         |id, changed_at| {
