@@ -43,7 +43,9 @@ pub struct RequestCtx {
     /// Whether the request's framing headers must be replaced by the body's length: it was
     /// rewritten, sent chunked or with `Expect`, or its declared length was not its length.
     reframe_body: bool,
-    metered: Option<Metered>,
+    /// Boxed: pingora moves this state, inside its futures, several times per request, and a
+    /// metered request's part is most of it.
+    metered: Option<Box<Metered>>,
     upstream_started: Option<Instant>,
     /// True once the whole request was handed to an upstream connection: from then on the
     /// upstream may bill it, whether or not an answer comes back.
@@ -252,7 +254,7 @@ impl ProxyHttp for Proxy {
                 meter: Some(meter), ..
             }),
             Some(chunk),
-        ) = (&mut ctx.metered, body.as_ref())
+        ) = (ctx.metered.as_deref_mut(), body.as_ref())
         {
             meter.feed(chunk);
         }
@@ -508,11 +510,11 @@ impl Proxy {
             };
             ctx.body = Some(body);
             ctx.reframe_body = reframe_body;
-            ctx.metered = Some(Metered {
+            ctx.metered = Some(Box::new(Metered {
                 quote,
                 reservation,
                 meter: None,
-            });
+            }));
             ctx.master = Some(master);
             Ok(Admit::Forward)
         }
