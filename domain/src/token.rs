@@ -64,8 +64,12 @@ pub fn check_shape(text: &str) -> Result<(), TokenError> {
     let Some(body) = text.strip_prefix(TOKEN_PREFIX) else {
         return Err(TokenError::WrongPrefix);
     };
-    let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
-    if body.len() != RANDOM_BYTES * 2 || !body.as_bytes().iter().all(lower_hex) {
+    // Every byte is checked, without an early exit: the loop is then cheap to vectorise, and it
+    // runs on every request.
+    let all_lower_hex = body.bytes().fold(true, |ok, b| {
+        ok & (b.is_ascii_digit() | (b'a'..=b'f').contains(&b))
+    });
+    if body.len() != RANDOM_BYTES * 2 || !all_lower_hex {
         return Err(TokenError::Malformed);
     }
     Ok(())
@@ -119,6 +123,19 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(ApiKeyToken::parse(text), Err(expected), "{text}");
         }
+        // The right length, with one bad byte anywhere (every byte is checked).
+        let good = "0123456789abcdef".repeat(3);
+        for at in [0, 23, 47] {
+            for bad in ["g", "G", "-", " "] {
+                let text = format!("kc_{}{bad}{}", &good[..at], &good[at + 1..]);
+                assert_eq!(
+                    ApiKeyToken::parse(&text),
+                    Err(TokenError::Malformed),
+                    "{text}"
+                );
+            }
+        }
+        assert!(ApiKeyToken::parse(&format!("kc_{good}")).is_ok());
     }
 
     #[test]
