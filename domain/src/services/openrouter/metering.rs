@@ -234,8 +234,17 @@ pub(crate) fn usage_in_tail(tail: &[u8]) -> MeterOutcome {
         let Some(value) = after_colon(&tail[at + USAGE_KEY.len()..]) else {
             continue;
         };
-        let mut deserializer = serde_json::Deserializer::from_slice(value);
-        return match Option::<UsageWire>::deserialize(&mut deserializer) {
+        // Read as text when it is UTF-8: the parser then does not check each string (most of
+        // them keys) again.
+        let usage = match std::str::from_utf8(value) {
+            Ok(text) => {
+                Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(text))
+            }
+            Err(_) => {
+                Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_slice(value))
+            }
+        };
+        return match usage {
             Ok(Some(usage)) => usage.outcome(),
             Ok(None) => MeterOutcome::Nothing {
                 reason: NoUsage::NotReported,

@@ -119,10 +119,17 @@ impl ChatRequest {
                 },
             });
         }
-        if wire::may_hold_image_parts(body) {
-            ChatRequest::from_wire(read_wire::<ImageParts>(body)?, body)
-        } else {
-            ChatRequest::from_wire(read_wire::<NoImageParts>(body)?, body)
+        match std::str::from_utf8(body) {
+            // Read as text, the body's strings (most of them keys) are not checked for UTF-8
+            // again one by one.
+            Ok(text) if !wire::may_hold_image_parts(text) => ChatRequest::from_wire(
+                read_wire::<NoImageParts>(serde_json::de::StrRead::new(text))?,
+                body,
+            ),
+            _ => ChatRequest::from_wire(
+                read_wire::<ImageParts>(serde_json::de::SliceRead::new(body))?,
+                body,
+            ),
         }
     }
 
@@ -199,16 +206,19 @@ impl ChatRequest {
 
 /// The priced fields of a body, with `messages` read by `M`.
 fn read_wire<'de, M: Deserialize<'de> + Default>(
-    body: &'de [u8],
+    body: impl serde_json::de::Read<'de>,
 ) -> Result<RequestWire<M>, RequestError> {
-    serde_json::from_slice(body).map_err(|err| match err.classify() {
-        serde_json::error::Category::Data => RequestError::InvalidField {
-            detail: err.to_string(),
-        },
-        _ => RequestError::NotJson {
-            detail: err.to_string(),
-        },
-    })
+    let mut deserializer = serde_json::Deserializer::new(body);
+    RequestWire::deserialize(&mut deserializer)
+        .and_then(|wire| deserializer.end().map(|()| wire))
+        .map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => RequestError::InvalidField {
+                detail: err.to_string(),
+            },
+            _ => RequestError::NotJson {
+                detail: err.to_string(),
+            },
+        })
 }
 
 /// Sets the completion limit in a request body to `max_tokens`: in `max_tokens` and in

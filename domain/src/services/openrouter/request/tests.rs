@@ -136,12 +136,16 @@ fn skips_messages_only_when_they_cannot_hold_an_image_part() {
     use super::wire::may_hold_image_parts;
     // The usual body: messages are skipped unread.
     assert!(!may_hold_image_parts(
-        br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9llo\n"}]}"#
+        r#"{"model":"m","messages":[{"role":"user","content":"h\u00e9llo\n"}]}"#
     ));
-    assert!(may_hold_image_parts(br#"{"content":"an image"}"#));
-    assert!(may_hold_image_parts(b"{\"content\":\"\xff\"}"));
-    assert!(may_hold_image_parts(br#"{"content":"\u0041"}"#));
-    assert!(may_hold_image_parts(br#"{"content":"ends in \u00"#));
+    assert!(may_hold_image_parts(r#"{"content":"an image"}"#));
+    assert!(may_hold_image_parts(r#"{"content":"\u0041"}"#));
+    assert!(may_hold_image_parts(r#"{"content":"ends in \u00"#));
+    // A body that is not UTF-8 is never skipped: reading its messages finds the bad byte.
+    assert!(matches!(
+        ChatRequest::parse(b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xff\"}]}"),
+        Err(RequestError::NotJson { .. })
+    ));
     // An image marker written with escapes is still counted.
     check(
         r#"{"model":"m","messages":[{"role":"user","content":[

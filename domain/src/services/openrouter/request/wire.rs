@@ -107,14 +107,15 @@ impl From<NoImageParts> for ImageParts {
 }
 
 /// False only when no string in `body` can read `image`, so [`ImageParts`] would count none:
-/// the body is UTF-8 (as [`ImageParts`] requires of the strings it reads), never has `image`
-/// literally, and never escapes an ASCII character (`\u0069mage`). Every image marker
-/// (`image_url`, `input_image`, `image`) contains `image`.
-pub(super) fn may_hold_image_parts(body: &[u8]) -> bool {
+/// `body` never has `image` literally, and never escapes an ASCII character (`\u0069mage`).
+/// Every image marker (`image_url`, `input_image`, `image`) contains `image`. A body that is
+/// not UTF-8 is not asked: it always goes to [`ImageParts`], which requires UTF-8 of the
+/// strings it reads.
+pub(super) fn may_hold_image_parts(body: &str) -> bool {
     static IMAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"image"));
     static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u00"));
-    std::str::from_utf8(body).is_err()
-        || IMAGE.find(body).is_some()
+    let body = body.as_bytes();
+    IMAGE.find(body).is_some()
         || ESCAPE
             .find_iter(body)
             .any(|at| body.get(at + 4).is_none_or(|d| (b'0'..=b'7').contains(d)))

@@ -140,6 +140,15 @@ fn reads_usage_from_a_json_body() {
         r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"cost":0.0001,"is_byok":false,"cost_details":{"upstream_inference_cost":0.001}}}"#,
         reported(100_000, 1, 2),
     );
+    // Bytes that are not UTF-8 after the usage (read as bytes, not as text) do not hide it.
+    let body =
+        b"{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"cost\":0.0015},\"x\":\"\xff\"}";
+    for chunk_size in [body.len(), 1, 7] {
+        assert_eq!(
+            meter_in_chunks(200, JSON, body, chunk_size),
+            reported(1_500_000, 1, 2)
+        );
+    }
 }
 
 #[test]
