@@ -119,14 +119,18 @@ impl ChatRequest {
                 },
             });
         }
+        // A body that is UTF-8 is read as text: its strings (most of them keys) are then not
+        // checked for UTF-8 again one by one.
         match std::str::from_utf8(body) {
-            // Read as text, the body's strings (most of them keys) are not checked for UTF-8
-            // again one by one.
             Ok(text) if !wire::may_hold_image_parts(text) => ChatRequest::from_wire(
                 read_wire::<NoImageParts>(serde_json::de::StrRead::new(text))?,
                 body,
             ),
-            _ => ChatRequest::from_wire(
+            Ok(text) => ChatRequest::from_wire(
+                read_wire::<ImageParts>(serde_json::de::StrRead::new(text))?,
+                body,
+            ),
+            Err(_) => ChatRequest::from_wire(
                 read_wire::<ImageParts>(serde_json::de::SliceRead::new(body))?,
                 body,
             ),
