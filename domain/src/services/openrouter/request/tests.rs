@@ -146,6 +146,20 @@ fn skips_messages_only_when_they_cannot_hold_an_image_part() {
         ChatRequest::parse(b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xff\"}]}"),
         Err(RequestError::NotJson { .. })
     ));
+    // Read as bytes, the rest of the rules hold: an unpriced field is not read (so its bytes
+    // are left to the upstream), and anything after the object is refused.
+    let body = b"{\"model\":\"m\",\"user\":\"\xff\"}";
+    assert_eq!(
+        ChatRequest::parse(body),
+        Ok(ChatRequest {
+            prompt_bytes: body.len() as u64,
+            ..request("m")
+        })
+    );
+    assert!(matches!(
+        ChatRequest::parse(b"{\"model\":\"m\"} \xff"),
+        Err(RequestError::NotJson { .. })
+    ));
     // An image marker written with escapes is still counted.
     check(
         r#"{"model":"m","messages":[{"role":"user","content":[
