@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use domain::Money;
+use domain::services::openrouter::FreePaths;
 
 /// Settings of one gateway.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// What to reserve for a model with no known price; `None` refuses such requests.
     pub unpriced_ceiling: Option<Money>,
+    /// `GET` paths passed through free of charge, beyond `models` and `generation`.
+    pub extra_free_paths: FreePaths,
     /// Seconds in-flight requests get to finish on SIGTERM.
     pub grace_period_seconds: u64,
     /// Worker threads of the proxy.
@@ -46,6 +49,7 @@ impl Default for GatewayConfig {
             negative_cache_ttl: Duration::from_secs(10),
             max_body_bytes: MAX_BODY_BYTES,
             unpriced_ceiling: None,
+            extra_free_paths: FreePaths::default(),
             grace_period_seconds: 5,
             threads: 2,
         }

@@ -83,6 +83,7 @@ impl Gateway {
         let upstream = Upstream::parse(&config.upstream_base_url)?;
         let adapter = OpenRouter::new(OpenRouterConfig {
             unpriced_ceiling: config.unpriced_ceiling,
+            extra_free_paths: config.extra_free_paths.clone(),
             ..Default::default()
         });
         let keys = KeyCache::new(config.negative_cache_ttl);

@@ -61,6 +61,9 @@ pub struct GatewaySection {
     pub max_body_bytes: usize,
     /// USD reserved for a request on a model with no known price; empty refuses them.
     pub unpriced_ceiling_usd: String,
+    /// Comma-separated `GET` paths passed through free of charge, beyond `models` and
+    /// `generation`: exact paths, or prefixes ending in `/*`.
+    pub extra_free_paths: String,
     /// Seconds in-flight requests get to finish on shutdown.
     pub grace_period_seconds: u64,
     /// Proxy worker threads.
@@ -77,6 +80,7 @@ impl Default for GatewaySection {
             price_refresh_seconds: 300,
             max_body_bytes: 65536,
             unpriced_ceiling_usd: String::new(),
+            extra_free_paths: String::new(),
             grace_period_seconds: 5,
             threads: 2,
         }
@@ -305,6 +309,7 @@ impl Config {
             domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd)
                 .map_err(|err| anyhow::anyhow!("gateway.unpriced_ceiling_usd: {err}"))?;
         }
+        self.extra_free_paths()?;
         if !(1..=24 * 366).contains(&self.admin.session_hours) {
             bail!("admin.session_hours must be between 1 and 8784 (a year)");
         }
@@ -338,6 +343,13 @@ impl Config {
         Ok(())
     }
 
+    /// `gateway.extra_free_paths`, read.
+    fn extra_free_paths(&self) -> anyhow::Result<domain::services::openrouter::FreePaths> {
+        use domain::services::openrouter::{FreePaths, ROUTED_PATHS};
+        FreePaths::parse(&self.gateway.extra_free_paths, ROUTED_PATHS)
+            .map_err(|err| anyhow::anyhow!("gateway.extra_free_paths: {err}"))
+    }
+
     /// The gateway's settings.
     pub fn gateway_config(&self) -> gateway::GatewayConfig {
         use std::time::Duration;
@@ -352,6 +364,8 @@ impl Config {
             negative_cache_ttl: Duration::from_secs(10),
             max_body_bytes: self.gateway.max_body_bytes,
             unpriced_ceiling: domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd).ok(),
+            // Checked by `validate`, which `load` runs.
+            extra_free_paths: self.extra_free_paths().unwrap_or_default(),
             grace_period_seconds: self.gateway.grace_period_seconds,
             threads: self.gateway.threads,
         }
@@ -547,10 +561,36 @@ mod tests {
                 &[("KEYCAP_GATEWAY__UNPRICED_CEILING_USD", "lots")][..],
                 "gateway.unpriced_ceiling_usd",
             ),
+            (
+                &[("KEYCAP_GATEWAY__EXTRA_FREE_PATHS", "/api/v1/chat/*")][..],
+                "gateway.extra_free_paths: \"/api/v1/chat/*\" covers /api/v1/chat/completions",
+            ),
         ] {
             let err = Config::load(None, &env(pairs), &FlagOverrides::default()).unwrap_err();
             assert!(format!("{err:#}").contains(expected), "{err:#}");
         }
+    }
+
+    #[test]
+    fn extra_free_paths_reach_the_gateway() {
+        let config = Config::load(
+            None,
+            &env(&[(
+                "KEYCAP_GATEWAY__EXTRA_FREE_PATHS",
+                "/api/v1/credits,/api/v1/models/*",
+            )]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        let paths = config.gateway_config().extra_free_paths;
+        assert!(paths.contains("/api/v1/credits"));
+        assert!(paths.contains("/api/v1/models/a/b/endpoints"));
+        assert!(
+            Config::default()
+                .gateway_config()
+                .extra_free_paths
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1040,3 +1040,58 @@ async fn a_refused_request_does_not_use_up_the_rate() {
         assert_eq!(response.status(), 402);
     }
 }
+
+/// A path listed in `gateway.extra_free_paths` goes upstream with the master key, on `GET`
+/// only and for a valid sub-key, and costs nothing; without the setting it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_free_paths_pass_through_and_cost_nothing() {
+    let mut gw = start().await;
+    let token = gw.key("1", &[]);
+    let credits = format!("{}/api/v1/credits", gw.base);
+    let response = gw
+        .http
+        .get(&credits)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 404, "is not served through keycap").await;
+
+    gw.stop();
+    gw.keycap = gw
+        .keycap
+        .clone()
+        .env("KEYCAP_GATEWAY__EXTRA_FREE_PATHS", "/api/v1/credits");
+    gw.restart();
+    gw.wait_for_prices();
+    // The mock answers `/credits` only for a management key, and tells a known key (403) from
+    // an unknown one such as the sub-key itself (401): a 403 means the master key went up.
+    let response = gw
+        .http
+        .get(&credits)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 403, "Only management keys").await;
+    let response = gw
+        .http
+        .post(&credits)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 405, "accepts only GET").await;
+    let response = gw.http.get(&credits).send().await.unwrap();
+    expect_error(response, 401, "no API key").await;
+    let response = gw
+        .http
+        .get(format!("{}/api/v1/keys", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 404, "is not served through keycap").await;
+    gw.stop();
+    assert_eq!(gw.spent_in_db(&token).await, Money::ZERO);
+}

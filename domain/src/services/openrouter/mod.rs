@@ -3,7 +3,8 @@
 //! - [`pricing`]: the model list's prices, in pico-dollars per unit;
 //! - [`request`]: what a completion request asks for that decides its price;
 //! - [`quote`]: the worst case, fitting it to the budget left, and settling;
-//! - [`metering`]: reading `usage` and `cost` from JSON and event-stream responses.
+//! - [`metering`]: reading `usage` and `cost` from JSON and event-stream responses;
+//! - [`free_paths`]: extra paths the operator lets through unmetered.
 
 /// Implements a serde visitor's scalar `visit_*` methods, each returning `$value`:
 /// `visit_scalars!(0; bool i64 u64 f64 str unit)`. The wire readers use it to accept any JSON
@@ -30,11 +31,13 @@ macro_rules! visit_scalars {
     };
 }
 
+pub mod free_paths;
 pub mod metering;
 pub mod pricing;
 pub mod quote;
 pub mod request;
 
+pub use free_paths::FreePaths;
 pub use metering::{MeterOutcome, NoUsage, Usage, UsageMeter};
 pub use pricing::{ModelPrice, ModelPrices, ModelsError, PriceLookup, UnitPrice};
 pub use quote::{PriceError, Quote};
@@ -47,7 +50,7 @@ use crate::services::{
 };
 
 /// Settings of the OpenRouter adapter, from the gateway's configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRouterConfig {
     /// What to reserve for a request on a model with no known price; `None` refuses such
     /// requests.
@@ -61,6 +64,8 @@ pub struct OpenRouterConfig {
     pub image_prompt_tokens: u64,
     /// Prompt tokens allowed for the search results that web search adds to the prompt.
     pub web_prompt_tokens: u64,
+    /// `GET` paths passed through free of charge, beyond the built-in ones.
+    pub extra_free_paths: FreePaths,
 }
 
 impl Default for OpenRouterConfig {
@@ -70,6 +75,7 @@ impl Default for OpenRouterConfig {
             min_completion_tokens: 16,
             image_prompt_tokens: 3_000,
             web_prompt_tokens: 10_000,
+            extra_free_paths: FreePaths::default(),
         }
     }
 }
@@ -128,11 +134,19 @@ impl OpenRouter {
     }
 }
 
+/// Every path [`route`] serves; no extra free path may be or cover one.
+pub const ROUTED_PATHS: &[&str] = &[
+    "/api/v1/chat/completions",
+    "/api/v1/completions",
+    "/api/v1/models",
+    "/api/v1/generation",
+    "/api/v1/key",
+    "/api/v1/auth/key",
+];
+
 /// Looks a path up in the route table; `path` may carry a query string.
 pub fn route(method: &str, path: &str) -> Route {
-    let path = path.split_once('?').map_or(path, |(path, _query)| path);
-    let path = path.strip_suffix('/').unwrap_or(path);
-    let (route, allowed) = match path {
+    let (route, allowed) = match route_path(path) {
         "/api/v1/chat/completions" | "/api/v1/completions" => (Route::Metered, "POST"),
         "/api/v1/models" | "/api/v1/generation" => (Route::PassThrough, "GET"),
         "/api/v1/key" | "/api/v1/auth/key" => (Route::Local(LocalRoute::KeyInfo), "GET"),
@@ -143,6 +157,12 @@ pub fn route(method: &str, path: &str) -> Route {
     } else {
         Route::Refused(RouteRefusal::WrongMethod { allowed })
     }
+}
+
+/// The path as routes are matched: without its query and one trailing `/`.
+fn route_path(path: &str) -> &str {
+    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+    path.strip_suffix('/').unwrap_or(path)
 }
 
 impl ServiceAdapter for OpenRouter {
@@ -158,7 +178,18 @@ impl ServiceAdapter for OpenRouter {
     }
 
     fn route(&self, method: &str, path: &str) -> Route {
-        route(method, path)
+        match route(method, path) {
+            Route::Refused(RouteRefusal::UnknownPath)
+                if self.config.extra_free_paths.contains(route_path(path)) =>
+            {
+                if method.eq_ignore_ascii_case("GET") {
+                    Route::PassThrough
+                } else {
+                    Route::Refused(RouteRefusal::WrongMethod { allowed: "GET" })
+                }
+            }
+            routed => routed,
+        }
     }
 
     fn credential_header(&self) -> CredentialHeader {

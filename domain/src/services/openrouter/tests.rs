@@ -51,6 +51,52 @@ fn routes_are_metered_passed_answered_or_refused() {
 }
 
 #[test]
+fn every_routed_path_is_listed() {
+    for path in ROUTED_PATHS {
+        assert!(
+            ["GET", "POST"]
+                .iter()
+                .any(|method| !matches!(route(method, path), Route::Refused(_))),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn configured_free_paths_pass_through_on_get_only() {
+    let adapter = OpenRouter::new(OpenRouterConfig {
+        extra_free_paths: FreePaths::parse("/api/v1/credits, /api/v1/models/*", ROUTED_PATHS)
+            .unwrap(),
+        ..OpenRouterConfig::default()
+    });
+    let route = |method, path| adapter.route(method, path);
+    assert_eq!(route("GET", "/api/v1/credits"), Route::PassThrough);
+    assert_eq!(route("get", "/api/v1/credits/?x=1"), Route::PassThrough);
+    assert_eq!(
+        route("GET", "/api/v1/models/openai/gpt-4o/endpoints"),
+        Route::PassThrough
+    );
+    assert_eq!(
+        route("POST", "/api/v1/credits"),
+        Route::Refused(RouteRefusal::WrongMethod { allowed: "GET" })
+    );
+    // The built-in routes are unchanged, and other paths are still refused.
+    assert_eq!(route("POST", "/api/v1/chat/completions"), Route::Metered);
+    assert_eq!(route("GET", "/api/v1/models"), Route::PassThrough);
+    for path in [
+        "/api/v1/keys",
+        "/api/v1/models/../chat/completions",
+        "/api/v1/models/%2e%2e/chat/completions",
+    ] {
+        assert_eq!(
+            route("GET", path),
+            Route::Refused(RouteRefusal::UnknownPath),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn the_master_key_goes_in_a_bearer_header() {
     let header = OpenRouter::default().credential_header();
     assert_eq!(header.name, "authorization");
