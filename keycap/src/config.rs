@@ -345,8 +345,7 @@ impl Config {
 
     /// `gateway.extra_free_paths`, read.
     fn extra_free_paths(&self) -> anyhow::Result<domain::services::openrouter::FreePaths> {
-        use domain::services::openrouter::{FreePaths, ROUTED_PATHS};
-        FreePaths::parse(&self.gateway.extra_free_paths, ROUTED_PATHS)
+        domain::services::openrouter::FreePaths::parse(&self.gateway.extra_free_paths)
             .map_err(|err| anyhow::anyhow!("gateway.extra_free_paths: {err}"))
     }
 
@@ -563,7 +562,7 @@ mod tests {
             ),
             (
                 &[("KEYCAP_GATEWAY__EXTRA_FREE_PATHS", "/api/v1/chat/*")][..],
-                "gateway.extra_free_paths: \"/api/v1/chat/*\" covers /api/v1/chat/completions",
+                "gateway.extra_free_paths: \"/api/v1/chat/*\" reaches /api/v1/chat/completions",
             ),
         ] {
             let err = Config::load(None, &env(pairs), &FlagOverrides::default()).unwrap_err();

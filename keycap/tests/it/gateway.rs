@@ -502,13 +502,23 @@ async fn a_repeated_content_length_reaches_the_upstream_once() {
 /// Sends `POST /api/v1/chat/completions` with `headers` (each ending in CRLF) and `body` over a
 /// plain TCP connection, written as given, and returns the status and the JSON answer.
 async fn raw_post(base: &str, headers: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let headers = format!("Content-Type: application/json\r\n{headers}");
+    raw_request(base, "POST /api/v1/chat/completions", &headers, body).await
+}
+
+/// Sends `request_line` (method and target, written as given: no client tidies the path) with
+/// `headers` and `body` over a plain TCP connection; returns the status and the JSON answer.
+async fn raw_request(
+    base: &str,
+    request_line: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: {address}\r\n\
-         Content-Type: application/json\r\nConnection: close\r\n{headers}\r\n"
-    );
+    let head =
+        format!("{request_line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut answer = Vec::new();
@@ -1042,9 +1052,10 @@ async fn a_refused_request_does_not_use_up_the_rate() {
 }
 
 /// A path listed in `gateway.extra_free_paths` goes upstream with the master key, on `GET`
-/// only and for a valid sub-key, and costs nothing; without the setting it is refused.
+/// only and for a valid sub-key; without the setting it is refused, and no spelling of another
+/// path gets through a listed prefix.
 #[tokio::test(flavor = "multi_thread")]
-async fn configured_free_paths_pass_through_and_cost_nothing() {
+async fn configured_free_paths_pass_through_on_get_only() {
     let mut gw = start().await;
     let token = gw.key("1", &[]);
     let credits = format!("{}/api/v1/credits", gw.base);
@@ -1058,10 +1069,10 @@ async fn configured_free_paths_pass_through_and_cost_nothing() {
     expect_error(response, 404, "is not served through keycap").await;
 
     gw.stop();
-    gw.keycap = gw
-        .keycap
-        .clone()
-        .env("KEYCAP_GATEWAY__EXTRA_FREE_PATHS", "/api/v1/credits");
+    gw.keycap = gw.keycap.clone().env(
+        "KEYCAP_GATEWAY__EXTRA_FREE_PATHS",
+        "/api/v1/credits, /api/v1/models/*",
+    );
     gw.restart();
     gw.wait_for_prices();
     // The mock answers `/credits` only for a management key, and tells a known key (403) from
@@ -1092,6 +1103,19 @@ async fn configured_free_paths_pass_through_and_cost_nothing() {
         .await
         .unwrap();
     expect_error(response, 404, "is not served through keycap").await;
-    gw.stop();
-    assert_eq!(gw.spent_in_db(&token).await, Money::ZERO);
+    // Sent as written (an HTTP client would tidy these paths first).
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for target in [
+        "/api/v1/models/../chat/completions",
+        "/api/v1/models/%2e%2e/chat/completions",
+        "/api/v1/models//chat/completions",
+    ] {
+        let (status, body) = raw_request(&gw.base, &format!("GET {target}"), &auth, b"").await;
+        assert_eq!(status, 404, "{target}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("is not served through keycap"),
+            "{target}: {body}"
+        );
+    }
 }

@@ -1,11 +1,18 @@
 //! Extra paths the operator lets through free of charge (`gateway.extra_free_paths`), beyond
 //! the built-in `models` and `generation`: `GET` only, with a valid sub-key, never metered.
+//! The upstream answers them under the master key, so they show whatever that key may see.
 //!
 //! An entry is an exact path (`/api/v1/providers`) or a prefix ending in `/*`
-//! (`/api/v1/models/*`, which lets through `/api/v1/models/openai/gpt-4o/endpoints`). No entry
-//! may be, or cover, a path the gateway routes itself, and a request reaches a prefix only
-//! through plain segments (letters, digits and `-._~:@`; no `.` or `..` segment, no `%`
-//! escape, no empty segment): no spelling of a metered path can pass as a free one.
+//! (`/api/v1/models/*`, which lets through `/api/v1/models/openai/gpt-4o/endpoints`).
+//!
+//! - No entry may be, lie below or cover a metered path or one of
+//!   [`NEVER_FREE`](super::NEVER_FREE) (compared
+//!   without regard to case); an entry that is a routed path is refused as pointless.
+//! - A request reaches a prefix only through plain segments: letters, digits and `-._~:@`, no
+//!   `.` or `..` segment, no `%` escape, no empty segment (so no trailing `/`). An exact path
+//!   also matches with one trailing `/`, as the built-in routes do.
+
+use super::{never_free_paths, routed_paths};
 
 /// The configured extra free paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,9 +26,9 @@ pub struct FreePaths {
 const API_PREFIX: &str = "/api/v1/";
 
 impl FreePaths {
-    /// Reads a comma-separated list (empty: none). `routed` are the paths the gateway routes
-    /// itself, which no entry may be or cover. The error names the entry and what is wrong.
-    pub fn parse(text: &str, routed: &[&str]) -> Result<FreePaths, String> {
+    /// Reads a comma-separated list (empty: none). The error names the entry and what is
+    /// wrong with it.
+    pub fn parse(text: &str) -> Result<FreePaths, String> {
         let mut paths = FreePaths::default();
         for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (path, is_prefix) = match entry.strip_suffix("/*") {
@@ -31,26 +38,34 @@ impl FreePaths {
             let rest = match path.strip_prefix(API_PREFIX) {
                 Some(rest) => Some(rest),
                 // `/api/v1/*`: a prefix with no segment of its own, refused below as covering
-                // every routed path.
+                // the metered paths.
                 None if is_prefix && format!("{path}/") == API_PREFIX => None,
                 None => return Err(format!("{entry:?} must start with {API_PREFIX}")),
             };
             if rest.is_some_and(|rest| !plain_segments(rest)) {
                 return Err(format!(
-                    "{entry:?} must be plain path segments (letters, digits, -._~:@), optionally ending in /*"
+                    "{entry:?} must be plain path segments (letters, digits and -._~:@; no empty, . or .. segment), optionally ending in /*"
                 ));
             }
-            if is_prefix {
-                let prefix = format!("{path}/");
-                if let Some(covered) = routed.iter().find(|r| r.starts_with(&prefix)) {
+            let lower = path.to_ascii_lowercase();
+            for paid in never_free_paths() {
+                let reaches = lower == paid
+                    || lower.starts_with(&format!("{paid}/"))
+                    || lower.starts_with(&format!("{paid}."))
+                    || (is_prefix && paid.starts_with(&format!("{lower}/")));
+                if reaches {
                     return Err(format!(
-                        "{entry:?} covers {covered}, which the gateway routes itself"
+                        "{entry:?} reaches {paid}, which costs money or manages keys: it can never be free"
                     ));
                 }
-                paths.below.push(prefix);
+            }
+            if is_prefix {
+                paths.below.push(format!("{path}/"));
             } else {
-                if routed.contains(&path) {
-                    return Err(format!("{entry:?} is a path the gateway routes itself"));
+                if routed_paths().any(|routed| routed == path) {
+                    return Err(format!(
+                        "{entry:?} is a path the gateway routes itself already"
+                    ));
                 }
                 paths.exact.push(path.to_string());
             }
@@ -60,10 +75,11 @@ impl FreePaths {
 
     /// True when `path` (without its query) is one of the free paths.
     pub fn contains(&self, path: &str) -> bool {
-        self.exact.iter().any(|exact| exact == path)
+        let exact = path.strip_suffix('/').unwrap_or(path);
+        self.exact.iter().any(|free| free == exact)
             || self.below.iter().any(|prefix| {
                 path.strip_prefix(prefix.as_str())
-                    .is_some_and(|rest| !rest.is_empty() && plain_segments(rest))
+                    .is_some_and(plain_segments)
             })
     }
 
@@ -85,12 +101,11 @@ fn plain_segments(text: &str) -> bool {
 mod tests {
     use super::*;
 
-    const ROUTED: &[&str] = &["/api/v1/chat/completions", "/api/v1/models", "/api/v1/key"];
-
     #[test]
     fn reads_exact_paths_and_prefixes() {
-        let paths = FreePaths::parse(" /api/v1/providers , /api/v1/models/* ,", ROUTED).unwrap();
+        let paths = FreePaths::parse(" /api/v1/providers , /api/v1/models/* ,").unwrap();
         assert!(paths.contains("/api/v1/providers"));
+        assert!(paths.contains("/api/v1/providers/"));
         assert!(paths.contains("/api/v1/models/openai/gpt-4.1/endpoints"));
         assert!(
             !paths.contains("/api/v1/models"),
@@ -101,14 +116,15 @@ mod tests {
             !paths.contains("/api/v1/providers/x"),
             "an exact path has nothing below"
         );
+        assert!(!paths.contains("/api/v1/providers//"));
         assert!(!paths.contains("/api/v1/credits"));
-        assert!(FreePaths::parse("", ROUTED).unwrap().is_empty());
-        assert!(FreePaths::parse(" , ", ROUTED).unwrap().is_empty());
+        assert!(FreePaths::parse("").unwrap().is_empty());
+        assert!(FreePaths::parse(" , ").unwrap().is_empty());
     }
 
     #[test]
     fn no_spelling_of_another_path_passes_a_prefix() {
-        let paths = FreePaths::parse("/api/v1/models/*", ROUTED).unwrap();
+        let paths = FreePaths::parse("/api/v1/models/*").unwrap();
         for path in [
             "/api/v1/models/../chat/completions",
             "/api/v1/models/./x",
@@ -118,13 +134,14 @@ mod tests {
             "/api/v1/models/a/",
             "/api/v1/models/a\\..\\b",
             "/api/v1/models/a b",
+            "/API/V1/MODELS/a",
         ] {
             assert!(!paths.contains(path), "{path}");
         }
     }
 
     #[test]
-    fn refuses_entries_that_are_not_plain_or_cover_routed_paths() {
+    fn refuses_entries_that_are_not_plain_or_reach_paid_paths() {
         for (entry, says) in [
             ("/v1/providers", "must start with /api/v1/"),
             ("api/v1/providers", "must start with /api/v1/"),
@@ -136,13 +153,35 @@ mod tests {
             ("/api/v1/a%2e", "plain path segments"),
             ("/api/v1/providers?x=1", "plain path segments"),
             ("/api/v1/a/*/b", "plain path segments"),
-            ("/api/v1/*", "covers /api/v1/chat/completions"),
-            ("/api/v1/chat/*", "covers /api/v1/chat/completions"),
-            ("/api/v1/models", "routes itself"),
-            ("/api/v1/key", "routes itself"),
+            ("/api/v1/*", "reaches /api/v1/chat/completions"),
+            ("/api/v1/chat/*", "reaches /api/v1/chat/completions"),
+            (
+                "/api/v1/chat/completions",
+                "reaches /api/v1/chat/completions",
+            ),
+            (
+                "/api/v1/chat/completions/*",
+                "reaches /api/v1/chat/completions",
+            ),
+            ("/api/v1/completions/x", "reaches /api/v1/completions"),
+            (
+                "/api/v1/chat/completions.json",
+                "reaches /api/v1/chat/completions",
+            ),
+            (
+                "/api/v1/Chat/Completions",
+                "reaches /api/v1/chat/completions",
+            ),
+            ("/api/v1/embeddings", "reaches /api/v1/embeddings"),
+            ("/api/v1/responses/*", "reaches /api/v1/responses"),
+            ("/api/v1/keys/abc", "reaches /api/v1/keys"),
+            ("/api/v1/models", "routes itself already"),
+            ("/api/v1/key", "routes itself already"),
         ] {
-            let err = FreePaths::parse(entry, ROUTED).unwrap_err();
+            let err = FreePaths::parse(entry).unwrap_err();
             assert!(err.contains(says), "{entry}: {err}");
         }
+        // Below a free built-in route is fine (a model's endpoints).
+        assert!(FreePaths::parse("/api/v1/models/*,/api/v1/generation/x").is_ok());
     }
 }

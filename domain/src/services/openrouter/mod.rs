@@ -134,23 +134,44 @@ impl OpenRouter {
     }
 }
 
-/// Every path [`route`] serves; no extra free path may be or cover one.
-pub const ROUTED_PATHS: &[&str] = &[
-    "/api/v1/chat/completions",
-    "/api/v1/completions",
-    "/api/v1/models",
-    "/api/v1/generation",
-    "/api/v1/key",
-    "/api/v1/auth/key",
+/// The route table: each path the gateway serves, how, and for which method.
+const ROUTES: &[(&str, Route, &str)] = &[
+    ("/api/v1/chat/completions", Route::Metered, "POST"),
+    ("/api/v1/completions", Route::Metered, "POST"),
+    ("/api/v1/models", Route::PassThrough, "GET"),
+    ("/api/v1/generation", Route::PassThrough, "GET"),
+    ("/api/v1/key", Route::Local(LocalRoute::KeyInfo), "GET"),
+    ("/api/v1/auth/key", Route::Local(LocalRoute::KeyInfo), "GET"),
 ];
+
+/// Upstream paths that cost money or manage keys, beyond the metered routes: the gateway does
+/// not serve them, and no extra free path may be, lie below or cover one.
+pub const NEVER_FREE: &[&str] = &[
+    "/api/v1/responses",
+    "/api/v1/messages",
+    "/api/v1/embeddings",
+    "/api/v1/keys",
+];
+
+/// Every path the route table serves.
+pub fn routed_paths() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().map(|(path, _, _)| *path)
+}
+
+/// The metered paths and [`NEVER_FREE`]: what no extra free path may reach.
+pub fn never_free_paths() -> impl Iterator<Item = &'static str> {
+    ROUTES
+        .iter()
+        .filter(|(_, route, _)| *route == Route::Metered)
+        .map(|(path, _, _)| *path)
+        .chain(NEVER_FREE.iter().copied())
+}
 
 /// Looks a path up in the route table; `path` may carry a query string.
 pub fn route(method: &str, path: &str) -> Route {
-    let (route, allowed) = match route_path(path) {
-        "/api/v1/chat/completions" | "/api/v1/completions" => (Route::Metered, "POST"),
-        "/api/v1/models" | "/api/v1/generation" => (Route::PassThrough, "GET"),
-        "/api/v1/key" | "/api/v1/auth/key" => (Route::Local(LocalRoute::KeyInfo), "GET"),
-        _ => return Route::Refused(RouteRefusal::UnknownPath),
+    let path = route_path(path);
+    let Some(&(_, route, allowed)) = ROUTES.iter().find(|(routed, _, _)| *routed == path) else {
+        return Route::Refused(RouteRefusal::UnknownPath);
     };
     if method.eq_ignore_ascii_case(allowed) {
         route
@@ -178,9 +199,10 @@ impl ServiceAdapter for OpenRouter {
     }
 
     fn route(&self, method: &str, path: &str) -> Route {
+        let without_query = path.split_once('?').map_or(path, |(path, _query)| path);
         match route(method, path) {
             Route::Refused(RouteRefusal::UnknownPath)
-                if self.config.extra_free_paths.contains(route_path(path)) =>
+                if self.config.extra_free_paths.contains(without_query) =>
             {
                 if method.eq_ignore_ascii_case("GET") {
                     Route::PassThrough

@@ -51,22 +51,23 @@ fn routes_are_metered_passed_answered_or_refused() {
 }
 
 #[test]
-fn every_routed_path_is_listed() {
-    for path in ROUTED_PATHS {
-        assert!(
-            ["GET", "POST"]
-                .iter()
-                .any(|method| !matches!(route(method, path), Route::Refused(_))),
-            "{path}"
+fn the_paths_that_are_never_free_are_metered_or_unserved() {
+    let never_free: Vec<_> = never_free_paths().collect();
+    assert!(never_free.contains(&"/api/v1/chat/completions"));
+    assert!(never_free.contains(&"/api/v1/completions"));
+    for path in NEVER_FREE {
+        assert_eq!(
+            route("POST", path),
+            Route::Refused(RouteRefusal::UnknownPath)
         );
+        assert!(!routed_paths().any(|routed| routed == *path));
     }
 }
 
 #[test]
 fn configured_free_paths_pass_through_on_get_only() {
     let adapter = OpenRouter::new(OpenRouterConfig {
-        extra_free_paths: FreePaths::parse("/api/v1/credits, /api/v1/models/*", ROUTED_PATHS)
-            .unwrap(),
+        extra_free_paths: FreePaths::parse("/api/v1/credits, /api/v1/models/*").unwrap(),
         ..OpenRouterConfig::default()
     });
     let route = |method, path| adapter.route(method, path);
@@ -85,6 +86,7 @@ fn configured_free_paths_pass_through_on_get_only() {
     assert_eq!(route("GET", "/api/v1/models"), Route::PassThrough);
     for path in [
         "/api/v1/keys",
+        "/api/v1/models/a/",
         "/api/v1/models/../chat/completions",
         "/api/v1/models/%2e%2e/chat/completions",
     ] {
