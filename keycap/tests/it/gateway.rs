@@ -1056,17 +1056,27 @@ async fn a_refused_request_does_not_use_up_the_rate() {
 /// path gets through a listed prefix.
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_free_paths_pass_through_on_get_only() {
-    let mut gw = start().await;
-    let token = gw.key("1", &[]);
-    let credits = format!("{}/api/v1/credits", gw.base);
-    let response = gw
-        .http
-        .get(&credits)
-        .bearer_auth(&token)
+    use reqwest::Method;
+    /// Sends `method path`, with `token` as the bearer key when given.
+    async fn send(
+        gw: &crate::gateway_support::Gateway,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let request = gw.http.request(method, format!("{}{path}", gw.base));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
         .send()
         .await
-        .unwrap();
-    expect_error(response, 404, "is not served through keycap").await;
+        .unwrap()
+    }
+    let mut gw = start().await;
+    let token = gw.key("1", &[]);
+    let credits = send(&gw, Method::GET, "/api/v1/credits", Some(&token)).await;
+    expect_error(credits, 404, "is not served through keycap").await;
 
     gw.stop();
     gw.keycap = gw.keycap.clone().env(
@@ -1077,32 +1087,33 @@ async fn configured_free_paths_pass_through_on_get_only() {
     gw.wait_for_prices();
     // The mock answers `/credits` only for a management key, and tells a known key (403) from
     // an unknown one such as the sub-key itself (401): a 403 means the master key went up.
-    let response = gw
-        .http
-        .get(&credits)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, 403, "Only management keys").await;
-    let response = gw
-        .http
-        .post(&credits)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, 405, "accepts only GET").await;
-    let response = gw.http.get(&credits).send().await.unwrap();
-    expect_error(response, 401, "no API key").await;
-    let response = gw
-        .http
-        .get(format!("{}/api/v1/keys", gw.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, 404, "is not served through keycap").await;
+    for (method, path, token, status, says) in [
+        (
+            Method::GET,
+            "/api/v1/credits",
+            Some(&token),
+            403,
+            "Only management keys",
+        ),
+        (
+            Method::POST,
+            "/api/v1/credits",
+            Some(&token),
+            405,
+            "accepts only GET",
+        ),
+        (Method::GET, "/api/v1/credits", None, 401, "no API key"),
+        (
+            Method::GET,
+            "/api/v1/keys",
+            Some(&token),
+            404,
+            "is not served through keycap",
+        ),
+    ] {
+        let token = token.map(String::as_str);
+        expect_error(send(&gw, method, path, token).await, status, says).await;
+    }
     // Sent as written (an HTTP client would tidy these paths first).
     let auth = format!("Authorization: Bearer {token}\r\n");
     for target in [
