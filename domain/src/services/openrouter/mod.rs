@@ -182,8 +182,13 @@ pub fn route(method: &str, path: &str) -> Route {
 
 /// The path as routes are matched: without its query and one trailing `/`.
 fn route_path(path: &str) -> &str {
-    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+    let path = without_query(path);
     path.strip_suffix('/').unwrap_or(path)
+}
+
+/// `path` up to its `?`, if any.
+fn without_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(path, _query)| path)
 }
 
 impl ServiceAdapter for OpenRouter {
@@ -199,10 +204,9 @@ impl ServiceAdapter for OpenRouter {
     }
 
     fn route(&self, method: &str, path: &str) -> Route {
-        let without_query = path.split_once('?').map_or(path, |(path, _query)| path);
         match route(method, path) {
             Route::Refused(RouteRefusal::UnknownPath)
-                if self.config.extra_free_paths.contains(without_query) =>
+                if self.config.extra_free_paths.contains(without_query(path)) =>
             {
                 if method.eq_ignore_ascii_case("GET") {
                     Route::PassThrough
