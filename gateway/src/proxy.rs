@@ -432,28 +432,24 @@ impl Proxy {
         if master.revoked || master.org_id != key.org_id {
             return Err(Refusal::master_key_revoked());
         }
-        ctx.key = Some(Arc::clone(&key));
-        match route {
-            Route::Local(LocalRoute::KeyInfo) => {
-                let body = key_info_body(&key);
-                respond(session, 200, body)
-                    .await
-                    .map_err(|_| Refusal::bad_request("write", "response failed".into()))?;
-                ctx.key = None;
-                return Ok(Admit::Answered);
-            }
-            Route::PassThrough => {
-                ctx.key = None;
-                ctx.master = Some(master);
-                return Ok(Admit::Forward);
-            }
-            Route::Metered | Route::Refused(_) => {}
+        if route == Route::Local(LocalRoute::KeyInfo) {
+            respond(session, 200, key_info_body(&key))
+                .await
+                .map_err(|_| Refusal::bad_request("write", "response failed".into()))?;
+            return Ok(Admit::Answered);
         }
+        // Every request that goes upstream uses the key's rate, free ones too: they use the
+        // master key's rate at the upstream.
         if let Some(rpm) = info.rate_limit_rpm {
             key.rate
                 .try_acquire(rpm, Instant::now())
                 .map_err(|wait| Refusal::rate_limited(rpm, wait))?;
         }
+        if route == Route::PassThrough {
+            ctx.master = Some(master);
+            return Ok(Admit::Forward);
+        }
+        ctx.key = Some(Arc::clone(&key));
 
         // A request refused from here on (body, scope, prices, budget) gives its rate-limit
         // slot back: only requests that go upstream use the rate.

@@ -902,7 +902,8 @@ async fn rollups(db: &testkit::TestDb) -> (i64, i64) {
 }
 
 /// A key with a rate limit: a minute's requests at once, then 429 with `Retry-After`, in
-/// OpenRouter's error shape, and nothing charged for the refused request.
+/// OpenRouter's error shape, and nothing charged for the refused request; free paths use the
+/// rate too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
     let gw = start().await;
@@ -956,6 +957,22 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
     for _ in 0..5 {
         assert_eq!(gw.chat(&free, &body).send().await.unwrap().status(), 200);
     }
+    // Free paths go upstream too, on the master key's rate: they take a slot like the rest,
+    // and asking the gateway about the key takes none.
+    let listing = gw.key("1", &["--rpm", "1"]);
+    let models = |token: &str| {
+        gw.http
+            .get(format!("{}/api/v1/models", gw.base))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(models(&listing).await.unwrap().status(), 200);
+    assert_eq!(models(&listing).await.unwrap().status(), 429);
+    assert_eq!(gw.chat(&listing, &body).send().await.unwrap().status(), 429);
+    assert_eq!(
+        gw.key_info(&listing).await["data"]["rate_limit"]["requests"],
+        1
+    );
 }
 
 /// A key revoked while a stream is in flight is refunded its whole unspent cap at once; the
