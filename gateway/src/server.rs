@@ -65,6 +65,9 @@ pub fn run(
         resources.keyring,
         control.clone(),
     )?);
+    if gateway.upstream.tls {
+        check_trusted_roots()?;
+    }
 
     // The flusher stops only after the proxy has stopped, so no settled request is missed.
     let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
@@ -134,6 +137,26 @@ pub fn check_addresses(config: &GatewayConfig) -> Result<(), String> {
     ] {
         std::net::TcpListener::bind(addr.as_str())
             .map_err(|err| format!("{key} = {addr:?} cannot be used: {err}"))?;
+    }
+    Ok(())
+}
+
+/// An https upstream is verified against the system's root certificates (or those named by
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`), which pingora's TLS connector and the price fetches both
+/// load. With none, every upstream call would fail its handshake: the gateway does not start.
+fn check_trusted_roots() -> Result<(), String> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let why = found
+            .errors
+            .first()
+            .map(|err| format!(" ({err})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "no trusted root certificates for the https upstream{why}: install the system's CA \
+             certificates (Debian: apt-get install ca-certificates) or set SSL_CERT_FILE to a PEM \
+             file of them"
+        ));
     }
     Ok(())
 }

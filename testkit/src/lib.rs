@@ -5,12 +5,14 @@
 //! starts and a watchdog stops when it exits) and [`process`] (running and spawning the
 //! `keycap` binary, waiting until it is ready, killing it on drop). It is used only as a
 //! dev-dependency and never by production code. [`chaos::ChaosProxy`] cuts a service off from its
-//! database for outage tests, and [`smtp::SmtpSink`] receives the email a test sends.
+//! database for outage tests, [`smtp::SmtpSink`] receives the email a test sends, and
+//! [`tls::TlsFront`] puts a service behind TLS with a certificate from a test CA.
 
 pub mod chaos;
 mod database;
 pub mod process;
 pub mod smtp;
+pub mod tls;
 
 pub use database::TestDb;
 

@@ -1147,3 +1147,89 @@ async fn configured_free_paths_pass_through_on_get_only() {
         );
     }
 }
+
+/// An `https://` upstream: the gateway checks its certificate against the system's roots (here
+/// `SSL_CERT_FILE`, naming a test CA), names the host in the handshake, and fetches prices,
+/// proxies and charges through it as over plain http. A certificate it does not trust is a 502
+/// that reaches nothing, and with no roots at all `keycap up` refuses to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_is_verified_and_served() {
+    let mock = openrouter_mock::spawn(openrouter_mock::MockConfig::default())
+        .await
+        .unwrap();
+    let front = testkit::tls::TlsFront::start("localhost", mock.addr())
+        .await
+        .unwrap();
+    let upstream = format!("https://localhost:{}", front.port());
+    // The machine's own roots do not include the test CA.
+    let mut gw = start_with_upstream(mock, Some(upstream)).await;
+    let token = gw.key("5", &[]);
+    let models = |gw: &crate::gateway_support::Gateway| {
+        gw.http
+            .get(format!("{}/api/v1/models", gw.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    expect_error(models(&gw).await.unwrap(), 502, "upstream").await;
+    assert_eq!(front.server_names(), Vec::<Option<String>>::new());
+
+    // Roots from SSL_CERT_FILE and SSL_CERT_DIR only (this machine may set either): the test
+    // CA, then none.
+    let no_dir = gw._dir.path().join("no-roots");
+    std::fs::create_dir(&no_dir).unwrap();
+    let ca_file = gw._dir.path().join("test-ca.pem");
+    std::fs::write(&ca_file, front.ca_pem()).unwrap();
+    gw.stop();
+    gw.keycap = gw
+        .keycap
+        .clone()
+        .env("SSL_CERT_DIR", no_dir.to_str().unwrap())
+        .env("SSL_CERT_FILE", ca_file.to_str().unwrap());
+    gw.restart();
+    gw.wait_for_prices();
+    assert_eq!(models(&gw).await.unwrap().status(), 200);
+    let answer: serde_json::Value = gw
+        .chat(&token, &chat_body("mock/cheap", 5, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let json_cost = reported_cost(&answer);
+    let response = gw
+        .chat(&token, &chat_body("mock/cheap", 6, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (text, stream_cost) = read_stream(response).await;
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    gw.wait_for_spent(&token, json_cost.checked_add(stream_cost.unwrap()).unwrap())
+        .await;
+    let names = front.server_names();
+    assert!(!names.is_empty());
+    assert!(
+        names
+            .iter()
+            .all(|name| name.as_deref() == Some("localhost")),
+        "{names:?}"
+    );
+
+    gw.stop();
+    let no_roots = gw._dir.path().join("no-roots.pem");
+    std::fs::write(&no_roots, "").unwrap();
+    let refused = gw
+        .keycap
+        .clone()
+        .env("SSL_CERT_FILE", no_roots.to_str().unwrap())
+        .spawn(&["up"], "gateway listening on", Duration::from_secs(30))
+        .err()
+        .expect("keycap up must not start without trusted roots")
+        .to_string();
+    assert!(refused.contains("process exited"), "{refused}");
+    assert!(
+        refused.contains("no trusted root certificates"),
+        "{refused}"
+    );
+}
