@@ -1233,3 +1233,94 @@ async fn an_https_upstream_is_verified_and_served() {
         "{refused}"
     );
 }
+
+/// A master key rotated or revoked (as the admin app's vault page does: the same `db` calls)
+/// reaches a running gateway through NOTIFY within a second: requests go up with the new
+/// secret, then are refused without reaching the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
+    let gw = start().await;
+    let token = gw.key("1", &[]);
+    let upstream_saw = || {
+        gw.mock
+            .state()
+            .last_request()
+            .and_then(|request| request.authorization)
+    };
+    let ok = gw
+        .chat(&token, &chat_body("mock/cheap", 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let old = format!("Bearer {}", gw.mock.state().config().master_key);
+    assert_eq!(upstream_saw().as_deref(), Some(old.as_str()));
+
+    // A second OpenRouter key, made at the mock with its management key.
+    let created: serde_json::Value = gw
+        .http
+        .post(format!("{}/api/v1/keys", gw.mock.base_url()))
+        .bearer_auth(&gw.mock.state().config().management_key)
+        .json(&json!({ "name": "rotated" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["key"].as_str().unwrap().to_string();
+    let pool = db::connect(&gw.db.url, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let org = db::orgs::find(&client, "acme").await.unwrap();
+    let master_id: uuid::Uuid = client
+        .query_one("SELECT id FROM master_keys WHERE org_id = $1", &[&org.id])
+        .await
+        .unwrap()
+        .get(0);
+    let keyring = vault::Keyring::load(None, &gw._dir.path().join("encryption.key"))
+        .unwrap()
+        .keyring;
+    db::master_keys::rotate(
+        &pool,
+        &org,
+        master_id,
+        &vault::last_four(&secret),
+        &keyring.seal(org.id, master_id, &secret),
+        db::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let rotated = Instant::now();
+    let new = format!("Bearer {secret}");
+    loop {
+        let response = gw
+            .chat(&token, &chat_body("mock/cheap", 3, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let saw = upstream_saw().unwrap();
+        if saw == new {
+            break;
+        }
+        assert_eq!(saw, old);
+        assert!(
+            rotated.elapsed() < Duration::from_secs(1),
+            "the old master key still went up a second after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    db::master_keys::revoke(&pool, &org, master_id, db::Actor::Cli)
+        .await
+        .unwrap();
+    served_until_refused(&gw, &token, 403, "master key", Duration::from_secs(1)).await;
+    let reached = gw.mock.state().n_inference_requests();
+    let refused = gw
+        .chat(&token, &chat_body("mock/cheap", 3, false))
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, 403, "was revoked").await;
+    assert_eq!(gw.mock.state().n_inference_requests(), reached);
+}
