@@ -305,11 +305,8 @@ impl Config {
                 "gateway.flush_interval_ms, gateway.rollup_interval_ms, gateway.refresh_interval_seconds and gateway.threads must be at least 1"
             );
         }
-        if !self.gateway.unpriced_ceiling_usd.is_empty() {
-            domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd)
-                .map_err(|err| anyhow::anyhow!("gateway.unpriced_ceiling_usd: {err}"))?;
-        }
-        self.extra_free_paths()?;
+        // The settings the gateway reads from text (a ceiling, the free paths).
+        self.gateway_config()?;
         if !(1..=24 * 366).contains(&self.admin.session_hours) {
             bail!("admin.session_hours must be between 1 and 8784 (a year)");
         }
@@ -343,16 +340,20 @@ impl Config {
         Ok(())
     }
 
-    /// `gateway.extra_free_paths`, read.
-    fn extra_free_paths(&self) -> anyhow::Result<domain::services::openrouter::FreePaths> {
-        domain::services::openrouter::FreePaths::parse(&self.gateway.extra_free_paths)
-            .map_err(|err| anyhow::anyhow!("gateway.extra_free_paths: {err}"))
-    }
-
-    /// The gateway's settings.
-    pub fn gateway_config(&self) -> gateway::GatewayConfig {
+    /// The gateway's settings; an error names the setting that does not read.
+    pub fn gateway_config(&self) -> anyhow::Result<gateway::GatewayConfig> {
         use std::time::Duration;
-        gateway::GatewayConfig {
+        let unpriced_ceiling = match self.gateway.unpriced_ceiling_usd.as_str() {
+            "" => None,
+            usd => Some(
+                domain::Money::parse_usd(usd)
+                    .map_err(|err| anyhow::anyhow!("gateway.unpriced_ceiling_usd: {err}"))?,
+            ),
+        };
+        let extra_free_paths =
+            domain::services::openrouter::FreePaths::parse(&self.gateway.extra_free_paths)
+                .map_err(|err| anyhow::anyhow!("gateway.extra_free_paths: {err}"))?;
+        Ok(gateway::GatewayConfig {
             listen: self.gateway.listen.clone(),
             metrics_listen: self.metrics.listen.clone(),
             upstream_base_url: self.openrouter.base_url.clone(),
@@ -362,12 +363,11 @@ impl Config {
             price_refresh_interval: Duration::from_secs(self.gateway.price_refresh_seconds.max(1)),
             negative_cache_ttl: Duration::from_secs(10),
             max_body_bytes: self.gateway.max_body_bytes,
-            unpriced_ceiling: domain::Money::parse_usd(&self.gateway.unpriced_ceiling_usd).ok(),
-            // Checked by `validate`, which `load` runs.
-            extra_free_paths: self.extra_free_paths().unwrap_or_default(),
+            unpriced_ceiling,
+            extra_free_paths,
             grace_period_seconds: self.gateway.grace_period_seconds,
             threads: self.gateway.threads,
-        }
+        })
     }
 
     /// The admin app's settings. `admin_addr` is the address the admin listener got, which
@@ -581,12 +581,13 @@ mod tests {
             &FlagOverrides::default(),
         )
         .unwrap();
-        let paths = config.gateway_config().extra_free_paths;
+        let paths = config.gateway_config().unwrap().extra_free_paths;
         assert!(paths.contains("/api/v1/credits"));
         assert!(paths.contains("/api/v1/models/a/b/endpoints"));
         assert!(
             Config::default()
                 .gateway_config()
+                .unwrap()
                 .extra_free_paths
                 .is_empty()
         );

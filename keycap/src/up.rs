@@ -58,6 +58,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         }
         Mode::Up => None,
     };
+    let gateway_config = config.gateway_config()?;
     let keyring = load_keyring(&config)?;
     let database = Database::open(&config).await?;
     let demo_token = match &mock {
@@ -126,7 +127,6 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         keyring,
         control: tokio::runtime::Handle::current(),
     };
-    let gateway_config = config.gateway_config();
     if let Err(err) = gateway::server::check_addresses(&gateway_config) {
         maintenance.abort();
         admin_server.abort();
