@@ -132,7 +132,32 @@ impl Keycap {
 /// A running child process; killed when dropped.
 pub struct Running {
     child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+/// The lines a child has written to one of its streams so far.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Collects `stream`'s lines on a thread of its own until it closes.
+fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Lines {
+    let lines = Lines::default();
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Ok(mut lines) = sink.lock() {
+                lines.push(line);
+            }
+        }
+    });
+    lines
+}
+
+fn text_of(lines: &Lines) -> String {
+    lines
+        .lock()
+        .map(|lines| lines.join("\n"))
+        .unwrap_or_default()
 }
 
 impl Running {
@@ -140,22 +165,15 @@ impl Running {
     pub fn spawn(mut command: Command, ready: &str, timeout: Duration) -> anyhow::Result<Running> {
         let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let stderr = child.stderr.take().context("child has no stderr")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line);
-                }
-            }
-        });
+        let stdout = collect_lines(child.stdout.take().context("child has no stdout")?);
+        let stderr = collect_lines(child.stderr.take().context("child has no stderr")?);
         let mut running = Running {
             child,
-            stderr: lines,
+            stdout,
+            stderr,
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -181,19 +199,31 @@ impl Running {
 
     /// Everything the child wrote to standard error so far.
     pub fn stderr_text(&self) -> String {
-        self.stderr
-            .lock()
-            .map(|lines| lines.join("\n"))
-            .unwrap_or_default()
+        text_of(&self.stderr)
+    }
+
+    /// Everything the child wrote to standard output so far.
+    pub fn stdout_text(&self) -> String {
+        text_of(&self.stdout)
     }
 
     /// Waits until standard error contains `text`.
     pub fn wait_for(&self, text: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_until(&self.stderr, text, timeout)
+    }
+
+    /// Waits until standard output contains `text`.
+    pub fn wait_for_stdout(&self, text: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_until(&self.stdout, text, timeout)
+    }
+
+    fn wait_until(&self, lines: &Lines, text: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        while !self.stderr_text().contains(text) {
+        while !text_of(lines).contains(text) {
             if Instant::now() > deadline {
                 bail!(
-                    "{text:?} not seen after {timeout:?}:\n{}",
+                    "{text:?} not seen after {timeout:?}:\n{}\n{}",
+                    self.stdout_text(),
                     self.stderr_text()
                 );
             }

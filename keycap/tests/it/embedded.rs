@@ -153,3 +153,90 @@ fn an_unreachable_data_folder_keeps_its_cluster_elsewhere() {
     );
     std::fs::remove_dir_all(location.trim()).unwrap();
 }
+
+/// `keycap demo`: the mock, keycap on its embedded Postgres and a seeded sub-key; the `curl`
+/// lines and the OpenAI-SDK line it prints work as printed, and the key is charged for them.
+#[test]
+fn the_demo_prints_lines_that_work_as_printed() {
+    let dir = data_folder();
+    // The demo logs only warnings, so that its lines stay readable; the test waits for the
+    // prices, which it loads from the mock within moments of starting.
+    let keycap = Keycap::embedded(
+        Path::new(env!("CARGO_BIN_EXE_keycap")),
+        &dir.path().join("data"),
+    )
+    .env("KEYCAP_LOG", "info");
+    let [gateway, metrics, admin] = [(); 3].map(|()| format!("127.0.0.1:{}", testkit::free_port()));
+    let demo = keycap
+        .spawn(
+            &[
+                "demo",
+                "--gateway-listen",
+                &gateway,
+                "--metrics-listen",
+                &metrics,
+                "--admin-listen",
+                &admin,
+            ],
+            "gateway listening on",
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    demo.wait_for_stdout("python3 -c", Duration::from_secs(10))
+        .unwrap();
+    demo.wait_for("loaded upstream prices", Duration::from_secs(30))
+        .unwrap();
+    let printed = demo.stdout_text();
+    let line = |start: &str| {
+        printed
+            .lines()
+            .find(|line| line.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{printed}"))
+            .to_string()
+    };
+    let run = |line: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", line])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = |text: String| -> serde_json::Value {
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"))
+    };
+
+    let answer = json(run(&line("curl -s http://127.0.0.1")));
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert!(
+        !answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let key_line = line(&format!("curl -s http://{gateway}/api/v1/key"));
+    let info = json(run(&key_line));
+    assert_eq!(info["data"]["limit"], 1, "{info}");
+    let used = info["data"]["usage"].as_f64().unwrap();
+    assert!(used > 0.0, "{info}");
+
+    // The Python line needs the OpenAI SDK; CI (E2E=1) runs it always.
+    let has_sdk = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if has_sdk || std::env::var("E2E").as_deref() == Ok("1") {
+        let said = run(&line("python3 -c"));
+        assert!(!said.trim().is_empty());
+        let info = json(run(&key_line));
+        assert!(info["data"]["usage"].as_f64().unwrap() > used, "{info}");
+    } else {
+        println!(
+            "skipped the demo's Python line: the OpenAI SDK is not installed (pip install openai)"
+        );
+    }
+}
