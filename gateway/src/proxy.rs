@@ -184,8 +184,16 @@ impl ProxyHttp for Proxy {
     ) -> pingora::Result<()> {
         upstream_request.insert_header(header::HOST, self.gateway.upstream.host_header.clone())?;
         if let Some(master) = &ctx.master {
-            upstream_request
-                .insert_header(self.gateway.credential_header(), master.credential())?;
+            // Marked sensitive: a debug print of the request shows no key.
+            let mut credential =
+                http::HeaderValue::from_str(master.credential()).map_err(|_| {
+                    Error::explain(
+                        pingora::ErrorType::InvalidHTTPHeader,
+                        "the master key is not a valid header value",
+                    )
+                })?;
+            credential.set_sensitive(true);
+            upstream_request.insert_header(self.gateway.credential_header(), credential)?;
         }
         // Metering reads the bytes as they pass: ask for them uncompressed.
         upstream_request.remove_header(&header::ACCEPT_ENCODING);

@@ -8,10 +8,15 @@ mod demo;
 mod up;
 mod verbs;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, FlagOverrides};
@@ -68,9 +73,18 @@ fn init_logging(level: &str, server: bool) -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("log filter {filter:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // pingora logs the requests it sends upstream, with their headers (the master key among
+    // them), at debug and trace: whatever the filter asks, its crates log at info at most.
+    let pingora_at_most_info = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("pingora", LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter.and(pingora_at_most_info)),
+        )
         .init();
     Ok(())
 }

@@ -1324,3 +1324,110 @@ async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
     expect_error(refused, 403, "was revoked").await;
     assert_eq!(gw.mock.state().n_inference_requests(), reached);
 }
+
+/// Neither the master key nor any sub-key token reaches the gateway's logs (at the most verbose
+/// level, pingora's own included), its answers or its metrics; the metrics cover the traffic
+/// with labels that name no key.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_logs_answers_or_metrics() {
+    let mut gw = start().await;
+    gw.stop();
+    gw.keycap = gw.keycap.clone().env("KEYCAP_LOG", "trace");
+    gw.restart();
+    gw.wait_for_prices();
+    let token = gw.key("0.01", &[]);
+    let poor = gw.key("0.000001", &[]);
+    let other = "kc_0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut answers = String::new();
+    let mut keep = |status: u16, text: String| {
+        answers.push_str(&format!("{status} {text}\n"));
+    };
+    for request in [
+        gw.chat(&token, &chat_body("mock/cheap", 3, false)),
+        gw.chat(&token, &chat_body("mock/cheap", 3, true)),
+        gw.chat(&token, &chat_body("mock/cheap", 3, false))
+            .header("x-mock-fault", "503"),
+        gw.chat(&token, &chat_body("mock/cheap", 3, true))
+            .header("x-mock-fault", "midstream-error"),
+        gw.chat(&poor, &chat_body("mock/cheap", 3, false)),
+        gw.chat(other, &chat_body("mock/cheap", 3, false)),
+        gw.chat(&format!("{token}x"), &chat_body("mock/cheap", 3, false)),
+        gw.chat(&token, &chat_body("mock/cheap", 3, false))
+            .body("{not json"),
+        gw.http
+            .get(format!("{}/api/v1/models", gw.base))
+            .bearer_auth(&token),
+        gw.http
+            .get(format!("{}/api/v1/key", gw.base))
+            .bearer_auth(&token),
+    ] {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        keep(status, response.text().await.unwrap());
+    }
+    assert!(answers.contains("402 "), "{answers}");
+    assert!(answers.contains("401 "), "{answers}");
+    let metrics = gw.metrics_text().await;
+    let info = gw.key_info(&token).await;
+    let key_ids: Vec<String> = gw
+        .db
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT array_agg(id::text) FROM api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let logs = gw.logs();
+    assert!(logs.contains("TRACE"), "the gateway logged at trace level");
+
+    let config = gw.mock.state().config().clone();
+    for (what, text) in [
+        ("logs", &logs),
+        ("answers", &answers),
+        ("metrics", &metrics),
+    ] {
+        for secret in [
+            config.master_key.as_str(),
+            &config.management_key,
+            &token,
+            &poor,
+            other,
+        ] {
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(secret)).collect();
+            assert!(lines.is_empty(), "a secret in the {what}: {lines:#?}");
+        }
+        // Not even a prefix of one.
+        assert!(
+            !text.contains(&config.master_key[..20]),
+            "master key in the {what}"
+        );
+        assert!(!text.contains(&token[..20]), "sub-key in the {what}");
+    }
+    // (`gateway_upstream_errors_total` counts failed connections, which this traffic has
+    // none of; an unreachable upstream has its own test.)
+    for family in [
+        "gateway_requests_total{",
+        "gateway_refusals_total{",
+        "gateway_settlements_total{",
+        "gateway_spend_nanousd_total ",
+        "gateway_added_latency_seconds_bucket{",
+        "gateway_upstream_duration_seconds_bucket{",
+        "gateway_cache_keys ",
+        "gateway_flush_duration_seconds_bucket{",
+        "gateway_flush_lag_seconds ",
+    ] {
+        assert!(metrics.contains(family), "no {family} in:\n{metrics}");
+    }
+    let prefix = info["data"]["label"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for id in key_ids {
+        assert!(!metrics.contains(&id), "a key id in the metrics");
+    }
+    assert!(
+        prefix.is_empty() || !metrics.contains(&prefix),
+        "a key label in the metrics"
+    );
+}
