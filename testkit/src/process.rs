@@ -234,8 +234,21 @@ impl Running {
 
     /// Sends SIGTERM and waits for the child to exit (at most `timeout`, then SIGKILL).
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.stop_with("-TERM", timeout)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the child to exit (at most `timeout`, then SIGKILL).
+    pub fn interrupt(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.stop_with("-INT", timeout)
+    }
+
+    fn stop_with(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -245,7 +258,7 @@ impl Running {
             if Instant::now() > deadline {
                 self.child.kill()?;
                 bail!(
-                    "process did not exit within {timeout:?} of SIGTERM:\n{}",
+                    "process did not exit within {timeout:?} of kill {signal}:\n{}",
                     self.stderr_text()
                 );
             }

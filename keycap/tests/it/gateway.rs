@@ -1431,3 +1431,39 @@ async fn no_secret_reaches_logs_answers_or_metrics() {
         "a key label in the metrics"
     );
 }
+
+/// Ctrl-C (SIGINT), like SIGTERM, lets a request in flight finish before the gateway stops: a
+/// stream that ends within the grace period reaches the client whole, and the last flush
+/// charges what the upstream reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_lets_a_stream_in_flight_finish_and_flushes_its_cost() {
+    let mut gw = start().await;
+    gw.stop();
+    gw.keycap = gw
+        .keycap
+        .clone()
+        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "20");
+    gw.restart();
+    gw.wait_for_prices();
+    let token = gw.key("1", &[]);
+    // 12 tokens 100 ms apart: over a second still to come when the signal arrives.
+    let mut stream =
+        first_chunk_of_slow_stream(&gw, &token, &chat_body("mock/cheap", 12, true), 100).await;
+    let mut running = gw.process.take().unwrap();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = running.interrupt(Duration::from_secs(30)).unwrap();
+        (status, running.stderr_text())
+    });
+    let mut text = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let cost = sse_cost(&text).expect("the stream reported its cost");
+    let (status, logs) = stopped.await.unwrap();
+    assert!(status.success(), "{status}: {logs}");
+    assert!(logs.contains("letting requests in flight finish"), "{logs}");
+    // Flushed on the way out: Postgres has it with the gateway gone.
+    assert_eq!(gw.spent_in_db(&token).await, cost);
+}
