@@ -1442,7 +1442,7 @@ async fn ctrl_c_lets_a_stream_in_flight_finish_and_flushes_its_cost() {
     gw.keycap = gw
         .keycap
         .clone()
-        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "20");
+        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "5");
     gw.restart();
     gw.wait_for_prices();
     let token = gw.key("1", &[]);
