@@ -22,9 +22,19 @@ pub struct AppState {
 impl AppState {
     /// State for an app on `pool`.
     pub fn new(pool: db::Pool, keyring: vault::Keyring, config: AdminConfig) -> AppState {
+        let timeout = std::time::Duration::from_secs(10);
+        // The system's root certificates, as the gateway's; a store reqwest cannot read leaves
+        // an https upstream unverifiable (the key checks then say so), not the app unstarted.
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
+            .timeout(timeout)
             .build()
+            .or_else(|err| {
+                tracing::warn!(error = %err, "no usable root certificates for upstream checks");
+                reqwest::Client::builder()
+                    .timeout(timeout)
+                    .tls_built_in_root_certs(false)
+                    .build()
+            })
             .unwrap_or_default();
         AppState {
             pool,

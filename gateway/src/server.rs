@@ -65,9 +65,7 @@ pub fn run(
         resources.keyring,
         control.clone(),
     )?);
-    if gateway.upstream.tls {
-        check_trusted_roots()?;
-    }
+    check_trusted_roots(&config)?;
 
     // The flusher stops only after the proxy has stopped, so no settled request is missed.
     let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
@@ -141,24 +139,25 @@ pub fn check_addresses(config: &GatewayConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// An https upstream is verified against the system's root certificates (or those named by
-/// `SSL_CERT_FILE` / `SSL_CERT_DIR`), which pingora's TLS connector and the price fetches both
-/// load. With none, every upstream call would fail its handshake: the gateway does not start.
-fn check_trusted_roots() -> Result<(), String> {
-    let found = rustls_native_certs::load_native_certs();
-    if found.certs.is_empty() {
-        let why = found
-            .errors
-            .first()
-            .map(|err| format!(" ({err})"))
-            .unwrap_or_default();
-        return Err(format!(
-            "no trusted root certificates for the https upstream{why}: install the system's CA \
-             certificates (Debian: apt-get install ca-certificates) or set SSL_CERT_FILE to a PEM \
-             file of them"
-        ));
+/// An https upstream is verified against the system's root certificates, or only those named
+/// by `SSL_CERT_FILE` / `SSL_CERT_DIR` when either is set. They are read here as pingora's TLS
+/// connector reads them (which panics on a store it cannot read): with none, or with one that
+/// does not read, the gateway does not start.
+pub fn check_trusted_roots(config: &GatewayConfig) -> Result<(), String> {
+    if !config.upstream_base_url.starts_with("https://") {
+        return Ok(());
     }
-    Ok(())
+    let mut roots = pingora::tls::RootCertStore::empty();
+    let why = match pingora::tls::load_platform_certs_incl_env_into_store(&mut roots) {
+        Ok(()) if !roots.is_empty() => return Ok(()),
+        Ok(()) => String::new(),
+        Err(err) => format!(" ({err})"),
+    };
+    Err(format!(
+        "no trusted root certificates for the https upstream{why}: install the system's CA \
+         certificates (Debian: apt-get install ca-certificates) or set SSL_CERT_FILE to a PEM \
+         file of them"
+    ))
 }
 
 /// Logs `gateway listening on ADDR` once the proxy accepts connections: the line tests and

@@ -59,6 +59,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         Mode::Up => None,
     };
     let gateway_config = config.gateway_config()?;
+    gateway::server::check_trusted_roots(&gateway_config).map_err(anyhow::Error::msg)?;
     let keyring = load_keyring(&config)?;
     let database = Database::open(&config).await?;
     let demo_token = match &mock {
