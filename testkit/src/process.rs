@@ -222,7 +222,7 @@ impl Running {
         while !text_of(lines).contains(text) {
             if Instant::now() > deadline {
                 bail!(
-                    "{text:?} not seen after {timeout:?}:\n{}\n{}",
+                    "{text:?} not seen after {timeout:?}:\nstdout:\n{}\nstderr:\n{}",
                     self.stdout_text(),
                     self.stderr_text()
                 );

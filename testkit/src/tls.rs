@@ -2,7 +2,7 @@
 //! made for it, so that a test can point a client at an `https://` URL and check that it
 //! verifies the server and names it in the handshake (SNI).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -16,13 +16,12 @@ pub struct TlsFront {
     port: u16,
     ca_pem: String,
     server_names: Arc<Mutex<Vec<Option<String>>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsFront {
-    /// Serves TLS on 127.0.0.1 (and on ::1 at the same port when it can, as `host` may resolve
-    /// to either) with a certificate for `host`, and relays the plain bytes to `target`
-    /// (`ip:port`).
+    /// Serves TLS with a certificate for `host` on the first address `host` resolves to (where
+    /// a client that looks it up connects), and relays the plain bytes to `target`.
     pub async fn start(host: &str, target: SocketAddr) -> anyhow::Result<TlsFront> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -45,29 +44,24 @@ impl TlsFront {
             .context("the test certificate")?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
 
-        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let port = v4.local_addr()?.port();
-        let mut listeners = vec![v4];
-        if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await {
-            listeners.push(v6);
-        }
+        let address = tokio::net::lookup_host((host, 0))
+            .await?
+            .next()
+            .with_context(|| format!("{host} resolves to no address"))?;
+        let listener = TcpListener::bind(address).await?;
+        let port = listener.local_addr()?.port();
         let server_names = Arc::new(Mutex::new(Vec::new()));
-        let tasks = listeners
-            .into_iter()
-            .map(|listener| {
-                tokio::spawn(accept_loop(
-                    listener,
-                    acceptor.clone(),
-                    target,
-                    Arc::clone(&server_names),
-                ))
-            })
-            .collect();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            target,
+            Arc::clone(&server_names),
+        ));
         Ok(TlsFront {
             port,
             ca_pem: ca.pem(),
             server_names,
-            tasks,
+            task,
         })
     }
 
@@ -91,9 +85,7 @@ impl TlsFront {
 
 impl Drop for TlsFront {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.task.abort();
     }
 }
 

@@ -167,7 +167,7 @@ fn the_demo_prints_lines_that_work_as_printed() {
     )
     .env("KEYCAP_LOG", "info");
     let [gateway, metrics, admin] = [(); 3].map(|()| format!("127.0.0.1:{}", testkit::free_port()));
-    let demo = keycap
+    let mut demo = keycap
         .spawn(
             &[
                 "demo",
@@ -195,8 +195,11 @@ fn the_demo_prints_lines_that_work_as_printed() {
             .to_string()
     };
     let run = |line: &str| {
+        // Straight to loopback, whatever proxy the machine sets for curl and the SDK.
         let out = std::process::Command::new("sh")
             .args(["-c", line])
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
             .output()
             .unwrap();
         assert!(
@@ -239,4 +242,12 @@ fn the_demo_prints_lines_that_work_as_printed() {
             "skipped the demo's Python line: the OpenAI SDK is not installed (pip install openai)"
         );
     }
+    // Ctrl-C stops it cleanly, its embedded Postgres too.
+    let status = demo.interrupt(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{status}: {}", demo.stderr_text());
+    assert!(
+        demo.stderr_text().contains("stopped embedded Postgres"),
+        "{}",
+        demo.stderr_text()
+    );
 }

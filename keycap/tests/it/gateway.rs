@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::gateway_support::{
-    RecordingRelay, cheap_reservation, reported_cost, start, start_with_upstream, usd,
+    RecordingRelay, cheap_reservation, reported_cost, start, start_with, start_with_env,
+    start_with_upstream, usd,
 };
 
 fn chat_body(model: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
@@ -860,14 +861,7 @@ async fn a_stream_cut_off_by_shutdown_is_charged_its_reservation() {
 /// Spend goes out every flush; rollups wait for their own interval, and shutdown writes them.
 #[tokio::test(flavor = "multi_thread")]
 async fn rollups_are_held_for_their_interval_and_written_on_shutdown() {
-    let mut gw = start().await;
-    gw.stop();
-    gw.keycap = gw
-        .keycap
-        .clone()
-        .env("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000");
-    gw.restart();
-    gw.wait_for_prices();
+    let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
     let token = gw.key("1", &[]);
     let body: serde_json::Value = gw
         .chat(&token, &chat_body("mock/cheap", 9, false))
@@ -1095,13 +1089,10 @@ async fn configured_free_paths_pass_through_on_get_only() {
     let credits = send(&gw, Method::GET, "/api/v1/credits", Some(&token)).await;
     expect_error(credits, 404, "is not served through keycap").await;
 
-    gw.stop();
-    gw.keycap = gw.keycap.clone().env(
+    gw.restart_with(&[(
         "KEYCAP_GATEWAY__EXTRA_FREE_PATHS",
         "/api/v1/credits, /api/v1/models/*",
-    );
-    gw.restart();
-    gw.wait_for_prices();
+    )]);
     // The mock answers `/credits` only for a management key, and tells a known key (403) from
     // an unknown one such as the sub-key itself (401): a 403 means the master key went up.
     for (method, path, token, status, says) in [
@@ -1161,8 +1152,28 @@ async fn an_https_upstream_is_verified_and_served() {
         .await
         .unwrap();
     let upstream = format!("https://localhost:{}", front.port());
-    // The machine's own roots do not include the test CA.
-    let mut gw = start_with_upstream(mock, Some(upstream)).await;
+    // Roots only from SSL_CERT_FILE (SSL_CERT_DIR, which the machine may set, names an empty
+    // folder): first another test CA's, then the front's.
+    let roots = tempfile::tempdir().unwrap();
+    let no_dir = roots.path().join("none");
+    std::fs::create_dir(&no_dir).unwrap();
+    let stranger = roots.path().join("stranger.pem");
+    let stranger_front = testkit::tls::TlsFront::start("localhost", mock.addr())
+        .await
+        .unwrap();
+    std::fs::write(&stranger, stranger_front.ca_pem()).unwrap();
+    let ca_file = roots.path().join("test-ca.pem");
+    std::fs::write(&ca_file, front.ca_pem()).unwrap();
+    let no_dir = no_dir.to_str().unwrap();
+    let mut gw = start_with(
+        mock,
+        Some(upstream),
+        &[
+            ("SSL_CERT_DIR", no_dir),
+            ("SSL_CERT_FILE", stranger.to_str().unwrap()),
+        ],
+    )
+    .await;
     let token = gw.key("5", &[]);
     let models = |gw: &crate::gateway_support::Gateway| {
         gw.http
@@ -1173,20 +1184,7 @@ async fn an_https_upstream_is_verified_and_served() {
     expect_error(models(&gw).await.unwrap(), 502, "upstream").await;
     assert_eq!(front.server_names(), Vec::<Option<String>>::new());
 
-    // Roots from SSL_CERT_FILE and SSL_CERT_DIR only (this machine may set either): the test
-    // CA, then none.
-    let no_dir = gw._dir.path().join("no-roots");
-    std::fs::create_dir(&no_dir).unwrap();
-    let ca_file = gw._dir.path().join("test-ca.pem");
-    std::fs::write(&ca_file, front.ca_pem()).unwrap();
-    gw.stop();
-    gw.keycap = gw
-        .keycap
-        .clone()
-        .env("SSL_CERT_DIR", no_dir.to_str().unwrap())
-        .env("SSL_CERT_FILE", ca_file.to_str().unwrap());
-    gw.restart();
-    gw.wait_for_prices();
+    gw.restart_with(&[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
     assert_eq!(models(&gw).await.unwrap().status(), 200);
     let answer: serde_json::Value = gw
         .chat(&token, &chat_body("mock/cheap", 5, false))
@@ -1217,7 +1215,7 @@ async fn an_https_upstream_is_verified_and_served() {
     );
 
     gw.stop();
-    let no_roots = gw._dir.path().join("no-roots.pem");
+    let no_roots = roots.path().join("no-roots.pem");
     std::fs::write(&no_roots, "").unwrap();
     let refused = gw
         .keycap
@@ -1232,6 +1230,7 @@ async fn an_https_upstream_is_verified_and_served() {
         refused.contains("no trusted root certificates"),
         "{refused}"
     );
+    assert!(!refused.contains("keycap is up"), "{refused}");
 }
 
 /// A master key rotated or revoked (as the admin app's vault page does: the same `db` calls)
@@ -1239,7 +1238,8 @@ async fn an_https_upstream_is_verified_and_served() {
 /// secret, then are refused without reaching the upstream.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
-    let gw = start().await;
+    // No periodic refresh within the test: the change can arrive only through NOTIFY.
+    let gw = start_with_env(&[("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "3600")]).await;
     let token = gw.key("1", &[]);
     let upstream_saw = || {
         gw.mock
@@ -1330,11 +1330,7 @@ async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
 /// with labels that name no key.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_logs_answers_or_metrics() {
-    let mut gw = start().await;
-    gw.stop();
-    gw.keycap = gw.keycap.clone().env("KEYCAP_LOG", "trace");
-    gw.restart();
-    gw.wait_for_prices();
+    let gw = start_with_env(&[("KEYCAP_LOG", "trace")]).await;
     let token = gw.key("0.01", &[]);
     let poor = gw.key("0.000001", &[]);
     let other = "kc_0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -1437,14 +1433,12 @@ async fn no_secret_reaches_logs_answers_or_metrics() {
 /// charges what the upstream reported.
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_lets_a_stream_in_flight_finish_and_flushes_its_cost() {
-    let mut gw = start().await;
-    gw.stop();
-    gw.keycap = gw
-        .keycap
-        .clone()
-        .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "5");
-    gw.restart();
-    gw.wait_for_prices();
+    // A flush only on the way out, so that Postgres has the stream's cost from the last one.
+    let mut gw = start_with_env(&[
+        ("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "5"),
+        ("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "600000"),
+    ])
+    .await;
     let token = gw.key("1", &[]);
     // 12 tokens 100 ms apart: over a second still to come when the signal arrives.
     let mut stream =
@@ -1464,6 +1458,6 @@ async fn ctrl_c_lets_a_stream_in_flight_finish_and_flushes_its_cost() {
     let (status, logs) = stopped.await.unwrap();
     assert!(status.success(), "{status}: {logs}");
     assert!(logs.contains("letting requests in flight finish"), "{logs}");
-    // Flushed on the way out: Postgres has it with the gateway gone.
+    // Flushed on the way out (the interval is ten minutes): Postgres has it, the gateway gone.
     assert_eq!(gw.spent_in_db(&token).await, cost);
 }

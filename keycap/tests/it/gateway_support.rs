@@ -24,13 +24,28 @@ pub struct Gateway {
 
 /// Seeds org `acme`, member bob ($100), the mock's master key, and starts `keycap up`.
 pub async fn start() -> Gateway {
+    start_with_env(&[]).await
+}
+
+/// Like [`start`], with more environment variables for `keycap up`.
+pub async fn start_with_env(env: &[(&str, &str)]) -> Gateway {
     let mock = openrouter_mock::spawn(MockConfig::default()).await.unwrap();
-    start_with_upstream(mock, None).await
+    start_with(mock, None, env).await
 }
 
 /// Like [`start`], but the gateway's upstream is `upstream_url` when given (the mock still
 /// provides the master key).
 pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>) -> Gateway {
+    start_with(mock, upstream_url, &[]).await
+}
+
+/// [`start_with_upstream`] with more environment variables for `keycap up`; it waits for the
+/// prices only from the mock itself.
+pub async fn start_with(
+    mock: MockServer,
+    upstream_url: Option<String>,
+    env: &[(&str, &str)],
+) -> Gateway {
     let wait_for_prices = upstream_url.is_none();
     let db = TestDb::new().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -50,6 +65,9 @@ pub async fn start_with_upstream(mock: MockServer, upstream_url: Option<String>)
         .env("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "100")
         .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
         .env("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "1");
+    let keycap = env
+        .iter()
+        .fold(keycap, |keycap, (name, value)| keycap.env(name, value));
     crate::support::seed_acme(&keycap, &mock.state().config().master_key);
     let mut gateway = Gateway {
         db,
@@ -81,6 +99,19 @@ impl Gateway {
             .spawn(&["up"], "gateway listening on", Duration::from_secs(60))
             .unwrap();
         self.process = Some(running);
+    }
+
+    /// Stops the gateway and starts it again with more environment variables, then waits for
+    /// its prices.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.keycap = env
+            .iter()
+            .fold(self.keycap.clone(), |keycap, (name, value)| {
+                keycap.env(name, value)
+            });
+        self.restart();
+        self.wait_for_prices();
     }
 
     /// Waits until the gateway has loaded the upstream's prices.
