@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use testkit::process::Keycap;
+use testkit::process::{Keycap, Running};
 
 /// A data folder the postgres user can reach when the tests run as root.
 fn data_folder() -> tempfile::TempDir {
@@ -14,6 +14,28 @@ fn data_folder() -> tempfile::TempDir {
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
+}
+
+/// Starts `keycap <verb>` (`up` or `demo`) with its three listeners on free loopback ports and
+/// waits for `ready`; returns it with its gateway and admin addresses.
+fn on_free_ports(keycap: &Keycap, verb: &str, ready: &str) -> (Running, [String; 2]) {
+    let [gateway, metrics, admin] = [(); 3].map(|()| format!("127.0.0.1:{}", testkit::free_port()));
+    let running = keycap
+        .spawn(
+            &[
+                verb,
+                "--gateway-listen",
+                &gateway,
+                "--metrics-listen",
+                &metrics,
+                "--admin-listen",
+                &admin,
+            ],
+            ready,
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    (running, [gateway, admin])
 }
 
 #[test]
@@ -35,24 +57,7 @@ fn cli_and_up_share_the_embedded_cluster_and_data_survives_restarts() {
     assert_eq!(mode, 0o700);
 
     // `keycap up` generates the encryption key and keeps the cluster running.
-    let gateway = format!("127.0.0.1:{}", testkit::free_port());
-    let metrics = format!("127.0.0.1:{}", testkit::free_port());
-    let admin = format!("127.0.0.1:{}", testkit::free_port());
-    let mut up = keycap
-        .spawn(
-            &[
-                "up",
-                "--gateway-listen",
-                &gateway,
-                "--metrics-listen",
-                &metrics,
-                "--admin-listen",
-                &admin,
-            ],
-            "keycap is up",
-            Duration::from_secs(120),
-        )
-        .unwrap();
+    let (mut up, [_, admin]) = on_free_ports(&keycap, "up", "keycap is up");
     // Nobody has a password yet, so the admin app offers its one-time setup link.
     up.wait_for("one-time link", Duration::from_secs(10))
         .unwrap();
@@ -166,22 +171,7 @@ fn the_demo_prints_lines_that_work_as_printed() {
         &dir.path().join("data"),
     )
     .env("KEYCAP_LOG", "info");
-    let [gateway, metrics, admin] = [(); 3].map(|()| format!("127.0.0.1:{}", testkit::free_port()));
-    let mut demo = keycap
-        .spawn(
-            &[
-                "demo",
-                "--gateway-listen",
-                &gateway,
-                "--metrics-listen",
-                &metrics,
-                "--admin-listen",
-                &admin,
-            ],
-            "gateway listening on",
-            Duration::from_secs(120),
-        )
-        .unwrap();
+    let (mut demo, [gateway, _]) = on_free_ports(&keycap, "demo", "gateway listening on");
     demo.wait_for_stdout("python3 -c", Duration::from_secs(10))
         .unwrap();
     demo.wait_for("loaded upstream prices", Duration::from_secs(30))

@@ -671,14 +671,9 @@ async fn max_tokens_is_lowered_to_what_the_cap_can_pay_for() {
 async fn spend_survives_a_restart() {
     let mut gw = start().await;
     let token = gw.key("1", &[]);
-    let body: serde_json::Value = gw
-        .chat(&token, &chat_body("mock/cheap", 9, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = gw
+        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+        .await;
     let cost = reported_cost(&body);
     // SIGTERM: requests in flight finish, then the last flush.
     gw.stop();
@@ -714,14 +709,9 @@ async fn a_database_outage_fails_closed_for_unknown_keys_and_loses_no_spend() {
     gw.wait_for_prices();
     let cached = gw.key("1", &[]);
     let uncached = gw.key("1", &[]);
-    let first: serde_json::Value = gw
-        .chat(&cached, &chat_body("mock/cheap", 4, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = gw
+        .chat_json(&cached, &chat_body("mock/cheap", 4, false))
+        .await;
     gw.wait_for_spent(&cached, reported_cost(&first)).await;
 
     proxy.cut();
@@ -863,14 +853,9 @@ async fn a_stream_cut_off_by_shutdown_is_charged_its_reservation() {
 async fn rollups_are_held_for_their_interval_and_written_on_shutdown() {
     let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
     let token = gw.key("1", &[]);
-    let body: serde_json::Value = gw
-        .chat(&token, &chat_body("mock/cheap", 9, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = gw
+        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+        .await;
     let cost = reported_cost(&body);
     gw.wait_for_spent(&token, cost).await;
     assert_eq!(
@@ -905,14 +890,7 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
     let body = chat_body("mock/cheap", 9, false);
     let mut charged = Money::ZERO;
     for _ in 0..2 {
-        let answer: serde_json::Value = gw
-            .chat(&token, &body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = gw.chat_json(&token, &body).await;
         charged = charged.checked_add(reported_cost(&answer)).unwrap();
     }
     let refused = gw.chat(&token, &body).send().await.unwrap();
@@ -1186,14 +1164,9 @@ async fn an_https_upstream_is_verified_and_served() {
 
     gw.restart_with(&[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
     assert_eq!(models(&gw).await.unwrap().status(), 200);
-    let answer: serde_json::Value = gw
-        .chat(&token, &chat_body("mock/cheap", 5, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = gw
+        .chat_json(&token, &chat_body("mock/cheap", 5, false))
+        .await;
     let json_cost = reported_cost(&answer);
     let response = gw
         .chat(&token, &chat_body("mock/cheap", 6, true))

@@ -163,7 +163,17 @@ impl Gateway {
             .body(body.to_string())
     }
 
-    /// The key's spend in Postgres.
+    /// Sends a chat request and returns its JSON answer, whatever the status.
+    pub async fn chat_json(&self, token: &str, body: &serde_json::Value) -> serde_json::Value {
+        self.chat(token, body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// `GET /api/v1/key` with `token`, as JSON.
     pub async fn key_info(&self, token: &str) -> serde_json::Value {
         self.http
@@ -177,6 +187,7 @@ impl Gateway {
             .unwrap()
     }
 
+    /// The key's spend in Postgres.
     pub async fn spent_in_db(&self, token: &str) -> Money {
         let client = self.db.client().await.unwrap();
         let hash = domain::token::hash_token(token).to_vec();
