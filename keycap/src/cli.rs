@@ -171,6 +171,23 @@ pub enum VaultCommand {
         #[arg(long)]
         org: String,
     },
+    /// Replace a master key's secret in place: its sub-keys go on working, with the new secret
+    /// (a running gateway switches within a second). The secret is read from standard input.
+    Rotate {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The master key's id, or its name when no other active key has it.
+        key: String,
+    },
+    /// Revoke a master key: a running gateway refuses its sub-keys within a second.
+    Revoke {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The master key's id, or its name when no other active key has it.
+        key: String,
+    },
 }
 
 /// `keycap key ...`.

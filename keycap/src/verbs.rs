@@ -181,6 +181,36 @@ fn read_secret() -> anyhow::Result<SecretString> {
     Ok(secret)
 }
 
+/// The id of `org`'s master key `id_or_name`: an id, or the name of exactly one active key.
+async fn find_master_key(
+    database: &Database,
+    org: &orgs::Org,
+    id_or_name: &str,
+) -> anyhow::Result<Uuid> {
+    let client = database.pool.get().await?;
+    let keys = db::master_keys::list(&client, org).await?;
+    if let Some(key) = keys.iter().find(|key| key.id.to_string() == id_or_name) {
+        return Ok(key.id);
+    }
+    let named: Vec<_> = keys
+        .iter()
+        .filter(|key| key.name == id_or_name && key.revoked_at.is_none())
+        .collect();
+    match named.as_slice() {
+        [key] => Ok(key.id),
+        [] => bail!(
+            "no active master key {id_or_name:?} in {:?}: see `keycap vault list --org {}`",
+            org.name,
+            org.name
+        ),
+        _ => bail!(
+            "{} active master keys in {:?} are named {id_or_name:?}: give the id (`keycap vault list`)",
+            named.len(),
+            org.name
+        ),
+    }
+}
+
 /// `keycap vault ...`.
 pub async fn vault(
     database: &Database,
@@ -208,6 +238,29 @@ pub async fn vault(
                 key.service, key.name, key.last_four, org.name
             );
             println!("{}", key.id);
+        }
+        VaultCommand::Rotate { org, key } => {
+            let org = find_org(database, &org).await?;
+            let id = find_master_key(database, &org, &key).await?;
+            let secret = read_secret()?;
+            let sealed = keyring.seal(org.id, id, secret.expose_secret());
+            let last_four = vault::last_four(secret.expose_secret());
+            let key =
+                db::master_keys::rotate(&database.pool, &org, id, &last_four, &sealed, Actor::Cli)
+                    .await?;
+            eprintln!(
+                "rotated master key {:?} of {:?}: now …{}",
+                key.name, org.name, key.last_four
+            );
+        }
+        VaultCommand::Revoke { org, key } => {
+            let org = find_org(database, &org).await?;
+            let id = find_master_key(database, &org, &key).await?;
+            let key = db::master_keys::revoke(&database.pool, &org, id, Actor::Cli).await?;
+            eprintln!(
+                "revoked master key {:?} of {:?}: its sub-keys are refused from now on",
+                key.name, org.name
+            );
         }
         VaultCommand::List { org } => {
             let client = database.pool.get().await?;

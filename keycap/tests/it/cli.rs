@@ -436,6 +436,21 @@ async fn every_refusal_is_clear_and_changes_nothing() {
             "org \"nope\" not found",
         ),
         (&["audit", "--org", "nope"], "", "org \"nope\" not found"),
+        (
+            &["vault", "rotate", "--org", "acme", "main"],
+            "",
+            "no secret on standard input",
+        ),
+        (
+            &["vault", "rotate", "--org", "acme", "nope"],
+            "secret\n",
+            "no active master key \"nope\" in \"acme\"",
+        ),
+        (
+            &["vault", "revoke", "--org", "acme", "nope"],
+            "",
+            "no active master key \"nope\" in \"acme\"",
+        ),
     ];
     for (args, stdin, expected) in cases {
         let before = snapshot(&env.db).await;
@@ -770,4 +785,76 @@ async fn member_invite_prints_a_link_to_the_admin_app() {
         );
     }
     assert_eq!(snapshot(&env.db).await, before);
+}
+
+/// `keycap vault rotate` replaces a master key's secret in place and `keycap vault revoke` ends
+/// it, each with its ledger row; a revoked key can be neither rotated nor revoked again.
+#[tokio::test]
+async fn master_keys_are_rotated_and_revoked_from_the_command_line() {
+    let env = seeded().await;
+    let listed =
+        |env: &crate::support::Env| env.keycap.ok(&["vault", "list", "--org", "acme"]).unwrap();
+    let id = listed(&env)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let new_secret = "sk-or-v1-rotatedrotatedrotatedrotatedrotated0wxyz";
+    let rotated = env
+        .keycap
+        .run_with_stdin(&["vault", "rotate", "--org", "acme", "main"], new_secret)
+        .unwrap();
+    assert!(rotated.success, "{}", rotated.stderr);
+    assert!(rotated.stderr.contains("now …wxyz"), "{}", rotated.stderr);
+    let after = listed(&env);
+    assert!(
+        after.contains(&id) && after.contains("wxyz") && after.contains("active"),
+        "{after}"
+    );
+    assert!(
+        !after.contains(&MASTER_SECRET[MASTER_SECRET.len() - 4..]),
+        "{after}"
+    );
+
+    let revoked = env
+        .keycap
+        .run(&["vault", "revoke", "--org", "acme", &id])
+        .unwrap();
+    assert!(revoked.success, "{}", revoked.stderr);
+    assert!(listed(&env).contains("revoked"));
+    for (args, says) in [
+        (
+            vec!["vault", "revoke", "--org", "acme", id.as_str()],
+            "already revoked",
+        ),
+        (
+            vec!["vault", "revoke", "--org", "acme", "main"],
+            "no active master key",
+        ),
+        (
+            vec!["vault", "rotate", "--org", "acme", id.as_str()],
+            "is revoked",
+        ),
+    ] {
+        let before = snapshot(&env.db).await;
+        let out = env.keycap.run_with_stdin(&args, new_secret).unwrap();
+        assert!(!out.success, "keycap {} succeeded", args.join(" "));
+        assert!(out.stderr.contains(says), "{}", out.stderr);
+        assert_eq!(snapshot(&env.db).await, before);
+    }
+
+    let audit = env
+        .keycap
+        .run(&["audit", "--org", "acme", "--json"])
+        .unwrap();
+    assert!(audit.success, "{}", audit.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&audit.stdout).unwrap();
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .take(2)
+        .collect();
+    assert_eq!(kinds, ["master_key_revoked", "master_key_rotated"]);
+    assert_eq!(rows[1]["detail"]["last_four"], "wxyz");
 }

@@ -1206,9 +1206,9 @@ async fn an_https_upstream_is_verified_and_served() {
     assert!(!refused.contains("keycap is up"), "{refused}");
 }
 
-/// A master key rotated or revoked (as the admin app's vault page does: the same `db` calls)
-/// reaches a running gateway through NOTIFY within a second: requests go up with the new
-/// secret, then are refused without reaching the upstream.
+/// A master key rotated or revoked (`keycap vault rotate` / `revoke`, which make the same `db`
+/// calls as the admin app's vault page) reaches a running gateway through NOTIFY within a
+/// second: requests go up with the new secret, then are refused without reaching the upstream.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
     // No periodic refresh within the test: the change can arrive only through NOTIFY.
@@ -1242,27 +1242,11 @@ async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
         .await
         .unwrap();
     let secret = created["key"].as_str().unwrap().to_string();
-    let pool = db::connect(&gw.db.url, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    let org = db::orgs::find(&client, "acme").await.unwrap();
-    let master_id: uuid::Uuid = client
-        .query_one("SELECT id FROM master_keys WHERE org_id = $1", &[&org.id])
-        .await
-        .unwrap()
-        .get(0);
-    let keyring = vault::Keyring::load(None, &gw._dir.path().join("encryption.key"))
-        .unwrap()
-        .keyring;
-    db::master_keys::rotate(
-        &pool,
-        &org,
-        master_id,
-        &vault::last_four(&secret),
-        &keyring.seal(org.id, master_id, &secret),
-        db::Actor::Cli,
-    )
-    .await
-    .unwrap();
+    let rotate = gw
+        .keycap
+        .run_with_stdin(&["vault", "rotate", "--org", "acme", "main"], &secret)
+        .unwrap();
+    assert!(rotate.success, "{}", rotate.stderr);
     let rotated = Instant::now();
     let new = format!("Bearer {secret}");
     loop {
@@ -1284,8 +1268,8 @@ async fn a_rotated_or_revoked_master_key_reaches_the_gateway_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    db::master_keys::revoke(&pool, &org, master_id, db::Actor::Cli)
-        .await
+    gw.keycap
+        .ok(&["vault", "revoke", "--org", "acme", "main"])
         .unwrap();
     served_until_refused(&gw, &token, 403, "master key", Duration::from_secs(1)).await;
     let reached = gw.mock.state().n_inference_requests();
