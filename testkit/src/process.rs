@@ -73,6 +73,13 @@ impl Keycap {
         self
     }
 
+    /// Adds each `(name, value)` of `pairs` as with [`Keycap::env`].
+    pub fn envs(self, pairs: &[(&str, &str)]) -> Keycap {
+        pairs
+            .iter()
+            .fold(self, |keycap, (name, value)| keycap.env(name, value))
+    }
+
     /// A `Command` for `keycap <args>` with this database and data folder.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);

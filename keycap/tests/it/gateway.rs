@@ -391,13 +391,7 @@ async fn an_unreachable_upstream_is_a_502_that_costs_nothing() {
         .unwrap();
     expect_error(response, 503, "prices").await;
     // Free pass-through routes reach for the upstream and get a clear 502.
-    let response = gw
-        .http
-        .get(format!("{}/api/v1/models", gw.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = gw.get("/api/v1/models", &token).send().await.unwrap();
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], 502);
@@ -592,9 +586,7 @@ async fn bad_requests_get_clear_errors_and_never_reach_the_upstream() {
             "larger than",
         ),
         (
-            gw.http
-                .get(format!("{}/api/v1/keys", gw.base))
-                .bearer_auth(&token),
+            gw.get("/api/v1/keys", &token),
             404,
             "not served through keycap",
         ),
@@ -683,9 +675,7 @@ async fn spend_survives_a_restart() {
     assert_eq!(usd(&info["data"]["usage"]), Some(cost));
     // Models pass through for free.
     let models: serde_json::Value = gw
-        .http
-        .get(format!("{}/api/v1/models", gw.base))
-        .bearer_auth(&token)
+        .get("/api/v1/models", &token)
         .send()
         .await
         .unwrap()
@@ -932,12 +922,7 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
     // Free paths go upstream too, on the master key's rate: they take a slot like the rest,
     // and asking the gateway about the key takes none.
     let listing = gw.key("1", &["--rpm", "1"]);
-    let models = |token: &str| {
-        gw.http
-            .get(format!("{}/api/v1/models", gw.base))
-            .bearer_auth(token)
-            .send()
-    };
+    let models = |token: &str| gw.get("/api/v1/models", token).send();
     assert_eq!(models(&listing).await.unwrap().status(), 200);
     assert_eq!(models(&listing).await.unwrap().status(), 429);
     assert_eq!(gw.chat(&listing, &body).send().await.unwrap().status(), 429);
@@ -1153,12 +1138,7 @@ async fn an_https_upstream_is_verified_and_served() {
     )
     .await;
     let token = gw.key("5", &[]);
-    let models = |gw: &crate::gateway_support::Gateway| {
-        gw.http
-            .get(format!("{}/api/v1/models", gw.base))
-            .bearer_auth(&token)
-            .send()
-    };
+    let models = |gw: &crate::gateway_support::Gateway| gw.get("/api/v1/models", &token).send();
     expect_error(models(&gw).await.unwrap(), 502, "upstream").await;
     assert_eq!(front.server_names(), Vec::<Option<String>>::new());
 
@@ -1307,12 +1287,8 @@ async fn no_secret_reaches_logs_answers_or_metrics() {
         gw.chat(&format!("{token}x"), &chat_body("mock/cheap", 3, false)),
         gw.chat(&token, &chat_body("mock/cheap", 3, false))
             .body("{not json"),
-        gw.http
-            .get(format!("{}/api/v1/models", gw.base))
-            .bearer_auth(&token),
-        gw.http
-            .get(format!("{}/api/v1/key", gw.base))
-            .bearer_auth(&token),
+        gw.get("/api/v1/models", &token),
+        gw.get("/api/v1/key", &token),
     ] {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();

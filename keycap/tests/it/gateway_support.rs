@@ -65,9 +65,7 @@ pub async fn start_with(
         .env("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "100")
         .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
         .env("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "1");
-    let keycap = env
-        .iter()
-        .fold(keycap, |keycap, (name, value)| keycap.env(name, value));
+    let keycap = keycap.envs(env);
     crate::support::seed_acme(&keycap, &mock.state().config().master_key);
     let mut gateway = Gateway {
         db,
@@ -105,11 +103,7 @@ impl Gateway {
     /// its prices.
     pub fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.stop();
-        self.keycap = env
-            .iter()
-            .fold(self.keycap.clone(), |keycap, (name, value)| {
-                keycap.env(name, value)
-            });
+        self.keycap = self.keycap.clone().envs(env);
         self.restart();
         self.wait_for_prices();
     }
@@ -174,11 +168,16 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `GET path` on the gateway with `token` as the bearer key.
+    pub fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+    }
+
     /// `GET /api/v1/key` with `token`, as JSON.
     pub async fn key_info(&self, token: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/api/v1/key", self.base))
-            .bearer_auth(token)
+        self.get("/api/v1/key", token)
             .send()
             .await
             .unwrap()
