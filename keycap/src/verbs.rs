@@ -189,7 +189,8 @@ async fn find_master_key(
 ) -> anyhow::Result<Uuid> {
     let client = database.pool.get().await?;
     let keys = db::master_keys::list(&client, org).await?;
-    if let Some(key) = keys.iter().find(|key| key.id.to_string() == id_or_name) {
+    let id = Uuid::parse_str(id_or_name).ok();
+    if let Some(key) = keys.iter().find(|key| Some(key.id) == id) {
         return Ok(key.id);
     }
     let named: Vec<_> = keys
