@@ -225,12 +225,13 @@ pub async fn create(
     Ok((from_row(&row), token))
 }
 
-/// The sub-keys of an org, or of one member, newest first.
+/// The sub-keys of an org, or of one member, newest first, with their spend as flushed.
 pub async fn list(
     client: &impl GenericClient,
     org: &Org,
     member: Option<&Email>,
 ) -> Result<Vec<ApiKey>, Error> {
+    crate::usage::fold(client).await?;
     let rows = match member {
         Some(email) => {
             client
@@ -317,6 +318,7 @@ pub async fn revoke(
 ) -> Result<Revoked, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    crate::usage::fold(&tx).await?;
     let key = find_for_update(&tx, org, id_or_prefix).await?;
     if key.closed_at.is_some() {
         let reason = key.close_reason.as_deref().unwrap_or("closed");
@@ -450,6 +452,7 @@ pub async fn open_using_master_key(
     org: &Org,
     master_key_id: Uuid,
 ) -> Result<Vec<ApiKey>, Error> {
+    crate::usage::fold(client).await?;
     let rows = client
         .query(
             select_keys!(

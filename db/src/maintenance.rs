@@ -50,6 +50,7 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
 pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    crate::usage::fold(&tx).await?;
     let rows = tx
         .query(
             select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"),
@@ -91,6 +92,8 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
     let window = MonthWindow::containing(now);
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Spend flushed before the month ended belongs to the period that ends here.
+    crate::usage::fold(&tx).await?;
     let rows = tx
         .query(
             select_keys!(

@@ -348,6 +348,8 @@ pub async fn remove(
 ) -> Result<usize, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Before any lock: the refunds need the keys' spend exact (see `usage::fold`).
+    crate::usage::fold(&tx).await?;
     lock_roles(&tx, org).await?;
     let membership = find_for_update(&tx, org, email).await?;
     check_not_last_owner(&tx, org, &membership).await?;

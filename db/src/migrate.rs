@@ -34,6 +34,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0008_key_spends",
         include_str!("../../migrations/0008_key_spends.sql"),
     ),
+    (
+        "0009_spend_journal",
+        include_str!("../../migrations/0009_spend_journal.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -1,5 +1,6 @@
-//! Spend flushed by the gateway: per-key spend, written every flush, and per-minute usage
-//! rollups, written less often; each flush is one statement, applied at most once per flush id.
+//! Spend flushed by the gateway: per-key spend, appended to the spend journal every flush and
+//! folded into the keys' rows later ([`fold`]), and per-minute usage rollups, written less
+//! often; each flush is one statement, applied at most once per flush id.
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -61,17 +62,15 @@ impl SpendDeltas {
     }
 }
 
-// The flush claims its id first; the spend update and the rollup upsert join the claim, so
+// The flush claims its id first; the journal row and the rollup upsert join the claim, so
 // they change nothing when the id was claimed before (a retry of a flush that committed). A
 // data-modifying CTE runs whether or not the rest of the statement reads it, so all three
 // commit together. Empty arrays make either write a no-op.
 const FLUSH: &str = "WITH claim AS (
         INSERT INTO spend_flushes (id) VALUES ($9) ON CONFLICT (id) DO NOTHING RETURNING id
     ), spend AS (
-        UPDATE key_spends k SET spent_nanousd = k.spent_nanousd + s.cost
-        FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost), claim
-        WHERE k.api_key_id = s.api_key_id
-        RETURNING k.api_key_id
+        INSERT INTO spend_journal (flush_id, api_key_ids, costs_nanousd)
+        SELECT id, $1::uuid[], $2::bigint[] FROM claim WHERE cardinality($1::uuid[]) > 0
     ), rollups AS (
         INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
         SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
@@ -84,45 +83,24 @@ const FLUSH: &str = "WITH claim AS (
             completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
             cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd
     )
-    SELECT (SELECT count(*) FROM claim), (SELECT count(*) FROM spend)";
-
-/// The spend of a flush that matched no key's spend row, for keys the database does not have.
-const UNMATCHED: &str = "SELECT count(*), coalesce(sum(s.cost), 0)::bigint
-    FROM unnest($1::uuid[], $2::bigint[]) AS s(api_key_id, cost)
-    WHERE NOT EXISTS (SELECT 1 FROM key_spends k WHERE k.api_key_id = s.api_key_id)";
+    SELECT count(*) FROM claim";
 
 /// What a flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
-    /// The deltas were added, except any spend in `unmatched`.
-    Applied { unmatched: Unmatched },
+    /// The deltas were written: the spend to the journal (see [`fold`]), the rollups to their
+    /// rows.
+    Applied,
     /// A flush with this id had committed before (a retry after a lost reply): nothing was
     /// added again.
     AlreadyApplied,
 }
 
-/// Spend sent for keys that have no spend row (every key gets one when it is made, so this
-/// means a key the database no longer has): it is recorded nowhere, so the caller must say so.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Unmatched {
-    pub n_keys: i64,
-    pub nanousd: i64,
-}
-
-impl Flushed {
-    /// Applied, with every key's spend recorded.
-    pub const APPLIED: Flushed = Flushed::Applied {
-        unmatched: Unmatched {
-            n_keys: 0,
-            nanousd: 0,
-        },
-    };
-}
-
-/// Adds `spend` to the keys' spend and `rollups` to the per-minute rollups, atomically, in one
-/// statement, unless a flush with the same `id` committed before: retrying a flush whose reply
-/// was lost, with its id and deltas unchanged, never adds them twice. Each key appears at most
-/// once in `spend`.
+/// Writes `spend` to the spend journal and adds `rollups` to the per-minute rollups,
+/// atomically, in one statement, unless a flush with the same `id` committed before: retrying
+/// a flush whose reply was lost, with its id and deltas unchanged, never adds them twice. Each
+/// key appears at most once in `spend`. The spend reaches the keys' rows when the journal is
+/// next folded ([`fold`]).
 pub async fn flush(
     pool: &Pool,
     id: Uuid,
@@ -130,7 +108,7 @@ pub async fn flush(
     rollups: &[UsageDelta],
 ) -> Result<Flushed, Error> {
     if spend.is_empty() && rollups.is_empty() {
-        return Ok(Flushed::APPLIED);
+        return Ok(Flushed::Applied);
     }
     let ids: Vec<Uuid> = rollups.iter().map(|d| d.api_key_id).collect();
     let minutes: Vec<OffsetDateTime> = rollups.iter().map(|d| d.minute).collect();
@@ -155,22 +133,43 @@ pub async fn flush(
             ],
         )
         .await?;
-    let (claimed, matched): (i64, i64) = (row.get(0), row.get(1));
-    if claimed == 0 {
-        return Ok(Flushed::AlreadyApplied);
-    }
-    if usize::try_from(matched).unwrap_or(0) == spend.len() {
-        return Ok(Flushed::APPLIED);
-    }
-    let row = client
-        .query_one(UNMATCHED, &[&spend.api_key_ids, &spend.costs_nanousd])
-        .await?;
-    Ok(Flushed::Applied {
-        unmatched: Unmatched {
-            n_keys: row.get(0),
-            nanousd: row.get(1),
-        },
+    Ok(match row.get::<_, i64>(0) {
+        0 => Flushed::AlreadyApplied,
+        _ => Flushed::Applied,
     })
+}
+
+/// What a fold did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Keys whose spend rows got spend.
+    pub n_keys: i64,
+    /// Spend for keys that have no spend row (every key gets one when it is made, so this
+    /// means keys the database no longer has): it is recorded nowhere. [`fold`] logs it.
+    pub unmatched_keys: i64,
+    pub unmatched_nanousd: i64,
+}
+
+/// Moves the spend journal's committed rows into the keys' spend rows (migration 0009): call
+/// it before reading spend that must be exact. Inside a transaction, call it before locking
+/// any key; the fold's lock is then held to the end of the transaction.
+pub async fn fold(client: &impl deadpool_postgres::GenericClient) -> Result<Folded, Error> {
+    let row = client
+        .query_one("SELECT * FROM fold_spend_journal()", &[])
+        .await?;
+    let folded = Folded {
+        n_keys: row.get(0),
+        unmatched_keys: row.get(1),
+        unmatched_nanousd: row.get(2),
+    };
+    if folded.unmatched_keys > 0 {
+        tracing::error!(
+            n_keys = folded.unmatched_keys,
+            lost_nanousd = folded.unmatched_nanousd,
+            "flushed spend for keys the database does not have; it is recorded nowhere"
+        );
+    }
+    Ok(folded)
 }
 
 /// Spend per UTC day in `[from, to)`, for an org or for one membership, in day order. Days

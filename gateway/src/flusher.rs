@@ -1,10 +1,13 @@
 //! The flusher: settled usage accumulates in each key's own cache entry ([`Unflushed`]), and
 //! the [`Outbox`] lists the keys that have some. Every flush interval, and once more on
 //! shutdown, the flusher takes what the listed keys hold and writes it to Postgres in one
-//! statement. Spend goes out every flush, since the cap, a restart and the admin pages read it.
-//! Per-minute rollups, which only the admin app's charts and totals read, are held longer (the
-//! rollup interval) and go out with the flush after it: with many keys active, rewriting every
-//! key's rollup row every second was most of the database's work. A failed flush keeps what it
+//! statement. Spend goes out every flush, since the cap, a restart and the admin pages read it,
+//! as one row of the spend journal; the journal is folded into the keys' spend rows every
+//! rollup interval and after the last flush (readers that need it exact fold first; see
+//! migrations/0009_spend_journal.sql). Per-minute rollups, which only the admin app's charts
+//! and totals read, are held for the rollup interval and go out with the flush after it. With
+//! many keys active, updating every active key's rows every second was most of the
+//! database's work. A failed flush keeps what it
 //! took and retries it unchanged under the same id before anything new, so nothing settled is
 //! lost while the process lives, and a flush whose reply was lost after it committed is not
 //! applied twice (see `db::usage::flush`).
@@ -210,6 +213,13 @@ struct Batch {
     since: Option<Instant>,
 }
 
+/// Folds the spend journal into the keys' spend rows (`db::usage::fold`, which reports spend
+/// for keys the database does not have).
+pub async fn fold(pool: &db::Pool) -> Result<(), db::Error> {
+    let client = pool.get().await?;
+    db::usage::fold(&client).await.map(|_| ())
+}
+
 /// Runs until `shutdown` turns true, then flushes everything a last time. Stop it only after
 /// the proxy has stopped, so that no request settles after the last flush.
 pub async fn run(
@@ -243,6 +253,7 @@ pub async fn run(
             || woke.duration_since(rollups_written) + intervals.flush / 2 >= intervals.rollup;
         if flusher.flush(with_rollups).await && with_rollups {
             rollups_written = woke;
+            flusher.fold().await;
         }
         if stopping {
             flusher.last_flush().await;
@@ -333,7 +344,9 @@ impl Flusher {
         {
             left.push(batch);
         }
-        if !left.is_empty() {
+        if left.is_empty() {
+            self.fold().await;
+        } else {
             tracing::error!(
                 n_keys = left.iter().map(|batch| batch.spend.len()).sum::<usize>(),
                 lost_nanousd = left
@@ -345,6 +358,14 @@ impl Flusher {
         }
     }
 
+    /// Folds the spend journal; a failure is retried at the next fold, nothing is lost.
+    async fn fold(&self) {
+        if let Err(err) = fold(&self.pool).await {
+            self.metrics.flush_errors_total.inc();
+            tracing::warn!(error = %err, "folding the spend journal failed; will retry");
+        }
+    }
+
     /// Writes one batch; gives it back when the write failed.
     async fn write(&mut self, mut batch: Batch) -> Result<(), Batch> {
         let started = Instant::now();
@@ -353,17 +374,11 @@ impl Flusher {
                 self.metrics
                     .flush_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
-                match flushed {
-                    Flushed::AlreadyApplied => tracing::warn!(
+                if flushed == Flushed::AlreadyApplied {
+                    tracing::warn!(
                         flush.id = %batch.id,
                         "a retried flush had committed before its reply was lost; not applied again"
-                    ),
-                    Flushed::Applied { unmatched } if unmatched.n_keys > 0 => tracing::error!(
-                        n_keys = unmatched.n_keys,
-                        lost_nanousd = unmatched.nanousd,
-                        "flushed spend for keys the database does not have; it is recorded nowhere"
-                    ),
-                    Flushed::Applied { .. } => {}
+                    );
                 }
                 batch.spend.clear();
                 self.spare_spend = batch.spend;

@@ -66,6 +66,11 @@ pub fn run(
         control.clone(),
     )?);
     check_trusted_roots(&config)?;
+    // Spend flushed before this start (by this gateway before a restart) reaches the keys'
+    // rows before any key is loaded from them (migrations/0009_spend_journal.sql).
+    control
+        .block_on(flusher::fold(&resources.pool))
+        .map_err(|err| format!("cannot fold the spend journal before starting: {err}"))?;
 
     // The flusher stops only after the proxy has stopped, so no settled request is missed.
     let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);

@@ -686,6 +686,46 @@ async fn spend_survives_a_restart() {
     assert_eq!(gw.spent_in_db(&token).await, cost);
 }
 
+/// Spend flushed to the journal but never folded (the fold interval is ten minutes and the
+/// gateway is killed, so it neither folds on its way out) is in the key's spend when the
+/// gateway starts again, so the cap holds across the crash. The gateway folds before it loads
+/// any key, and `keycap up`'s first maintenance pass folds too: either alone passes this test,
+/// neither fails it (checked).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
+    let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
+    let token = gw.key("1", &[]);
+    let body = gw
+        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+        .await;
+    let cost = reported_cost(&body);
+    let client = gw.db.client().await.unwrap();
+    let spend_rows = || async {
+        let row = client
+            .query_one(
+                "SELECT (SELECT coalesce(sum(s.spent_nanousd), 0)::bigint FROM key_spends s),
+                        (SELECT coalesce(sum(c), 0)::bigint
+                         FROM spend_journal, unnest(costs_nanousd) AS c)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    for _ in 0..500 {
+        if spend_rows().await.1 == cost.nanos() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.kill();
+    assert_eq!(spend_rows().await, (0, cost.nanos()), "flushed, not folded");
+    gw.restart();
+    let info = gw.key_info(&token).await;
+    assert_eq!(usd(&info["data"]["usage"]), Some(cost));
+    assert_eq!(spend_rows().await, (cost.nanos(), 0));
+}
+
 /// With Postgres unreachable, keys already in the cache keep working within their caps and
 /// their spend waits in memory; unknown keys are refused with 503 (fail closed); once Postgres
 /// is back the spend is flushed.

@@ -124,6 +124,11 @@ impl Gateway {
         assert!(status.success(), "{status}: {}", running.stderr_text());
     }
 
+    /// Kills the gateway (SIGKILL): no drain, no last flush.
+    pub fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
     pub fn logs(&self) -> String {
         self.process
             .as_ref()
@@ -186,9 +191,10 @@ impl Gateway {
             .unwrap()
     }
 
-    /// The key's spend in Postgres.
+    /// The key's spend in Postgres, the spend journal folded in first.
     pub async fn spent_in_db(&self, token: &str) -> Money {
-        let client = self.db.client().await.unwrap();
+        let client = self.db.pool.get().await.unwrap();
+        db::usage::fold(&client).await.unwrap();
         let hash = domain::token::hash_token(token).to_vec();
         let row = client
             .query_one(

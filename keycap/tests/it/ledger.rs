@@ -253,41 +253,44 @@ async fn key_and_usage(
     (org, key, spend, rollups)
 }
 
+/// The key's spend row and its rollups' request count, after a fold.
+async fn spent_and_requests(env: &Env, key: &db::keys::ApiKey) -> (i64, i64) {
+    let client = env.db.pool.get().await.unwrap();
+    db::usage::fold(&client).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
+               FROM usage_rollups WHERE api_key_id = k.api_key_id)
+             FROM key_spends k WHERE k.api_key_id = $1",
+            &[&key.id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// A flush retried under its id after a lost reply (it had committed) adds nothing again; a new
 /// flush adds its own deltas; maintenance forgets claims after a week; spend for a key the
-/// database does not have is reported, not dropped silently.
+/// database does not have is reported by the fold, not dropped silently.
 #[tokio::test]
 async fn a_flush_retried_under_its_id_is_applied_once() {
-    use db::usage::{Flushed, SpendDeltas};
+    use db::usage::{Flushed, Folded, SpendDeltas};
 
     let env = seeded().await;
     let now = time::OffsetDateTime::now_utc();
     let (_org, key, spend, rollups) = key_and_usage(&env, now, 1_500, 3).await;
-    let totals = || async {
-        let client = env.db.pool.get().await.unwrap();
-        let row = client
-            .query_one(
-                "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
-                   FROM usage_rollups WHERE api_key_id = k.api_key_id)
-                 FROM key_spends k WHERE k.api_key_id = $1",
-                &[&key.id],
-            )
-            .await
-            .unwrap();
-        (row.get::<_, i64>(0), row.get::<_, i64>(1))
-    };
     let id = uuid::Uuid::new_v4();
     let first = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
-    assert_eq!(first.unwrap(), Flushed::APPLIED);
-    assert_eq!(totals().await, (1_500, 3));
+    assert_eq!(first.unwrap(), Flushed::Applied);
+    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 3));
     // The same flush again, as after a reply lost on a dropped connection.
     let retry = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
     assert_eq!(retry.unwrap(), Flushed::AlreadyApplied);
-    assert_eq!(totals().await, (1_500, 3));
+    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 3));
     // The next flush has its own id.
     let next = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups).await;
-    assert_eq!(next.unwrap(), Flushed::APPLIED);
-    assert_eq!(totals().await, (3_000, 6));
+    assert_eq!(next.unwrap(), Flushed::Applied);
+    assert_eq!(spent_and_requests(&env, &key).await, (3_000, 6));
 
     let report = db::maintenance::run_due(&env.db.pool, now + time::Duration::days(8))
         .await
@@ -299,27 +302,112 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     spend.push(key.id, 10);
     spend.push(uuid::Uuid::new_v4(), 700);
     let flushed = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[]).await;
+    assert_eq!(flushed.unwrap(), Flushed::Applied);
+    let client = env.db.pool.get().await.unwrap();
     assert_eq!(
-        flushed.unwrap(),
-        Flushed::Applied {
-            unmatched: db::usage::Unmatched {
-                n_keys: 1,
-                nanousd: 700
-            }
+        db::usage::fold(&client).await.unwrap(),
+        Folded {
+            n_keys: 1,
+            unmatched_keys: 1,
+            unmatched_nanousd: 700
         }
     );
-    assert_eq!(totals().await, (3_010, 6));
+    assert_eq!(spent_and_requests(&env, &key).await, (3_010, 6));
 }
 
-/// A revoke that starts while a flush holds the key's spend row waits for the flush, then
-/// refunds the cap less the flushed spend; neither deadlocks. The flush is held open on
-/// purpose where a revoke that locked `api_keys` `FOR UPDATE` deadlocked with it: its spend
-/// rows are locked and the foreign-key check of its rollup row (a KEY SHARE lock on the key's
-/// `api_keys` row) has not run yet; a test trigger that sorts before that check sleeps there.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
-    use db::usage::Flushed;
+/// Spend flushed to the journal and not folded yet is the key's spend all the same: revoking
+/// folds first and refunds only the cap left, with no take-back afterwards.
+#[tokio::test]
+async fn revoking_counts_spend_still_in_the_journal() {
+    let env = seeded().await;
+    let now = time::OffsetDateTime::now_utc();
+    let (org, key, spend, rollups) = key_and_usage(&env, now, 1_500, 1).await;
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups)
+        .await
+        .unwrap();
+    let client = env.db.client().await.unwrap();
+    let in_row = |client: tokio_postgres::Client| async move {
+        let row = client
+            .query_one(
+                "SELECT (SELECT spent_nanousd FROM key_spends WHERE api_key_id = $1),
+                        (SELECT count(*) FROM spend_journal)",
+                &[&key.id],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1), client)
+    };
+    let (spent, journal_rows, client) = in_row(client).await;
+    assert_eq!(
+        (spent, journal_rows),
+        (0, 1),
+        "the flush went to the journal"
+    );
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.id.to_string(), Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.key.spent, Money::from_nanos(1_500));
+    assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000 - 1_500));
+    let (spent, journal_rows, client) = in_row(client).await;
+    assert_eq!((spent, journal_rows), (1_500, 0));
+    let refunds: i64 = client
+        .query_one(
+            "SELECT sum(amount_nanousd)::bigint FROM transactions
+             WHERE api_key_id = $1 AND kind = 'refund'",
+            &[&key.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refunds, 10_000_000_000 - 1_500);
+}
 
+/// Flushes and folds running at once move every delta into the keys' rows exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_flushes_and_folds_add_every_delta_once() {
+    let env = seeded().await;
+    let now = time::OffsetDateTime::now_utc();
+    let (org, key, _, _) = key_and_usage(&env, now, 0, 0).await;
+    let (other, _token) =
+        db::keys::create(&env.db.pool, &org, &new_key("other", "10"), Actor::Cli, now)
+            .await
+            .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40_i64 {
+        let pool = env.db.pool.clone();
+        let (key_id, other_id) = (key.id, other.id);
+        tasks.spawn(async move {
+            if i % 4 == 0 {
+                let client = pool.get().await.unwrap();
+                db::usage::fold(&client).await.unwrap();
+            } else {
+                let mut spend = db::usage::SpendDeltas::default();
+                spend.push(key_id, 1_000 + i);
+                spend.push(other_id, 7);
+                db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &[])
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let flushed: Vec<i64> = (0..40).filter(|i| i % 4 != 0).collect();
+    let expected = flushed.iter().map(|i| 1_000 + i).sum::<i64>();
+    assert_eq!(spent_and_requests(&env, &key).await.0, expected);
+    assert_eq!(
+        spent_and_requests(&env, &other).await.0,
+        7 * flushed.len() as i64
+    );
+}
+
+/// A revoke while a flush is still open does not wait for it: the refund is the cap less the
+/// spend committed so far, and the flush's spend, folded after the key closed, is taken back
+/// from the refund by the late-spend trigger. Neither deadlocks. The flush is held open by a
+/// test trigger on its rollup rows, after its journal row is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
     let env = seeded().await;
     let now = time::OffsetDateTime::now_utc();
     let (org, key, spend, rollups) = key_and_usage(&env, now, 1_500, 1).await;
@@ -339,7 +427,7 @@ async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
     let flush = tokio::spawn(async move {
         db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &rollups).await
     });
-    // Revoke once the flush is asleep in the test trigger (its spend row locked).
+    // Revoke once the flush is asleep in the test trigger.
     let watcher = env.db.client().await.unwrap();
     for _ in 0..500 {
         let asleep = watcher
@@ -354,11 +442,29 @@ async fn a_revoke_during_a_flush_waits_for_it_and_refunds_the_rest() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let revoked = db::keys::revoke(&env.db.pool, &org, &key.id.to_string(), Actor::Cli, now).await;
-    assert_eq!(flush.await.unwrap().unwrap(), Flushed::APPLIED);
-    let revoked = revoked.expect("the revoke waits for the flush instead of deadlocking");
-    assert_eq!(revoked.key.spent, Money::from_nanos(1_500));
-    assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000 - 1_500));
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.id.to_string(), Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.key.spent, Money::ZERO);
+    assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000));
+    assert_eq!(flush.await.unwrap().unwrap(), db::usage::Flushed::Applied);
+    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 1));
+    let rows = watcher
+        .query(
+            "SELECT amount_nanousd, detail->>'reason' FROM transactions
+             WHERE api_key_id = $1 AND kind = 'refund' ORDER BY created_at",
+            &[&key.id],
+        )
+        .await
+        .unwrap();
+    let refunds: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        refunds,
+        vec![
+            (10_000_000_000, "revoked".to_string()),
+            (-1_500, "spent after close".to_string())
+        ]
+    );
 }
 
 /// Migration 0008 moves each key's spend from `api_keys` to `key_spends`: every amount arrives,
@@ -372,11 +478,11 @@ async fn moving_spend_to_key_spends_keeps_every_keys_spend() {
         .batch_execute("CREATE SCHEMA before_0008; SET search_path TO before_0008")
         .await
         .unwrap();
-    let (last, earlier) = db::MIGRATIONS.split_last().unwrap();
-    assert_eq!(
-        last.0, "0008_key_spends",
-        "this test is about migration 0008"
-    );
+    let at = db::MIGRATIONS
+        .iter()
+        .position(|(name, _)| *name == "0008_key_spends")
+        .expect("migration 0008 is listed");
+    let (earlier, last) = (&db::MIGRATIONS[..at], &db::MIGRATIONS[at]);
     for (_, sql) in earlier {
         client.batch_execute(sql).await.unwrap();
     }
