@@ -362,44 +362,90 @@ async fn revoking_counts_spend_still_in_the_journal() {
     assert_eq!(refunds, 10_000_000_000 - 1_500);
 }
 
-/// Flushes and folds running at once move every delta into the keys' rows exactly once.
+/// Flushes, folds and revokes running at once: every delta reaches its key's spend row exactly
+/// once, nothing deadlocks, and each revoked key's refunds (the revoke's, less the take-back of
+/// spend folded after it closed) come to its cap less all it spent.
 #[tokio::test(flavor = "multi_thread")]
-async fn concurrent_flushes_and_folds_add_every_delta_once() {
+async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
     let env = seeded().await;
     let now = time::OffsetDateTime::now_utc();
-    let (org, key, _, _) = key_and_usage(&env, now, 0, 0).await;
-    let (other, _token) =
-        db::keys::create(&env.db.pool, &org, &new_key("other", "10"), Actor::Cli, now)
-            .await
-            .unwrap();
+    let org = acme(&env).await;
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        let (key, _token) = db::keys::create(
+            &env.db.pool,
+            &org,
+            &new_key(&format!("k{i}"), "1"),
+            Actor::Cli,
+            now,
+        )
+        .await
+        .unwrap();
+        keys.push(key.id);
+    }
+    let is_flush = |i: i64| !matches!(i % 12, 0 | 5 | 6);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..40_i64 {
-        let pool = env.db.pool.clone();
-        let (key_id, other_id) = (key.id, other.id);
+    for i in 0..48_i64 {
+        let (pool, org, keys) = (env.db.pool.clone(), org.clone(), keys.clone());
         tasks.spawn(async move {
-            if i % 4 == 0 {
-                let client = pool.get().await.unwrap();
-                db::usage::fold(&client).await.unwrap();
-            } else {
-                let mut spend = db::usage::SpendDeltas::default();
-                spend.push(key_id, 1_000 + i);
-                spend.push(other_id, 7);
-                db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &[])
-                    .await
-                    .unwrap();
+            match i % 12 {
+                0 | 6 => {
+                    let client = pool.get().await.unwrap();
+                    db::usage::fold(&client).await.unwrap();
+                }
+                5 => {
+                    let key = keys[usize::try_from(i / 12).unwrap()].to_string();
+                    db::keys::revoke(&pool, &org, &key, Actor::Cli, now)
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    let mut spend = db::usage::SpendDeltas::default();
+                    let mut rollups = Vec::new();
+                    for &key in &keys {
+                        spend.push(key, 1_000 + i);
+                        rollups.push(db::usage::UsageDelta {
+                            api_key_id: key,
+                            minute: now,
+                            n_requests: 1,
+                            prompt_tokens: 1,
+                            completion_tokens: 1,
+                            cost_nanousd: 1_000 + i,
+                        });
+                    }
+                    db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &rollups)
+                        .await
+                        .unwrap();
+                }
             }
         });
     }
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    let flushed: Vec<i64> = (0..40).filter(|i| i % 4 != 0).collect();
-    let expected = flushed.iter().map(|i| 1_000 + i).sum::<i64>();
-    assert_eq!(spent_and_requests(&env, &key).await.0, expected);
-    assert_eq!(
-        spent_and_requests(&env, &other).await.0,
-        7 * flushed.len() as i64
-    );
+    let spent: i64 = (0..48).filter(|&i| is_flush(i)).map(|i| 1_000 + i).sum();
+    let n_flushes = (0..48).filter(|&i| is_flush(i)).count() as i64;
+    let client = env.db.pool.get().await.unwrap();
+    db::usage::fold(&client).await.unwrap();
+    for key in keys {
+        let row = client
+            .query_one(
+                "SELECT s.spent_nanousd,
+                        (SELECT sum(n_requests)::bigint FROM usage_rollups WHERE api_key_id = $1),
+                        (SELECT sum(amount_nanousd)::bigint FROM transactions
+                         WHERE api_key_id = $1 AND kind = 'refund')
+                 FROM key_spends s WHERE s.api_key_id = $1",
+                &[&key],
+            )
+            .await
+            .unwrap();
+        let found: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            found,
+            (spent, n_flushes, 1_000_000_000 - spent),
+            "key {key}"
+        );
+    }
 }
 
 /// A revoke while a flush is still open does not wait for it: the refund is the cap less the
