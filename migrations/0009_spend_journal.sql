@@ -12,17 +12,20 @@
 -- unfolded deltas; whoever reads it for money or display folds first:
 --   - the gateway, before it serves (so a restarted gateway starts from every flushed cent),
 --     then every rollup interval (default a minute) and after its last flush;
---   - revoking, expiring, renewing and removing keys, as the first statement of their
---     transaction (the refund is `cap - spent`);
---   - listings of keys (CLI, admin pages and API).
+--   - revoking, expiring, renewing and removing keys, just before their transaction (the
+--     refund is `cap - spent`; spend flushed in between is late spend, taken back below);
+--   - listings of keys (CLI, admin pages and API);
+--   - a gateway reloading a key whose period was renewed (it takes the new period's spend).
 -- A gateway loading a key it has not cached does not fold: the key's deltas can only come
 -- from a gateway that had it cached, this one before a restart (folded at start) or another
 -- running beside it, whose spend it never sees anyway.
 --
--- Folds take a transaction-scoped advisory lock first, so they run one at a time; a caller
--- that folds inside a transaction must fold before it locks any key, or it could wait for a
--- fold that waits for it. Spend folded onto a closed key still fires the late-spend take-back
--- of migration 0008 (on the fold, not on the flush).
+-- Folds take a transaction-scoped advisory lock first, so they run one at a time (two folds
+-- of different journal rows updating the same keys in different orders could deadlock). Each
+-- runs in a transaction of its own: inside a longer one it would keep that lock, and the
+-- org's ledger lock if it fires a take-back, to the end of it. Spend folded onto a closed key
+-- still fires the late-spend take-back of migration 0008 (on the fold, not on the flush), so
+-- a take-back reaches the ledger up to a fold interval after the spend was flushed.
 --
 -- Upgrading: expand only. A gateway of an older version keeps updating `key_spends` itself;
 -- an older admin app or CLI reading while a new gateway runs sees spend up to a fold interval

@@ -317,8 +317,9 @@ pub async fn revoke(
     now: OffsetDateTime,
 ) -> Result<Revoked, Error> {
     let mut client = pool.get().await?;
+    // The refund is `cap - spent`: fold first (before the transaction; see `usage::fold`).
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
-    crate::usage::fold(&tx).await?;
     let key = find_for_update(&tx, org, id_or_prefix).await?;
     if key.closed_at.is_some() {
         let reason = key.close_reason.as_deref().unwrap_or("closed");

@@ -49,8 +49,9 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
 /// Closes keys whose expiry is at or before `now`, refunding their unspent caps.
 pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error> {
     let mut client = pool.get().await?;
+    // The refunds are `cap - spent`: fold first (before the transaction; see `usage::fold`).
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
-    crate::usage::fold(&tx).await?;
     let rows = tx
         .query(
             select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"),
@@ -91,9 +92,10 @@ const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
 pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize), Error> {
     let window = MonthWindow::containing(now);
     let mut client = pool.get().await?;
+    // Spend flushed before the month ended belongs to the period that ends here: fold first
+    // (before the transaction; see `usage::fold`).
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
-    // Spend flushed before the month ended belongs to the period that ends here.
-    crate::usage::fold(&tx).await?;
     let rows = tx
         .query(
             select_keys!(

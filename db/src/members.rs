@@ -347,9 +347,9 @@ pub async fn remove(
     now: time::OffsetDateTime,
 ) -> Result<usize, Error> {
     let mut client = pool.get().await?;
+    // The refunds are `cap - spent`: fold first (before the transaction; see `usage::fold`).
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
-    // Before any lock: the refunds need the keys' spend exact (see `usage::fold`).
-    crate::usage::fold(&tx).await?;
     lock_roles(&tx, org).await?;
     let membership = find_for_update(&tx, org, email).await?;
     check_not_last_owner(&tx, org, &membership).await?;

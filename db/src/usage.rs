@@ -151,8 +151,11 @@ pub struct Folded {
 }
 
 /// Moves the spend journal's committed rows into the keys' spend rows (migration 0009): call
-/// it before reading spend that must be exact. Inside a transaction, call it before locking
-/// any key; the fold's lock is then held to the end of the transaction.
+/// it before reading spend that must be exact, outside any transaction. Inside one, the fold's
+/// advisory lock, its spend rows and the ledger rows of any take-back it fires (which hold the
+/// org's ledger lock) would stay locked to the end of the transaction, and a transaction that
+/// locks a membership and then the ledger (provisioning a key) could deadlock with it. Spend
+/// flushed between the fold and a close is taken back from the refund by the next fold.
 pub async fn fold(client: &impl deadpool_postgres::GenericClient) -> Result<Folded, Error> {
     let row = client
         .query_one("SELECT * FROM fold_spend_journal()", &[])

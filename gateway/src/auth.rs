@@ -86,9 +86,20 @@ impl KeyEntry {
         }
     }
 
-    /// Applies a reloaded row: new cap, scope, expiry, status; a new period resets spend. A row
-    /// older than the one applied (two reloads racing) is ignored.
-    pub fn reload(&self, key: &db::keys::ApiKey) {
+    /// Applies a reloaded row: new cap, scope, expiry, status. A row older than the one applied
+    /// (two reloads racing) is ignored. A row that starts a new period is not applied (see
+    /// [`Reloaded::NeedsFold`]).
+    pub fn reload(&self, key: &db::keys::ApiKey) -> Reloaded {
+        self.apply(key, false)
+    }
+
+    /// [`KeyEntry::reload`] for a row read after a fold of the spend journal: a new period is
+    /// applied too, and resets spend to the row's.
+    pub fn reload_folded(&self, key: &db::keys::ApiKey) {
+        let _ = self.apply(key, true);
+    }
+
+    fn apply(&self, key: &db::keys::ApiKey, folded: bool) -> Reloaded {
         let new_info = info_of(key);
         let mut info = match self.info.write() {
             Ok(info) => info,
@@ -96,14 +107,31 @@ impl KeyEntry {
         };
         // The same version (a refresh reads recent rows again) or an older one: nothing to do.
         if new_info.changed_at <= info.changed_at {
-            return;
+            return Reloaded::Done;
         }
         if new_info.period_start != info.period_start {
+            if !folded {
+                return Reloaded::NeedsFold;
+            }
             self.budget.reset_spent(key.spent);
         }
         self.budget.set_cap(key.cap);
         *info = Arc::new(new_info);
+        Reloaded::Done
     }
+}
+
+/// What [`KeyEntry::reload`] did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Reloaded {
+    /// Applied, or ignored as no newer than the entry.
+    Done,
+    /// Not applied: the row starts a new period (a renewal), and the spend it carries may lack
+    /// spend this gateway flushed in the old period that is still in the spend journal (the
+    /// renewal folded before it reset, but flushes go on). Fold, read the row again and pass it
+    /// to [`KeyEntry::reload_folded`].
+    NeedsFold,
 }
 
 fn info_of(key: &db::keys::ApiKey) -> KeyInfo {

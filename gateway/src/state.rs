@@ -133,11 +133,14 @@ impl Gateway {
                         .control
                         .spawn(async move {
                             let client = pool.get().await?;
+                            // Folded first, in case the change is a renewal (see
+                            // `KeyEntry::reload`); this path is rare.
+                            db::usage::fold(&client).await?;
                             db::keys::find_by_id(&client, id).await
                         })
                         .await;
                     match fresh {
-                        Ok(Ok(Some(row))) => entry.reload(&row),
+                        Ok(Ok(Some(row))) => entry.reload_folded(&row),
                         _ => return Err(LookupError::Database("reloading a changed key".into())),
                     }
                 }

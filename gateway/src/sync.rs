@@ -8,6 +8,7 @@ use std::time::Duration;
 use db::notify::Change;
 use tokio::sync::watch;
 
+use crate::auth::{KeyEntry, Reloaded};
 use crate::state::Gateway;
 
 /// Listens for changes until shutdown, reconnecting (and refreshing everything) when the
@@ -56,7 +57,12 @@ async fn apply(gateway: &Gateway, change: Change) {
                 Err(err) => return tracing::warn!(error = %err, "cannot reload a changed key"),
             };
             match db::keys::find_by_id(&client, id).await {
-                Ok(Some(key)) => entry.reload(&key),
+                Ok(Some(key)) => {
+                    if entry.reload(&key) == Reloaded::NeedsFold {
+                        drop(client);
+                        reload_renewed(gateway, vec![entry]).await;
+                    }
+                }
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, key.id = %id, "cannot reload a changed key")
@@ -97,7 +103,12 @@ pub async fn refresh_changed(gateway: &Gateway) {
             .by_id(id)
             .filter(|entry| entry.info().changed_at < changed_at)
     };
-    let reload = |entry: Arc<crate::auth::KeyEntry>, key: db::keys::ApiKey| entry.reload(&key);
+    let mut renewed = Vec::new();
+    let reload = |entry: Arc<KeyEntry>, key: db::keys::ApiKey| {
+        if entry.reload(&key) == Reloaded::NeedsFold {
+            renewed.push(entry);
+        }
+    };
     if let Err(err) = db::keys::changed_since(&client, since, stale_entry, reload).await {
         return tracing::warn!(error = %err, "cannot refresh keys");
     }
@@ -106,6 +117,10 @@ pub async fn refresh_changed(gateway: &Gateway) {
         Err(err) => return tracing::warn!(error = %err, "cannot refresh master keys"),
     };
     drop(client);
+    // Not advanced past a renewal that could not be applied: the next pass tries again.
+    if !reload_renewed(gateway, renewed).await {
+        return;
+    }
     for id in masters {
         reload_master_key(gateway, id).await;
     }
@@ -118,6 +133,36 @@ pub async fn refresh_changed(gateway: &Gateway) {
         .metrics
         .cache_keys
         .set(i64::try_from(gateway.keys.len()).unwrap_or(i64::MAX));
+}
+
+/// Folds the spend journal, then reads each of `entries` again and applies it, a new period
+/// included (see `KeyEntry::reload`). Returns whether every one was read.
+async fn reload_renewed(gateway: &Gateway, entries: Vec<Arc<KeyEntry>>) -> bool {
+    if entries.is_empty() {
+        return true;
+    }
+    let client = match gateway.pool.get().await {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot reload a renewed key");
+            return false;
+        }
+    };
+    if let Err(err) = db::usage::fold(&client).await {
+        tracing::warn!(error = %err, "cannot reload a renewed key");
+        return false;
+    }
+    for entry in entries {
+        match db::keys::find_by_id(&client, entry.id).await {
+            Ok(Some(key)) => entry.reload_folded(&key),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, key.id = %entry.id, "cannot reload a renewed key");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Reloads a master key the gateway holds (one it never opened is left to be loaded on use).

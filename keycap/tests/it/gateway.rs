@@ -726,6 +726,48 @@ async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
     assert_eq!(spend_rows().await, (cost.nanos(), 0));
 }
 
+/// A monthly key renewed while the gateway runs: the new period reaches the gateway through
+/// NOTIFY within a second (the periodic refresh is an hour), which folds the spend journal
+/// before it takes the period's spend (see `KeyEntry::reload`); the key's usage starts again
+/// from zero, and what it spends next is charged to the new period.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_key_reaches_the_gateway_with_its_new_period() {
+    let gw = start_with_env(&[("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "3600")]).await;
+    let token = gw.key("1", &["--renew-monthly"]);
+    let first = gw
+        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+        .await;
+    let cost = reported_cost(&first);
+    gw.wait_for_spent(&token, cost).await;
+    assert_eq!(usd(&gw.key_info(&token).await["data"]["usage"]), Some(cost));
+
+    let next_month = domain::MonthWindow::containing(time::OffsetDateTime::now_utc()).end
+        + time::Duration::minutes(5);
+    let report = db::maintenance::run_due(&gw.db.pool, next_month)
+        .await
+        .unwrap();
+    assert_eq!(report.renewed, 1);
+    let renewed_at = Instant::now();
+    loop {
+        let usage = usd(&gw.key_info(&token).await["data"]["usage"]);
+        if usage == Some(Money::ZERO) {
+            break;
+        }
+        assert!(
+            renewed_at.elapsed() < Duration::from_secs(1),
+            "usage still {usage:?} a second after the renewal\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = gw
+        .chat_json(&token, &chat_body("mock/cheap", 5, false))
+        .await;
+    let cost = reported_cost(&second);
+    gw.wait_for_spent(&token, cost).await;
+    assert_eq!(usd(&gw.key_info(&token).await["data"]["usage"]), Some(cost));
+}
+
 /// With Postgres unreachable, keys already in the cache keep working within their caps and
 /// their spend waits in memory; unknown keys are refused with 503 (fail closed); once Postgres
 /// is back the spend is flushed.

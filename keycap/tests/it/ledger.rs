@@ -478,7 +478,8 @@ async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
     for _ in 0..500 {
         let asleep = watcher
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event = 'PgSleep' AND datname = current_database()",
                 &[],
             )
             .await
