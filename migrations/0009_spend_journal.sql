@@ -20,9 +20,10 @@
 -- from a gateway that had it cached, this one before a restart (folded at start) or another
 -- running beside it, whose spend it never sees anyway.
 --
--- Folds take a transaction-scoped advisory lock first, so they run one at a time (two folds
--- of different journal rows updating the same keys in different orders could deadlock). Each
--- runs in a transaction of its own: inside a longer one it would keep that lock, and the
+-- Folds take a transaction-scoped advisory lock first, so they run one at a time. (Without it a
+-- second fold would still wait, on the first's journal rows, which its snapshot holds until
+-- the first commits: the lock makes that plain rather than a consequence of row locks, and a
+-- test of concurrent folds passes either way.) Each runs in a transaction of its own: inside a longer one it would keep that lock, and the
 -- org's ledger lock if it fires a take-back, to the end of it. Spend folded onto a closed key
 -- still fires the late-spend take-back of migration 0008 (on the fold, not on the flush), so
 -- a take-back reaches the ledger up to a fold interval after the spend was flushed.
