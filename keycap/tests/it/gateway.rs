@@ -689,8 +689,8 @@ async fn spend_survives_a_restart() {
 /// Spend flushed to the journal but never folded (the fold interval is ten minutes and the
 /// gateway is killed, so it neither folds on its way out) is in the key's spend when the
 /// gateway starts again, so the cap holds across the crash. The gateway folds before it loads
-/// any key, and `keycap up`'s first maintenance pass folds too: either alone passes this test,
-/// neither fails it (checked).
+/// any key, and `keycap up`'s first maintenance pass folds too: with either one alone the test
+/// passes, with neither it fails (checked).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
     let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
