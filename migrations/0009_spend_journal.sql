@@ -13,17 +13,19 @@
 --   - the gateway, before it serves (so a restarted gateway starts from every flushed cent),
 --     then every rollup interval (default a minute) and after its last flush;
 --   - revoking, expiring, renewing and removing keys, just before their transaction (the
---     refund is `cap - spent`; spend flushed in between is late spend, taken back below);
+--     refund is `cap - spent`; spend flushed in between on a key that closes is late spend,
+--     taken back below; on a renewed key it counts in the new period);
 --   - listings of keys (CLI, admin pages and API);
 --   - a gateway reloading a key whose period was renewed (it takes the new period's spend).
 -- A gateway loading a key it has not cached does not fold: the key's deltas can only come
 -- from a gateway that had it cached, this one before a restart (folded at start) or another
 -- running beside it, whose spend it never sees anyway.
 --
--- Folds take a transaction-scoped advisory lock first, so they run one at a time. (Without it a
--- second fold would still wait, on the first's journal rows, which its snapshot holds until
--- the first commits: the lock makes that plain rather than a consequence of row locks, and a
--- test of concurrent folds passes either way.) Each runs in a transaction of its own: inside a longer one it would keep that lock, and the
+-- Folds take a transaction-scoped advisory lock first, so they run one at a time. (Without
+-- it a second fold would still wait: it sees the first's journal rows, which the first has
+-- locked by deleting them, until the first commits. The lock makes that plain rather than a
+-- consequence of row locks; a test of concurrent folds passes either way.) Each fold runs in
+-- a transaction of its own: inside a longer one it would keep that lock, and the
 -- org's ledger lock if it fires a take-back, to the end of it. Spend folded onto a closed key
 -- still fires the late-spend take-back of migration 0008 (on the fold, not on the flush), so
 -- a take-back reaches the ledger up to a fold interval after the spend was flushed.

@@ -49,6 +49,15 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
 /// Closes keys whose expiry is at or before `now`, refunding their unspent caps.
 pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error> {
     let mut client = pool.get().await?;
+    let due = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE closed_at IS NULL AND expires_at <= $1)",
+            &[&now],
+        )
+        .await?;
+    if !due.get::<_, bool>(0) {
+        return Ok(0);
+    }
     // The refunds are `cap - spent`: fold first (before the transaction; see `usage::fold`).
     crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
@@ -92,8 +101,18 @@ const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
 pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize), Error> {
     let window = MonthWindow::containing(now);
     let mut client = pool.get().await?;
-    // Spend flushed before the month ended belongs to the period that ends here: fold first
-    // (before the transaction; see `usage::fold`).
+    let due = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM api_keys
+                            WHERE renew_monthly AND closed_at IS NULL AND period_start < $1)",
+            &[&window.first_day()],
+        )
+        .await?;
+    if !due.get::<_, bool>(0) {
+        return Ok((0, 0));
+    }
+    // Spend flushed so far belongs to the period that ends here: fold first (before the
+    // transaction; see `usage::fold`). Spend flushed after the fold counts in the new period.
     crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     let rows = tx

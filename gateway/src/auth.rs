@@ -94,7 +94,8 @@ impl KeyEntry {
     }
 
     /// [`KeyEntry::reload`] for a row read after a fold of the spend journal: a new period is
-    /// applied too, and resets spend to the row's.
+    /// applied too, and resets spend to the row's plus what this gateway settled and has not
+    /// flushed yet, which Postgres will add to the new period when it is flushed.
     pub fn reload_folded(&self, key: &db::keys::ApiKey) {
         let _ = self.apply(key, true);
     }
@@ -113,7 +114,8 @@ impl KeyEntry {
             if !folded {
                 return Reloaded::NeedsFold;
             }
-            self.budget.reset_spent(key.spent);
+            self.budget
+                .reset_spent(key.spent.saturating_add(self.unflushed.spend()));
         }
         self.budget.set_cap(key.cap);
         *info = Arc::new(new_info);
@@ -256,7 +258,66 @@ pub fn bearer(value: Option<&[u8]>) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use domain::Money;
+    use time::macros::date;
+
     use super::*;
+    use crate::flusher::{Outbox, Settled};
+
+    fn row(period_start: Date, spent: i64, changed_at: i64) -> db::keys::ApiKey {
+        db::keys::ApiKey {
+            id: Uuid::from_u128(1),
+            org_id: Uuid::nil(),
+            membership_id: Uuid::nil(),
+            member_email: "bob@acme.test".into(),
+            master_key_id: Uuid::nil(),
+            service: "openrouter".into(),
+            name: "k".into(),
+            prefix: "kc_00000000".into(),
+            cap: Money::from_usd(1),
+            spent: Money::from_nanos(spent),
+            model_scope: vec![],
+            renew_monthly: true,
+            period_start,
+            paused_reason: None,
+            expires_at: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            closed_at: None,
+            close_reason: None,
+            changed_at: OffsetDateTime::from_unix_timestamp(changed_at).unwrap(),
+            rate_limit_rpm: None,
+        }
+    }
+
+    /// A row of a new period is applied only after a fold of the spend journal; then the spend
+    /// this gateway settled and has not flushed stays on top of the new period's, since
+    /// Postgres adds it there when it is flushed. A newer row of the same period needs no fold.
+    #[test]
+    fn a_renewal_waits_for_a_fold_and_keeps_unflushed_spend() {
+        let entry = Arc::new(KeyEntry::from_row(&row(date!(2026 - 11 - 01), 100, 1)));
+        entry.budget.settle(Money::ZERO, Money::from_nanos(30));
+        let usage = Settled {
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            cost_nanousd: 30,
+        };
+        Outbox::default().record(&entry, usage, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(entry.budget.spent(), Money::from_nanos(130));
+
+        let renewed = row(date!(2026 - 12 - 01), 5, 2);
+        assert_eq!(entry.reload(&renewed), Reloaded::NeedsFold);
+        assert_eq!(entry.info().period_start, date!(2026 - 11 - 01));
+        assert_eq!(entry.budget.spent(), Money::from_nanos(130));
+        entry.reload_folded(&renewed);
+        assert_eq!(entry.info().period_start, date!(2026 - 12 - 01));
+        assert_eq!(entry.budget.spent(), Money::from_nanos(35));
+
+        let mut raised = row(date!(2026 - 12 - 01), 5, 3);
+        raised.cap = Money::from_usd(2);
+        assert_eq!(entry.reload(&raised), Reloaded::Done);
+        assert_eq!(entry.budget.cap(), Money::from_usd(2));
+        assert_eq!(entry.budget.spent(), Money::from_nanos(35));
+    }
 
     #[test]
     fn reads_bearer_tokens() {

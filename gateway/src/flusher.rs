@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use db::usage::{Flushed, SpendDeltas, UsageDelta};
+use domain::Money;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -86,6 +87,13 @@ struct Listed {
     keys: Vec<Arc<KeyEntry>>,
     /// When the first key went on the list.
     since: Option<Instant>,
+}
+
+impl Unflushed {
+    /// The spend settled and not taken by the flusher yet.
+    pub fn spend(&self) -> Money {
+        Money::from_nanos(self.spend.load(Ordering::SeqCst))
+    }
 }
 
 impl Outbox {

@@ -117,14 +117,14 @@ pub async fn refresh_changed(gateway: &Gateway) {
         Err(err) => return tracing::warn!(error = %err, "cannot refresh master keys"),
     };
     drop(client);
-    // Not advanced past a renewal that could not be applied: the next pass tries again.
-    if !reload_renewed(gateway, renewed).await {
-        return;
-    }
+    let renewals_applied = reload_renewed(gateway, renewed).await;
     for id in masters {
         reload_master_key(gateway, id).await;
     }
-    *lock(&gateway.refreshed_at) = Some(now);
+    // Not advanced past a renewal that could not be applied: the next pass reads it again.
+    if renewals_applied {
+        *lock(&gateway.refreshed_at) = Some(now);
+    }
     gateway.keys.sweep_unknown();
     gateway
         .changed_uncached

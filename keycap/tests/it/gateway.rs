@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::gateway_support::{
-    RecordingRelay, cheap_reservation, reported_cost, start, start_with, start_with_env,
+    Gateway, RecordingRelay, cheap_reservation, reported_cost, start, start_with, start_with_env,
     start_with_upstream, usd,
 };
 
@@ -689,8 +689,7 @@ async fn spend_survives_a_restart() {
 /// Spend flushed to the journal but never folded (the fold interval is ten minutes and the
 /// gateway is killed, so it neither folds on its way out) is in the key's spend when the
 /// gateway starts again, so the cap holds across the crash. The gateway folds before it loads
-/// any key, and `keycap up`'s first maintenance pass folds too: with either one alone the test
-/// passes, with neither it fails (checked).
+/// any key (without that fold the test fails: checked).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
     let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
@@ -726,10 +725,29 @@ async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
     assert_eq!(spend_rows().await, (cost.nanos(), 0));
 }
 
+/// Waits (at most a second) until the gateway reports `expected` as the key's usage.
+async fn wait_for_usage(gw: &Gateway, token: &str, expected: Money) {
+    let since = Instant::now();
+    loop {
+        let usage = usd(&gw.key_info(token).await["data"]["usage"]);
+        if usage == Some(expected) {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "usage {usage:?} after a second, expected {expected}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A monthly key renewed while the gateway runs: the new period reaches the gateway through
-/// NOTIFY within a second (the periodic refresh is an hour), which folds the spend journal
-/// before it takes the period's spend (see `KeyEntry::reload`); the key's usage starts again
-/// from zero, and what it spends next is charged to the new period.
+/// NOTIFY within a second (the periodic refresh is an hour), and the key's usage starts again
+/// from zero; what it spends next is charged to the new period. The gateway folds the spend
+/// journal before it takes a new period's spend (see `KeyEntry::reload`): a renewal committed
+/// with journal spend not folded yet (as when a flush lands between the renewal's fold and its
+/// reset) shows that spend in the new period.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewed_key_reaches_the_gateway_with_its_new_period() {
     let gw = start_with_env(&[("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "3600")]).await;
@@ -747,25 +765,50 @@ async fn a_renewed_key_reaches_the_gateway_with_its_new_period() {
         .await
         .unwrap();
     assert_eq!(report.renewed, 1);
-    let renewed_at = Instant::now();
-    loop {
-        let usage = usd(&gw.key_info(&token).await["data"]["usage"]);
-        if usage == Some(Money::ZERO) {
-            break;
-        }
-        assert!(
-            renewed_at.elapsed() < Duration::from_secs(1),
-            "usage still {usage:?} a second after the renewal\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_usage(&gw, &token, Money::ZERO).await;
     let second = gw
         .chat_json(&token, &chat_body("mock/cheap", 5, false))
         .await;
     let cost = reported_cost(&second);
     gw.wait_for_spent(&token, cost).await;
     assert_eq!(usd(&gw.key_info(&token).await["data"]["usage"]), Some(cost));
+
+    // The month after, renewed by hand together with 777 nano-dollars of journal spend.
+    let month_after =
+        domain::MonthWindow::containing(domain::MonthWindow::containing(next_month).end);
+    let hash = domain::token::hash_token(&token).to_vec();
+    let mut client = gw.db.client().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let key_id: uuid::Uuid = tx
+        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap()
+        .get(0);
+    let flush_id = uuid::Uuid::new_v4();
+    tx.execute(
+        "UPDATE api_keys SET period_start = $2 WHERE id = $1",
+        &[&key_id, &month_after.first_day()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE key_spends SET spent_nanousd = 0 WHERE api_key_id = $1",
+        &[&key_id],
+    )
+    .await
+    .unwrap();
+    tx.execute("INSERT INTO spend_flushes (id) VALUES ($1)", &[&flush_id])
+        .await
+        .unwrap();
+    tx.execute(
+        "INSERT INTO spend_journal (flush_id, api_key_ids, costs_nanousd)
+         VALUES ($1, ARRAY[$2::uuid], ARRAY[777::bigint])",
+        &[&flush_id, &key_id],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    wait_for_usage(&gw, &token, Money::from_nanos(777)).await;
 }
 
 /// With Postgres unreachable, keys already in the cache keep working within their caps and
