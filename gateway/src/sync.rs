@@ -26,7 +26,16 @@ pub async fn listen_for_changes(
                 loop {
                     tokio::select! {
                         change = changes.recv() => match change {
-                            Some(change) => apply(&gateway, change).await,
+                            Some(change) => {
+                                // With what else has arrived: renewals in one batch share a fold.
+                                let mut batch = vec![change];
+                                while batch.len() < MAX_BATCH
+                                    && let Ok(more) = changes.try_recv()
+                                {
+                                    batch.push(more);
+                                }
+                                apply(&gateway, batch).await
+                            }
                             None => break,
                         },
                         _ = shutdown.changed() => return,
@@ -42,35 +51,47 @@ pub async fn listen_for_changes(
     }
 }
 
-async fn apply(gateway: &Gateway, change: Change) {
-    match change {
-        Change::ApiKey(id) => {
-            let Some(entry) = gateway.keys.by_id(id) else {
-                // Not cached: a lookup may be reading it right now (see `Gateway::key_for`).
-                gateway
-                    .changed_uncached
-                    .insert(id, std::time::Instant::now());
-                return;
-            };
-            let client = match gateway.pool.get().await {
-                Ok(client) => client,
-                Err(err) => return tracing::warn!(error = %err, "cannot reload a changed key"),
-            };
-            match db::keys::find_by_id(&client, id).await {
-                Ok(Some(key)) => {
-                    if entry.reload(&key) == Reloaded::NeedsFold {
-                        drop(client);
-                        reload_renewed(gateway, vec![entry]).await;
+/// The most changes applied together.
+const MAX_BATCH: usize = 1024;
+
+/// Applies announced changes: cached keys and master keys are read again; renewed keys are
+/// applied after one fold of the spend journal for all of them (see `KeyEntry::reload`).
+async fn apply(gateway: &Gateway, changes: Vec<Change>) {
+    let mut renewed = Vec::new();
+    for change in changes {
+        match change {
+            Change::ApiKey(id) => {
+                let Some(entry) = gateway.keys.by_id(id) else {
+                    // Not cached: a lookup may be reading it right now (see `Gateway::key_for`).
+                    gateway
+                        .changed_uncached
+                        .insert(id, std::time::Instant::now());
+                    continue;
+                };
+                let client = match gateway.pool.get().await {
+                    Ok(client) => client,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot reload a changed key");
+                        continue;
+                    }
+                };
+                match db::keys::find_by_id(&client, id).await {
+                    Ok(Some(key)) => {
+                        if entry.reload(&key) == Reloaded::NeedsFold {
+                            renewed.push(entry);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, key.id = %id, "cannot reload a changed key")
                     }
                 }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, key.id = %id, "cannot reload a changed key")
-                }
             }
+            Change::MasterKey(id) => reload_master_key(gateway, id).await,
         }
-        Change::MasterKey(id) => reload_master_key(gateway, id).await,
     }
+    // One that fails is applied by the periodic refresh.
+    reload_renewed(gateway, renewed).await;
 }
 
 /// How far back each refresh looks beyond its previous pass: a change is stamped when its
