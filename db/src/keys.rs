@@ -225,7 +225,8 @@ pub async fn create(
     Ok((from_row(&row), token))
 }
 
-/// The sub-keys of an org, or of one member, newest first, with their spend as flushed.
+/// The sub-keys of an org, or of one member, newest first, with their spend as flushed (it
+/// folds the spend journal first: call it outside a transaction, see `usage::fold`).
 pub async fn list(
     client: &impl GenericClient,
     org: &Org,
@@ -447,7 +448,8 @@ pub async fn master_keys_changed_since(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// The open keys that use a master key, for the warning shown before revoking it.
+/// The open keys that use a master key, for the warning shown before revoking it (it folds
+/// the spend journal first: call it outside a transaction, see `usage::fold`).
 pub async fn open_using_master_key(
     client: &impl GenericClient,
     org: &Org,
