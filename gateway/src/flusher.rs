@@ -5,9 +5,10 @@
 //! as one row of the spend journal; the journal is folded into the keys' spend rows every
 //! rollup interval and after the last flush (readers that need it exact fold first; see
 //! migrations/0009_spend_journal.sql). Per-minute rollups, which only the admin app's charts
-//! and totals read, are held for the rollup interval and go out with the flush after it. With
-//! many keys active, updating every active key's rows every second was most of the
-//! database's work. A failed flush keeps what it
+//! and totals read, are held for the rollup interval from when their key was listed, and go
+//! out with the flush after that: spread over the flushes, not every key's at once, which was
+//! a spike of work each minute with many keys. With many keys active, updating every active
+//! key's rows every second was most of the database's work. A failed flush keeps what it
 //! took and retries it unchanged under the same id before anything new, so nothing settled is
 //! lost while the process lives, and a flush whose reply was lost after it committed is not
 //! applied twice (see `db::usage::flush`).
@@ -16,6 +17,7 @@
 //! lock only when the key is not listed yet: no message, no allocation, no shared map per
 //! request.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -74,12 +76,13 @@ struct Rollups {
     earlier: Vec<MinuteUsage>,
 }
 
-/// The keys holding unflushed usage, in two lists: one taken every flush (spend), one taken
-/// when rollups are due.
+/// The keys holding unflushed usage, in two lists: one taken whole every flush (spend), and
+/// one of keys with rollups, in the order they were listed and with when, each taken once it
+/// has waited the rollup interval.
 #[derive(Default)]
 pub struct Outbox {
     spend: Mutex<Listed>,
-    rollups: Mutex<Listed>,
+    rollups: Mutex<VecDeque<(Instant, Arc<KeyEntry>)>>,
 }
 
 #[derive(Default)]
@@ -138,7 +141,7 @@ impl Outbox {
             }
         }
         if !unflushed.on_rollup_list.swap(true, Ordering::SeqCst) {
-            list(&self.rollups, key);
+            lock(&self.rollups).push_back((Instant::now(), Arc::clone(key)));
         }
     }
 
@@ -162,9 +165,22 @@ impl Outbox {
         since
     }
 
-    /// Takes every listed key's rollups.
-    fn take_rollups(&self, spare: &mut Vec<Arc<KeyEntry>>) -> Vec<UsageDelta> {
-        swap_list(&self.rollups, spare);
+    /// Takes the rollups of the keys listed at instants `due` accepts, oldest first, stopping
+    /// at the first it does not.
+    fn take_rollups(
+        &self,
+        due: impl Fn(Instant) -> bool,
+        spare: &mut Vec<Arc<KeyEntry>>,
+    ) -> Vec<UsageDelta> {
+        {
+            let mut listed = lock(&self.rollups);
+            while let Some((at, _)) = listed.front()
+                && due(*at)
+                && let Some((_, key)) = listed.pop_front()
+            {
+                spare.push(key);
+            }
+        }
         let mut deltas = Vec::with_capacity(spare.len());
         for key in spare.iter() {
             key.unflushed.on_rollup_list.store(false, Ordering::SeqCst);
@@ -247,7 +263,7 @@ pub async fn run(
     };
     let mut ticker = tokio::time::interval(intervals.flush);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rollups_written = Instant::now();
+    let mut folded = Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -255,12 +271,12 @@ pub async fn run(
         }
         let woke = Instant::now();
         let stopping = *shutdown.borrow();
-        // Ticks wake a little early or late: half a flush interval of slack keeps rollups on
-        // the flush they are due with rather than the one after.
-        let with_rollups = stopping
-            || woke.duration_since(rollups_written) + intervals.flush / 2 >= intervals.rollup;
-        if flusher.flush(with_rollups).await && with_rollups {
-            rollups_written = woke;
+        // Ticks wake a little early or late: half a flush interval of slack keeps a key's
+        // rollups, and the fold, on the flush they are due with rather than the one after.
+        let waited = |since: Instant| woke.duration_since(since) + intervals.flush / 2;
+        let rollups_due = |listed: Instant| stopping || waited(listed) >= intervals.rollup;
+        if flusher.flush(rollups_due).await && !stopping && waited(folded) >= intervals.rollup {
+            folded = woke;
             flusher.fold().await;
         }
         if stopping {
@@ -283,9 +299,10 @@ struct Flusher {
 }
 
 impl Flusher {
-    /// Retries a failed batch, then writes the pending spend, and the rollups too when
-    /// `with_rollups`. Returns whether everything was written (or there was nothing to write).
-    async fn flush(&mut self, with_rollups: bool) -> bool {
+    /// Retries a failed batch, then writes the pending spend, and the rollups of keys listed at
+    /// instants `rollups_due` accepts. Returns whether everything was written (or there was
+    /// nothing to write).
+    async fn flush(&mut self, rollups_due: impl Fn(Instant) -> bool) -> bool {
         let oldest = [
             self.failed.as_ref().and_then(|batch| batch.since),
             self.outbox.spend_since(),
@@ -304,7 +321,7 @@ impl Flusher {
             self.failed = Some(batch);
             return false;
         }
-        let Some(batch) = self.take_batch(with_rollups) else {
+        let Some(batch) = self.take_batch(rollups_due) else {
             return true;
         };
         match self.write(batch).await {
@@ -317,14 +334,10 @@ impl Flusher {
     }
 
     /// Takes what the outbox holds as a new batch; `None` when there is nothing to write.
-    fn take_batch(&mut self, with_rollups: bool) -> Option<Batch> {
+    fn take_batch(&mut self, rollups_due: impl Fn(Instant) -> bool) -> Option<Batch> {
         let mut spend = std::mem::take(&mut self.spare_spend);
         let since = self.outbox.take_spend(&mut self.spare, &mut spend);
-        let rollups = if with_rollups {
-            self.outbox.take_rollups(&mut self.spare)
-        } else {
-            Vec::new()
-        };
+        let rollups = self.outbox.take_rollups(rollups_due, &mut self.spare);
         if spend.is_empty() && rollups.is_empty() {
             self.spare_spend = spend;
             return None;
@@ -347,7 +360,7 @@ impl Flusher {
         {
             left.push(batch);
         }
-        if let Some(batch) = self.take_batch(true)
+        if let Some(batch) = self.take_batch(|_| true)
             && let Err(batch) = self.write(batch).await
         {
             left.push(batch);
@@ -452,7 +465,7 @@ mod tests {
         let mut spare = Vec::new();
         // Taking spend leaves the rollups.
         outbox.take_spend(&mut spare, &mut SpendDeltas::default());
-        let rollups = outbox.take_rollups(&mut spare);
+        let rollups = outbox.take_rollups(|_| true, &mut spare);
         assert_eq!(rollups.len(), 2);
         assert_eq!(
             rollups[0].minute,
@@ -467,7 +480,41 @@ mod tests {
             (2, 4, 10)
         );
         assert_eq!((rollups[1].n_requests, rollups[1].cost_nanousd), (1, 4));
-        assert!(outbox.take_rollups(&mut spare).is_empty());
+        assert!(outbox.take_rollups(|_| true, &mut spare).is_empty());
+    }
+
+    /// Rollups are taken one key at a time in the order the keys were listed, each once it is
+    /// due; a key taken is listed again by its next request, at the back.
+    #[test]
+    fn takes_rollups_of_the_keys_listed_longest_ago() {
+        let outbox = Outbox::default();
+        let (a, b) = (key(1), key(2));
+        outbox.record(&a, usage(1), at(5));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let between = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        outbox.record(&b, usage(2), at(5));
+        outbox.record(&a, usage(3), at(5));
+        let mut spare = Vec::new();
+        let due = |listed: Instant| listed <= between;
+        let taken = outbox.take_rollups(due, &mut spare);
+        assert_eq!(
+            taken
+                .iter()
+                .map(|d| (d.api_key_id, d.cost_nanousd))
+                .collect::<Vec<_>>(),
+            vec![(a.id, 4)]
+        );
+        assert!(outbox.take_rollups(due, &mut spare).is_empty());
+        outbox.record(&a, usage(5), at(6));
+        let taken = outbox.take_rollups(|_| true, &mut spare);
+        assert_eq!(
+            taken
+                .iter()
+                .map(|d| (d.api_key_id, d.cost_nanousd))
+                .collect::<Vec<_>>(),
+            vec![(b.id, 2), (a.id, 5)]
+        );
     }
 
     #[test]
@@ -501,7 +548,7 @@ mod tests {
         total += take(&mut spend);
         assert_eq!(total, 4 * 20_000);
         let requests: i64 = outbox
-            .take_rollups(&mut spare)
+            .take_rollups(|_| true, &mut spare)
             .iter()
             .map(|d| d.n_requests)
             .sum();
