@@ -663,10 +663,9 @@ async fn max_tokens_is_lowered_to_what_the_cap_can_pay_for() {
 async fn spend_survives_a_restart() {
     let mut gw = start().await;
     let token = gw.key("1", &[]);
-    let body = gw
-        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+    let cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 9, false))
         .await;
-    let cost = reported_cost(&body);
     // SIGTERM: requests in flight finish, then the last flush.
     gw.stop();
     assert_eq!(gw.spent_in_db(&token).await, cost);
@@ -694,10 +693,9 @@ async fn spend_survives_a_restart() {
 async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
     let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
     let token = gw.key("1", &[]);
-    let body = gw
-        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+    let cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 9, false))
         .await;
-    let cost = reported_cost(&body);
     let client = gw.db.client().await.unwrap();
     let spend_rows = || async {
         let row = client
@@ -735,10 +733,9 @@ async fn a_killed_gateway_restarts_from_spend_still_in_the_journal() {
 async fn a_renewed_key_reaches_the_gateway_with_its_new_period() {
     let gw = start_with_env(&[("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "3600")]).await;
     let token = gw.key("1", &["--renew-monthly"]);
-    let first = gw
-        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+    let cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 9, false))
         .await;
-    let cost = reported_cost(&first);
     gw.wait_for_spent(&token, cost).await;
     assert_eq!(usd(&gw.key_info(&token).await["data"]["usage"]), Some(cost));
 
@@ -749,10 +746,9 @@ async fn a_renewed_key_reaches_the_gateway_with_its_new_period() {
         .unwrap();
     assert_eq!(report.renewed, 1);
     wait_for_key_info(&gw, &token, "usage", Money::ZERO).await;
-    let second = gw
-        .chat_json(&token, &chat_body("mock/cheap", 5, false))
+    let cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 5, false))
         .await;
-    let cost = reported_cost(&second);
     gw.wait_for_spent(&token, cost).await;
     assert_eq!(usd(&gw.key_info(&token).await["data"]["usage"]), Some(cost));
 
@@ -827,10 +823,9 @@ async fn wait_for_key_info(
 async fn a_new_cap_reaches_the_gateway_within_a_second() {
     let gw = start_with_env(&[("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "3600")]).await;
     let token = gw.key("1", &[]);
-    let body = gw
-        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+    let cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 9, false))
         .await;
-    let cost = reported_cost(&body);
     gw.wait_for_spent(&token, cost).await;
     let hash = domain::token::hash_token(&token).to_vec();
     let client = gw.db.client().await.unwrap();
@@ -1029,10 +1024,9 @@ async fn a_stream_cut_off_by_shutdown_is_charged_its_reservation() {
 async fn rollups_are_held_for_their_interval_and_written_on_shutdown() {
     let mut gw = start_with_env(&[("KEYCAP_GATEWAY__ROLLUP_INTERVAL_MS", "600000")]).await;
     let token = gw.key("1", &[]);
-    let body = gw
-        .chat_json(&token, &chat_body("mock/cheap", 9, false))
+    let cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 9, false))
         .await;
-    let cost = reported_cost(&body);
     gw.wait_for_spent(&token, cost).await;
     assert_eq!(
         rollups(&gw.db).await,
@@ -1330,10 +1324,9 @@ async fn an_https_upstream_is_verified_and_served() {
 
     gw.restart_with(&[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
     assert_eq!(models(&gw).await.unwrap().status(), 200);
-    let answer = gw
-        .chat_json(&token, &chat_body("mock/cheap", 5, false))
+    let json_cost = gw
+        .chat_cost(&token, &chat_body("mock/cheap", 5, false))
         .await;
-    let json_cost = reported_cost(&answer);
     let response = gw
         .chat(&token, &chat_body("mock/cheap", 6, true))
         .send()

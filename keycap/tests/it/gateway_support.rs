@@ -173,6 +173,11 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Sends a chat request and returns the cost its answer reports.
+    pub async fn chat_cost(&self, token: &str, body: &serde_json::Value) -> Money {
+        reported_cost(&self.chat_json(token, body).await)
+    }
+
     /// `GET path` on the gateway with `token` as the bearer key.
     pub fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.http
