@@ -217,6 +217,11 @@ if [ -n "$INSTRUCTIONS" ]; then
     # Dumps are numbered in order: the highest is this run's.
     file=$(ls "$WORK"/callgrind."$1".* | sort -t. -k3 -n | tail -1)
     awk -v n="$n" '/^summary:/ { printf "%.0f", $2 / n; exit }' "$file"
+    # INSTRUCTIONS_KEEP=DIR keeps each run's dump for callgrind_annotate, with its request count.
+    if [ -n "${INSTRUCTIONS_KEEP:-}" ]; then
+      mkdir -p "$INSTRUCTIONS_KEEP"
+      cp "$file" "$INSTRUCTIONS_KEEP/$([ "$1" = "${PIDS[0]}" ] && echo passthrough || echo keycap)-$([ "$3" = 1 ] && echo stream || echo json).$n-requests.callgrind"
+    fi
   }
   printf '\ninstructions per request (callgrind, 8 connections):\n%-8s %14s %14s %10s\n' format passthrough keycap ratio
   for stream in 0 1; do

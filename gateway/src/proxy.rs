@@ -185,14 +185,12 @@ impl ProxyHttp for Proxy {
         upstream_request.insert_header(header::HOST, self.gateway.upstream.host_header.clone())?;
         if let Some(master) = &ctx.master {
             // Marked sensitive: a debug print of the request shows no key.
-            let mut credential =
-                http::HeaderValue::from_str(master.credential()).map_err(|_| {
-                    Error::explain(
-                        pingora::ErrorType::InvalidHTTPHeader,
-                        "the master key is not a valid header value",
-                    )
-                })?;
-            credential.set_sensitive(true);
+            let credential = master.credential().cloned().ok_or_else(|| {
+                Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "the master key is not a valid header value",
+                )
+            })?;
             upstream_request.insert_header(self.gateway.credential_header(), credential)?;
         }
         // Metering reads the bytes as they pass: ask for them uncompressed.

@@ -18,15 +18,26 @@ use crate::prices::PriceList;
 pub struct MasterKey {
     pub org_id: Uuid,
     pub revoked: bool,
-    /// The upstream credential header value (`Bearer <key>`), composed once; wiped on drop.
-    credential: zeroize::Zeroizing<String>,
+    /// The upstream credential header's value (`Bearer <key>`), built once and marked
+    /// sensitive, so a request only clones a reference to it; `None` when the key cannot be a
+    /// header value. Its bytes are wiped when the last request holding it is done.
+    credential: Option<http::HeaderValue>,
 }
 
 impl MasterKey {
-    /// The value of the upstream credential header.
-    pub fn credential(&self) -> &str {
-        &self.credential
+    /// The value of the upstream credential header, or `None` when the key cannot be one.
+    pub fn credential(&self) -> Option<&http::HeaderValue> {
+        self.credential.as_ref()
     }
+}
+
+/// A sensitive header value over `text`, whose bytes are wiped once the value and every clone
+/// of it are dropped.
+fn sensitive_header_value(text: String) -> Option<http::HeaderValue> {
+    let wiped_on_drop = bytes::Bytes::from_owner(zeroize::Zeroizing::new(text.into_bytes()));
+    let mut value = http::HeaderValue::from_maybe_shared(wiped_on_drop).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -186,7 +197,7 @@ impl Gateway {
             .keyring
             .open(row.key.org_id, id, &row.sealed)
             .map_err(|_| LookupError::Vault(id))?;
-        let credential = zeroize::Zeroizing::new(
+        let credential = sensitive_header_value(
             self.adapter
                 .credential_header()
                 .value_for(secret.expose_secret()),
@@ -201,5 +212,20 @@ impl Gateway {
     /// The name of the header that carries the master key upstream.
     pub fn credential_header(&self) -> &'static str {
         self.adapter.credential_header().name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_header_value_is_sensitive_and_refuses_what_a_header_cannot_hold() {
+        let value = sensitive_header_value("Bearer sk-or-v1-abc".to_string()).unwrap();
+        assert_eq!(value.as_bytes(), b"Bearer sk-or-v1-abc");
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("sk-or"));
+        assert_eq!(value.clone(), value);
+        assert!(sensitive_header_value("Bearer sk-or\nX-Injected: 1".to_string()).is_none());
     }
 }
