@@ -403,6 +403,14 @@ pub async fn find_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
     Ok(row.map(|row| from_row(&row)))
 }
 
+/// The keys with these ids that exist, in one query, in no particular order.
+pub async fn find_by_ids(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<ApiKey>, Error> {
+    let rows = client
+        .query(select_keys!("WHERE k.id = ANY($1)"), &[&ids])
+        .await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
 /// For the gateway's periodic refresh: for each key changed (in what a gateway caches) at or
 /// after `since`, asks `wanted(id, changed_at)`, and passes what it returns with the key to
 /// `apply`, one row at a time as they arrive, so that memory does not grow with the number of

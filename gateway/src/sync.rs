@@ -54,44 +54,59 @@ pub async fn listen_for_changes(
 /// The most changes applied together.
 const MAX_BATCH: usize = 1024;
 
-/// Applies announced changes: cached keys and master keys are read again; renewed keys are
-/// applied after one fold of the spend journal for all of them (see `KeyEntry::reload`).
+/// Applies announced changes: cached keys are read again in one query, master keys one by one;
+/// renewed keys are applied after one fold of the spend journal for all of them (see
+/// `KeyEntry::reload`). A month boundary announces every renewed key at once: one query per
+/// batch, not one per key, keeps a revocation behind them from waiting long.
 async fn apply(gateway: &Gateway, changes: Vec<Change>) {
-    let mut renewed = Vec::new();
+    let mut cached = Vec::new();
     for change in changes {
         match change {
+            Change::ApiKey(id) if gateway.keys.by_id(id).is_some() => cached.push(id),
+            // Not cached: a lookup may be reading it right now (see `Gateway::key_for`).
             Change::ApiKey(id) => {
-                let Some(entry) = gateway.keys.by_id(id) else {
-                    // Not cached: a lookup may be reading it right now (see `Gateway::key_for`).
-                    gateway
-                        .changed_uncached
-                        .insert(id, std::time::Instant::now());
-                    continue;
-                };
-                let client = match gateway.pool.get().await {
-                    Ok(client) => client,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot reload a changed key");
-                        continue;
-                    }
-                };
-                match db::keys::find_by_id(&client, id).await {
-                    Ok(Some(key)) => {
-                        if entry.reload(&key) == Reloaded::NeedsFold {
-                            renewed.push(entry);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, key.id = %id, "cannot reload a changed key")
-                    }
-                }
+                gateway
+                    .changed_uncached
+                    .insert(id, std::time::Instant::now());
             }
             Change::MasterKey(id) => reload_master_key(gateway, id).await,
         }
     }
-    // One that fails is applied by the periodic refresh.
+    cached.sort_unstable();
+    cached.dedup();
+    if cached.is_empty() {
+        return;
+    }
+    let mut renewed = Vec::new();
+    let reloaded = async {
+        let client = gateway.pool.get().await?;
+        reload_keys(gateway, &client, &cached, |entry, key| {
+            if entry.reload(key) == Reloaded::NeedsFold {
+                renewed.push(entry.id);
+            }
+        })
+        .await
+    };
+    // Keys that fail are applied by the periodic refresh.
+    if let Err(err) = reloaded.await {
+        tracing::warn!(error = %err, n_keys = cached.len(), "cannot reload changed keys");
+    }
     reload_renewed(gateway, renewed).await;
+}
+
+/// Reads the keys `ids` in one query and passes each that is cached, with its row, to `apply`.
+async fn reload_keys(
+    gateway: &Gateway,
+    client: &impl db::GenericClient,
+    ids: &[uuid::Uuid],
+    mut apply: impl FnMut(&KeyEntry, &db::keys::ApiKey),
+) -> Result<(), db::Error> {
+    for key in db::keys::find_by_ids(client, ids).await? {
+        if let Some(entry) = gateway.keys.by_id(key.id) {
+            apply(&entry, &key);
+        }
+    }
+    Ok(())
 }
 
 /// How far back each refresh looks beyond its previous pass: a change is stamped when its
@@ -127,7 +142,7 @@ pub async fn refresh_changed(gateway: &Gateway) {
     let mut renewed = Vec::new();
     let reload = |entry: Arc<KeyEntry>, key: db::keys::ApiKey| {
         if entry.reload(&key) == Reloaded::NeedsFold {
-            renewed.push(entry);
+            renewed.push(entry.id);
         }
     };
     if let Err(err) = db::keys::changed_since(&client, since, stale_entry, reload).await {
@@ -156,34 +171,27 @@ pub async fn refresh_changed(gateway: &Gateway) {
         .set(i64::try_from(gateway.keys.len()).unwrap_or(i64::MAX));
 }
 
-/// Folds the spend journal, then reads each of `entries` again and applies it, a new period
-/// included (see `KeyEntry::reload`). Returns whether every one was read.
-async fn reload_renewed(gateway: &Gateway, entries: Vec<Arc<KeyEntry>>) -> bool {
-    if entries.is_empty() {
+/// Folds the spend journal, then reads the keys `ids` again and applies each, a new period
+/// included (see `KeyEntry::reload`). Returns whether they could be read.
+async fn reload_renewed(gateway: &Gateway, ids: Vec<uuid::Uuid>) -> bool {
+    if ids.is_empty() {
         return true;
     }
-    let client = match gateway.pool.get().await {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot reload a renewed key");
-            return false;
-        }
+    let folded_then_read = async {
+        let client = gateway.pool.get().await?;
+        db::usage::fold(&client).await?;
+        reload_keys(gateway, &client, &ids, |entry, key| {
+            entry.reload_folded(key)
+        })
+        .await
     };
-    if let Err(err) = db::usage::fold(&client).await {
-        tracing::warn!(error = %err, "cannot reload a renewed key");
-        return false;
-    }
-    for entry in entries {
-        match db::keys::find_by_id(&client, entry.id).await {
-            Ok(Some(key)) => entry.reload_folded(&key),
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, key.id = %entry.id, "cannot reload a renewed key");
-                return false;
-            }
+    match folded_then_read.await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, n_keys = ids.len(), "cannot reload renewed keys");
+            false
         }
     }
-    true
 }
 
 /// Reloads a master key the gateway holds (one it never opened is left to be loaded on use).
