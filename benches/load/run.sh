@@ -15,6 +15,8 @@ cd "$(dirname "$0")/../.."
 SECONDS_PER_CELL=${1:-5}
 # INSTRUCTIONS=1: instead of timing, count the instructions each proxy runs per request under
 # valgrind's callgrind (deterministic, so unaffected by a noisy machine), and stop there.
+# INSTRUCTIONS_KEEP=DIR (an absolute path: the script runs from the repository's root) keeps
+# the callgrind dumps there for callgrind_annotate.
 INSTRUCTIONS=${INSTRUCTIONS:-}
 # It needs no many-keys warm-up (that would take an hour under valgrind): 10 keys only.
 if [ -n "$INSTRUCTIONS" ]; then N_KEYS_LARGE=10; fi

@@ -94,16 +94,20 @@ async fn apply(gateway: &Gateway, changes: Vec<Change>) {
     reload_renewed(gateway, renewed).await;
 }
 
-/// Reads the keys `ids` in one query and passes each that is cached, with its row, to `apply`.
+/// Reads the keys `ids` again, [`MAX_BATCH`] rows per query, and passes each that is cached,
+/// with its row, to `on_row`. (The key cache never drops a key it holds, so a key cached when
+/// its change was announced is still there.)
 async fn reload_keys(
     gateway: &Gateway,
     client: &impl db::GenericClient,
     ids: &[uuid::Uuid],
-    mut apply: impl FnMut(&KeyEntry, &db::keys::ApiKey),
+    mut on_row: impl FnMut(&KeyEntry, &db::keys::ApiKey),
 ) -> Result<(), db::Error> {
-    for key in db::keys::find_by_ids(client, ids).await? {
-        if let Some(entry) = gateway.keys.by_id(key.id) {
-            apply(&entry, &key);
+    for batch in ids.chunks(MAX_BATCH) {
+        for key in db::keys::find_by_ids(client, batch).await? {
+            if let Some(entry) = gateway.keys.by_id(key.id) {
+                on_row(&entry, &key);
+            }
         }
     }
     Ok(())
