@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_spend_journal",
         include_str!("../../migrations/0009_spend_journal.sql"),
     ),
+    (
+        "0010_renewal_notices",
+        include_str!("../../migrations/0010_renewal_notices.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

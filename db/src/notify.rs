@@ -15,6 +15,9 @@ pub const CHANNEL: &str = "keycap_changes";
 pub enum Change {
     ApiKey(Uuid),
     MasterKey(Uuid),
+    /// The key's period changed (a renewal): announced just before its [`Change::ApiKey`]
+    /// (migration 0010), so that a listener can tell that one apart from other changes.
+    Renewed(Uuid),
 }
 
 impl Change {
@@ -24,6 +27,7 @@ impl Change {
         match table {
             "api_keys" => Some(Change::ApiKey(id)),
             "master_keys" => Some(Change::MasterKey(id)),
+            "api_keys_renewed" => Some(Change::Renewed(id)),
             _ => None,
         }
     }

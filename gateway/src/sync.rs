@@ -2,17 +2,19 @@
 //! every cached key on an interval as a safety net, refresh prices, and sweep expired negative
 //! cache entries.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use db::notify::Change;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::{KeyEntry, Reloaded};
 use crate::state::Gateway;
 
 /// Listens for changes until shutdown, reconnecting (and refreshing everything) when the
-/// connection drops.
+/// connection drops. Renewals wait in a slower lane (see [`Lanes`]): everything else announced
+/// is applied first, then one batch of renewals, and so on.
 pub async fn listen_for_changes(
     gateway: Arc<Gateway>,
     database_url: String,
@@ -23,23 +25,37 @@ pub async fn listen_for_changes(
             Ok(mut changes) => {
                 // Anything that changed while we were not listening is picked up here.
                 refresh_changed(&gateway).await;
-                loop {
-                    tokio::select! {
-                        change = changes.recv() => match change {
-                            Some(change) => {
-                                // With what else has arrived: renewals in one batch share a fold.
-                                let mut batch = vec![change];
-                                while batch.len() < MAX_BATCH
-                                    && let Ok(more) = changes.try_recv()
-                                {
-                                    batch.push(more);
-                                }
-                                apply(&gateway, batch).await
-                            }
-                            None => break,
-                        },
-                        _ = shutdown.changed() => return,
+                let mut lanes = Lanes::default();
+                let mut connected = true;
+                while connected {
+                    // Wait for news only when no renewal is left to apply.
+                    if lanes.renewals.is_empty() {
+                        tokio::select! {
+                            change = changes.recv() => match change {
+                                Some(change) => lanes.sort(change),
+                                None => break,
+                            },
+                            _ = shutdown.changed() => return,
+                        }
+                    } else if *shutdown.borrow() {
+                        return;
                     }
+                    loop {
+                        match changes.try_recv() {
+                            Ok(change) => lanes.sort(change),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                connected = false;
+                                break;
+                            }
+                        }
+                    }
+                    for batch in std::mem::take(&mut lanes.others).chunks(MAX_BATCH) {
+                        apply(&gateway, batch).await;
+                    }
+                    let n_renewals = lanes.renewals.len().min(MAX_BATCH);
+                    let renewals: Vec<uuid::Uuid> = lanes.renewals.drain(..n_renewals).collect();
+                    apply_renewals(&gateway, renewals).await;
                 }
             }
             Err(err) => tracing::warn!(error = %err, "cannot listen for key changes; retrying"),
@@ -54,22 +70,66 @@ pub async fn listen_for_changes(
 /// The most changes applied together.
 const MAX_BATCH: usize = 1024;
 
-/// Applies announced changes: cached keys are read again in one query, master keys one by one;
-/// renewed keys are applied after one fold of the spend journal for all of them (see
-/// `KeyEntry::reload`). A month boundary announces every renewed key at once: one query per
-/// batch, not one per key, keeps a revocation behind them from waiting long.
-async fn apply(gateway: &Gateway, changes: Vec<Change>) {
+/// Announced changes, sorted into two lanes. A renewal is announced as [`Change::Renewed`] just
+/// before its [`Change::ApiKey`] (migration 0010): that second notice goes to the slower lane.
+#[derive(Debug, Default)]
+struct Lanes {
+    /// Changes to apply first, in the order announced.
+    others: Vec<Change>,
+    /// Keys announced as renewed whose change has not arrived yet.
+    renewing: HashSet<uuid::Uuid>,
+    /// Renewed keys, in the order announced.
+    renewals: VecDeque<uuid::Uuid>,
+}
+
+impl Lanes {
+    fn sort(&mut self, change: Change) {
+        match change {
+            Change::Renewed(id) => {
+                self.renewing.insert(id);
+            }
+            Change::ApiKey(id) if self.renewing.remove(&id) => self.renewals.push_back(id),
+            other => self.others.push(other),
+        }
+    }
+}
+
+/// Applies renewals announced for `ids`: the cached keys are folded once and read again
+/// together (see `KeyEntry::reload`).
+async fn apply_renewals(gateway: &Gateway, ids: Vec<uuid::Uuid>) {
+    let mut cached = Vec::with_capacity(ids.len());
+    for id in ids {
+        if gateway.keys.by_id(id).is_some() {
+            cached.push(id);
+        } else {
+            note_uncached(gateway, id);
+        }
+    }
+    // Keys that fail are applied by the periodic refresh.
+    reload_renewed(gateway, cached).await;
+}
+
+/// A change to a key or master key not held: a lookup may be reading it right now (see
+/// `Gateway::key_for` and `Gateway::master_key`).
+fn note_uncached(gateway: &Gateway, id: uuid::Uuid) {
+    gateway
+        .changed_uncached
+        .insert(id, std::time::Instant::now());
+}
+
+/// Applies announced changes other than renewals: cached keys are read again in one query,
+/// master keys one by one. A key read in a new period all the same (a change announced after a
+/// renewal that is still waiting in its lane) is applied after one fold of the spend journal
+/// (see `KeyEntry::reload`).
+async fn apply(gateway: &Gateway, changes: &[Change]) {
     let mut cached = Vec::new();
-    for change in changes {
+    for &change in changes {
         match change {
             Change::ApiKey(id) if gateway.keys.by_id(id).is_some() => cached.push(id),
-            // Not cached: a lookup may be reading it right now (see `Gateway::key_for`).
-            Change::ApiKey(id) => {
-                gateway
-                    .changed_uncached
-                    .insert(id, std::time::Instant::now());
-            }
+            Change::ApiKey(id) => note_uncached(gateway, id),
             Change::MasterKey(id) => reload_master_key(gateway, id).await,
+            // Sorted out by `Lanes`; its change follows.
+            Change::Renewed(_) => {}
         }
     }
     cached.sort_unstable();
@@ -202,10 +262,7 @@ async fn reload_renewed(gateway: &Gateway, ids: Vec<uuid::Uuid>) -> bool {
 /// On failure it is forgotten, so the next request loads it again or is refused: fail closed.
 async fn reload_master_key(gateway: &Gateway, id: uuid::Uuid) {
     if !gateway.masters.contains_key(&id) {
-        // Not held: a lookup may be reading it right now (see `Gateway::master_key`).
-        gateway
-            .changed_uncached
-            .insert(id, std::time::Instant::now());
+        note_uncached(gateway, id);
         return;
     }
     match gateway.load_master_key(id).await {
@@ -274,5 +331,34 @@ pub async fn refresh_prices(gateway: Arc<Gateway>, mut shutdown: watch::Receiver
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_go_to_their_own_lane_and_everything_else_keeps_its_order() {
+        let [a, b, c, m] = [1, 2, 3, 4].map(uuid::Uuid::from_u128);
+        let mut lanes = Lanes::default();
+        for change in [
+            Change::Renewed(a),
+            Change::ApiKey(a),
+            Change::ApiKey(b),
+            Change::Renewed(c),
+            Change::MasterKey(m),
+            Change::ApiKey(c),
+            // A later change to a renewed key, announced without a renewal, is not one.
+            Change::ApiKey(a),
+        ] {
+            lanes.sort(change);
+        }
+        assert_eq!(
+            lanes.others,
+            [Change::ApiKey(b), Change::MasterKey(m), Change::ApiKey(a)]
+        );
+        assert_eq!(Vec::from(lanes.renewals), [a, c]);
+        assert!(lanes.renewing.is_empty());
     }
 }

@@ -668,3 +668,49 @@ async fn changed_since_keeps_only_the_wanted_keys() {
         .unwrap();
     assert!(later.is_empty(), "{later:?}");
 }
+
+/// A key's new period (a renewal) is announced twice, the renewal first, then the change as
+/// for any other (migration 0010); other changes once. The gateway's listener relies on that
+/// order to keep renewals in their own lane.
+#[tokio::test]
+async fn a_renewal_is_announced_just_before_its_change() {
+    use db::notify::Change;
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let (key, _token) = db::keys::create(&env.db.pool, &org, &new_key("a", "1"), Actor::Cli, now)
+        .await
+        .unwrap();
+    let mut changes = db::notify::listen(&env.db.url).await.unwrap();
+    let client = env.db.pool.get().await.unwrap();
+    async fn next(changes: &mut tokio::sync::mpsc::UnboundedReceiver<Change>) -> Option<Change> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), changes.recv())
+            .await
+            .expect("a notice within 5 s")
+    }
+
+    client
+        .execute(
+            "UPDATE api_keys SET period_start = period_start - 1 WHERE id = $1",
+            &[&key.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut changes).await, Some(Change::Renewed(key.id)));
+    assert_eq!(next(&mut changes).await, Some(Change::ApiKey(key.id)));
+
+    client
+        .execute(
+            "UPDATE api_keys SET cap_nanousd = cap_nanousd + 1 WHERE id = $1",
+            &[&key.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut changes).await, Some(Change::ApiKey(key.id)));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), changes.recv())
+            .await
+            .is_err(),
+        "a change that is not a renewal is announced once"
+    );
+}
