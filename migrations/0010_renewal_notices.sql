@@ -4,8 +4,9 @@
 -- one fold of the spend journal for many keys, so that a revocation announced behind them is not
 -- kept waiting. A gateway that predates this notice ignores the unknown table name and applies
 -- the second notice as before (expand, then contract).
--- Notices of one transaction reach a listener in the order sent, so the first notice of a row
--- always arrives before its second.
+-- Notices of one transaction reach a listener together and in the order sent, so a row's second
+-- notice comes right after its first, unless the transaction had already announced that row:
+-- Postgres sends a repeated notice once, and then the first is followed by another row's.
 CREATE OR REPLACE FUNCTION notify_key_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_TABLE_NAME = 'api_keys' AND TG_OP = 'UPDATE' THEN

@@ -1,5 +1,6 @@
 //! Change notifications: triggers on `api_keys` and `master_keys` send `NOTIFY keycap_changes`
-//! (see `migrations/0001_init.sql`); a running gateway listens here and reloads what changed.
+//! (see `migrations/0001_init.sql`, and `0010_renewal_notices.sql` for renewals); a running
+//! gateway listens here and reloads what changed.
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;

@@ -2,7 +2,7 @@
 //! every cached key on an interval as a safety net, refresh prices, and sweep expired negative
 //! cache entries.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub async fn listen_for_changes(
             Ok(mut changes) => {
                 // Anything that changed while we were not listening is picked up here.
                 refresh_changed(&gateway).await;
+                // Changes still in it when the connection drops are read again by the refresh
+                // after reconnecting (and the periodic one): their rows are newer than its look-back.
                 let mut lanes = Lanes::default();
                 let mut connected = true;
                 while connected {
@@ -32,7 +34,7 @@ pub async fn listen_for_changes(
                     if lanes.renewals.is_empty() {
                         tokio::select! {
                             change = changes.recv() => match change {
-                                Some(change) => lanes.sort(change),
+                                Some(change) => lanes.route(change),
                                 None => break,
                             },
                             _ = shutdown.changed() => return,
@@ -42,7 +44,7 @@ pub async fn listen_for_changes(
                     }
                     loop {
                         match changes.try_recv() {
-                            Ok(change) => lanes.sort(change),
+                            Ok(change) => lanes.route(change),
                             Err(mpsc::error::TryRecvError::Empty) => break,
                             Err(mpsc::error::TryRecvError::Disconnected) => {
                                 connected = false;
@@ -70,32 +72,34 @@ pub async fn listen_for_changes(
 /// The most changes applied together.
 const MAX_BATCH: usize = 1024;
 
-/// Announced changes, sorted into two lanes. A renewal is announced as [`Change::Renewed`] just
-/// before its [`Change::ApiKey`] (migration 0010): that second notice goes to the slower lane.
+/// Announced changes, in two lanes. A renewal is announced as [`Change::Renewed`] immediately
+/// followed by its [`Change::ApiKey`] (migration 0010): that second notice goes to the slower
+/// lane. Postgres sends a notice repeated within one transaction once, so a marker can also be
+/// followed by another key's notice (its own was sent earlier in the transaction, and has been
+/// applied as any change): then it marks nothing.
 #[derive(Debug, Default)]
 struct Lanes {
     /// Changes to apply first, in the order announced.
     others: Vec<Change>,
-    /// Keys announced as renewed whose change has not arrived yet.
-    renewing: HashSet<uuid::Uuid>,
+    /// The key of the last notice, when that was a renewal marker.
+    marked: Option<uuid::Uuid>,
     /// Renewed keys, in the order announced.
     renewals: VecDeque<uuid::Uuid>,
 }
 
 impl Lanes {
-    fn sort(&mut self, change: Change) {
+    fn route(&mut self, change: Change) {
+        let marked = self.marked.take();
         match change {
-            Change::Renewed(id) => {
-                self.renewing.insert(id);
-            }
-            Change::ApiKey(id) if self.renewing.remove(&id) => self.renewals.push_back(id),
+            Change::Renewed(id) => self.marked = Some(id),
+            Change::ApiKey(id) if marked == Some(id) => self.renewals.push_back(id),
             other => self.others.push(other),
         }
     }
 }
 
-/// Applies renewals announced for `ids`: the cached keys are folded once and read again
-/// together (see `KeyEntry::reload`).
+/// Applies renewals announced for `ids`: the journal is folded once and the cached keys are
+/// read again together (see `KeyEntry::reload_folded`).
 async fn apply_renewals(gateway: &Gateway, ids: Vec<uuid::Uuid>) {
     let mut cached = Vec::with_capacity(ids.len());
     for id in ids {
@@ -128,7 +132,7 @@ async fn apply(gateway: &Gateway, changes: &[Change]) {
             Change::ApiKey(id) if gateway.keys.by_id(id).is_some() => cached.push(id),
             Change::ApiKey(id) => note_uncached(gateway, id),
             Change::MasterKey(id) => reload_master_key(gateway, id).await,
-            // Sorted out by `Lanes`; its change follows.
+            // Routed by `Lanes`: its change follows.
             Change::Renewed(_) => {}
         }
     }
@@ -347,18 +351,29 @@ mod tests {
             Change::ApiKey(a),
             Change::ApiKey(b),
             Change::Renewed(c),
-            Change::MasterKey(m),
             Change::ApiKey(c),
+            Change::MasterKey(m),
             // A later change to a renewed key, announced without a renewal, is not one.
             Change::ApiKey(a),
+            // A marker whose own notice was sent earlier in its transaction marks nothing:
+            // neither the next notice nor a later change to that key.
+            Change::Renewed(b),
+            Change::ApiKey(c),
+            Change::ApiKey(b),
         ] {
-            lanes.sort(change);
+            lanes.route(change);
         }
         assert_eq!(
             lanes.others,
-            [Change::ApiKey(b), Change::MasterKey(m), Change::ApiKey(a)]
+            [
+                Change::ApiKey(b),
+                Change::MasterKey(m),
+                Change::ApiKey(a),
+                Change::ApiKey(c),
+                Change::ApiKey(b)
+            ]
         );
         assert_eq!(Vec::from(lanes.renewals), [a, c]);
-        assert!(lanes.renewing.is_empty());
+        assert_eq!(lanes.marked, None);
     }
 }
