@@ -25,8 +25,9 @@ pub async fn listen_for_changes(
             Ok(mut changes) => {
                 // Anything that changed while we were not listening is picked up here.
                 refresh_changed(&gateway).await;
-                // Changes still in it when the connection drops are read again by the refresh
-                // after reconnecting (and the periodic one): their rows are newer than its look-back.
+                // Changes still in the lanes when the connection drops are applied by the
+                // refresh after reconnecting, which reads every row changed since the previous
+                // pass (with a margin).
                 let mut lanes = Lanes::default();
                 let mut connected = true;
                 while connected {

@@ -689,23 +689,16 @@ async fn a_renewal_is_announced_just_before_its_change() {
             .expect("a notice within 5 s")
     }
 
-    client
-        .execute(
-            "UPDATE api_keys SET period_start = period_start - 1 WHERE id = $1",
-            &[&key.id],
-        )
-        .await
-        .unwrap();
+    let set = async |change: &str| {
+        let sql = format!("UPDATE api_keys SET {change} WHERE id = $1");
+        client.execute(&sql, &[&key.id]).await.unwrap();
+    };
+
+    set("period_start = period_start - 1").await;
     assert_eq!(next(&mut changes).await, Some(Change::Renewed(key.id)));
     assert_eq!(next(&mut changes).await, Some(Change::ApiKey(key.id)));
 
-    client
-        .execute(
-            "UPDATE api_keys SET cap_nanousd = cap_nanousd + 1 WHERE id = $1",
-            &[&key.id],
-        )
-        .await
-        .unwrap();
+    set("cap_nanousd = cap_nanousd + 1").await;
     assert_eq!(next(&mut changes).await, Some(Change::ApiKey(key.id)));
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), changes.recv())
