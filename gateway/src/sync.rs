@@ -102,16 +102,19 @@ impl Lanes {
 /// Applies renewals announced for `ids`: the journal is folded once and the cached keys are
 /// read again together (see `KeyEntry::reload_folded`).
 async fn apply_renewals(gateway: &Gateway, ids: Vec<uuid::Uuid>) {
-    let mut cached = Vec::with_capacity(ids.len());
-    for id in ids {
-        if gateway.keys.by_id(id).is_some() {
-            cached.push(id);
-        } else {
-            note_uncached(gateway, id);
-        }
-    }
     // Keys that fail are applied by the periodic refresh.
-    reload_renewed(gateway, cached).await;
+    reload_renewed(gateway, cached_only(gateway, ids)).await;
+}
+
+/// The keys of `ids` that are cached; the others are noted (see [`note_uncached`]).
+fn cached_only(gateway: &Gateway, ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> {
+    let (cached, uncached): (Vec<_>, Vec<_>) = ids
+        .into_iter()
+        .partition(|&id| gateway.keys.by_id(id).is_some());
+    for id in uncached {
+        note_uncached(gateway, id);
+    }
+    cached
 }
 
 /// A change to a key or master key not held: a lookup may be reading it right now (see
@@ -127,16 +130,16 @@ fn note_uncached(gateway: &Gateway, id: uuid::Uuid) {
 /// renewal that is still waiting in its lane) is applied after one fold of the spend journal
 /// (see `KeyEntry::reload`).
 async fn apply(gateway: &Gateway, changes: &[Change]) {
-    let mut cached = Vec::new();
+    let mut keys = Vec::new();
     for &change in changes {
         match change {
-            Change::ApiKey(id) if gateway.keys.by_id(id).is_some() => cached.push(id),
-            Change::ApiKey(id) => note_uncached(gateway, id),
+            Change::ApiKey(id) => keys.push(id),
             Change::MasterKey(id) => reload_master_key(gateway, id).await,
             // Routed by `Lanes`: its change follows.
             Change::Renewed(_) => {}
         }
     }
+    let mut cached = cached_only(gateway, keys);
     cached.sort_unstable();
     cached.dedup();
     if cached.is_empty() {
