@@ -81,8 +81,10 @@ pub struct NewKey {
     pub rate_limit_rpm: Option<i32>,
 }
 
+/// The query for keys with their spend and member, followed by `$tail` (string literals, or
+/// macros that expand to one, such as a condition shared with another query).
 macro_rules! select_keys {
-    ($tail:literal) => {
+    ($($tail:tt)+) => {
         concat!(
             "SELECT k.id, k.org_id, k.membership_id, u.email, k.master_key_id, k.service, k.name, k.prefix,
                     k.cap_nanousd, s.spent_nanousd, k.model_scope, k.renew_monthly, k.period_start,
@@ -92,7 +94,7 @@ macro_rules! select_keys {
              JOIN key_spends s ON s.api_key_id = k.id
              JOIN memberships m ON m.id = k.membership_id
              JOIN users u ON u.id = m.user_id ",
-            $tail
+            $($tail)+
         )
     };
 }

@@ -46,12 +46,30 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
     })
 }
 
+/// Open keys whose expiry is at or before `$1`, on `api_keys k`.
+macro_rules! expiry_due {
+    () => {
+        "k.closed_at IS NULL AND k.expires_at <= $1"
+    };
+}
+
+/// Open monthly keys whose period started before `$1`, on `api_keys k`.
+macro_rules! renewal_due {
+    () => {
+        "k.renew_monthly AND k.closed_at IS NULL AND k.period_start < $1"
+    };
+}
+
 /// Closes keys whose expiry is at or before `now`, refunding their unspent caps.
 pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error> {
     let mut client = pool.get().await?;
     let due = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE closed_at IS NULL AND expires_at <= $1)",
+            concat!(
+                "SELECT EXISTS (SELECT 1 FROM api_keys k WHERE ",
+                expiry_due!(),
+                ")"
+            ),
             &[&now],
         )
         .await?;
@@ -63,7 +81,11 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
     let tx = client.transaction().await?;
     let rows = tx
         .query(
-            select_keys!("WHERE k.closed_at IS NULL AND k.expires_at <= $1 ORDER BY k.expires_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"),
+            select_keys!(
+                "WHERE ",
+                expiry_due!(),
+                " ORDER BY k.expires_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"
+            ),
             &[&now],
         )
         .await?;
@@ -103,8 +125,11 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
     let mut client = pool.get().await?;
     let due = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM api_keys
-                            WHERE renew_monthly AND closed_at IS NULL AND period_start < $1)",
+            concat!(
+                "SELECT EXISTS (SELECT 1 FROM api_keys k WHERE ",
+                renewal_due!(),
+                ")"
+            ),
             &[&window.first_day()],
         )
         .await?;
@@ -118,8 +143,9 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
     let rows = tx
         .query(
             select_keys!(
-                "WHERE k.renew_monthly AND k.closed_at IS NULL AND k.period_start < $1
-                 ORDER BY k.created_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"
+                "WHERE ",
+                renewal_due!(),
+                " ORDER BY k.created_at FOR NO KEY UPDATE OF k, s SKIP LOCKED"
             ),
             &[&window.first_day()],
         )
