@@ -1,9 +1,9 @@
 //! Sub-keys (`api_keys`): provisioning from a member's budget, listing and revoking.
 
 use deadpool_postgres::GenericClient;
-use domain::budget::refund_on_close;
+use domain::budget::{change_cap, refund_on_close};
 use domain::services::Service;
-use domain::{ApiKeyToken, Email, LedgerKind, Money, MonthWindow};
+use domain::{ApiKeyToken, CapChange, Email, LedgerKind, Money, MonthWindow};
 use futures_util::TryStreamExt;
 use serde_json::json;
 use time::{Date, OffsetDateTime};
@@ -258,35 +258,41 @@ pub async fn list(
     Ok(rows.iter().map(from_row).collect())
 }
 
-/// Finds one key of an org by its id or by its display prefix, locking it: its `api_keys` row
-/// and its spend row, `FOR NO KEY UPDATE` (see migration 0008 for why not `FOR UPDATE`).
-async fn find_for_update(
+/// Whether [`find`] locks the key it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// Its `api_keys` row and its spend row, `FOR NO KEY UPDATE` (see migration 0008 for why
+    /// not `FOR UPDATE`).
+    Yes,
+    No,
+}
+
+/// Finds one key of an org by its id or by its display prefix.
+async fn find(
     client: &impl GenericClient,
     org: &Org,
     id_or_prefix: &str,
+    lock: Lock,
 ) -> Result<ApiKey, Error> {
+    const BY_ID: [&str; 2] = [
+        select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR NO KEY UPDATE OF k, s"),
+        select_keys!("WHERE k.org_id = $1 AND k.id = $2"),
+    ];
+    const BY_PREFIX: [&str; 2] = [
+        select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR NO KEY UPDATE OF k, s"),
+        select_keys!("WHERE k.org_id = $1 AND k.prefix = $2"),
+    ];
+    let which = usize::from(lock == Lock::No);
     let needle = id_or_prefix.trim();
     let rows = match Uuid::parse_str(needle) {
-        Ok(id) => {
-            client
-                .query(
-                    select_keys!("WHERE k.org_id = $1 AND k.id = $2 FOR NO KEY UPDATE OF k, s"),
-                    &[&org.id, &id],
-                )
-                .await?
-        }
+        Ok(id) => client.query(BY_ID[which], &[&org.id, &id]).await?,
         Err(_) => {
             if needle.len() < 4 {
                 return Err(Error::Invalid(format!(
                     "key {needle:?} is too short: give the key id or its display prefix (kc_…)"
                 )));
             }
-            client
-                .query(
-                    select_keys!("WHERE k.org_id = $1 AND k.prefix = $2 FOR NO KEY UPDATE OF k, s"),
-                    &[&org.id, &needle],
-                )
-                .await?
+            client.query(BY_PREFIX[which], &[&org.id, &needle]).await?
         }
     };
     match rows.as_slice() {
@@ -323,7 +329,7 @@ pub async fn revoke(
     // The refund is `cap - spent`: fold first (before the transaction; see `usage::fold`).
     crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
-    let key = find_for_update(&tx, org, id_or_prefix).await?;
+    let key = find(&tx, org, id_or_prefix, Lock::Yes).await?;
     if key.closed_at.is_some() {
         let reason = key.close_reason.as_deref().unwrap_or("closed");
         return Err(Error::Conflict(format!(
@@ -342,6 +348,128 @@ pub async fn revoke(
     })
 }
 
+/// The result of changing a key's cap.
+#[derive(Debug, Clone)]
+pub struct CapChanged {
+    pub key: ApiKey,
+    /// The cap before the change.
+    pub old_cap: Money,
+    /// What the change carved from or refunded to the member's month, if anything.
+    pub change: CapChange,
+}
+
+/// Sets an open key's cap, in one transaction with its ledger rows: a raise carves the
+/// difference from its member's budget this month (refused when it does not fit, like a new
+/// key), a cut refunds the difference to this month up to what the key carved from it, and the
+/// cap can never go below what the key has spent (see `domain::budget::change_cap`). A running
+/// gateway sees the new cap through NOTIFY.
+pub async fn set_cap(
+    pool: &Pool,
+    org: &Org,
+    id_or_prefix: &str,
+    cap: Money,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<CapChanged, Error> {
+    let mut client = pool.get().await?;
+    // The floor is what the key has spent: fold first (before the transaction; see `usage::fold`).
+    crate::usage::fold(&client).await?;
+    let tx = client.transaction().await?;
+    // Lock the membership before the key, as removing a member does: its budget is read below.
+    let membership_id = find(&tx, org, id_or_prefix, Lock::No).await?.membership_id;
+    let budget: i64 = tx
+        .query_one(
+            "SELECT monthly_budget_nanousd FROM memberships WHERE id = $1 FOR NO KEY UPDATE",
+            &[&membership_id],
+        )
+        .await?
+        .get(0);
+    let key = find(&tx, org, id_or_prefix, Lock::Yes).await?;
+    if key.closed_at.is_some() {
+        let reason = key.close_reason.as_deref().unwrap_or("closed");
+        return Err(Error::Conflict(format!(
+            "key {} is {reason}: its cap cannot change",
+            key.prefix
+        )));
+    }
+    if domain::budget::is_expired(key.expires_at, now) {
+        return Err(Error::Conflict(format!(
+            "key {} has expired: its cap cannot change",
+            key.prefix
+        )));
+    }
+    if cap == key.cap {
+        return Err(Error::Conflict(format!(
+            "key {}'s cap is {cap} already",
+            key.prefix
+        )));
+    }
+    let window = MonthWindow::containing(now);
+    let awaiting_renewal = key.renew_monthly && key.period_start < window.first_day();
+    let carved = carved_this_month(&tx, &key, window).await?;
+    let month = members::month_of(&tx, membership_id, Money::from_nanos(budget), window).await?;
+    let change = change_cap(key.cap, cap, key.spent, carved, awaiting_renewal, &month)?;
+    tx.execute(
+        "UPDATE api_keys SET cap_nanousd = $2 WHERE id = $1",
+        &[&key.id, &cap.nanos()],
+    )
+    .await?;
+    let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyCapChanged, actor);
+    entry.membership_id = Some(key.membership_id);
+    entry.api_key_id = Some(key.id);
+    entry.amount = match change {
+        CapChange::Carve(raise) => raise,
+        CapChange::Refund(_) | CapChange::Neither => Money::ZERO,
+    };
+    entry.detail = json!({
+        "prefix": key.prefix,
+        "old_cap_nanousd": key.cap.nanos(),
+        "cap_nanousd": cap.nanos(),
+        "spent_nanousd": key.spent.nanos(),
+    });
+    transactions::append(&tx, &entry).await?;
+    if let CapChange::Refund(refund) = change {
+        let mut entry = NewEntry::new(key.org_id, LedgerKind::Refund, actor);
+        entry.membership_id = Some(key.membership_id);
+        entry.api_key_id = Some(key.id);
+        entry.amount = refund;
+        entry.detail = json!({ "prefix": key.prefix, "reason": "cap lowered" });
+        transactions::append(&tx, &entry).await?;
+    }
+    let row = tx
+        .query_one(select_keys!("WHERE k.id = $1"), &[&key.id])
+        .await?;
+    tx.commit().await?;
+    Ok(CapChanged {
+        key: from_row(&row),
+        old_cap: key.cap,
+        change,
+    })
+}
+
+/// What a key has carved from the month `window`, net of its refunds in it: its whole cap when
+/// it was provisioned or renewed in that month (its period starts there), else what raising its
+/// cap carved there, from the ledger.
+async fn carved_this_month(
+    client: &impl GenericClient,
+    key: &ApiKey,
+    window: MonthWindow,
+) -> Result<Money, Error> {
+    if key.period_start == window.first_day() {
+        return Ok(key.cap);
+    }
+    let row = client
+        .query_one(
+            "SELECT (coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'key_cap_changed'), 0)
+                   - coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0))::bigint
+             FROM transactions
+             WHERE api_key_id = $1 AND created_at >= $2 AND created_at < $3",
+            &[&key.id, &window.start, &window.end],
+        )
+        .await?;
+    Ok(Money::from_nanos(row.get(0)))
+}
+
 /// Closes a locked, open key (revoked or expired) and writes its ledger rows. Returns the refund.
 pub(crate) async fn close(
     client: &impl GenericClient,
@@ -358,11 +486,8 @@ pub(crate) async fn close(
         )
         .await?;
     let window = MonthWindow::containing(now);
-    let refund = if key.period_start == window.first_day() {
-        refund_on_close(key.cap, key.spent)
-    } else {
-        Money::ZERO
-    };
+    let carved = carved_this_month(client, key, window).await?;
+    let refund = refund_on_close(key.cap, key.spent, carved);
     let mut entry = NewEntry::new(key.org_id, kind, actor);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);

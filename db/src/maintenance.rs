@@ -110,7 +110,7 @@ const LOCK_MEMBERSHIPS: &str =
 
 const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
         coalesce((SELECT sum(amount_nanousd) FROM transactions t
-                  WHERE t.membership_id = m.id AND t.kind IN ('key_provisioned', 'key_renewed')
+                  WHERE t.membership_id = m.id AND t.kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')
                     AND t.created_at >= $2 AND t.created_at < $3), 0)::bigint,
         coalesce((SELECT sum(amount_nanousd) FROM transactions t
                   WHERE t.membership_id = m.id AND t.kind = 'refund'

@@ -155,7 +155,7 @@ pub async fn list(client: &impl GenericClient, org: &Org) -> Result<Vec<Membersh
 }
 
 const MONTH: &str = "SELECT
-        coalesce(sum(amount_nanousd) FILTER (WHERE kind IN ('key_provisioned', 'key_renewed')), 0)::bigint,
+        coalesce(sum(amount_nanousd) FILTER (WHERE kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')), 0)::bigint,
         coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0)::bigint
     FROM transactions
     WHERE membership_id = $1 AND created_at >= $2 AND created_at < $3";

@@ -4,6 +4,8 @@
 //! A member's budget belongs to one membership and renews each calendar month (UTC). What is
 //! available this month is `budget - carved this month + refunded this month`; provisioning a
 //! key with cap C carves C, revoking or expiring it refunds `cap - spent` to the current month.
+//! Raising a key's cap carves the difference; cutting it refunds the difference (see
+//! [`change_cap`]).
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
@@ -18,6 +20,12 @@ pub enum BudgetError {
     OverBudget { cap: Money, available: Money },
     #[error("a cap must be more than $0.00")]
     ZeroCap,
+    #[error(
+        "raising the cap by {raise} exceeds the budget left this month ({available}): raise it by less or ask an owner to raise the budget"
+    )]
+    RaiseOverBudget { raise: Money, available: Money },
+    #[error("the key has spent {spent} already: its cap cannot be lower than that")]
+    BelowSpent { spent: Money },
 }
 
 /// One calendar month in UTC: `[start, end)`.
@@ -98,9 +106,73 @@ impl MonthlyBudget {
 }
 
 /// What revoking or expiring a key gives back to its member's current month: the unspent part
-/// of its cap, never less than zero.
-pub fn refund_on_close(cap: Money, spent: Money) -> Money {
-    cap.saturating_sub(spent).at_least_zero()
+/// of its cap, but no more than the key carved from this month (net of its refunds), and never
+/// less than zero. A month that has ended keeps what was carved from it.
+///
+/// `carved_this_month` is the key's whole cap when it was provisioned or renewed this month; for
+/// a key from an earlier month it is what raising its cap carved this month, if anything.
+pub fn refund_on_close(cap: Money, spent: Money, carved_this_month: Money) -> Money {
+    cap.saturating_sub(spent)
+        .min(carved_this_month)
+        .at_least_zero()
+}
+
+/// What changing a key's cap does to its member's month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapChange {
+    /// A raise: the difference is carved from this month's budget.
+    Carve(Money),
+    /// A cut: the difference goes back to this month, up to what the key carved from it.
+    Refund(Money),
+    /// Nothing moves: the cut is of a cap carved in an earlier month, or the key waits for its
+    /// monthly renewal, which carves whatever its cap is then.
+    Neither,
+}
+
+/// Decides what changing a key's cap from `old` to `new` carves or refunds.
+///
+/// - `new` must be more than zero, and at least what the key has `spent` in its period (unless
+///   it is `awaiting_renewal`: renewing monthly and not renewed this month yet, which resets its
+///   spend).
+/// - A raise must fit in the month's available budget, like a new key.
+/// - `carved_this_month` is as for [`refund_on_close`].
+pub fn change_cap(
+    old: Money,
+    new: Money,
+    spent: Money,
+    carved_this_month: Money,
+    awaiting_renewal: bool,
+    month: &MonthlyBudget,
+) -> Result<CapChange, BudgetError> {
+    if new <= Money::ZERO {
+        return Err(BudgetError::ZeroCap);
+    }
+    if awaiting_renewal {
+        return Ok(CapChange::Neither);
+    }
+    if new < spent {
+        return Err(BudgetError::BelowSpent { spent });
+    }
+    if new > old {
+        let raise = new.saturating_sub(old);
+        let available = month.available();
+        if raise > available {
+            return Err(BudgetError::RaiseOverBudget {
+                raise,
+                available: available.at_least_zero(),
+            });
+        }
+        return Ok(CapChange::Carve(raise));
+    }
+    let refund = old
+        .saturating_sub(new)
+        .min(carved_this_month)
+        .at_least_zero();
+    Ok(if refund > Money::ZERO {
+        CapChange::Refund(refund)
+    } else {
+        CapChange::Neither
+    })
 }
 
 /// What happens to a monthly-renewing key at a month boundary.
@@ -248,20 +320,81 @@ mod tests {
     }
 
     #[test]
-    fn refunds_return_the_unspent_cap() {
+    fn refunds_return_the_unspent_cap_carved_this_month() {
+        // (cap, spent, carved this month, refund)
         let cases = [
-            ("20", "0", "20"),
-            ("20", "7.25", "12.75"),
-            ("20", "20", "0"),
-            ("20", "21", "0"),
+            ("20", "0", "20", "20"),
+            ("20", "7.25", "20", "12.75"),
+            ("20", "20", "20", "0"),
+            ("20", "21", "20", "0"),
+            // From an earlier month: nothing comes back, unless a raise carved from this one.
+            ("20", "3", "0", "0"),
+            ("30", "3", "10", "10"),
+            ("30", "25", "10", "5"),
         ];
-        for (cap, spent, refund) in cases {
+        for (cap, spent, carved, refund) in cases {
             assert_eq!(
-                refund_on_close(usd(cap), usd(spent)),
+                refund_on_close(usd(cap), usd(spent), usd(carved)),
                 usd(refund),
-                "cap {cap} spent {spent}"
+                "cap {cap} spent {spent} carved {carved}"
             );
         }
+    }
+
+    #[test]
+    fn a_cap_change_carves_a_raise_and_refunds_a_cut() {
+        let month = MonthlyBudget {
+            budget: usd("100"),
+            carved: usd("70"),
+            refunded: Money::ZERO,
+        };
+        let change = |old, new, spent, carved, awaiting| {
+            change_cap(
+                usd(old),
+                usd(new),
+                usd(spent),
+                usd(carved),
+                awaiting,
+                &month,
+            )
+        };
+        assert_eq!(
+            change("20", "50", "5", "20", false),
+            Ok(CapChange::Carve(usd("30")))
+        );
+        assert_eq!(
+            change("20", "50.01", "5", "20", false),
+            Err(BudgetError::RaiseOverBudget {
+                raise: usd("30.01"),
+                available: usd("30")
+            })
+        );
+        assert_eq!(
+            change("20", "8", "5", "20", false),
+            Ok(CapChange::Refund(usd("12")))
+        );
+        assert_eq!(
+            change("20", "5", "5", "20", false),
+            Ok(CapChange::Refund(usd("15")))
+        );
+        assert_eq!(
+            change("20", "4.99", "5", "20", false),
+            Err(BudgetError::BelowSpent { spent: usd("5") })
+        );
+        assert_eq!(
+            change("20", "0", "0", "20", false),
+            Err(BudgetError::ZeroCap)
+        );
+        // Carved in an earlier month: a cut gives back only what this month carved.
+        assert_eq!(change("20", "8", "5", "0", false), Ok(CapChange::Neither));
+        assert_eq!(
+            change("30", "8", "5", "10", false),
+            Ok(CapChange::Refund(usd("10")))
+        );
+        // Waiting for its renewal: the renewal carves the new cap, spent or not.
+        assert_eq!(change("20", "2", "5", "0", true), Ok(CapChange::Neither));
+        assert_eq!(change("20", "500", "5", "0", true), Ok(CapChange::Neither));
+        assert_eq!(change("20", "0", "5", "0", true), Err(BudgetError::ZeroCap));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub enum LedgerKind {
     MasterKeyRotated,
     MasterKeyRevoked,
     KeyProvisioned,
+    KeyCapChanged,
     KeyRevoked,
     KeyExpired,
     KeyRenewed,
@@ -25,7 +26,7 @@ pub enum LedgerKind {
 
 impl LedgerKind {
     /// Every kind, for filters and validation.
-    pub const ALL: [LedgerKind; 16] = [
+    pub const ALL: [LedgerKind; 17] = [
         LedgerKind::OrgCreated,
         LedgerKind::MemberInvited,
         LedgerKind::MemberJoined,
@@ -36,6 +37,7 @@ impl LedgerKind {
         LedgerKind::MasterKeyRotated,
         LedgerKind::MasterKeyRevoked,
         LedgerKind::KeyProvisioned,
+        LedgerKind::KeyCapChanged,
         LedgerKind::KeyRevoked,
         LedgerKind::KeyExpired,
         LedgerKind::KeyRenewed,
@@ -57,6 +59,7 @@ impl LedgerKind {
             LedgerKind::MasterKeyRotated => "master_key_rotated",
             LedgerKind::MasterKeyRevoked => "master_key_revoked",
             LedgerKind::KeyProvisioned => "key_provisioned",
+            LedgerKind::KeyCapChanged => "key_cap_changed",
             LedgerKind::KeyRevoked => "key_revoked",
             LedgerKind::KeyExpired => "key_expired",
             LedgerKind::KeyRenewed => "key_renewed",

@@ -18,7 +18,7 @@ pub mod sealed;
 pub mod services;
 pub mod token;
 
-pub use budget::{BudgetError, MonthWindow, MonthlyBudget};
+pub use budget::{BudgetError, CapChange, MonthWindow, MonthlyBudget};
 pub use email::{BadEmail, Email};
 pub use ledger::LedgerKind;
 pub use money::{Money, MoneyError};

@@ -207,6 +207,18 @@ pub enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set a sub-key's cap: a raise is carved from its member's budget this month, a cut is
+    /// refunded to it; never below what the key has spent.
+    SetCap {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// Key id or display prefix (kc_…).
+        key: String,
+        /// The new cap in USD.
+        #[arg(long)]
+        cap: String,
+    },
     /// Revoke a sub-key by id or display prefix; refunds what is unspent.
     Revoke {
         /// Org id or name.

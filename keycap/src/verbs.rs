@@ -334,6 +334,32 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
             }
             Ok(())
         }
+        KeyCommand::SetCap { org, key, cap } => {
+            let org = find_org(database, &org).await?;
+            let changed = db::keys::set_cap(
+                &database.pool,
+                &org,
+                &key,
+                usd(&cap)?,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+            let what = match changed.change {
+                domain::CapChange::Carve(raise) => {
+                    format!("carved {raise} from {}'s budget", changed.key.member_email)
+                }
+                domain::CapChange::Refund(refund) => {
+                    format!("refunded {refund} to {}", changed.key.member_email)
+                }
+                domain::CapChange::Neither => "no budget moved".to_string(),
+            };
+            eprintln!(
+                "{} ({:?}): cap {} -> {}; {what}",
+                changed.key.prefix, changed.key.name, changed.old_cap, changed.key.cap
+            );
+            Ok(())
+        }
         KeyCommand::Revoke { org, key } => {
             let org = find_org(database, &org).await?;
             let revoked = db::keys::revoke(

@@ -67,6 +67,36 @@ async fn the_whole_sequence_works_and_is_recorded() {
         0
     );
 
+    // A raise is carved from bob's budget, a cut refunded to it.
+    for (cap, said) in [
+        (
+            "50",
+            "cap $20.00 -> $50.00; carved $30.00 from bob@acme.test's budget",
+        ),
+        (
+            "12",
+            "cap $50.00 -> $12.00; refunded $38.00 to bob@acme.test",
+        ),
+    ] {
+        let out = env
+            .keycap
+            .run(&[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                &token[..11],
+                "--cap",
+                cap,
+            ])
+            .unwrap();
+        assert!(out.success && out.stderr.contains(said), "{}", out.stderr);
+    }
+    assert_eq!(
+        keys_json(&env, &["--org", "acme"])[0]["cap_nanousd"],
+        12_000_000_000i64
+    );
+
     // Revoke by display prefix refunds the unspent cap.
     let revoked = env
         .keycap
@@ -74,7 +104,7 @@ async fn the_whole_sequence_works_and_is_recorded() {
         .unwrap();
     assert!(revoked.success, "{}", revoked.stderr);
     assert!(
-        revoked.stderr.contains("refunded $20.00"),
+        revoked.stderr.contains("refunded $12.00"),
         "{}",
         revoked.stderr
     );
@@ -88,7 +118,7 @@ async fn the_whole_sequence_works_and_is_recorded() {
         .unwrap();
     assert!(audit.success, "{}", audit.stderr);
     assert!(
-        audit.stderr.contains("hash chain intact (6 rows)"),
+        audit.stderr.contains("hash chain intact (9 rows)"),
         "{}",
         audit.stderr
     );
@@ -99,15 +129,26 @@ async fn the_whole_sequence_works_and_is_recorded() {
         [
             "refund",
             "key_revoked",
+            "refund",
+            "key_cap_changed",
+            "key_cap_changed",
             "key_provisioned",
             "master_key_added",
             "member_joined",
             "org_created"
         ]
     );
-    assert_eq!(rows[0]["amount_nanousd"], 20_000_000_000i64);
-    assert_eq!(rows[2]["amount_nanousd"], 20_000_000_000i64);
-    assert_eq!(rows[2]["member_email"], "bob@acme.test");
+    let amounts: Vec<i64> = rows[..6]
+        .iter()
+        .map(|r| r["amount_nanousd"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        amounts,
+        [12, 0, 38, 0, 30, 20].map(|usd| usd * 1_000_000_000)
+    );
+    assert_eq!(rows[3]["detail"]["old_cap_nanousd"], 50_000_000_000i64);
+    assert_eq!(rows[3]["detail"]["cap_nanousd"], 12_000_000_000i64);
+    assert_eq!(rows[5]["member_email"], "bob@acme.test");
 }
 
 /// A refused command exits non-zero with one clear line and changes nothing.
@@ -132,6 +173,22 @@ async fn every_refusal_is_clear_and_changes_nothing() {
         .unwrap();
     env.keycap
         .ok(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    // An open $10 key, for the cap changes refused (bob has $90 left after it).
+    let open = env
+        .keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "open",
+            "--cap",
+            "10",
+        ])
         .unwrap();
     env.keycap
         .ok(&["org", "create", "empty", "--owner", "eve@empty.test"])
@@ -315,7 +372,7 @@ async fn every_refusal_is_clear_and_changes_nothing() {
                 "100.01",
             ],
             "",
-            "exceeds the budget left this month ($100.00)",
+            "exceeds the budget left this month ($90.00)",
         ),
         (
             &[
@@ -423,6 +480,76 @@ async fn every_refusal_is_clear_and_changes_nothing() {
             &["key", "revoke", "--org", "acme", &token[..11]],
             "",
             "is already revoked",
+        ),
+        (
+            &[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                &token[..11],
+                "--cap",
+                "5",
+            ],
+            "",
+            "is revoked: its cap cannot change",
+        ),
+        (
+            &[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                &open[..11],
+                "--cap",
+                "five",
+            ],
+            "",
+            "is not a dollar amount",
+        ),
+        (
+            &["key", "set-cap", "--org", "acme", &open[..11], "--cap", "0"],
+            "",
+            "a cap must be more than $0.00",
+        ),
+        (
+            &[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                &open[..11],
+                "--cap",
+                "10",
+            ],
+            "",
+            "cap is $10.00 already",
+        ),
+        (
+            &[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                &open[..11],
+                "--cap",
+                "100.01",
+            ],
+            "",
+            "raising the cap by $90.01 exceeds the budget left this month ($90.00)",
+        ),
+        (
+            &[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                "kc_00000000",
+                "--cap",
+                "5",
+            ],
+            "",
+            "key \"kc_00000000\" in org \"acme\" not found",
         ),
         (
             &["key", "revoke", "--org", "acme", "kc_00000000"],

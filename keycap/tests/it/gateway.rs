@@ -814,11 +814,9 @@ async fn wait_for_key_info(
     }
 }
 
-/// A key's new cap reaches a running gateway through NOTIFY within a second (the periodic
-/// refresh is an hour). No command changes a cap yet (DESIGN.md: keys keep their caps), so the
-/// change is made in SQL, on a watched column, as a future command would: lowered to what the
-/// key has spent, the next request is refused with 402 and reaches nothing; raised again, it
-/// goes through.
+/// A key's new cap, set with `keycap key set-cap`, reaches a running gateway through NOTIFY
+/// within a second (the periodic refresh is an hour): lowered to what the key has spent, the
+/// next request is refused with 402 and reaches nothing; raised again, it goes through.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_cap_reaches_the_gateway_within_a_second() {
     let gw = start_with_env(&[("KEYCAP_GATEWAY__REFRESH_INTERVAL_SECONDS", "3600")]).await;
@@ -827,15 +825,19 @@ async fn a_new_cap_reaches_the_gateway_within_a_second() {
         .chat_cost(&token, &chat_body("mock/cheap", 9, false))
         .await;
     gw.wait_for_spent(&token, cost).await;
-    let hash = domain::token::hash_token(&token).to_vec();
-    let client = gw.db.client().await.unwrap();
     let set_cap = async |cap: Money| {
-        client
-            .execute(
-                "UPDATE api_keys SET cap_nanousd = $2 WHERE token_hash = $1",
-                &[&hash, &cap.nanos()],
-            )
-            .await
+        // Money prints every significant digit: `$0.000123`.
+        let usd = cap.to_string();
+        gw.keycap
+            .ok(&[
+                "key",
+                "set-cap",
+                "--org",
+                "acme",
+                &token[..11],
+                "--cap",
+                usd.trim_start_matches('$'),
+            ])
             .unwrap();
     };
 

@@ -6,7 +6,7 @@ use domain::services::Service;
 use domain::{Email, Money};
 use time::macros::datetime;
 
-use crate::support::{Env, keys_json, seeded};
+use crate::support::{Env, keys_json, seeded, snapshot};
 
 #[tokio::test]
 async fn the_ledger_refuses_update_delete_and_truncate() {
@@ -220,6 +220,230 @@ async fn expiry_and_monthly_renewal() {
         .await
         .unwrap();
     assert_eq!((report.renewed, report.paused), (1, 0));
+}
+
+/// What bob may still carve this month.
+async fn bobs_available(env: &Env, org: &db::orgs::Org, now: time::OffsetDateTime) -> Money {
+    let client = env.db.pool.get().await.unwrap();
+    let bob = db::members::find(&client, org, &Email::parse("bob@acme.test").unwrap())
+        .await
+        .unwrap();
+    db::members::monthly_budget(&client, &bob, domain::MonthWindow::containing(now))
+        .await
+        .unwrap()
+        .available()
+}
+
+/// A raise is carved from the member's month and a cut refunded to it; a raise that does not
+/// fit, a cap below the spend, the same cap and a closed key are refused and change nothing.
+#[tokio::test]
+async fn a_cap_change_carves_a_raise_and_refunds_a_cut() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let (key, _) = db::keys::create(&env.db.pool, &org, &new_key("app", "20"), Actor::Cli, now)
+        .await
+        .unwrap();
+    let client = env.db.client().await.unwrap();
+    client
+        .execute(
+            "UPDATE key_spends SET spent_nanousd = 5000000000 WHERE api_key_id = $1",
+            &[&key.id],
+        )
+        .await
+        .unwrap();
+    let set_cap = async |cap: &str| {
+        db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now).await
+    };
+
+    let raised = set_cap("50").await.unwrap();
+    assert_eq!(raised.change, domain::CapChange::Carve(usd("30")));
+    assert_eq!((raised.old_cap, raised.key.cap), (usd("20"), usd("50")));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("50"));
+
+    let before = snapshot(&env.db).await;
+    for (cap, refused) in [
+        (
+            "100.01",
+            "raising the cap by $50.01 exceeds the budget left this month ($50.00)",
+        ),
+        ("4.99", "the key has spent $5.00 already"),
+        ("0", "a cap must be more than $0.00"),
+        ("50", "cap is $50.00 already"),
+    ] {
+        let err = set_cap(cap).await.unwrap_err().to_string();
+        assert!(err.contains(refused), "{cap}: {err}");
+    }
+    assert_eq!(snapshot(&env.db).await, before);
+
+    let cut = set_cap("8").await.unwrap();
+    assert_eq!(cut.change, domain::CapChange::Refund(usd("42")));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("92"));
+    // Down to the spend exactly: the key can spend nothing more.
+    let floor = set_cap("5").await.unwrap();
+    assert_eq!(floor.change, domain::CapChange::Refund(usd("3")));
+    assert_eq!(floor.key.remaining(), Money::ZERO);
+
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.refund, Money::ZERO);
+    assert_eq!(bobs_available(&env, &org, now).await, usd("95"));
+    let err = set_cap("6").await.unwrap_err().to_string();
+    assert!(err.contains("is revoked: its cap cannot change"), "{err}");
+    // Past its expiry, before maintenance closes it: refused too.
+    let (expired, _) = db::keys::create(&env.db.pool, &org, &new_key("gone", "1"), Actor::Cli, now)
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE api_keys SET expires_at = $2 WHERE id = $1",
+            &[&expired.id, &(now - time::Duration::seconds(1))],
+        )
+        .await
+        .unwrap();
+    let err = db::keys::set_cap(
+        &env.db.pool,
+        &org,
+        &expired.prefix,
+        usd("2"),
+        Actor::Cli,
+        now,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("has expired: its cap cannot change"), "{err}");
+
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
+
+/// A key carved in an earlier month gives back no more than this month carved for it; a key
+/// waiting for its monthly renewal takes a new cap without carving, and its renewal carves it.
+#[tokio::test]
+async fn an_earlier_months_key_gives_back_only_what_this_month_carved() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let last_month = domain::MonthWindow::containing(now).start - time::Duration::days(10);
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let (old, _) = db::keys::create(
+        &env.db.pool,
+        &org,
+        &new_key("old", "20"),
+        Actor::Cli,
+        last_month,
+    )
+    .await
+    .unwrap();
+    let mut renewing = new_key("renewing", "20");
+    renewing.renew_monthly = true;
+    let (renewing, _) = db::keys::create(&env.db.pool, &org, &renewing, Actor::Cli, last_month)
+        .await
+        .unwrap();
+    // The ledger dates rows by the database's clock, so both carves count in this month here.
+    let start = bobs_available(&env, &org, now).await;
+    assert_eq!(start, usd("60"));
+    let set_cap = async |key: &db::keys::ApiKey, cap: &str| {
+        db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now)
+            .await
+            .unwrap()
+            .change
+    };
+
+    assert_eq!(
+        set_cap(&old, "30").await,
+        domain::CapChange::Carve(usd("10"))
+    );
+    // A cut gives back what this month carved for the key, not its earlier month's cap.
+    assert_eq!(
+        set_cap(&old, "15").await,
+        domain::CapChange::Refund(usd("10"))
+    );
+    assert_eq!(set_cap(&old, "12").await, domain::CapChange::Neither);
+    let revoked = db::keys::revoke(&env.db.pool, &org, &old.prefix, Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.refund, Money::ZERO);
+    assert_eq!(bobs_available(&env, &org, now).await, start);
+
+    // Past what bob has left, yet carved only when the key renews.
+    assert_eq!(set_cap(&renewing, "70").await, domain::CapChange::Neither);
+    assert_eq!(bobs_available(&env, &org, now).await, start);
+    let report = db::maintenance::run_due(&env.db.pool, now).await.unwrap();
+    assert_eq!((report.renewed, report.paused), (0, 1));
+    assert_eq!(set_cap(&renewing, "40").await, domain::CapChange::Neither);
+    let report = db::maintenance::run_due(&env.db.pool, now).await.unwrap();
+    assert_eq!((report.renewed, report.paused), (1, 0));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("20"));
+}
+
+/// Raises racing new keys for one member's budget never carve more than it holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_raises_and_new_keys_never_overshoot_the_budget() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let (key, _) = db::keys::create(&env.db.pool, &org, &new_key("app", "10"), Actor::Cli, now)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (pool, org, prefix) = (env.db.pool.clone(), org.clone(), key.prefix.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                // Each raise asks for $25 more than the cap it finds.
+                let client = pool.get().await.unwrap();
+                let cap = db::keys::find_by_id(&client, key.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .cap;
+                drop(client);
+                let cap = cap.saturating_add(Money::from_usd(25));
+                db::keys::set_cap(&pool, &org, &prefix, cap, Actor::Cli, now)
+                    .await
+                    .map(|_| ())
+            } else {
+                db::keys::create(
+                    &pool,
+                    &org,
+                    &new_key(&format!("k{i}"), "25"),
+                    Actor::Cli,
+                    now,
+                )
+                .await
+                .map(|_| ())
+            }
+        }));
+    }
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) | Err(db::Error::Budget(_)) | Err(db::Error::Conflict(_)) => {}
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    let total: i64 = keys_json(&env, &["--org", "acme"])
+        .iter()
+        .map(|k| k["cap_nanousd"].as_i64().unwrap())
+        .sum();
+    assert!(total <= 100_000_000_000, "carved {total}");
+    assert_eq!(
+        Money::from_usd(100).saturating_sub(Money::from_nanos(total)),
+        bobs_available(&env, &org, now).await
+    );
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
 }
 
 /// A $10 key of bob's in acme, and one flush's worth of its usage at `now`: `cost` of spend
