@@ -163,13 +163,14 @@ pub async fn provision_key(
     }
 }
 
-/// Revokes a key of the current org: members may revoke their own keys, owners any key.
-pub async fn revoke_key(
+/// A key of the current org that the viewer may change: their own, or any if they own the org.
+/// `doing` names the change for the refusal ("revoke it").
+async fn key_to_change(
     state: &AppState,
     viewer: &Viewer,
     key_id: &str,
-    now: OffsetDateTime,
-) -> Result<db::keys::Revoked, AppError> {
+    doing: &str,
+) -> Result<db::keys::ApiKey, AppError> {
     let member = viewer.member()?;
     let not_found = || AppError::NotFound(format!("key {key_id:?} not found"));
     let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
@@ -178,12 +179,55 @@ pub async fn revoke_key(
         .await?
         .filter(|key| key.org_id == member.org.id)
         .ok_or_else(not_found)?;
-    drop(client);
     if key.membership_id != member.membership_id && member.role != Role::Owner {
-        return Err(AppError::Forbidden(
-            "this key belongs to another member: only they or an owner can revoke it".into(),
-        ));
+        return Err(AppError::Forbidden(format!(
+            "this key belongs to another member: only they or an owner can {doing}"
+        )));
     }
+    Ok(key)
+}
+
+/// Sets the cap of a key of the current org: members may change their own keys, owners any key.
+/// A raise is carved from the key's member's budget this month, a cut refunded to it.
+pub async fn set_key_cap(
+    state: &AppState,
+    viewer: &Viewer,
+    key_id: &str,
+    cap: &str,
+    now: OffsetDateTime,
+) -> Result<db::keys::CapChanged, Refused> {
+    let key = key_to_change(state, viewer, key_id, "change its cap").await?;
+    let mut errors = FieldErrors::default();
+    let cap = parse_usd("cap", cap, &mut errors);
+    if !errors.is_empty() {
+        return Err(Refused::Fields(errors));
+    }
+    let member = viewer.member()?;
+    match db::keys::set_cap(
+        &state.pool,
+        &member.org,
+        &key.id.to_string(),
+        cap,
+        viewer.actor(),
+        now,
+    )
+    .await
+    {
+        Ok(changed) => Ok(changed),
+        Err(db::Error::Budget(err)) => Err(Refused::field("cap", err.to_string())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Revokes a key of the current org: members may revoke their own keys, owners any key.
+pub async fn revoke_key(
+    state: &AppState,
+    viewer: &Viewer,
+    key_id: &str,
+    now: OffsetDateTime,
+) -> Result<db::keys::Revoked, AppError> {
+    let key = key_to_change(state, viewer, key_id, "revoke it").await?;
+    let member = viewer.member()?;
     Ok(db::keys::revoke(
         &state.pool,
         &member.org,

@@ -192,6 +192,36 @@ pub async fn create_key(
     Ok((axum::http::StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+pub struct CapBody {
+    /// USD, as a decimal string ("20" or "12.50").
+    cap_usd: String,
+}
+
+/// `POST /api/keys/{id}/cap`: sets a key's cap; a raise is carved from its member's budget this
+/// month, a cut refunded to it.
+pub async fn set_key_cap(
+    State(state): State<AppState>,
+    ApiViewer(viewer): ApiViewer,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CapBody>,
+) -> ApiResult {
+    let now = OffsetDateTime::now_utc();
+    let changed = actions::set_key_cap(&state, &viewer, &id, &body.cap_usd, now)
+        .await
+        .map_err(refused)?;
+    let mut out = key_json(&changed.key, now);
+    out["old_cap_nanousd"] = changed.old_cap.nanos().into();
+    let (carved, refunded) = match changed.change {
+        domain::CapChange::Carve(raise) => (raise, domain::Money::ZERO),
+        domain::CapChange::Refund(refund) => (domain::Money::ZERO, refund),
+        domain::CapChange::Neither => (domain::Money::ZERO, domain::Money::ZERO),
+    };
+    out["carved_nanousd"] = carved.nanos().into();
+    out["refund_nanousd"] = refunded.nanos().into();
+    Ok(Json(out))
+}
+
 /// `POST /api/keys/{id}/revoke`.
 pub async fn revoke_key(
     State(state): State<AppState>,

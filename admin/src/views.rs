@@ -186,6 +186,8 @@ pub struct KeyRow {
     pub prefix: String,
     pub member: String,
     pub cap: String,
+    /// The cap as the cap form's input shows it (`20.00`).
+    pub cap_input: String,
     pub spent: String,
     pub remaining: String,
     pub expires: String,
@@ -204,6 +206,7 @@ impl KeyRow {
             prefix: key.prefix.clone(),
             member: key.member_email.clone(),
             cap: key.cap.to_string(),
+            cap_input: usd_input(key.cap),
             spent: key.spent.to_string(),
             remaining: key.remaining().to_string(),
             expires: when_or(key.expires_at, "never"),
@@ -312,6 +315,8 @@ pub struct MyKeysPage {
     pub layout: Layout,
     pub keys: Vec<KeyRow>,
     pub master_keys: Vec<MasterKeyRow>,
+    /// A refused cap change, under `form`.
+    pub errors: FieldErrors,
 }
 
 /// What was typed into the store's form.

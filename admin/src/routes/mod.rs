@@ -27,6 +27,9 @@ impl NoticeQuery {
     pub fn text(&self) -> Option<String> {
         let text = match self.notice.as_deref()? {
             "key_revoked" => "Key revoked; its unspent cap went back to the member's budget.",
+            "key_cap_set" => {
+                "Cap changed: a raise came from the member's budget, a cut went back to it."
+            }
             "master_key_added" => "Master key sealed and stored.",
             "master_key_rotated" => "Master key rotated: keys that use it now use the new secret.",
             "master_key_revoked" => "Master key revoked.",

@@ -1,15 +1,17 @@
-//! `/my-keys`: the viewer's sub-keys, with revoke; owners also see the org's master keys.
+//! `/my-keys`: the viewer's sub-keys, with a cap change and revoke; owners also see the org's
+//! master keys.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use time::OffsetDateTime;
 
-use crate::actions;
+use crate::actions::{self, Refused};
 use crate::error::AppError;
-use crate::routes::{NoticeQuery, Query, done};
+use crate::routes::{Form, NoticeQuery, Query, done};
 use crate::session::Viewer;
 use crate::state::AppState;
-use crate::views::{self, KeyRow, Layout, MasterKeyRow, MyKeysPage};
+use crate::views::{self, FieldErrors, KeyRow, Layout, MasterKeyRow, MyKeysPage};
 
 /// `GET /my-keys`.
 pub async fn get(
@@ -17,6 +19,16 @@ pub async fn get(
     viewer: Viewer,
     Query(notice): Query<NoticeQuery>,
 ) -> Result<Response, AppError> {
+    let page = my_keys_page(&state, &viewer, notice.text(), FieldErrors::default()).await?;
+    Ok(views::page(&page))
+}
+
+async fn my_keys_page(
+    state: &AppState,
+    viewer: &Viewer,
+    notice: Option<String>,
+    errors: FieldErrors,
+) -> Result<MyKeysPage, AppError> {
     let member = viewer.member()?;
     let now = OffsetDateTime::now_utc();
     let email = domain::Email::parse(&viewer.user.email)
@@ -28,11 +40,41 @@ pub async fn get(
     } else {
         Vec::new()
     };
-    Ok(views::page(&MyKeysPage {
-        layout: Layout::new(&viewer, "my-keys", notice.text()),
+    Ok(MyKeysPage {
+        layout: Layout::new(viewer, "my-keys", notice),
         keys: keys.iter().map(|k| KeyRow::new(k, now)).collect(),
         master_keys: master_keys.iter().map(MasterKeyRow::new).collect(),
-    }))
+        errors,
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CapForm {
+    #[serde(default)]
+    cap: String,
+}
+
+/// `POST /my-keys/{id}/cap`.
+pub async fn post_cap(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<CapForm>,
+) -> Result<Response, AppError> {
+    match actions::set_key_cap(&state, &viewer, &id, &form.cap, OffsetDateTime::now_utc()).await {
+        Ok(_) => Ok(done("/my-keys", "key_cap_set")),
+        Err(Refused::Fields(errors)) => {
+            let mut page_errors = FieldErrors::default();
+            let text: Vec<String> = errors.0.iter().map(|(_, m)| m.clone()).collect();
+            page_errors.add(
+                "form",
+                format!("The cap was not changed: {}", text.join("; ")),
+            );
+            let page = my_keys_page(&state, &viewer, None, page_errors).await?;
+            Ok(views::render(StatusCode::BAD_REQUEST, &page))
+        }
+        Err(Refused::Request(err)) => Err(err),
+    }
 }
 
 /// `POST /my-keys/{id}/revoke`.

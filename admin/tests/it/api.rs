@@ -90,6 +90,35 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
         listed["keys"][0].get("token").is_none(),
         "a listed key carries its token"
     );
+    // ann's budget is $12.50: a raise to $10 carves $7.50 more, a cut to $4 gives $6 back, and
+    // a raise past the budget is refused per field.
+    let set_cap = async |cap: &str| {
+        call(reqwest::Method::POST, &format!("/api/keys/{id}/cap"))
+            .json(&json!({ "cap_usd": cap }))
+            .send()
+            .await
+            .unwrap()
+    };
+    let raised = set_cap("10").await;
+    assert_eq!(raised.status().as_u16(), 200);
+    let raised: serde_json::Value = raised.json().await.unwrap();
+    assert_eq!(raised["cap_nanousd"], 10_000_000_000i64);
+    assert_eq!(raised["old_cap_nanousd"], 2_500_000_000i64);
+    assert_eq!(raised["carved_nanousd"], 7_500_000_000i64);
+    let too_much = set_cap("12.51").await;
+    assert_eq!(too_much.status().as_u16(), 400);
+    let too_much: serde_json::Value = too_much.json().await.unwrap();
+    assert!(
+        too_much["error"]["fields"]["cap"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the budget left this month ($2.50)"),
+        "{too_much}"
+    );
+    let cut: serde_json::Value = set_cap("4").await.json().await.unwrap();
+    assert_eq!(cut["refund_nanousd"], 6_000_000_000i64);
+    assert_eq!(cut["remaining_nanousd"], 4_000_000_000i64);
+
     let revoked: serde_json::Value = call(reqwest::Method::POST, &format!("/api/keys/{id}/revoke"))
         .send()
         .await
@@ -98,7 +127,7 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
         .await
         .unwrap();
     assert_eq!(revoked["status"], "revoked");
-    assert_eq!(revoked["refund_nanousd"], 2_500_000_000i64);
+    assert_eq!(revoked["refund_nanousd"], 4_000_000_000i64);
     let audit: serde_json::Value = call(reqwest::Method::GET, "/api/audit?kind=refund")
         .send()
         .await
@@ -107,7 +136,7 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
         .await
         .unwrap();
     assert_eq!(audit["chain"]["intact"], true);
-    assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 2);
 
     // Revoked on /account: the token stops working at once.
     let tokens = owner.get("/account").await;

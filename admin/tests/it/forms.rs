@@ -102,9 +102,46 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
         .await
         .expect(400, &["$10.00"]);
     // The good one works, and the budget shown drops.
-    let (_, token) = member.provision("laptop", "4").await;
+    let (id, token) = member.provision("laptop", "4").await;
     assert!(token.starts_with("kc_"), "{token}");
     member.get("/store").await.expect(200, &["$6.00"]);
+
+    // Its cap, changed on /my-keys: bad amounts and a raise past the budget are refused with
+    // the reason and change nothing; a raise within it is carved.
+    let cap_form = format!("/my-keys/{id}/cap");
+    member
+        .get("/my-keys")
+        .await
+        .expect(200, &[&format!("action=\"{cap_form}\""), "value=\"4.00\""]);
+    let rows = app.ledger_rows().await;
+    for (cap, texts) in [
+        ("abc", &["The cap was not changed", "abc"][..]),
+        ("", &["enter an amount in USD"][..]),
+        ("0", &["a cap must be more than $0.00"][..]),
+        (
+            "10.01",
+            &["raising the cap by $6.01 exceeds the budget left this month ($6.00)"][..],
+        ),
+    ] {
+        member
+            .post(&cap_form, &[("cap", cap)])
+            .await
+            .expect(400, texts);
+    }
+    assert_eq!(
+        app.ledger_rows().await,
+        rows,
+        "a refused cap wrote to the ledger"
+    );
+    member
+        .post(&cap_form, &[("cap", "7")])
+        .await
+        .expect_redirect("/my-keys?notice=key_cap_set");
+    member.get("/store").await.expect(200, &["$3.00"]);
+    member
+        .get("/my-keys?notice=key_cap_set")
+        .await
+        .expect(200, &["value=\"7.00\"", "Cap changed"]);
 }
 
 #[tokio::test]

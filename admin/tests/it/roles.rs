@@ -130,6 +130,9 @@ async fn each_route_checks_the_role_on_the_server() {
     user.post(&format!("/my-keys/{owner_key}/revoke"), &[])
         .await
         .expect(403, &["belongs to another member"]);
+    user.post(&format!("/my-keys/{owner_key}/cap"), &[("cap", "1")])
+        .await
+        .expect(403, &["only they or an owner can change its cap"]);
     let _ = PASSWORD;
 }
 

@@ -129,6 +129,20 @@ async fn a_new_team_goes_from_setup_link_to_spend_on_the_dashboard() {
     check::more_than_zero("the key's spend on /my-keys", &spent);
     shot(&browser, "07-my-keys-spent").await;
 
+    // The member raises the key's cap from their budget, on the same page.
+    act::fill(client, "form[action$='/cap'] input[name='cap']", "8").await;
+    act::submit(client, "form[action$='/cap']").await;
+    check::no_form_errors(client).await;
+    check::says(client, ".notice", "Cap changed").await;
+    let cap = find::first_key(client)
+        .await
+        .into_iter()
+        .find(|(heading, _)| heading == "Cap")
+        .map(|(_, value)| value)
+        .expect("the keys table has a Cap column");
+    assert_eq!(cap, "$8.00", "the key's cap on /my-keys after the raise");
+    shot(&browser, "07b-my-keys-cap-raised").await;
+
     // The owner signs in again and sees the spend and the ledger.
     act::sign_out(client).await;
     check::at(client, "/login").await;
@@ -154,7 +168,12 @@ async fn a_new_team_goes_from_setup_link_to_spend_on_the_dashboard() {
         "chain status class {chain_class:?}"
     );
     let kinds = find::ledger_kinds(client).await;
-    for kind in ["key provisioned", "member joined", "member invited"] {
+    for kind in [
+        "key provisioned",
+        "key cap changed",
+        "member joined",
+        "member invited",
+    ] {
         assert!(
             kinds.iter().any(|k| k == kind),
             "no {kind:?} in the audit rows {kinds:?}"
