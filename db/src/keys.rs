@@ -405,10 +405,19 @@ pub async fn set_cap(
         )));
     }
     let window = MonthWindow::containing(now);
-    let awaiting_renewal = key.renew_monthly && key.period_start < window.first_day();
+    let due_for_renewal = key.renew_monthly && key.period_start < window.first_day();
+    // Gateways still serve a key that is due but not renewed yet, against its old period's
+    // spend: a raise now would be carved from no month. A paused key is refused by gateways.
+    if due_for_renewal && key.paused_reason.is_none() {
+        return Err(Error::Conflict(format!(
+            "key {} is due for its monthly renewal: change its cap once it is renewed (keycap \
+             renews keys every 30 seconds while it runs)",
+            key.prefix
+        )));
+    }
     let carved = carved_this_month(&tx, &key, window).await?;
     let month = members::month_of(&tx, membership_id, Money::from_nanos(budget), window).await?;
-    let change = change_cap(key.cap, cap, key.spent, carved, awaiting_renewal, &month)?;
+    let change = change_cap(key.cap, cap, key.spent, carved, due_for_renewal, &month)?;
     tx.execute(
         "UPDATE api_keys SET cap_nanousd = $2 WHERE id = $1",
         &[&key.id, &cap.nanos()],

@@ -106,7 +106,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
 }
 
 const LOCK_MEMBERSHIPS: &str =
-    "SELECT id FROM memberships WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+    "SELECT id FROM memberships WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED";
 
 const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
         coalesce((SELECT sum(amount_nanousd) FROM transactions t
@@ -152,17 +152,28 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         .await?;
     // Lock every membership involved, in id order, before the first ledger row: the ledger's
     // per-org lock is taken after the membership lock everywhere else (carving, budget
-    // changes), and taking them in the other order here could deadlock with those.
+    // changes), and taking them in the other order here could deadlock with those. Others lock
+    // a membership before its keys (a cap change, removing a member), so waiting here for one,
+    // while holding its keys, could deadlock with them: a membership locked elsewhere is
+    // skipped, and its keys wait for the next pass.
     let mut membership_ids: Vec<uuid::Uuid> = rows
         .iter()
         .map(|row| key_from_row(row).membership_id)
         .collect();
     membership_ids.sort();
     membership_ids.dedup();
-    tx.query(LOCK_MEMBERSHIPS, &[&membership_ids]).await?;
+    let locked: std::collections::HashSet<uuid::Uuid> = tx
+        .query(LOCK_MEMBERSHIPS, &[&membership_ids])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     let (mut renewed, mut paused) = (0, 0);
     for row in &rows {
         let key = key_from_row(row);
+        if !locked.contains(&key.membership_id) {
+            continue;
+        }
         let month = tx
             .query_one(
                 MONTH_OF_MEMBER,

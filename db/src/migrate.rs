@@ -42,6 +42,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_renewal_notices",
         include_str!("../../migrations/0010_renewal_notices.sql"),
     ),
+    (
+        "0011_cap_take_back",
+        include_str!("../../migrations/0011_cap_take_back.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

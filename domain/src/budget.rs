@@ -3,8 +3,9 @@
 //!
 //! A member's budget belongs to one membership and renews each calendar month (UTC). What is
 //! available this month is `budget - carved this month + refunded this month`; provisioning a
-//! key with cap C carves C, revoking or expiring it refunds `cap - spent` to the current month.
-//! Raising a key's cap carves the difference; cutting it refunds the difference (see
+//! key with cap C carves C, revoking or expiring it refunds `cap - spent` to the current month
+//! (no more than the key carved from that month). Raising a key's cap carves the difference;
+//! cutting it refunds the difference, again no more than the key carved this month (see
 //! [`change_cap`]).
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
@@ -132,8 +133,8 @@ pub enum CapChange {
 /// Decides what changing a key's cap from `old` to `new` carves or refunds.
 ///
 /// - `new` must be more than zero, and at least what the key has `spent` in its period (unless
-///   it is `awaiting_renewal`: renewing monthly and not renewed this month yet, which resets its
-///   spend).
+///   it is `awaiting_renewal`: renewing monthly, not renewed this month yet and paused, so that
+///   no gateway serves it; its renewal resets its spend and carves the new cap).
 /// - A raise must fit in the month's available budget, like a new key.
 /// - `carved_this_month` is as for [`refund_on_close`].
 pub fn change_cap(

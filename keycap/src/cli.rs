@@ -208,7 +208,7 @@ pub enum KeyCommand {
         json: bool,
     },
     /// Set a sub-key's cap: a raise is carved from its member's budget this month, a cut is
-    /// refunded to it; never below what the key has spent.
+    /// refunded to it (up to what the key carved this month); never below what it has spent.
     SetCap {
         /// Org id or name.
         #[arg(long)]

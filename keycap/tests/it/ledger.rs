@@ -333,55 +333,151 @@ async fn an_earlier_months_key_gives_back_only_what_this_month_carved() {
     let now = time::OffsetDateTime::now_utc();
     let last_month = domain::MonthWindow::containing(now).start - time::Duration::days(10);
     let usd = |text: &str| Money::parse_usd(text).unwrap();
-    let (old, _) = db::keys::create(
-        &env.db.pool,
-        &org,
-        &new_key("old", "20"),
-        Actor::Cli,
-        last_month,
-    )
-    .await
-    .unwrap();
-    let mut renewing = new_key("renewing", "20");
+    let old = new_key("old", "20");
+    let (old, _) = db::keys::create(&env.db.pool, &org, &old, Actor::Cli, last_month)
+        .await
+        .unwrap();
+    let mut renewing = new_key("renewing", "70");
     renewing.renew_monthly = true;
     let (renewing, _) = db::keys::create(&env.db.pool, &org, &renewing, Actor::Cli, last_month)
         .await
         .unwrap();
     // The ledger dates rows by the database's clock, so both carves count in this month here.
     let start = bobs_available(&env, &org, now).await;
-    assert_eq!(start, usd("60"));
+    assert_eq!(start, usd("10"));
     let set_cap = async |key: &db::keys::ApiKey, cap: &str| {
-        db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now)
-            .await
-            .unwrap()
-            .change
+        db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now).await
     };
+    let change = async |key: &db::keys::ApiKey, cap: &str| set_cap(key, cap).await.unwrap().change;
 
     assert_eq!(
-        set_cap(&old, "30").await,
+        change(&old, "30").await,
         domain::CapChange::Carve(usd("10"))
     );
     // A cut gives back what this month carved for the key, not its earlier month's cap.
     assert_eq!(
-        set_cap(&old, "15").await,
+        change(&old, "15").await,
         domain::CapChange::Refund(usd("10"))
     );
-    assert_eq!(set_cap(&old, "12").await, domain::CapChange::Neither);
+    assert_eq!(change(&old, "12").await, domain::CapChange::Neither);
     let revoked = db::keys::revoke(&env.db.pool, &org, &old.prefix, Actor::Cli, now)
         .await
         .unwrap();
     assert_eq!(revoked.refund, Money::ZERO);
     assert_eq!(bobs_available(&env, &org, now).await, start);
 
-    // Past what bob has left, yet carved only when the key renews.
-    assert_eq!(set_cap(&renewing, "70").await, domain::CapChange::Neither);
-    assert_eq!(bobs_available(&env, &org, now).await, start);
+    // Due for renewal and not renewed yet: gateways still serve it, so its cap waits.
+    let due = set_cap(&renewing, "5").await.unwrap_err().to_string();
+    assert!(due.contains("is due for its monthly renewal"), "{due}");
+    // Paused, as $70 does not fit in $10: any cap, carved only when the key renews.
     let report = db::maintenance::run_due(&env.db.pool, now).await.unwrap();
     assert_eq!((report.renewed, report.paused), (0, 1));
-    assert_eq!(set_cap(&renewing, "40").await, domain::CapChange::Neither);
+    assert_eq!(change(&renewing, "500").await, domain::CapChange::Neither);
+    assert_eq!(change(&renewing, "6").await, domain::CapChange::Neither);
+    assert_eq!(bobs_available(&env, &org, now).await, start);
     let report = db::maintenance::run_due(&env.db.pool, now).await.unwrap();
     assert_eq!((report.renewed, report.paused), (1, 0));
-    assert_eq!(bobs_available(&env, &org, now).await, usd("20"));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("4"));
+}
+
+/// Spend that lands past a key's cap after a cut (a request admitted under the old cap) is
+/// taken back from the key's refunds, open or closed, never more than they hold.
+#[tokio::test]
+async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
+    let env = seeded().await;
+    let now = time::OffsetDateTime::now_utc();
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let (org, key, spend, rollups) = key_and_usage(&env, now, 4_000_000_000, 1).await;
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups)
+        .await
+        .unwrap();
+    let cut = db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd("5"), Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(cut.change, domain::CapChange::Refund(usd("5")));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("95"));
+    // Flushes `nanos` more spend and returns the key's spend.
+    let late = async |nanos: i64| {
+        let mut spend = db::usage::SpendDeltas::default();
+        spend.push(key.id, nanos);
+        db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
+            .await
+            .unwrap();
+        spent_and_requests(&env, &key).await.0
+    };
+    // $1 fits under the new cap; then $2 lands past it.
+    assert_eq!(late(1_000_000_000).await, 5_000_000_000);
+    assert_eq!(bobs_available(&env, &org, now).await, usd("95"));
+    assert_eq!(late(2_000_000_000).await, 7_000_000_000);
+    assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
+    // Closed, it refunds nothing (its spend is past its cap); later spend takes back the rest
+    // of the cut's refund, and no more.
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.refund, Money::ZERO);
+    assert_eq!(late(5_000_000_000).await, 12_000_000_000);
+    assert_eq!(bobs_available(&env, &org, now).await, usd("90"));
+    let client = env.db.client().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT amount_nanousd, detail->>'reason' FROM transactions
+             WHERE api_key_id = $1 AND kind = 'refund' ORDER BY seq",
+            &[&key.id],
+        )
+        .await
+        .unwrap();
+    let refunds: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        refunds,
+        vec![
+            (5_000_000_000, "cap lowered".to_string()),
+            (-2_000_000_000, "spent past its cap".to_string()),
+            (-3_000_000_000, "spent after close".to_string()),
+        ]
+    );
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
+
+/// A renewal pass skips a member whose membership is locked elsewhere (a cap change or a
+/// removal, which lock the membership before its keys), instead of waiting with the keys
+/// locked, and renews the key on a later pass.
+#[tokio::test]
+async fn renewal_skips_a_locked_membership_until_the_next_pass() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let last_month = domain::MonthWindow::containing(now).start - time::Duration::days(10);
+    let mut renewing = new_key("renewing", "20");
+    renewing.renew_monthly = true;
+    db::keys::create(&env.db.pool, &org, &renewing, Actor::Cli, last_month)
+        .await
+        .unwrap();
+    let mut holder = env.db.client().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE u.email = 'bob@acme.test' FOR NO KEY UPDATE OF m",
+        &[],
+    )
+    .await
+    .unwrap();
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        db::maintenance::run_due(&env.db.pool, now),
+    )
+    .await
+    .expect("the renewal pass waited for the locked membership")
+    .unwrap();
+    assert_eq!((report.renewed, report.paused), (0, 0));
+    tx.rollback().await.unwrap();
+    let report = db::maintenance::run_due(&env.db.pool, now).await.unwrap();
+    assert_eq!((report.renewed, report.paused), (1, 0));
 }
 
 /// Raises racing new keys for one member's budget never carve more than it holds.
@@ -929,5 +1025,87 @@ async fn a_renewal_is_announced_just_before_its_change() {
             .await
             .is_err(),
         "a change that is not a renewal is announced once"
+    );
+}
+
+/// Migration 0011 gives every existing key's spend row a copy of its cap, and triggers keep it:
+/// keys made afterwards, and caps changed afterwards. The migrations up to 0010 run in a schema
+/// of their own.
+#[tokio::test]
+async fn key_spends_gets_a_copy_of_each_keys_cap() {
+    let db = testkit::TestDb::new().await.unwrap();
+    let client = db.client().await.unwrap();
+    client
+        .batch_execute("CREATE SCHEMA before_0011; SET search_path TO before_0011")
+        .await
+        .unwrap();
+    let at = db::MIGRATIONS
+        .iter()
+        .position(|(name, _)| *name == "0011_cap_take_back")
+        .expect("migration 0011 is listed");
+    for (_, sql) in &db::MIGRATIONS[..at] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let insert_key = |i: i64| {
+        format!(
+            "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
+                                   prefix, cap_nanousd, period_start)
+             VALUES ('00000000-0000-0000-0000-0000000001{i:02}', '00000000-0000-0000-0000-000000000001',
+                     '00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000004',
+                     'openrouter', 'k{i}', sha256(convert_to('{i}', 'UTF8')), 'kc_{i}', {}, current_date);",
+            i * 1000
+        )
+    };
+    client
+        .batch_execute(&format!(
+            "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
+             INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
+             INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
+             VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
+                     '00000000-0000-0000-0000-000000000002', 'user', 1000000);
+             INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
+             VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
+                     'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');
+             {}{}",
+            insert_key(1),
+            insert_key(2)
+        ))
+        .await
+        .unwrap();
+    client.batch_execute(db::MIGRATIONS[at].1).await.unwrap();
+    let caps = async || {
+        let rows = client
+            .query(
+                "SELECT k.name, k.cap_nanousd, s.cap_nanousd
+                 FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id ORDER BY k.name",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect::<Vec<(String, i64, i64)>>()
+    };
+    assert_eq!(
+        caps().await,
+        [
+            ("k1".to_string(), 1000, 1000),
+            ("k2".to_string(), 2000, 2000)
+        ]
+    );
+    client
+        .batch_execute(&format!(
+            "{} UPDATE api_keys SET cap_nanousd = 500 WHERE name = 'k1';",
+            insert_key(3)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        caps().await,
+        [
+            ("k1".to_string(), 500, 500),
+            ("k2".to_string(), 2000, 2000),
+            ("k3".to_string(), 3000, 3000)
+        ]
     );
 }
