@@ -188,7 +188,8 @@ async fn key_to_change(
 }
 
 /// Sets the cap of a key of the current org: members may change their own keys, owners any key.
-/// A raise is carved from the key's member's budget this month, a cut refunded to it.
+/// A raise is carved from the key's member's budget this month, a cut refunded to it (up to
+/// what the key carved this month); see `db::keys::set_cap`.
 pub async fn set_key_cap(
     state: &AppState,
     viewer: &Viewer,
@@ -215,6 +216,8 @@ pub async fn set_key_cap(
     {
         Ok(changed) => Ok(changed),
         Err(db::Error::Budget(err)) => Err(Refused::field("cap", err.to_string())),
+        // The same cap, or a key that closed, expired or is due for renewal meanwhile.
+        Err(db::Error::Conflict(message)) => Err(Refused::field("cap", message)),
         Err(err) => Err(err.into()),
     }
 }

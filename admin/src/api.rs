@@ -199,7 +199,7 @@ pub struct CapBody {
 }
 
 /// `POST /api/keys/{id}/cap`: sets a key's cap; a raise is carved from its member's budget this
-/// month, a cut refunded to it.
+/// month, a cut refunded to it (see `actions::set_key_cap`).
 pub async fn set_key_cap(
     State(state): State<AppState>,
     ApiViewer(viewer): ApiViewer,

@@ -138,6 +138,11 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
         .await
         .expect_redirect("/my-keys?notice=key_cap_set");
     member.get("/store").await.expect(200, &["$3.00"]);
+    // Sent again as the form shows it: the cap is unchanged, and the page says so.
+    member
+        .post(&cap_form, &[("cap", "7.00")])
+        .await
+        .expect(400, &["The cap was not changed", "cap is $7.00 already"]);
     member
         .get("/my-keys?notice=key_cap_set")
         .await
