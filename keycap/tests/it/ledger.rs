@@ -432,7 +432,7 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
         refunds,
         vec![
             (5_000_000_000, "cap lowered".to_string()),
-            (-2_000_000_000, "spent past its cap".to_string()),
+            (-2_000_000_000, "spent past a cut cap".to_string()),
             (-3_000_000_000, "spent after close".to_string()),
         ]
     );
@@ -442,6 +442,45 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
         "{}",
         audit.stderr
     );
+}
+
+/// A raise after a cut carves the cut's band again: spend past the cap then is not taken back
+/// (nothing was refunded for it), as on a key that was never cut.
+#[tokio::test]
+async fn a_raise_after_a_cut_leaves_nothing_to_take_back() {
+    let env = seeded().await;
+    let now = time::OffsetDateTime::now_utc();
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let (org, key, spend, rollups) = key_and_usage(&env, now, 4_000_000_000, 1).await;
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups)
+        .await
+        .unwrap();
+    for (cap, change) in [
+        ("5", domain::CapChange::Refund(usd("5"))),
+        ("10", domain::CapChange::Carve(usd("5"))),
+    ] {
+        let changed = db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now)
+            .await
+            .unwrap();
+        assert_eq!(changed.change, change);
+    }
+    let mut late = db::usage::SpendDeltas::default();
+    late.push(key.id, 7_000_000_000);
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &late, &[])
+        .await
+        .unwrap();
+    assert_eq!(spent_and_requests(&env, &key).await.0, 11_000_000_000);
+    assert_eq!(bobs_available(&env, &org, now).await, usd("90"));
+    let client = env.db.client().await.unwrap();
+    let refunds: i64 = client
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE api_key_id = $1 AND kind = 'refund'",
+            &[&key.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refunds, 1, "only the cut's refund");
 }
 
 /// A renewal pass skips a member whose membership is locked elsewhere (a cap change or a
@@ -1028,11 +1067,12 @@ async fn a_renewal_is_announced_just_before_its_change() {
     );
 }
 
-/// Migration 0011 gives every existing key's spend row a copy of its cap, and triggers keep it:
-/// keys made afterwards, and caps changed afterwards. The migrations up to 0010 run in a schema
-/// of their own.
+/// Migration 0011 gives each key the room its refunds left (closed keys: their close's refund
+/// less take-backs), and a trigger on the ledger keeps it: a cut adds its refund and starts the
+/// band at the new cap, a raise takes its carve back out, a renewal empties it. The migrations
+/// up to 0010 run in a schema of their own, the ledger rows are written in SQL.
 #[tokio::test]
-async fn key_spends_gets_a_copy_of_each_keys_cap() {
+async fn the_refund_room_follows_the_ledger() {
     let db = testkit::TestDb::new().await.unwrap();
     let client = db.client().await.unwrap();
     client
@@ -1046,66 +1086,93 @@ async fn key_spends_gets_a_copy_of_each_keys_cap() {
     for (_, sql) in &db::MIGRATIONS[..at] {
         client.batch_execute(sql).await.unwrap();
     }
-    let insert_key = |i: i64| {
+    let key_id = |i: i64| format!("00000000-0000-0000-0000-0000000001{i:02}");
+    let ledger = |i: i64, kind: &str, amount: i64| {
         format!(
-            "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
-                                   prefix, cap_nanousd, period_start)
-             VALUES ('00000000-0000-0000-0000-0000000001{i:02}', '00000000-0000-0000-0000-000000000001',
-                     '00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000004',
-                     'openrouter', 'k{i}', sha256(convert_to('{i}', 'UTF8')), 'kc_{i}', {}, current_date);",
-            i * 1000
+            "INSERT INTO transactions (org_id, kind, membership_id, api_key_id, amount_nanousd,
+                                       prev_hash, hash)
+             VALUES ('00000000-0000-0000-0000-000000000001', '{kind}',
+                     '00000000-0000-0000-0000-000000000003', '{}', {amount}, '', '');",
+            key_id(i)
         )
     };
-    client
-        .batch_execute(&format!(
-            "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
-             INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
-             INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
-             VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
-                     '00000000-0000-0000-0000-000000000002', 'user', 1000000);
-             INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
-             VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
-                     'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');
-             {}{}",
-            insert_key(1),
-            insert_key(2)
-        ))
-        .await
-        .unwrap();
+    let mut setup = String::from(
+        "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
+         INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
+         INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
+         VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
+                 '00000000-0000-0000-0000-000000000002', 'user', 1000000);
+         INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
+         VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
+                 'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');",
+    );
+    for i in 1..=2 {
+        setup += &format!(
+            "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
+                                   prefix, cap_nanousd, period_start)
+             VALUES ('{}', '00000000-0000-0000-0000-000000000001',
+                     '00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000004',
+                     'openrouter', 'k{i}', sha256(convert_to('{i}', 'UTF8')), 'kc_{i}', 1000, current_date);",
+            key_id(i)
+        );
+    }
+    // k2 closed with a refund of 1000, 300 of it taken back since.
+    setup += "UPDATE api_keys SET closed_at = now(), close_reason = 'revoked' WHERE name = 'k2';";
+    setup += &ledger(2, "refund", 1000);
+    setup += &ledger(2, "refund", -300);
+    client.batch_execute(&setup).await.unwrap();
     client.batch_execute(db::MIGRATIONS[at].1).await.unwrap();
-    let caps = async || {
-        let rows = client
-            .query(
-                "SELECT k.name, k.cap_nanousd, s.cap_nanousd
-                 FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id ORDER BY k.name",
-                &[],
+    let room = async |i: i64| {
+        let row = client
+            .query_one(
+                "SELECT refund_room_nanousd, refunded_above_nanousd FROM key_spends
+                 WHERE api_key_id = $1::text::uuid",
+                &[&key_id(i)],
             )
             .await
             .unwrap();
-        rows.iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2)))
-            .collect::<Vec<(String, i64, i64)>>()
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
     };
-    assert_eq!(
-        caps().await,
-        [
-            ("k1".to_string(), 1000, 1000),
-            ("k2".to_string(), 2000, 2000)
-        ]
-    );
+    assert_eq!(room(1).await, (0, 0));
+    assert_eq!(room(2).await.0, 700);
+
+    let steps = [
+        // Cut to 600, refunding 400.
+        (
+            "UPDATE api_keys SET cap_nanousd = 600 WHERE name = 'k1';".to_string()
+                + &ledger(1, "key_cap_changed", 0)
+                + &ledger(1, "refund", 400),
+            (400, 600),
+        ),
+        // Raised to 750, carving 150 of the band again.
+        (
+            "UPDATE api_keys SET cap_nanousd = 750 WHERE name = 'k1';".to_string()
+                + &ledger(1, "key_cap_changed", 150),
+            (250, 750),
+        ),
+        // A take-back of 100.
+        (ledger(1, "refund", -100), (150, 750)),
+        // Renewed: a new period, carved whole.
+        (ledger(1, "key_renewed", 750), (0, 750)),
+    ];
+    for (sql, expected) in steps {
+        client.batch_execute(&sql).await.unwrap();
+        assert_eq!(room(1).await, expected, "after {sql}");
+    }
+    // A closed key's late spend is taken back from its room, no more.
     client
-        .batch_execute(&format!(
-            "{} UPDATE api_keys SET cap_nanousd = 500 WHERE name = 'k1';",
-            insert_key(3)
-        ))
+        .batch_execute("UPDATE key_spends SET spent_nanousd = spent_nanousd + 900 WHERE api_key_id = (SELECT id FROM api_keys WHERE name = 'k2')")
         .await
         .unwrap();
-    assert_eq!(
-        caps().await,
-        [
-            ("k1".to_string(), 500, 500),
-            ("k2".to_string(), 2000, 2000),
-            ("k3".to_string(), 3000, 3000)
-        ]
-    );
+    assert_eq!(room(2).await.0, 0);
+    let taken: i64 = client
+        .query_one(
+            "SELECT amount_nanousd FROM transactions WHERE api_key_id = $1::text::uuid
+             ORDER BY seq DESC LIMIT 1",
+            &[&key_id(2)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, -700);
 }
