@@ -216,8 +216,7 @@ pub async fn set_key_cap(
     {
         Ok(changed) => Ok(changed),
         Err(db::Error::Budget(err)) => Err(Refused::field("cap", err.to_string())),
-        // The same cap, or a key that closed, expired or is due for renewal meanwhile.
-        Err(db::Error::Conflict(message)) => Err(Refused::field("cap", message)),
+        // The same cap, or a key that is closed, expired or due for renewal: a 409.
         Err(err) => Err(err.into()),
     }
 }

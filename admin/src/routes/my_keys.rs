@@ -61,20 +61,21 @@ pub async fn post_cap(
     Path(id): Path<String>,
     Form(form): Form<CapForm>,
 ) -> Result<Response, AppError> {
-    match actions::set_key_cap(&state, &viewer, &id, &form.cap, OffsetDateTime::now_utc()).await {
-        Ok(_) => Ok(done("/my-keys", "key_cap_set")),
+    let now = OffsetDateTime::now_utc();
+    let (status, why) = match actions::set_key_cap(&state, &viewer, &id, &form.cap, now).await {
+        Ok(_) => return Ok(done("/my-keys", "key_cap_set")),
         Err(Refused::Fields(errors)) => {
-            let mut page_errors = FieldErrors::default();
             let text: Vec<String> = errors.0.iter().map(|(_, m)| m.clone()).collect();
-            page_errors.add(
-                "form",
-                format!("The cap was not changed: {}", text.join("; ")),
-            );
-            let page = my_keys_page(&state, &viewer, None, page_errors).await?;
-            Ok(views::render(StatusCode::BAD_REQUEST, &page))
+            (StatusCode::BAD_REQUEST, text.join("; "))
         }
-        Err(Refused::Request(err)) => Err(err),
-    }
+        // The same cap, or a key closed, expired or due for renewal: said on the page too.
+        Err(Refused::Request(AppError::Conflict(message))) => (StatusCode::CONFLICT, message),
+        Err(Refused::Request(err)) => return Err(err),
+    };
+    let mut errors = FieldErrors::default();
+    errors.add("form", format!("The cap was not changed: {why}"));
+    let page = my_keys_page(&state, &viewer, None, errors).await?;
+    Ok(views::render(status, &page))
 }
 
 /// `POST /my-keys/{id}/revoke`.

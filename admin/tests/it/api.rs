@@ -128,6 +128,17 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
         .unwrap();
     assert_eq!(revoked["status"], "revoked");
     assert_eq!(revoked["refund_nanousd"], 4_000_000_000i64);
+    // A closed key's cap is a conflict, said in JSON.
+    let closed = set_cap("3").await;
+    assert_eq!(closed.status().as_u16(), 409);
+    let closed: serde_json::Value = closed.json().await.unwrap();
+    assert!(
+        closed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is revoked: its cap cannot change"),
+        "{closed}"
+    );
     let audit: serde_json::Value = call(reqwest::Method::GET, "/api/audit?kind=refund")
         .send()
         .await

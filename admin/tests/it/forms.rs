@@ -142,7 +142,7 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
     member
         .post(&cap_form, &[("cap", "7.00")])
         .await
-        .expect(400, &["The cap was not changed", "cap is $7.00 already"]);
+        .expect(409, &["The cap was not changed", "cap is $7.00 already"]);
     member
         .get("/my-keys?notice=key_cap_set")
         .await
