@@ -1,90 +1,100 @@
--- Spend that lands on an open key past a cut of its cap is taken back from what the cut
--- refunded, as spend that lands after a key closed already is (migrations 0006, 0008).
+-- What the member has paid for each key, and what of its refunds may still be taken back, kept
+-- beside its spend; and spend past what was paid is taken back from those refunds, on an open
+-- key as on a closed one (migrations 0006, 0008).
 --
--- Cutting a key's cap (`keycap key set-cap`, `db::keys::set_cap`) refunds the difference at
--- once, against the spend folded so far. A request the gateway admitted under the old cap can
--- still settle afterwards and take the key's spend past its new cap: without a take-back the
--- member would keep both the refund and what the request spent.
+-- Cutting a key's cap (`keycap key set-cap`, `db::keys::set_cap`) refunds at once, against the
+-- spend folded so far. A request the gateway admitted under the old cap can still settle
+-- afterwards and take the key's spend past its new cap: without a take-back the member would
+-- keep both the refund and what the request spent. Raising the cap again should then carve only
+-- what that spend has not paid for.
 --
--- Each key's spend row now says what may still be taken back, and above which spend:
---   - `refund_room_nanousd`: refunded to the member and not taken back or carved again. A
---     refund adds to it (a cut's, or the close's), a take-back (a negative refund) takes from
---     it, a raise of the cap takes from it (its carve pays for that band again), and a renewal
---     empties it (a new period, carved whole).
---   - `refunded_above_nanousd`: on an open key, spend above this is in a band a cut refunded
---     (the cap after the cut, or after a raise that carved part of the band again). Spend up
---     to it is paid for by what the key carved. On a closed key all late spend counts, as
---     before.
--- A trigger on the ledger keeps both, from the rows every version of keycap writes, so they
--- cannot disagree with the ledger. The take-back trigger's WHEN clause runs for every row of
--- every fold and reads only these columns, so it stays cheap and fires only with room left.
+-- Two columns of `key_spends`, kept from the ledger rows every version of keycap writes (a
+-- trigger below), so they cannot disagree with the ledger:
+--   - `paid_nanousd`: what the member has paid for the key in its period: the carve of its
+--     provision or renewal and of raises, less its refunds (a take-back is a negative refund,
+--     so it adds). Normally the key's cap; at a close, its spend.
+--   - `refund_room_nanousd`: what may still be taken back: its refunds, less take-backs and
+--     raises' carves, emptied by a renewal (a new period, carved whole). So spend past the cap
+--     of a key that was never refunded anything is not charged to anyone, as before (the
+--     gateway's reservations keep it to a reported cost above a request's worst case).
+-- The take-back fires when spend grows past `paid` with room left, and takes the spend past
+-- `paid`, no more than the room. Its WHEN clause runs for every row of every fold and reads
+-- only this row's columns.
 --
--- Spend past the cap of a key with no room (never refunded, or its refunds carved again) is
--- not taken from anywhere, as before: the gateway's reservations keep it to a reported cost
--- above the request's worst case.
---
--- Upgrading: expand only (two columns with defaults; triggers replaced in place).
+-- Upgrading: expand only (two columns with defaults, functions and triggers replaced in place).
 
--- Ledger rows written, or spend folded, while this runs would miss the backfill.
-LOCK TABLE transactions, key_spends IN SHARE ROW EXCLUSIVE MODE;
+-- Writers lock spend rows before they write the ledger: lock in that order.
+LOCK TABLE key_spends, transactions IN SHARE ROW EXCLUSIVE MODE;
 
 ALTER TABLE key_spends
-    ADD COLUMN refund_room_nanousd bigint NOT NULL DEFAULT 0 CHECK (refund_room_nanousd >= 0),
-    ADD COLUMN refunded_above_nanousd bigint NOT NULL DEFAULT 0;
+    ADD COLUMN paid_nanousd bigint NOT NULL DEFAULT 0,
+    ADD COLUMN refund_room_nanousd bigint NOT NULL DEFAULT 0 CHECK (refund_room_nanousd >= 0);
 
--- Until now only closing a key refunded, and take-backs are negative refunds: what is left of
--- a key's refunds is its room.
-UPDATE key_spends s SET refund_room_nanousd = r.left_nanousd
-  FROM (SELECT api_key_id, sum(amount_nanousd)::bigint AS left_nanousd
-          FROM transactions WHERE kind = 'refund' AND api_key_id IS NOT NULL
-         GROUP BY api_key_id) r
- WHERE r.api_key_id = s.api_key_id AND r.left_nanousd > 0;
+-- A key's period starts at its last provision or renewal row; until now only closing a key
+-- refunded, and take-backs are negative refunds. A key without ledger rows (inserted in SQL,
+-- as the load harness does) counts its cap as paid.
+UPDATE key_spends k SET paid_nanousd = a.cap_nanousd FROM api_keys a WHERE a.id = k.api_key_id;
+WITH starts AS (
+    SELECT api_key_id, max(seq) AS seq FROM transactions
+     WHERE api_key_id IS NOT NULL AND kind IN ('key_provisioned', 'key_renewed')
+     GROUP BY api_key_id
+), period AS (
+    SELECT t.api_key_id,
+           sum(CASE WHEN t.kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')
+                    THEN t.amount_nanousd
+                    WHEN t.kind = 'refund' THEN -t.amount_nanousd
+                    ELSE 0 END)::bigint AS paid,
+           greatest(sum(CASE WHEN t.kind = 'refund' THEN t.amount_nanousd ELSE 0 END), 0)::bigint
+               AS room
+      FROM transactions t JOIN starts s ON s.api_key_id = t.api_key_id AND t.seq >= s.seq
+     GROUP BY t.api_key_id
+)
+UPDATE key_spends k SET paid_nanousd = period.paid, refund_room_nanousd = period.room
+  FROM period WHERE k.api_key_id = period.api_key_id;
 
-CREATE FUNCTION transactions_keep_refund_room() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Likewise for keys inserted from now on, until their provision row says what was paid.
+CREATE OR REPLACE FUNCTION api_keys_add_spend_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.kind = 'refund' AND NEW.amount_nanousd > 0 THEN
-        -- On an open key, a cut: the band it refunded starts at the new cap.
-        UPDATE key_spends s
-           SET refund_room_nanousd = s.refund_room_nanousd + NEW.amount_nanousd,
-               refunded_above_nanousd = CASE WHEN s.closed THEN s.refunded_above_nanousd
-                                             ELSE k.cap_nanousd END
-          FROM api_keys k
-         WHERE s.api_key_id = NEW.api_key_id AND k.id = NEW.api_key_id;
-    ELSIF NEW.kind = 'refund' THEN
-        UPDATE key_spends
-           SET refund_room_nanousd = greatest(refund_room_nanousd + NEW.amount_nanousd, 0)
+    INSERT INTO key_spends (api_key_id, closed, paid_nanousd)
+    VALUES (NEW.id, NEW.closed_at IS NOT NULL, NEW.cap_nanousd);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION transactions_keep_paid() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.kind IN ('key_provisioned', 'key_renewed') THEN
+        UPDATE key_spends SET paid_nanousd = NEW.amount_nanousd, refund_room_nanousd = 0
          WHERE api_key_id = NEW.api_key_id;
-    ELSIF NEW.kind = 'key_cap_changed' AND NEW.amount_nanousd > 0 THEN
-        UPDATE key_spends s
-           SET refund_room_nanousd = greatest(s.refund_room_nanousd - NEW.amount_nanousd, 0),
-               refunded_above_nanousd = k.cap_nanousd
-          FROM api_keys k
-         WHERE s.api_key_id = NEW.api_key_id AND k.id = NEW.api_key_id;
-    ELSIF NEW.kind = 'key_renewed' THEN
-        UPDATE key_spends SET refund_room_nanousd = 0 WHERE api_key_id = NEW.api_key_id;
+    ELSIF NEW.kind = 'key_cap_changed' THEN
+        UPDATE key_spends
+           SET paid_nanousd = paid_nanousd + NEW.amount_nanousd,
+               refund_room_nanousd = greatest(refund_room_nanousd - NEW.amount_nanousd, 0)
+         WHERE api_key_id = NEW.api_key_id;
+    ELSE -- a refund, or a take-back (negative)
+        UPDATE key_spends
+           SET paid_nanousd = paid_nanousd - NEW.amount_nanousd,
+               refund_room_nanousd = greatest(refund_room_nanousd + NEW.amount_nanousd, 0)
+         WHERE api_key_id = NEW.api_key_id;
     END IF;
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER transactions_refund_room AFTER INSERT ON transactions
+CREATE TRIGGER transactions_paid AFTER INSERT ON transactions
     FOR EACH ROW
     WHEN (NEW.api_key_id IS NOT NULL
-          AND NEW.kind IN ('refund', 'key_cap_changed', 'key_renewed'))
-    EXECUTE FUNCTION transactions_keep_refund_room();
+          AND NEW.kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed', 'refund'))
+    EXECUTE FUNCTION transactions_keep_paid();
 
--- As in migration 0008, limited by the room, and for an open key the spend past the band's
--- start. The take-back's own ledger row takes it from the room (the trigger above).
+-- As in migration 0008, for the spend past what was paid (on a closed key, all that lands
+-- after its close), no more than the room. The take-back's own ledger row updates both
+-- columns through the trigger above.
 CREATE OR REPLACE FUNCTION key_spends_take_back_refund() RETURNS trigger LANGUAGE plpgsql
 VOLATILE AS $$
 DECLARE
-    late bigint;
+    late bigint := NEW.spent_nanousd - greatest(OLD.spent_nanousd, NEW.paid_nanousd);
     key record;
 BEGIN
-    IF NEW.closed THEN
-        late := NEW.spent_nanousd - OLD.spent_nanousd;
-    ELSE
-        late := NEW.spent_nanousd - greatest(OLD.spent_nanousd, NEW.refunded_above_nanousd);
-    END IF;
     SELECT org_id, membership_id, prefix INTO key FROM api_keys WHERE id = NEW.api_key_id;
     INSERT INTO transactions
         (org_id, kind, membership_id, api_key_id, amount_nanousd, detail, created_at,
@@ -107,5 +117,5 @@ DROP TRIGGER key_spends_late_spend ON key_spends;
 CREATE TRIGGER key_spends_late_spend AFTER UPDATE OF spent_nanousd ON key_spends
     FOR EACH ROW
     WHEN (NEW.refund_room_nanousd > 0 AND NEW.spent_nanousd > OLD.spent_nanousd
-          AND (NEW.closed OR NEW.spent_nanousd > NEW.refunded_above_nanousd))
+          AND NEW.spent_nanousd > NEW.paid_nanousd)
     EXECUTE FUNCTION key_spends_take_back_refund();

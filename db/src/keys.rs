@@ -358,11 +358,11 @@ pub struct CapChanged {
     pub change: CapChange,
 }
 
-/// Sets an open key's cap, in one transaction with its ledger rows: a raise carves the
-/// difference from its member's budget this month (refused when it does not fit, like a new
-/// key), a cut refunds the difference to this month up to what the key carved from it, and the
-/// cap can never go below what the key has spent (see `domain::budget::change_cap`). A running
-/// gateway sees the new cap through NOTIFY.
+/// Sets an open key's cap, in one transaction with its ledger rows: a raise carves what is not
+/// paid for yet from its member's budget this month (refused when it does not fit, like a new
+/// key), a cut refunds what was paid above the new cap to this month, up to what the key carved
+/// from it, and the cap can never go below what the key has spent (see
+/// `domain::budget::change_cap`). A running gateway sees the new cap through NOTIFY.
 pub async fn set_cap(
     pool: &Pool,
     org: &Org,
@@ -415,9 +415,18 @@ pub async fn set_cap(
             key.prefix
         )));
     }
-    let carved = carved_this_month(&tx, &key, window).await?;
+    let paid = paid_this_period(&tx, &key).await?;
+    let carved = carved_this_month(&tx, &key, paid, window).await?;
     let month = members::month_of(&tx, membership_id, Money::from_nanos(budget), window).await?;
-    let change = change_cap(key.cap, cap, key.spent, carved, due_for_renewal, &month)?;
+    let change = change_cap(
+        key.cap,
+        cap,
+        key.spent,
+        paid,
+        carved,
+        due_for_renewal,
+        &month,
+    )?;
     tx.execute(
         "UPDATE api_keys SET cap_nanousd = $2 WHERE id = $1",
         &[&key.id, &cap.nanos()],
@@ -456,16 +465,30 @@ pub async fn set_cap(
     })
 }
 
-/// What a key has carved from the month `window`, net of its refunds in it: its whole cap when
+/// What the member has paid for a key in its period, by the ledger: the carves of its provision
+/// or renewal and of raises, less its refunds, plus spend taken back from them (normally its
+/// cap). Kept in `key_spends` by a trigger on the ledger (migration 0011).
+async fn paid_this_period(client: &impl GenericClient, key: &ApiKey) -> Result<Money, Error> {
+    let row = client
+        .query_one(
+            "SELECT paid_nanousd FROM key_spends WHERE api_key_id = $1",
+            &[&key.id],
+        )
+        .await?;
+    Ok(Money::from_nanos(row.get(0)))
+}
+
+/// What a key has carved from the month `window`, net of its refunds in it: all it `paid` when
 /// it was provisioned or renewed in that month (its period starts there), else what raising its
 /// cap carved there, from the ledger.
 async fn carved_this_month(
     client: &impl GenericClient,
     key: &ApiKey,
+    paid: Money,
     window: MonthWindow,
 ) -> Result<Money, Error> {
     if key.period_start == window.first_day() {
-        return Ok(key.cap);
+        return Ok(paid);
     }
     let row = client
         .query_one(
@@ -495,8 +518,9 @@ pub(crate) async fn close(
         )
         .await?;
     let window = MonthWindow::containing(now);
-    let carved = carved_this_month(client, key, window).await?;
-    let refund = refund_on_close(key.cap, key.spent, carved);
+    let paid = paid_this_period(client, key).await?;
+    let carved = carved_this_month(client, key, paid, window).await?;
+    let refund = refund_on_close(paid, key.spent, carved);
     let mut entry = NewEntry::new(key.org_id, kind, actor);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);

@@ -4,9 +4,9 @@
 //! A member's budget belongs to one membership and renews each calendar month (UTC). What is
 //! available this month is `budget - carved this month + refunded this month`; provisioning a
 //! key with cap C carves C, revoking or expiring it refunds `cap - spent` to the current month
-//! (no more than the key carved from that month). Raising a key's cap carves the difference;
-//! cutting it refunds the difference, again no more than the key carved this month (see
-//! [`change_cap`]).
+//! (no more than the key carved from that month). Raising a key's cap carves the difference
+//! (less what spend taken back has paid already); cutting it refunds the difference, again no
+//! more than the key carved this month (see [`change_cap`]).
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
@@ -22,7 +22,7 @@ pub enum BudgetError {
     #[error("a cap must be more than $0.00")]
     ZeroCap,
     #[error(
-        "raising the cap by {raise} exceeds the budget left this month ({available}): raise it by less or ask an owner to raise the budget"
+        "raising the cap takes {raise} from the budget, more than is left this month ({available}): raise it by less or ask an owner to raise the budget"
     )]
     RaiseOverBudget { raise: Money, available: Money },
     #[error("the key has spent {spent} already: its cap cannot be lower than that")]
@@ -106,14 +106,17 @@ impl MonthlyBudget {
     }
 }
 
-/// What revoking or expiring a key gives back to its member's current month: the unspent part
-/// of its cap, but no more than the key carved from this month (net of its refunds), and never
-/// less than zero. A month that has ended keeps what was carved from it.
+/// What revoking or expiring a key gives back to its member's current month: what the member
+/// `paid` for the key in its period beyond what it `spent`, but no more than the key carved from
+/// this month (net of its refunds), and never less than zero. A month that has ended keeps what
+/// was carved from it.
 ///
-/// `carved_this_month` is the key's whole cap when it was provisioned or renewed this month; for
-/// a key from an earlier month it is what raising its cap carved this month, if anything.
-pub fn refund_on_close(cap: Money, spent: Money, carved_this_month: Money) -> Money {
-    cap.saturating_sub(spent)
+/// `paid` is the key's carves in its period (provision or renewal, raises) less its refunds,
+/// plus spend taken back from them: normally its cap. `carved_this_month` is `paid` when the
+/// key was provisioned or renewed this month; for a key from an earlier month it is what
+/// raising its cap carved this month, net of its refunds this month, if anything.
+pub fn refund_on_close(paid: Money, spent: Money, carved_this_month: Money) -> Money {
+    paid.saturating_sub(spent)
         .min(carved_this_month)
         .at_least_zero()
 }
@@ -135,12 +138,16 @@ pub enum CapChange {
 /// - `new` must be more than zero, and at least what the key has `spent` in its period (unless
 ///   it is `awaiting_renewal`: renewing monthly, not renewed this month yet and paused, so that
 ///   no gateway serves it; its renewal resets its spend and carves the new cap).
-/// - A raise must fit in the month's available budget, like a new key.
-/// - `carved_this_month` is as for [`refund_on_close`].
+/// - A raise carves what `paid` (as for [`refund_on_close`]) does not cover yet, and must fit in
+///   the month's available budget, like a new key. Spend taken back after a cut has paid for
+///   part of the cap already.
+/// - A cut refunds what was paid above the new cap (or the spend, if higher), up to
+///   `carved_this_month`, as for [`refund_on_close`].
 pub fn change_cap(
     old: Money,
     new: Money,
     spent: Money,
+    paid: Money,
     carved_this_month: Money,
     awaiting_renewal: bool,
     month: &MonthlyBudget,
@@ -155,7 +162,10 @@ pub fn change_cap(
         return Err(BudgetError::BelowSpent { spent });
     }
     if new > old {
-        let raise = new.saturating_sub(old);
+        let raise = new.saturating_sub(paid.max(old));
+        if raise <= Money::ZERO {
+            return Ok(CapChange::Neither);
+        }
         let available = month.available();
         if raise > available {
             return Err(BudgetError::RaiseOverBudget {
@@ -165,8 +175,8 @@ pub fn change_cap(
         }
         return Ok(CapChange::Carve(raise));
     }
-    let refund = old
-        .saturating_sub(new)
+    let refund = paid
+        .saturating_sub(new.max(spent))
         .min(carved_this_month)
         .at_least_zero();
     Ok(if refund > Money::ZERO {
@@ -322,7 +332,7 @@ mod tests {
 
     #[test]
     fn refunds_return_the_unspent_cap_carved_this_month() {
-        // (cap, spent, carved this month, refund)
+        // (paid, spent, carved this month, refund)
         let cases = [
             ("20", "0", "20", "20"),
             ("20", "7.25", "20", "12.75"),
@@ -333,11 +343,11 @@ mod tests {
             ("30", "3", "10", "10"),
             ("30", "25", "10", "5"),
         ];
-        for (cap, spent, carved, refund) in cases {
+        for (paid, spent, carved, refund) in cases {
             assert_eq!(
-                refund_on_close(usd(cap), usd(spent), usd(carved)),
+                refund_on_close(usd(paid), usd(spent), usd(carved)),
                 usd(refund),
-                "cap {cap} spent {spent} carved {carved}"
+                "paid {paid} spent {spent} carved {carved}"
             );
         }
     }
@@ -349,53 +359,72 @@ mod tests {
             carved: usd("70"),
             refunded: Money::ZERO,
         };
-        let change = |old, new, spent, carved, awaiting| {
+        // A key whose cap is paid for in full, carved this month.
+        let change = |old, new, spent| {
             change_cap(
                 usd(old),
                 usd(new),
                 usd(spent),
-                usd(carved),
-                awaiting,
+                usd(old),
+                usd(old),
+                false,
                 &month,
             )
         };
+        assert_eq!(change("20", "50", "5"), Ok(CapChange::Carve(usd("30"))));
         assert_eq!(
-            change("20", "50", "5", "20", false),
-            Ok(CapChange::Carve(usd("30")))
-        );
-        assert_eq!(
-            change("20", "50.01", "5", "20", false),
+            change("20", "50.01", "5"),
             Err(BudgetError::RaiseOverBudget {
                 raise: usd("30.01"),
                 available: usd("30")
             })
         );
+        assert_eq!(change("20", "8", "5"), Ok(CapChange::Refund(usd("12"))));
+        assert_eq!(change("20", "5", "5"), Ok(CapChange::Refund(usd("15"))));
         assert_eq!(
-            change("20", "8", "5", "20", false),
-            Ok(CapChange::Refund(usd("12")))
-        );
-        assert_eq!(
-            change("20", "5", "5", "20", false),
-            Ok(CapChange::Refund(usd("15")))
-        );
-        assert_eq!(
-            change("20", "4.99", "5", "20", false),
+            change("20", "4.99", "5"),
             Err(BudgetError::BelowSpent { spent: usd("5") })
         );
+        assert_eq!(change("20", "0", "0"), Err(BudgetError::ZeroCap));
+        // (old, new, spent, paid, carved this month): carved in an earlier month, a cut gives
+        // back only what this month carved; after spend past a cut was taken back, a raise
+        // carves only what that spend has not paid for.
+        let other = |old, new, spent, paid, carved| {
+            change_cap(
+                usd(old),
+                usd(new),
+                usd(spent),
+                usd(paid),
+                usd(carved),
+                false,
+                &month,
+            )
+        };
+        assert_eq!(other("20", "8", "5", "20", "0"), Ok(CapChange::Neither));
         assert_eq!(
-            change("20", "0", "0", "20", false),
-            Err(BudgetError::ZeroCap)
-        );
-        // Carved in an earlier month: a cut gives back only what this month carved.
-        assert_eq!(change("20", "8", "5", "0", false), Ok(CapChange::Neither));
-        assert_eq!(
-            change("30", "8", "5", "10", false),
+            other("30", "8", "5", "30", "10"),
             Ok(CapChange::Refund(usd("10")))
         );
+        assert_eq!(
+            other("5", "9", "8", "8", "8"),
+            Ok(CapChange::Carve(usd("1")))
+        );
+        assert_eq!(other("5", "8", "8", "8", "8"), Ok(CapChange::Neither));
         // Waiting for its renewal: the renewal carves the new cap, spent or not.
-        assert_eq!(change("20", "2", "5", "0", true), Ok(CapChange::Neither));
-        assert_eq!(change("20", "500", "5", "0", true), Ok(CapChange::Neither));
-        assert_eq!(change("20", "0", "5", "0", true), Err(BudgetError::ZeroCap));
+        let waiting = |new, spent| {
+            change_cap(
+                usd("20"),
+                usd(new),
+                usd(spent),
+                usd("20"),
+                Money::ZERO,
+                true,
+                &month,
+            )
+        };
+        assert_eq!(waiting("2", "5"), Ok(CapChange::Neither));
+        assert_eq!(waiting("500", "5"), Ok(CapChange::Neither));
+        assert_eq!(waiting("0", "5"), Err(BudgetError::ZeroCap));
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
         too_much["error"]["fields"]["cap"]
             .as_str()
             .unwrap()
-            .contains("exceeds the budget left this month ($2.50)"),
+            .contains("more than is left this month ($2.50)"),
         "{too_much}"
     );
     let cut: serde_json::Value = set_cap("4").await.json().await.unwrap();

@@ -120,7 +120,8 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
         ("0", &["a cap must be more than $0.00"][..]),
         (
             "10.01",
-            &["raising the cap by $6.01 exceeds the budget left this month ($6.00)"][..],
+            &["raising the cap takes $6.01 from the budget, more than is left this month ($6.00)"]
+                [..],
         ),
     ] {
         member

@@ -536,7 +536,7 @@ async fn every_refusal_is_clear_and_changes_nothing() {
                 "100.01",
             ],
             "",
-            "raising the cap by $90.01 exceeds the budget left this month ($90.00)",
+            "raising the cap takes $90.01 from the budget, more than is left this month ($90.00)",
         ),
         (
             &[

@@ -266,7 +266,7 @@ async fn a_cap_change_carves_a_raise_and_refunds_a_cut() {
     for (cap, refused) in [
         (
             "100.01",
-            "raising the cap by $50.01 exceeds the budget left this month ($50.00)",
+            "raising the cap takes $50.01 from the budget, more than is left this month ($50.00)",
         ),
         ("4.99", "the key has spent $5.00 already"),
         ("0", "a cap must be more than $0.00"),
@@ -481,6 +481,39 @@ async fn a_raise_after_a_cut_leaves_nothing_to_take_back() {
         .unwrap()
         .get(0);
     assert_eq!(refunds, 1, "only the cut's refund");
+}
+
+/// After spend past a cut was taken back, raising the cap carves only what that spend has not
+/// paid for: the member pays the key's spend, once.
+#[tokio::test]
+async fn a_raise_after_a_take_back_carves_only_what_is_not_paid() {
+    let env = seeded().await;
+    let now = time::OffsetDateTime::now_utc();
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let (org, key, spend, rollups) = key_and_usage(&env, now, 4_000_000_000, 1).await;
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups)
+        .await
+        .unwrap();
+    let set_cap = async |cap: &str| {
+        db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now)
+            .await
+            .unwrap()
+            .change
+    };
+    assert_eq!(set_cap("5").await, domain::CapChange::Refund(usd("5")));
+    let mut late = db::usage::SpendDeltas::default();
+    late.push(key.id, 4_000_000_000);
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &late, &[])
+        .await
+        .unwrap();
+    assert_eq!(spent_and_requests(&env, &key).await.0, 8_000_000_000);
+    assert_eq!(bobs_available(&env, &org, now).await, usd("92"));
+    assert_eq!(set_cap("9").await, domain::CapChange::Carve(usd("1")));
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.refund, usd("1"));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("92"));
 }
 
 /// A renewal pass skips a member whose membership is locked elsewhere (a cap change or a
@@ -1067,12 +1100,13 @@ async fn a_renewal_is_announced_just_before_its_change() {
     );
 }
 
-/// Migration 0011 gives each key the room its refunds left (closed keys: their close's refund
-/// less take-backs), and a trigger on the ledger keeps it: a cut adds its refund and starts the
-/// band at the new cap, a raise takes its carve back out, a renewal empties it. The migrations
-/// up to 0010 run in a schema of their own, the ledger rows are written in SQL.
+/// Migration 0011 gives each key what was paid for it in its period and the room its refunds
+/// leave, from the ledger, and a trigger on the ledger keeps both: a cut's refund lowers what
+/// was paid and adds room, a raise's carve adds to what was paid and takes room, a take-back
+/// moves room back to paid, a renewal starts over. The migrations up to 0010 run in a schema of
+/// their own; the ledger rows are written in SQL.
 #[tokio::test]
-async fn the_refund_room_follows_the_ledger() {
+async fn what_was_paid_and_the_refund_room_follow_the_ledger() {
     let db = testkit::TestDb::new().await.unwrap();
     let client = db.client().await.unwrap();
     client
@@ -1096,6 +1130,12 @@ async fn the_refund_room_follows_the_ledger() {
             key_id(i)
         )
     };
+    let spend = |i: i64, spent: i64| {
+        format!(
+            "UPDATE key_spends SET spent_nanousd = {spent} WHERE api_key_id = '{}';",
+            key_id(i)
+        )
+    };
     let mut setup = String::from(
         "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
          INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
@@ -1106,7 +1146,7 @@ async fn the_refund_room_follows_the_ledger() {
          VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
                  'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');",
     );
-    for i in 1..=2 {
+    for i in 1..=3 {
         setup += &format!(
             "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
                                    prefix, cap_nanousd, period_start)
@@ -1116,16 +1156,20 @@ async fn the_refund_room_follows_the_ledger() {
             key_id(i)
         );
     }
-    // k2 closed with a refund of 1000, 300 of it taken back since.
+    // k1 provisioned; k2 provisioned, closed with 400 spent (600 refunded), 100 of it taken
+    // back since; k3 inserted without ledger rows.
+    setup += &ledger(1, "key_provisioned", 1000);
+    setup += &ledger(2, "key_provisioned", 1000);
+    setup += &spend(2, 500);
     setup += "UPDATE api_keys SET closed_at = now(), close_reason = 'revoked' WHERE name = 'k2';";
-    setup += &ledger(2, "refund", 1000);
-    setup += &ledger(2, "refund", -300);
+    setup += &ledger(2, "refund", 600);
+    setup += &ledger(2, "refund", -100);
     client.batch_execute(&setup).await.unwrap();
     client.batch_execute(db::MIGRATIONS[at].1).await.unwrap();
-    let room = async |i: i64| {
+    let paid_and_room = async |i: i64| {
         let row = client
             .query_one(
-                "SELECT refund_room_nanousd, refunded_above_nanousd FROM key_spends
+                "SELECT paid_nanousd, refund_room_nanousd FROM key_spends
                  WHERE api_key_id = $1::text::uuid",
                 &[&key_id(i)],
             )
@@ -1133,8 +1177,9 @@ async fn the_refund_room_follows_the_ledger() {
             .unwrap();
         (row.get::<_, i64>(0), row.get::<_, i64>(1))
     };
-    assert_eq!(room(1).await, (0, 0));
-    assert_eq!(room(2).await.0, 700);
+    assert_eq!(paid_and_room(1).await, (1000, 0));
+    assert_eq!(paid_and_room(2).await, (500, 500));
+    assert_eq!(paid_and_room(3).await, (1000, 0));
 
     let steps = [
         // Cut to 600, refunding 400.
@@ -1142,37 +1187,38 @@ async fn the_refund_room_follows_the_ledger() {
             "UPDATE api_keys SET cap_nanousd = 600 WHERE name = 'k1';".to_string()
                 + &ledger(1, "key_cap_changed", 0)
                 + &ledger(1, "refund", 400),
-            (400, 600),
+            (600, 400),
         ),
-        // Raised to 750, carving 150 of the band again.
+        // Spend up to what was paid is not taken back; past it, it is.
+        (spend(1, 600), (600, 400)),
+        (spend(1, 700), (700, 300)),
+        // Raised to 750: the take-back paid for 100 of it already, so 50 is carved.
         (
             "UPDATE api_keys SET cap_nanousd = 750 WHERE name = 'k1';".to_string()
-                + &ledger(1, "key_cap_changed", 150),
-            (250, 750),
+                + &ledger(1, "key_cap_changed", 50),
+            (750, 250),
         ),
-        // A take-back of 100.
-        (ledger(1, "refund", -100), (150, 750)),
         // Renewed: a new period, carved whole.
-        (ledger(1, "key_renewed", 750), (0, 750)),
+        (spend(1, 0) + &ledger(1, "key_renewed", 750), (750, 0)),
+        // Past what was paid with no room: nothing is taken back.
+        (spend(1, 800), (750, 0)),
     ];
     for (sql, expected) in steps {
         client.batch_execute(&sql).await.unwrap();
-        assert_eq!(room(1).await, expected, "after {sql}");
+        assert_eq!(paid_and_room(1).await, expected, "after {sql}");
     }
-    // A closed key's late spend is taken back from its room, no more.
-    client
-        .batch_execute("UPDATE key_spends SET spent_nanousd = spent_nanousd + 900 WHERE api_key_id = (SELECT id FROM api_keys WHERE name = 'k2')")
-        .await
-        .unwrap();
-    assert_eq!(room(2).await.0, 0);
-    let taken: i64 = client
-        .query_one(
-            "SELECT amount_nanousd FROM transactions WHERE api_key_id = $1::text::uuid
-             ORDER BY seq DESC LIMIT 1",
-            &[&key_id(2)],
+    // Closed k2: late spend is taken back from its room, no more.
+    client.batch_execute(&spend(2, 1900)).await.unwrap();
+    assert_eq!(paid_and_room(2).await, (1000, 0));
+    let amounts: Vec<i64> = client
+        .query(
+            "SELECT amount_nanousd FROM transactions WHERE kind = 'refund' ORDER BY seq",
+            &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(taken, -700);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(amounts, [600, -100, 400, -100, -500]);
 }
