@@ -12,19 +12,24 @@
 -- trigger below), so they cannot disagree with the ledger:
 --   - `paid_nanousd`: what the member has paid for the key in its period: the carve of its
 --     provision or renewal and of raises, less its refunds (a take-back is a negative refund,
---     so it adds). Normally the key's cap; at a close, its spend.
+--     so it adds). Normally the key's cap; after a close that refunded all it could, its spend
+--     (a key from an earlier month keeps that month's carve paid).
 --   - `refund_room_nanousd`: what may still be taken back: its refunds, less take-backs and
 --     raises' carves, emptied by a renewal (a new period, carved whole). So spend past the cap
 --     of a key that was never refunded anything is not charged to anyone, as before (the
 --     gateway's reservations keep it to a reported cost above a request's worst case).
 -- The take-back fires when spend grows past `paid` with room left, and takes the spend past
--- `paid`, no more than the room. Its WHEN clause runs for every row of every fold and reads
+-- `paid`, no more than the room. A renewal empties the room: a request admitted before a cut
+-- that settles after the key's renewal counts in the new period, and what it spent past the
+-- new cap is charged to no one (as spend settling after a renewal always counted). Its WHEN clause runs for every row of every fold and reads
 -- only this row's columns.
 --
 -- Upgrading: expand only (two columns with defaults, functions and triggers replaced in place).
 
--- Writers lock spend rows before they write the ledger: lock in that order.
-LOCK TABLE key_spends, transactions IN SHARE ROW EXCLUSIVE MODE;
+-- Writers lock spend rows before they write the ledger: lock in that order, and take the
+-- ALTER's own lock on `key_spends` at once rather than upgrading to it after `transactions`.
+LOCK TABLE key_spends IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE transactions IN SHARE ROW EXCLUSIVE MODE;
 
 ALTER TABLE key_spends
     ADD COLUMN paid_nanousd bigint NOT NULL DEFAULT 0,
@@ -86,9 +91,10 @@ CREATE TRIGGER transactions_paid AFTER INSERT ON transactions
           AND NEW.kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed', 'refund'))
     EXECUTE FUNCTION transactions_keep_paid();
 
--- As in migration 0008, for the spend past what was paid (on a closed key, all that lands
--- after its close), no more than the room. The take-back's own ledger row updates both
--- columns through the trigger above.
+-- As in migration 0008, for the spend past what was paid (on a closed key that was refunded all
+-- it could, all that lands after its close), no more than the room. The take-back's own ledger
+-- row updates both columns through the trigger above. `spent_past_paid_nanousd` in its detail
+-- is that spend; the row's amount is what was taken back.
 CREATE OR REPLACE FUNCTION key_spends_take_back_refund() RETURNS trigger LANGUAGE plpgsql
 VOLATILE AS $$
 DECLARE
@@ -101,13 +107,10 @@ BEGIN
          prev_hash, hash)
     VALUES (key.org_id, 'refund', key.membership_id, NEW.api_key_id,
             -least(late, NEW.refund_room_nanousd),
-            CASE WHEN NEW.closed THEN
-                jsonb_build_object('prefix', key.prefix, 'reason', 'spent after close',
-                                   'spent_after_close_nanousd', late, 'via', 'system')
-            ELSE
-                jsonb_build_object('prefix', key.prefix, 'reason', 'spent past a cut cap',
-                                   'spent_past_cut_nanousd', late, 'via', 'system')
-            END,
+            jsonb_build_object('prefix', key.prefix,
+                               'reason', CASE WHEN NEW.closed THEN 'spent after close'
+                                              ELSE 'spent past a cut cap' END,
+                               'spent_past_paid_nanousd', late, 'via', 'system'),
             clock_timestamp(), '', '');
     RETURN NULL;
 END

@@ -326,7 +326,7 @@ pub async fn revoke(
     now: OffsetDateTime,
 ) -> Result<Revoked, Error> {
     let mut client = pool.get().await?;
-    // The refund is `cap - spent`: fold first (before the transaction; see `usage::fold`).
+    // The refund depends on what was spent: fold first (before the transaction; see `usage::fold`).
     crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     let key = find(&tx, org, id_or_prefix, Lock::Yes).await?;

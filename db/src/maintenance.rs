@@ -76,7 +76,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
     if !due.get::<_, bool>(0) {
         return Ok(0);
     }
-    // The refunds are `cap - spent`: fold first (before the transaction; see `usage::fold`).
+    // The refunds depend on what was spent: fold first (before the transaction; see `usage::fold`).
     crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     let rows = tx

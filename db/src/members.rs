@@ -347,7 +347,7 @@ pub async fn remove(
     now: time::OffsetDateTime,
 ) -> Result<usize, Error> {
     let mut client = pool.get().await?;
-    // The refunds are `cap - spent`: fold first (before the transaction; see `usage::fold`).
+    // The refunds depend on what was spent: fold first (before the transaction; see `usage::fold`).
     crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     lock_roles(&tx, org).await?;

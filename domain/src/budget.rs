@@ -3,8 +3,9 @@
 //!
 //! A member's budget belongs to one membership and renews each calendar month (UTC). What is
 //! available this month is `budget - carved this month + refunded this month`; provisioning a
-//! key with cap C carves C, revoking or expiring it refunds `cap - spent` to the current month
-//! (no more than the key carved from that month). Raising a key's cap carves the difference
+//! key with cap C carves C, revoking or expiring it refunds what was paid for it beyond its
+//! spend (normally `cap - spent`) to the current month (no more than the key carved from that
+//! month). Raising a key's cap carves the difference
 //! (less what spend taken back has paid already); cutting it refunds the difference, again no
 //! more than the key carved this month (see [`change_cap`]).
 
@@ -75,9 +76,10 @@ fn first_instant(year: i32, month: Month) -> OffsetDateTime {
 pub struct MonthlyBudget {
     /// The monthly budget the owner set.
     pub budget: Money,
-    /// Caps carved out this month (new keys and renewals).
+    /// Caps carved out this month (new keys, renewals and raises).
     pub carved: Money,
-    /// Refunds credited this month (revoked or expired keys' unspent caps).
+    /// Refunds credited this month (revoked or expired keys' unspent caps, cuts of caps), less
+    /// spend taken back from them.
     pub refunded: Money,
 }
 
