@@ -155,41 +155,29 @@ async fn the_whole_sequence_works_and_is_recorded() {
 #[tokio::test]
 async fn every_refusal_is_clear_and_changes_nothing() {
     let env = seeded().await;
+    let bobs_key = |name: &str, cap: &str| {
+        env.keycap
+            .ok(&[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                name,
+                "--cap",
+                cap,
+            ])
+            .unwrap()
+    };
     // A key to revoke twice, and a second org without a master key.
-    let token = env
-        .keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "k",
-            "--cap",
-            "30",
-        ])
-        .unwrap();
+    let token = bobs_key("k", "30");
     env.keycap
         .ok(&["key", "revoke", "--org", "acme", &token[..11]])
         .unwrap();
     // An open $10 key, for the cap changes refused (bob has $90 left after it).
-    let open = env
-        .keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "open",
-            "--cap",
-            "10",
-        ])
-        .unwrap();
+    let open = bobs_key("open", "10");
     env.keycap
         .ok(&["org", "create", "empty", "--owner", "eve@empty.test"])
         .unwrap();

@@ -222,6 +222,16 @@ async fn expiry_and_monthly_renewal() {
     assert_eq!((report.renewed, report.paused), (1, 0));
 }
 
+/// `keycap audit` finds acme's hash chain intact.
+fn assert_chain_intact(env: &Env) {
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
+
 /// What bob may still carve this month.
 async fn bobs_available(env: &Env, org: &db::orgs::Org, now: time::OffsetDateTime) -> Money {
     let client = env.db.pool.get().await.unwrap();
@@ -316,12 +326,7 @@ async fn a_cap_change_carves_a_raise_and_refunds_a_cut() {
     .to_string();
     assert!(err.contains("has expired: its cap cannot change"), "{err}");
 
-    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
-    assert!(
-        audit.stderr.contains("hash chain intact"),
-        "{}",
-        audit.stderr
-    );
+    assert_chain_intact(&env);
 }
 
 /// A key carved in an earlier month gives back no more than this month carved for it; a key
@@ -436,12 +441,7 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
             (-3_000_000_000, "spent after close".to_string()),
         ]
     );
-    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
-    assert!(
-        audit.stderr.contains("hash chain intact"),
-        "{}",
-        audit.stderr
-    );
+    assert_chain_intact(&env);
 }
 
 /// A raise after a cut carves the cut's band again: spend past the cap then is not taken back
@@ -606,12 +606,7 @@ async fn concurrent_raises_and_new_keys_never_overshoot_the_budget() {
         Money::from_usd(100).saturating_sub(Money::from_nanos(total)),
         bobs_available(&env, &org, now).await
     );
-    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
-    assert!(
-        audit.stderr.contains("hash chain intact"),
-        "{}",
-        audit.stderr
-    );
+    assert_chain_intact(&env);
 }
 
 /// A $10 key of bob's in acme, and one flush's worth of its usage at `now`: `cost` of spend
@@ -906,6 +901,36 @@ async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
     );
 }
 
+/// An org, a member and a master key, for migration tests that insert rows in SQL.
+const ORG_MEMBER_AND_MASTER_KEY: &str = "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
+     INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
+     INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
+     VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
+             '00000000-0000-0000-0000-000000000002', 'user', 1000000);
+     INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
+     VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
+             'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');";
+
+/// Makes a schema `before_<number>` the session's own and applies every migration before
+/// `migration` in it; returns `migration`'s index in `db::MIGRATIONS`.
+async fn schema_before(client: &tokio_postgres::Client, migration: &str) -> usize {
+    let at = db::MIGRATIONS
+        .iter()
+        .position(|(name, _)| *name == migration)
+        .unwrap_or_else(|| panic!("migration {migration} is listed"));
+    let schema = format!("before_{}", &migration[..4]);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+        ))
+        .await
+        .unwrap();
+    for (_, sql) in &db::MIGRATIONS[..at] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    at
+}
+
 /// Migration 0008 moves each key's spend from `api_keys` to `key_spends`: every amount arrives,
 /// `closed` follows `closed_at`, and keys made afterwards get their row (and `closed` keeps up).
 /// The migrations up to 0007 run in a schema of their own, with rows the old shape allowed.
@@ -913,28 +938,10 @@ async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
 async fn moving_spend_to_key_spends_keeps_every_keys_spend() {
     let db = testkit::TestDb::new().await.unwrap();
     let client = db.client().await.unwrap();
+    let last = &db::MIGRATIONS[schema_before(&client, "0008_key_spends").await];
     client
-        .batch_execute("CREATE SCHEMA before_0008; SET search_path TO before_0008")
-        .await
-        .unwrap();
-    let at = db::MIGRATIONS
-        .iter()
-        .position(|(name, _)| *name == "0008_key_spends")
-        .expect("migration 0008 is listed");
-    let (earlier, last) = (&db::MIGRATIONS[..at], &db::MIGRATIONS[at]);
-    for (_, sql) in earlier {
-        client.batch_execute(sql).await.unwrap();
-    }
-    client
-        .batch_execute(
-            "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
-             INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
-             INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
-             VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
-                     '00000000-0000-0000-0000-000000000002', 'user', 1000000);
-             INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
-             VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
-                     'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');
+        .batch_execute(&format!(
+            "{ORG_MEMBER_AND_MASTER_KEY}
              INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
                                    prefix, cap_nanousd, spent_nanousd, period_start, closed_at, close_reason)
              SELECT ('00000000-0000-0000-0000-0000000001' || lpad(i::text, 2, '0'))::uuid,
@@ -943,7 +950,7 @@ async fn moving_spend_to_key_spends_keeps_every_keys_spend() {
                     sha256(convert_to(i::text, 'UTF8')), 'kc_' || i, 1000, i * 7, current_date,
                     CASE WHEN i = 3 THEN now() END, CASE WHEN i = 3 THEN 'revoked' END
              FROM generate_series(1, 3) AS i;",
-        )
+        ))
         .await
         .unwrap();
     client.batch_execute(last.1).await.unwrap();
@@ -1109,17 +1116,7 @@ async fn a_renewal_is_announced_just_before_its_change() {
 async fn what_was_paid_and_the_refund_room_follow_the_ledger() {
     let db = testkit::TestDb::new().await.unwrap();
     let client = db.client().await.unwrap();
-    client
-        .batch_execute("CREATE SCHEMA before_0011; SET search_path TO before_0011")
-        .await
-        .unwrap();
-    let at = db::MIGRATIONS
-        .iter()
-        .position(|(name, _)| *name == "0011_cap_take_back")
-        .expect("migration 0011 is listed");
-    for (_, sql) in &db::MIGRATIONS[..at] {
-        client.batch_execute(sql).await.unwrap();
-    }
+    let at = schema_before(&client, "0011_cap_take_back").await;
     let key_id = |i: i64| format!("00000000-0000-0000-0000-0000000001{i:02}");
     let ledger = |i: i64, kind: &str, amount: i64| {
         format!(
@@ -1136,16 +1133,7 @@ async fn what_was_paid_and_the_refund_room_follow_the_ledger() {
             key_id(i)
         )
     };
-    let mut setup = String::from(
-        "INSERT INTO orgs (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'acme');
-         INSERT INTO users (id, email) VALUES ('00000000-0000-0000-0000-000000000002', 'u@acme.example');
-         INSERT INTO memberships (id, org_id, user_id, role, monthly_budget_nanousd)
-         VALUES ('00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000001',
-                 '00000000-0000-0000-0000-000000000002', 'user', 1000000);
-         INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four)
-         VALUES ('00000000-0000-0000-0000-000000000004', '00000000-0000-0000-0000-000000000001',
-                 'openrouter', 'or', '\\x00', '\\x000000000000000000000000', 'k1', 'abcd');",
-    );
+    let mut setup = ORG_MEMBER_AND_MASTER_KEY.to_string();
     for i in 1..=3 {
         setup += &format!(
             "INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
