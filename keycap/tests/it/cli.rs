@@ -151,33 +151,35 @@ async fn the_whole_sequence_works_and_is_recorded() {
     assert_eq!(rows[5]["member_email"], "bob@acme.test");
 }
 
+/// Provisions a key of bob's in acme with `keycap key create`; returns its token.
+fn bobs_key(env: &crate::support::Env, name: &str, cap: &str) -> String {
+    env.keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            name,
+            "--cap",
+            cap,
+        ])
+        .unwrap()
+}
+
 /// A refused command exits non-zero with one clear line and changes nothing.
 #[tokio::test]
 async fn every_refusal_is_clear_and_changes_nothing() {
     let env = seeded().await;
-    let bobs_key = |name: &str, cap: &str| {
-        env.keycap
-            .ok(&[
-                "key",
-                "create",
-                "--org",
-                "acme",
-                "--member",
-                "bob@acme.test",
-                "--name",
-                name,
-                "--cap",
-                cap,
-            ])
-            .unwrap()
-    };
     // A key to revoke twice, and a second org without a master key.
-    let token = bobs_key("k", "30");
+    let token = bobs_key(&env, "k", "30");
     env.keycap
         .ok(&["key", "revoke", "--org", "acme", &token[..11]])
         .unwrap();
     // An open $10 key, for the cap changes refused (bob has $90 left after it).
-    let open = bobs_key("open", "10");
+    let open = bobs_key(&env, "open", "10");
     env.keycap
         .ok(&["org", "create", "empty", "--owner", "eve@empty.test"])
         .unwrap();
@@ -625,20 +627,7 @@ async fn amounts_take_nine_decimals_and_budgets_can_be_lowered() {
         .unwrap();
     assert_eq!(cy["budget_nanousd"], 576_000);
 
-    env.keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "a",
-            "--cap",
-            "60",
-        ])
-        .unwrap();
+    bobs_key(&env, "a", "60");
     // Lowered below what is carved: allowed, the key keeps its cap, and nothing new fits.
     env.keycap
         .ok(&["budget", "set", "--org", "acme", "bob@acme.test", "50"])

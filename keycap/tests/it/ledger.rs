@@ -222,6 +222,20 @@ async fn expiry_and_monthly_renewal() {
     assert_eq!((report.renewed, report.paused), (1, 0));
 }
 
+/// A key's refund rows in ledger order: (amount, reason).
+async fn refund_rows(env: &Env, key_id: uuid::Uuid) -> Vec<(i64, String)> {
+    let client = env.db.client().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT amount_nanousd, detail->>'reason' FROM transactions
+             WHERE api_key_id = $1 AND kind = 'refund' ORDER BY seq",
+            &[&key_id],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
 /// `keycap audit` finds acme's hash chain intact.
 fn assert_chain_intact(env: &Env) {
     let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
@@ -423,18 +437,8 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
     assert_eq!(revoked.refund, Money::ZERO);
     assert_eq!(late(5_000_000_000).await, 12_000_000_000);
     assert_eq!(bobs_available(&env, &org, now).await, usd("90"));
-    let client = env.db.client().await.unwrap();
-    let rows = client
-        .query(
-            "SELECT amount_nanousd, detail->>'reason' FROM transactions
-             WHERE api_key_id = $1 AND kind = 'refund' ORDER BY seq",
-            &[&key.id],
-        )
-        .await
-        .unwrap();
-    let refunds: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
-        refunds,
+        refund_rows(&env, key.id).await,
         vec![
             (5_000_000_000, "cap lowered".to_string()),
             (-2_000_000_000, "spent past a cut cap".to_string()),
@@ -883,17 +887,8 @@ async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
     assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000));
     assert_eq!(flush.await.unwrap().unwrap(), db::usage::Flushed::Applied);
     assert_eq!(spent_and_requests(&env, &key).await, (1_500, 1));
-    let rows = watcher
-        .query(
-            "SELECT amount_nanousd, detail->>'reason' FROM transactions
-             WHERE api_key_id = $1 AND kind = 'refund' ORDER BY created_at",
-            &[&key.id],
-        )
-        .await
-        .unwrap();
-    let refunds: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
-        refunds,
+        refund_rows(&env, key.id).await,
         vec![
             (10_000_000_000, "revoked".to_string()),
             (-1_500, "spent after close".to_string())
