@@ -1,4 +1,5 @@
-//! Sub-keys (`api_keys`): provisioning from a member's budget, listing and revoking.
+//! Sub-keys (`api_keys`): provisioning from a member's budget, listing, changing caps and
+//! revoking.
 
 use deadpool_postgres::GenericClient;
 use domain::budget::{change_cap, refund_on_close};
