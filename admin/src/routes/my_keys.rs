@@ -72,9 +72,17 @@ pub async fn post_cap(
         Err(Refused::Request(AppError::Conflict(message))) => (StatusCode::CONFLICT, message),
         Err(Refused::Request(err)) => return Err(err),
     };
-    let mut errors = FieldErrors::default();
-    errors.add("form", format!("The cap was not changed: {why}"));
-    let page = my_keys_page(&state, &viewer, None, errors).await?;
+    let mut page = my_keys_page(&state, &viewer, None, FieldErrors::default()).await?;
+    // Name the key, and keep what was typed in its form.
+    let key = match page.keys.iter_mut().find(|row| row.id == id) {
+        Some(row) => {
+            row.cap_input = form.cap.clone();
+            format!("{} ({})", row.name, row.prefix)
+        }
+        None => "the key".to_string(),
+    };
+    page.errors
+        .add("form", format!("The cap of {key} was not changed: {why}"));
     Ok(views::render(status, &page))
 }
 

@@ -115,7 +115,11 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
         .expect(200, &[&format!("action=\"{cap_form}\""), "value=\"4.00\""]);
     let rows = app.ledger_rows().await;
     for (cap, texts) in [
-        ("abc", &["The cap was not changed", "abc"][..]),
+        // The message names the key, and its form keeps what was typed.
+        (
+            "abc",
+            &["The cap of laptop (kc_", "was not changed", "value=\"abc\""][..],
+        ),
         ("", &["enter an amount in USD"][..]),
         ("0", &["a cap must be more than $0.00"][..]),
         (
@@ -143,7 +147,7 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
     member
         .post(&cap_form, &[("cap", "7.00")])
         .await
-        .expect(409, &["The cap was not changed", "cap is $7.00 already"]);
+        .expect(409, &["The cap of laptop (kc_", "cap is $7.00 already"]);
     member
         .get("/my-keys?notice=key_cap_set")
         .await
