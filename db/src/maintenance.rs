@@ -17,6 +17,8 @@ pub struct Report {
     pub expired: usize,
     pub renewed: usize,
     pub paused: usize,
+    /// Due keys left for a later pass: their member's membership was locked by another change.
+    pub renewals_deferred: usize,
     pub sessions_deleted: u64,
     pub flush_claims_deleted: u64,
 }
@@ -24,7 +26,7 @@ pub struct Report {
 /// Closes every key whose expiry has passed and renews monthly keys that are due.
 pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> {
     let expired = expire_due(pool, now).await?;
-    let (renewed, paused) = renew_due(pool, now).await?;
+    let (renewed, paused, renewals_deferred) = renew_due(pool, now).await?;
     let client = pool.get().await?;
     let sessions_deleted = client
         .execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
@@ -41,6 +43,7 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
         expired,
         renewed,
         paused,
+        renewals_deferred,
         sessions_deleted,
         flush_claims_deleted,
     })
@@ -120,7 +123,8 @@ const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
 /// Renews monthly keys carved in an earlier month: spend resets and the cap is carved again
 /// from the new month, or the key is paused (with a reason) when the budget cannot cover it.
 /// A paused key is tried again on every pass, so raising the budget un-pauses it.
-pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize), Error> {
+/// Returns how many keys it renewed, paused, and deferred to a later pass.
+pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize, usize), Error> {
     let window = MonthWindow::containing(now);
     let mut client = pool.get().await?;
     let due = client
@@ -134,7 +138,7 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         )
         .await?;
     if !due.get::<_, bool>(0) {
-        return Ok((0, 0));
+        return Ok((0, 0, 0));
     }
     // Spend flushed so far belongs to the period that ends here: fold first (before the
     // transaction; see `usage::fold`). Spend flushed after the fold counts in the new period.
@@ -168,10 +172,11 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let (mut renewed, mut paused) = (0, 0);
+    let (mut renewed, mut paused, mut deferred) = (0, 0, 0);
     for row in &rows {
         let key = key_from_row(row);
         if !locked.contains(&key.membership_id) {
+            deferred += 1;
             continue;
         }
         let month = tx
@@ -222,5 +227,5 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         }
     }
     tx.commit().await?;
-    Ok((renewed, paused))
+    Ok((renewed, paused, deferred))
 }

@@ -550,10 +550,16 @@ async fn renewal_skips_a_locked_membership_until_the_next_pass() {
     .await
     .expect("the renewal pass waited for the locked membership")
     .unwrap();
-    assert_eq!((report.renewed, report.paused), (0, 0));
+    assert_eq!(
+        (report.renewed, report.paused, report.renewals_deferred),
+        (0, 0, 1)
+    );
     tx.rollback().await.unwrap();
     let report = db::maintenance::run_due(&env.db.pool, now).await.unwrap();
-    assert_eq!((report.renewed, report.paused), (1, 0));
+    assert_eq!(
+        (report.renewed, report.paused, report.renewals_deferred),
+        (1, 0, 0)
+    );
 }
 
 /// Raises racing new keys for one member's budget never carve more than it holds.
