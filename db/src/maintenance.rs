@@ -3,13 +3,13 @@
 //! [`run_due`] periodically; every step is idempotent.
 
 use domain::budget::{Renewal, renew};
-use domain::{LedgerKind, Money, MonthWindow, MonthlyBudget};
+use domain::{LedgerKind, Money, MonthWindow};
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::keys::{close, key_from_row, select_keys};
 use crate::transactions::{self, NewEntry};
-use crate::{Actor, Error, Pool};
+use crate::{Actor, Error, Pool, members};
 
 /// What one maintenance pass changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,17 +108,8 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
     Ok(rows.len())
 }
 
-const LOCK_MEMBERSHIPS: &str =
-    "SELECT id FROM memberships WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED";
-
-const MONTH_OF_MEMBER: &str = "SELECT m.monthly_budget_nanousd,
-        coalesce((SELECT sum(amount_nanousd) FROM transactions t
-                  WHERE t.membership_id = m.id AND t.kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')
-                    AND t.created_at >= $2 AND t.created_at < $3), 0)::bigint,
-        coalesce((SELECT sum(amount_nanousd) FROM transactions t
-                  WHERE t.membership_id = m.id AND t.kind = 'refund'
-                    AND t.created_at >= $2 AND t.created_at < $3), 0)::bigint
-    FROM memberships m WHERE m.id = $1 FOR NO KEY UPDATE";
+const LOCK_MEMBERSHIPS: &str = "SELECT id, monthly_budget_nanousd FROM memberships
+    WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED";
 
 /// Renews monthly keys carved in an earlier month: spend resets and the cap is carved again
 /// from the new month, or the key is paused (with a reason) when the budget cannot cover it.
@@ -166,30 +157,22 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         .collect();
     membership_ids.sort();
     membership_ids.dedup();
-    let locked: std::collections::HashSet<uuid::Uuid> = tx
+    // Each locked membership's monthly budget.
+    let locked: std::collections::HashMap<uuid::Uuid, Money> = tx
         .query(LOCK_MEMBERSHIPS, &[&membership_ids])
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), Money::from_nanos(row.get(1))))
         .collect();
     let (mut renewed, mut paused, mut deferred) = (0, 0, 0);
     for row in &rows {
         let key = key_from_row(row);
-        if !locked.contains(&key.membership_id) {
+        let Some(&budget) = locked.get(&key.membership_id) else {
             deferred += 1;
             continue;
-        }
-        let month = tx
-            .query_one(
-                MONTH_OF_MEMBER,
-                &[&key.membership_id, &window.start, &window.end],
-            )
-            .await?;
-        let month = MonthlyBudget {
-            budget: Money::from_nanos(month.get(0)),
-            carved: Money::from_nanos(month.get(1)),
-            refunded: Money::from_nanos(month.get(2)),
         };
+        // Counts this pass's own renewals of the member's other keys too.
+        let month = members::month_of(&tx, key.membership_id, budget, window).await?;
         let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyRenewed, Actor::System);
         entry.membership_id = Some(key.membership_id);
         entry.api_key_id = Some(key.id);
