@@ -212,13 +212,8 @@ pub async fn set_key_cap(
         .map_err(refused)?;
     let mut out = key_json(&changed.key, now);
     out["old_cap_nanousd"] = changed.old_cap.nanos().into();
-    let (carved, refunded) = match changed.change {
-        domain::CapChange::Carve(raise) => (raise, domain::Money::ZERO),
-        domain::CapChange::Refund(refund) => (domain::Money::ZERO, refund),
-        domain::CapChange::Neither => (domain::Money::ZERO, domain::Money::ZERO),
-    };
-    out["carved_nanousd"] = carved.nanos().into();
-    out["refund_nanousd"] = refunded.nanos().into();
+    out["carved_nanousd"] = changed.change.carved().nanos().into();
+    out["refund_nanousd"] = changed.change.refunded().nanos().into();
     Ok(Json(out))
 }
 

@@ -436,10 +436,7 @@ pub async fn set_cap(
     let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyCapChanged, actor);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);
-    entry.amount = match change {
-        CapChange::Carve(raise) => raise,
-        CapChange::Refund(_) | CapChange::Neither => Money::ZERO,
-    };
+    entry.amount = change.carved();
     entry.detail = json!({
         "prefix": key.prefix,
         "old_cap_nanousd": key.cap.nanos(),

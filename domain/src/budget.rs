@@ -135,6 +135,24 @@ pub enum CapChange {
     Neither,
 }
 
+impl CapChange {
+    /// What the change carved from the month (zero unless a raise).
+    pub fn carved(self) -> Money {
+        match self {
+            CapChange::Carve(carve) => carve,
+            CapChange::Refund(_) | CapChange::Neither => Money::ZERO,
+        }
+    }
+
+    /// What the change refunded to the month (zero unless a cut).
+    pub fn refunded(self) -> Money {
+        match self {
+            CapChange::Refund(refund) => refund,
+            CapChange::Carve(_) | CapChange::Neither => Money::ZERO,
+        }
+    }
+}
+
 /// Decides what changing a key's cap from `old` to `new` carves or refunds.
 ///
 /// - `new` must be more than zero, and at least what the key has `spent` in its period (unless
