@@ -120,6 +120,12 @@ impl FieldErrors {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Every message, joined with "; ", for a page that shows them in one line.
+    pub fn joined(&self) -> String {
+        let messages: Vec<&str> = self.0.iter().map(|(_, m)| m.as_str()).collect();
+        messages.join("; ")
+    }
 }
 
 #[derive(Template)]

@@ -148,8 +148,7 @@ async fn refused_page(
     match refused {
         Refused::Fields(errors) => {
             let mut page_errors = FieldErrors::default();
-            let text: Vec<String> = errors.0.iter().map(|(_, m)| m.clone()).collect();
-            page_errors.add("form", text.join("; "));
+            page_errors.add("form", errors.joined());
             let page = members_page(
                 state,
                 viewer,

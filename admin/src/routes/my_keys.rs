@@ -64,10 +64,7 @@ pub async fn post_cap(
     let now = OffsetDateTime::now_utc();
     let (status, why) = match actions::set_key_cap(&state, &viewer, &id, &form.cap, now).await {
         Ok(_) => return Ok(done("/my-keys", "key_cap_set")),
-        Err(Refused::Fields(errors)) => {
-            let text: Vec<String> = errors.0.iter().map(|(_, m)| m.clone()).collect();
-            (StatusCode::BAD_REQUEST, text.join("; "))
-        }
+        Err(Refused::Fields(errors)) => (StatusCode::BAD_REQUEST, errors.joined()),
         // The same cap, or a key closed, expired or due for renewal: said on the page too.
         Err(Refused::Request(AppError::Conflict(message))) => (StatusCode::CONFLICT, message),
         Err(Refused::Request(err)) => return Err(err),
