@@ -277,7 +277,14 @@ pub async fn add_master_key(
         last_four: vault::last_four(secret),
         sealed,
     };
-    Ok(db::master_keys::add(&state.pool, &owner.org, &new, viewer.actor()).await?)
+    Ok(db::master_keys::add(
+        &state.pool,
+        &owner.org,
+        &new,
+        viewer.actor(),
+        state.clock.now(),
+    )
+    .await?)
 }
 
 fn master_key_id(text: &str) -> Result<Uuid, AppError> {
@@ -307,6 +314,7 @@ pub async fn rotate_master_key(
         &vault::last_four(secret),
         &sealed,
         viewer.actor(),
+        state.clock.now(),
     )
     .await?)
 }
@@ -319,7 +327,14 @@ pub async fn revoke_master_key(
 ) -> Result<db::master_keys::MasterKey, AppError> {
     let owner = viewer.owner()?;
     let id = master_key_id(id)?;
-    Ok(db::master_keys::revoke(&state.pool, &owner.org, id, viewer.actor()).await?)
+    Ok(db::master_keys::revoke(
+        &state.pool,
+        &owner.org,
+        id,
+        viewer.actor(),
+        state.clock.now(),
+    )
+    .await?)
 }
 
 /// What the upstream said about a master key.
@@ -503,7 +518,7 @@ pub async fn invite(
         token_hash: domain::token::hash_token(&token),
         expires_at: now + ttl,
     };
-    match db::invites::create(&state.pool, &owner.org, &new, viewer.actor()).await {
+    match db::invites::create(&state.pool, &owner.org, &new, viewer.actor(), now).await {
         Ok(invite) => {
             let link = format!("{}/invite/{token}", state.config.base());
             let emailed = match &state.mailer {
@@ -551,7 +566,15 @@ pub async fn set_budget(
     if !errors.is_empty() {
         return Err(Refused::Fields(errors));
     }
-    Ok(db::members::set_budget(&state.pool, &owner.org, &email, budget, viewer.actor()).await?)
+    Ok(db::members::set_budget(
+        &state.pool,
+        &owner.org,
+        &email,
+        budget,
+        viewer.actor(),
+        state.clock.now(),
+    )
+    .await?)
 }
 
 /// Changes a member's role (owners only).
@@ -566,7 +589,15 @@ pub async fn set_role(
     let role: Role = role
         .parse()
         .map_err(|err: domain::role::UnknownRole| Refused::field("role", err.to_string()))?;
-    Ok(db::members::set_role(&state.pool, &owner.org, &email, role, viewer.actor()).await?)
+    Ok(db::members::set_role(
+        &state.pool,
+        &owner.org,
+        &email,
+        role,
+        viewer.actor(),
+        state.clock.now(),
+    )
+    .await?)
 }
 
 /// Removes a member and revokes their keys (owners only). Returns how many keys were revoked.

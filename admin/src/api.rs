@@ -96,7 +96,7 @@ pub async fn me(State(state): State<AppState>, ApiViewer(viewer): ApiViewer) -> 
     let mut body = json!({ "email": viewer.user.email, "orgs": orgs, "current_org": Value::Null });
     if let Some(member) = &viewer.current {
         let client = state.pool.get().await.map_err(db::Error::from)?;
-        let (month, spent) = actions::month_of(&client, member, OffsetDateTime::now_utc()).await?;
+        let (month, spent) = actions::month_of(&client, member, state.clock.now()).await?;
         body["current_org"] = json!({
             "id": member.org.id, "name": member.org.name, "role": member.role.as_str(),
             "budget_nanousd": month.budget.nanos(),
@@ -132,13 +132,14 @@ pub async fn list_keys(
     let email = domain::Email::parse(&viewer.user.email)
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let client = state.pool.get().await.map_err(db::Error::from)?;
+    let now = state.clock.now();
     let keys = db::keys::list(
         &client,
         &member.org,
         if query.all { None } else { Some(&email) },
+        now,
     )
     .await?;
-    let now = OffsetDateTime::now_utc();
     Ok(Json(
         json!({ "keys": keys.iter().map(|k| key_json(k, now)).collect::<Vec<_>>() }),
     ))
@@ -183,7 +184,7 @@ pub async fn create_key(
             .map(|rpm| rpm.to_string())
             .unwrap_or_default(),
     };
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let (key, token) = actions::provision_key(&state, &viewer, &input, now)
         .await
         .map_err(refused)?;
@@ -206,7 +207,7 @@ pub async fn set_key_cap(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CapBody>,
 ) -> ApiResult {
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let changed = actions::set_key_cap(&state, &viewer, &id, &body.cap_usd, now)
         .await
         .map_err(refused)?;
@@ -223,7 +224,7 @@ pub async fn revoke_key(
     ApiViewer(viewer): ApiViewer,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let revoked = actions::revoke_key(&state, &viewer, &id, now).await?;
     let mut body = key_json(&revoked.key, now);
     body["refund_nanousd"] = revoked.refund.nanos().into();
@@ -236,7 +237,7 @@ pub async fn list_members(
     ApiViewer(viewer): ApiViewer,
 ) -> ApiResult {
     let owner = viewer.owner()?;
-    let window = domain::MonthWindow::containing(OffsetDateTime::now_utc());
+    let window = domain::MonthWindow::containing(state.clock.now());
     let client = state.pool.get().await.map_err(db::Error::from)?;
     let members = db::members::list(&client, &owner.org).await?;
     let spent = db::members::spent_in(&client, &owner.org, window, None).await?;
@@ -260,7 +261,7 @@ pub async fn invite(
     ApiViewer(viewer): ApiViewer,
     ApiJson(body): ApiJson<InviteInput>,
 ) -> Result<Response, ApiError> {
-    let invited = actions::invite(&state, &viewer, &body, OffsetDateTime::now_utc())
+    let invited = actions::invite(&state, &viewer, &body, state.clock.now())
         .await
         .map_err(refused)?;
     let invite = &invited.invite;
@@ -317,8 +318,7 @@ pub async fn remove_member(
     ApiViewer(viewer): ApiViewer,
     ApiJson(body): ApiJson<MemberBody>,
 ) -> ApiResult {
-    let n_keys =
-        actions::remove_member(&state, &viewer, &body.email, OffsetDateTime::now_utc()).await?;
+    let n_keys = actions::remove_member(&state, &viewer, &body.email, state.clock.now()).await?;
     Ok(Json(json!({ "email": body.email, "keys_revoked": n_keys })))
 }
 

@@ -12,6 +12,7 @@ mod actions;
 mod api;
 mod app;
 mod chart;
+mod clock;
 mod config;
 mod csrf;
 mod error;
@@ -23,6 +24,7 @@ mod state;
 mod views;
 
 pub use app::app;
+pub use clock::Clock;
 pub use config::AdminConfig;
 pub use mail::{MailConfigError, Mailer};
 pub use state::AppState;

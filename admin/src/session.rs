@@ -129,7 +129,7 @@ async fn authenticate(
     } else if let Some(token) = cookie(&headers, cookie_name(state)) {
         let token_hash = hash_token(token);
         let client = state.pool.get().await?;
-        db::accounts::find_session(&client, &token_hash)
+        db::accounts::find_session(&client, &token_hash, state.clock.now())
             .await?
             .map(|session| Authenticated::Session {
                 token_hash,

@@ -14,6 +14,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Sends invite emails, when SMTP is configured.
     pub mailer: Option<crate::mail::Mailer>,
+    /// Where every handler takes `now` from.
+    pub clock: crate::Clock,
     /// The token of the setup link, while nobody can sign in. Held only in memory: a restart
     /// prints a new link.
     setup_token: Arc<Mutex<Option<String>>>,
@@ -42,6 +44,7 @@ impl AppState {
             config: Arc::new(config),
             http,
             mailer: None,
+            clock: crate::Clock::default(),
             setup_token: Arc::new(Mutex::new(None)),
         }
     }
@@ -49,6 +52,12 @@ impl AppState {
     /// The same state, sending invite emails through `mailer`.
     pub fn with_mailer(mut self, mailer: crate::mail::Mailer) -> AppState {
         self.mailer = Some(mailer);
+        self
+    }
+
+    /// The same state, taking the time from `clock`.
+    pub fn with_clock(mut self, clock: crate::Clock) -> AppState {
+        self.clock = clock;
         self
     }
 

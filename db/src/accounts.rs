@@ -56,6 +56,7 @@ pub async fn set_up_first_owner(
     org_name: Option<&str>,
     email: &Email,
     password_hash: &str,
+    now: OffsetDateTime,
 ) -> Result<(User, Org), Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -72,7 +73,7 @@ pub async fn set_up_first_owner(
     }
     let (user_id, org) = match org_name {
         Some(name) => {
-            let created = crate::orgs::create_in(&tx, name, email, Actor::System).await?;
+            let created = crate::orgs::create_in(&tx, name, email, Actor::System, now).await?;
             (created.owner_user_id, created.org)
         }
         None => {
@@ -196,17 +197,18 @@ pub async fn create_session(
     Ok(())
 }
 
-/// The unexpired session stored under `token_hash`, if any.
+/// The session stored under `token_hash`, if any, unless it has expired by `now`.
 pub async fn find_session(
     client: &impl GenericClient,
     token_hash: &[u8; 32],
+    now: OffsetDateTime,
 ) -> Result<Option<Session>, Error> {
     let row = client
         .query_opt(
             "SELECT u.id, u.email, u.password_hash, s.current_org_id, s.csrf_token, s.expires_at
              FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.token_hash = $1 AND s.expires_at > now()",
-            &[&token_hash.as_slice()],
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
+            &[&token_hash.as_slice(), &now],
         )
         .await?;
     Ok(row.map(|row| Session {
@@ -264,17 +266,18 @@ pub async fn delete_other_sessions(
         .await?)
 }
 
-/// Records a failed sign-in and removes failures older than `keep_since`.
+/// Records a failed sign-in at `now` and removes failures older than `keep_since`.
 pub async fn record_login_failure(
     client: &impl GenericClient,
     email: &str,
     client_ip: &str,
+    now: OffsetDateTime,
     keep_since: OffsetDateTime,
 ) -> Result<(), Error> {
     client
         .execute(
-            "INSERT INTO login_failures (email, client_ip) VALUES ($1, $2)",
-            &[&email, &client_ip],
+            "INSERT INTO login_failures (email, client_ip, failed_at) VALUES ($1, $2, $3)",
+            &[&email, &client_ip, &now],
         )
         .await?;
     client
@@ -322,7 +325,7 @@ pub struct AdminToken {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
-/// Stores a new admin token for `user` (an owner) in `org`.
+/// Stores a new admin token for `user` (an owner) in `org`, made at `now`.
 pub async fn create_admin_token(
     client: &impl GenericClient,
     org: &Org,
@@ -330,6 +333,7 @@ pub async fn create_admin_token(
     name: &str,
     token_hash: &[u8; 32],
     prefix: &str,
+    now: OffsetDateTime,
 ) -> Result<Uuid, Error> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
@@ -340,8 +344,8 @@ pub async fn create_admin_token(
     let id = Uuid::new_v4();
     client
         .execute(
-            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &id,
                 &org.id,
@@ -349,6 +353,7 @@ pub async fn create_admin_token(
                 &name,
                 &token_hash.as_slice(),
                 &prefix,
+                &now,
             ],
         )
         .await?;
@@ -409,16 +414,17 @@ pub async fn list_admin_tokens(
         .collect())
 }
 
-/// Revokes an admin token of an org.
+/// Revokes an admin token of an org, at `now`.
 pub async fn revoke_admin_token(
     client: &impl GenericClient,
     org_id: Uuid,
     id: Uuid,
+    now: OffsetDateTime,
 ) -> Result<(), Error> {
     let n = client
         .execute(
-            "UPDATE admin_tokens SET revoked_at = now() WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL",
-            &[&id, &org_id],
+            "UPDATE admin_tokens SET revoked_at = $3 WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL",
+            &[&id, &org_id, &now],
         )
         .await?;
     if n == 0 {

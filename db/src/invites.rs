@@ -72,6 +72,7 @@ pub async fn create(
     org: &Org,
     new: &NewInvite,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<Invite, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -95,8 +96,9 @@ pub async fn create(
         Actor::Cli | Actor::System => None,
     };
     tx.execute(
-        "INSERT INTO invites (id, org_id, email, role, monthly_budget_nanousd, token_hash, invited_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO invites (id, org_id, email, role, monthly_budget_nanousd, token_hash, invited_by, expires_at,
+                              created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &id,
             &org.id,
@@ -106,10 +108,11 @@ pub async fn create(
             &new.token_hash.as_slice(),
             &user_id,
             &new.expires_at,
+            &now,
         ],
     )
     .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::MemberInvited, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::MemberInvited, actor, now);
     entry.amount = new.monthly_budget;
     entry.detail = json!({
         "email": new.email.as_str(),
@@ -246,6 +249,7 @@ pub async fn accept(
             invite.role,
             invite.monthly_budget,
             Actor::User(user_id),
+            now,
         )
         .await?;
     }

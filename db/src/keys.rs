@@ -206,7 +206,7 @@ pub async fn create(
         ],
     )
     .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::KeyProvisioned, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::KeyProvisioned, actor, now);
     entry.membership_id = Some(membership.id);
     entry.api_key_id = Some(id);
     entry.master_key_id = Some(master.id);
@@ -229,13 +229,14 @@ pub async fn create(
 }
 
 /// The sub-keys of an org, or of one member, newest first, with their spend as flushed (it
-/// folds the spend journal first: call it outside a transaction, see `usage::fold`).
+/// folds the spend journal first, at `now`: call it outside a transaction, see `usage::fold`).
 pub async fn list(
     client: &impl GenericClient,
     org: &Org,
     member: Option<&Email>,
+    now: OffsetDateTime,
 ) -> Result<Vec<ApiKey>, Error> {
-    crate::usage::fold(client).await?;
+    crate::usage::fold(client, now).await?;
     let rows = match member {
         Some(email) => {
             client
@@ -328,7 +329,7 @@ pub async fn revoke(
 ) -> Result<Revoked, Error> {
     let mut client = pool.get().await?;
     // The refund depends on what was spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client).await?;
+    crate::usage::fold(&client, now).await?;
     let tx = client.transaction().await?;
     let key = find(&tx, org, id_or_prefix, Lock::Yes).await?;
     if key.closed_at.is_some() {
@@ -374,7 +375,7 @@ pub async fn set_cap(
 ) -> Result<CapChanged, Error> {
     let mut client = pool.get().await?;
     // The floor is what the key has spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client).await?;
+    crate::usage::fold(&client, now).await?;
     let tx = client.transaction().await?;
     // Lock the membership before the key, as removing a member does: its budget is read below.
     let membership_id = find(&tx, org, id_or_prefix, Lock::No).await?.membership_id;
@@ -433,7 +434,7 @@ pub async fn set_cap(
         &[&key.id, &cap.nanos()],
     )
     .await?;
-    let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyCapChanged, actor);
+    let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyCapChanged, actor, now);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);
     entry.amount = change.carved();
@@ -445,7 +446,7 @@ pub async fn set_cap(
     });
     transactions::append(&tx, &entry).await?;
     if let CapChange::Refund(refund) = change {
-        let mut entry = NewEntry::new(key.org_id, LedgerKind::Refund, actor);
+        let mut entry = NewEntry::new(key.org_id, LedgerKind::Refund, actor, now);
         entry.membership_id = Some(key.membership_id);
         entry.api_key_id = Some(key.id);
         entry.amount = refund;
@@ -519,14 +520,14 @@ pub(crate) async fn close(
     let paid = paid_this_period(client, key).await?;
     let carved = carved_this_month(client, key, paid, window).await?;
     let refund = refund_on_close(paid, key.spent, carved);
-    let mut entry = NewEntry::new(key.org_id, kind, actor);
+    let mut entry = NewEntry::new(key.org_id, kind, actor, now);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);
     entry.amount = key.spent;
     entry.detail = json!({ "prefix": key.prefix, "cap_nanousd": key.cap.nanos(), "spent_nanousd": key.spent.nanos() });
     transactions::append(client, &entry).await?;
     if refund > Money::ZERO {
-        let mut entry = NewEntry::new(key.org_id, LedgerKind::Refund, actor);
+        let mut entry = NewEntry::new(key.org_id, LedgerKind::Refund, actor, now);
         entry.membership_id = Some(key.membership_id);
         entry.api_key_id = Some(key.id);
         entry.amount = refund;
@@ -615,13 +616,14 @@ pub async fn master_keys_changed_since(
 }
 
 /// The open keys that use a master key, for the warning shown before revoking it (it folds
-/// the spend journal first: call it outside a transaction, see `usage::fold`).
+/// the spend journal first, at `now`: call it outside a transaction, see `usage::fold`).
 pub async fn open_using_master_key(
     client: &impl GenericClient,
     org: &Org,
     master_key_id: Uuid,
+    now: OffsetDateTime,
 ) -> Result<Vec<ApiKey>, Error> {
-    crate::usage::fold(client).await?;
+    crate::usage::fold(client, now).await?;
     let rows = client
         .query(
             select_keys!(

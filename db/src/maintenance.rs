@@ -80,7 +80,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
         return Ok(0);
     }
     // The refunds depend on what was spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client).await?;
+    crate::usage::fold(&client, now).await?;
     let tx = client.transaction().await?;
     let rows = tx
         .query(
@@ -133,7 +133,7 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
     }
     // Spend flushed so far belongs to the period that ends here: fold first (before the
     // transaction; see `usage::fold`). Spend flushed after the fold counts in the new period.
-    crate::usage::fold(&client).await?;
+    crate::usage::fold(&client, now).await?;
     let tx = client.transaction().await?;
     let rows = tx
         .query(
@@ -173,7 +173,7 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
         };
         // Counts this pass's own renewals of the member's other keys too.
         let month = members::month_of(&tx, key.membership_id, budget, window).await?;
-        let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyRenewed, Actor::System);
+        let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyRenewed, Actor::System, now);
         entry.membership_id = Some(key.membership_id);
         entry.api_key_id = Some(key.id);
         match renew(key.cap, &month) {

@@ -46,6 +46,7 @@ pub async fn add(
     org: &Org,
     new: &NewMasterKey,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<MasterKey, Error> {
     let name = new.name.trim();
     if name.is_empty() || name.len() > 200 {
@@ -57,8 +58,9 @@ pub async fn add(
     let tx = client.transaction().await?;
     let row = tx
         .query_one(
-            "INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
+            "INSERT INTO master_keys (id, org_id, service, name, ciphertext, nonce, sealing_key_id, last_four, created_by,
+                                      created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at",
             &[
                 &new.id,
                 &org.id,
@@ -69,10 +71,11 @@ pub async fn add(
                 &new.sealed.sealing_key_id,
                 &new.last_four,
                 &actor.user_id(),
+                &now,
             ],
         )
         .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyAdded, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyAdded, actor, now);
     entry.master_key_id = Some(new.id);
     entry.detail =
         json!({ "service": new.service.as_str(), "name": name, "last_four": new.last_four });
@@ -190,13 +193,14 @@ pub async fn rotate(
     last_four: &str,
     sealed: &Sealed,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<MasterKey, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let mut key = lock_active(&tx, org, id, "is revoked: add a new one instead").await?;
     tx.execute(
         "UPDATE master_keys SET ciphertext = $2, nonce = $3, sealing_key_id = $4, last_four = $5,
-                rotated_at = now()
+                rotated_at = $6
          WHERE id = $1",
         &[
             &id,
@@ -204,10 +208,11 @@ pub async fn rotate(
             &sealed.nonce,
             &sealed.sealing_key_id,
             &last_four,
+            &now,
         ],
     )
     .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyRotated, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyRotated, actor, now);
     entry.master_key_id = Some(id);
     entry.detail =
         json!({ "name": key.name, "previous_last_four": key.last_four, "last_four": last_four });
@@ -219,18 +224,24 @@ pub async fn rotate(
 
 /// Revokes a master key. The sub-keys that use it are refused by the gateway from then on; they
 /// stay open, so an owner can see them and their members can provision new ones.
-pub async fn revoke(pool: &Pool, org: &Org, id: Uuid, actor: Actor) -> Result<MasterKey, Error> {
+pub async fn revoke(
+    pool: &Pool,
+    org: &Org,
+    id: Uuid,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<MasterKey, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let mut key = lock_active(&tx, org, id, "is already revoked").await?;
     let revoked_at: OffsetDateTime = tx
         .query_one(
-            "UPDATE master_keys SET revoked_at = now() WHERE id = $1 RETURNING revoked_at",
-            &[&id],
+            "UPDATE master_keys SET revoked_at = $2 WHERE id = $1 RETURNING revoked_at",
+            &[&id, &now],
         )
         .await?
         .get(0);
-    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyRevoked, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::MasterKeyRevoked, actor, now);
     entry.master_key_id = Some(id);
     entry.detail = json!({ "name": key.name, "last_four": key.last_four });
     transactions::append(&tx, &entry).await?;

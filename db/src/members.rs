@@ -3,6 +3,7 @@
 use deadpool_postgres::GenericClient;
 use domain::{LedgerKind, Money, MonthWindow, MonthlyBudget, Role};
 use serde_json::json;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use domain::Email;
@@ -52,6 +53,10 @@ pub(crate) async fn insert_membership(
 
 /// Adds a membership for a user inside a caller's transaction, reviving a removed one, with
 /// its ledger row. Refused when the user is already an active member.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the membership's five fields, then who makes the change and when, as every ledger writer"
+)]
 pub(crate) async fn join_in(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -60,6 +65,7 @@ pub(crate) async fn join_in(
     role: Role,
     budget: Money,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<Uuid, Error> {
     let active = client
         .query_opt(
@@ -83,7 +89,7 @@ pub(crate) async fn join_in(
         Some(row) => row.get(0),
         None => insert_membership(client, org_id, user_id, role, budget).await?,
     };
-    let mut entry = NewEntry::new(org_id, LedgerKind::MemberJoined, actor);
+    let mut entry = NewEntry::new(org_id, LedgerKind::MemberJoined, actor, now);
     entry.membership_id = Some(membership_id);
     entry.amount = budget;
     entry.detail = json!({ "email": email.as_str(), "role": role.as_str() });
@@ -194,6 +200,7 @@ pub async fn add(
     role: Role,
     budget: Money,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<Membership, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -208,7 +215,7 @@ pub async fn add(
         )));
     }
     let user_id = upsert_user(&tx, email).await?;
-    let membership_id = join_in(&tx, org.id, user_id, email, role, budget, actor).await?;
+    let membership_id = join_in(&tx, org.id, user_id, email, role, budget, actor, now).await?;
     tx.commit().await?;
     Ok(Membership {
         id: membership_id,
@@ -228,6 +235,7 @@ pub async fn set_budget(
     email: &Email,
     budget: Money,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<Membership, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -237,7 +245,7 @@ pub async fn set_budget(
         &[&membership.id, &budget.nanos()],
     )
     .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::BudgetSet, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::BudgetSet, actor, now);
     entry.membership_id = Some(membership.id);
     entry.amount = budget;
     entry.detail =
@@ -266,12 +274,13 @@ async fn revoke_admin_tokens(
     client: &impl GenericClient,
     org: &Org,
     user_id: Uuid,
+    now: OffsetDateTime,
 ) -> Result<(), Error> {
     client
         .execute(
-            "UPDATE admin_tokens SET revoked_at = now()
+            "UPDATE admin_tokens SET revoked_at = $3
              WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL",
-            &[&org.id, &user_id],
+            &[&org.id, &user_id, &now],
         )
         .await?;
     Ok(())
@@ -310,6 +319,7 @@ pub async fn set_role(
     email: &Email,
     role: Role,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<Membership, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -320,14 +330,14 @@ pub async fn set_role(
     }
     check_not_last_owner(&tx, org, &membership).await?;
     if membership.role == Role::Owner {
-        revoke_admin_tokens(&tx, org, membership.user_id).await?;
+        revoke_admin_tokens(&tx, org, membership.user_id, now).await?;
     }
     tx.execute(
         "UPDATE memberships SET role = $2 WHERE id = $1",
         &[&membership.id, &role.as_str()],
     )
     .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::RoleChanged, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::RoleChanged, actor, now);
     entry.membership_id = Some(membership.id);
     entry.detail =
         json!({ "email": email.as_str(), "from": membership.role.as_str(), "to": role.as_str() });
@@ -344,16 +354,16 @@ pub async fn remove(
     org: &Org,
     email: &Email,
     actor: Actor,
-    now: time::OffsetDateTime,
+    now: OffsetDateTime,
 ) -> Result<usize, Error> {
     let mut client = pool.get().await?;
     // The refunds depend on what was spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client).await?;
+    crate::usage::fold(&client, now).await?;
     let tx = client.transaction().await?;
     lock_roles(&tx, org).await?;
     let membership = find_for_update(&tx, org, email).await?;
     check_not_last_owner(&tx, org, &membership).await?;
-    revoke_admin_tokens(&tx, org, membership.user_id).await?;
+    revoke_admin_tokens(&tx, org, membership.user_id, now).await?;
     let rows = tx
         .query(
             crate::keys::select_keys!(
@@ -371,7 +381,7 @@ pub async fn remove(
         &[&membership.id, &now],
     )
     .await?;
-    let mut entry = NewEntry::new(org.id, LedgerKind::MemberRemoved, actor);
+    let mut entry = NewEntry::new(org.id, LedgerKind::MemberRemoved, actor, now);
     entry.membership_id = Some(membership.id);
     entry.detail = json!({ "email": email.as_str(), "keys_revoked": rows.len() });
     transactions::append(&tx, &entry).await?;

@@ -46,6 +46,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0011_cap_take_back",
         include_str!("../../migrations/0011_cap_take_back.sql"),
     ),
+    (
+        "0012_fold_at",
+        include_str!("../../migrations/0012_fold_at.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -3,6 +3,7 @@
 use deadpool_postgres::GenericClient;
 use domain::{LedgerKind, Money, Role};
 use serde_json::json;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::members::{self, Email};
@@ -24,16 +25,17 @@ pub struct CreatedOrg {
     pub owner_membership_id: Uuid,
 }
 
-/// Creates an org and its first owner (with a zero budget) in one transaction.
+/// Creates an org and its first owner (with a zero budget) in one transaction, at `now`.
 pub async fn create(
     pool: &Pool,
     name: &str,
     owner_email: &Email,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<CreatedOrg, Error> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let created = create_in(&tx, name, owner_email, actor).await?;
+    let created = create_in(&tx, name, owner_email, actor, now).await?;
     tx.commit().await?;
     Ok(created)
 }
@@ -44,6 +46,7 @@ pub(crate) async fn create_in(
     name: &str,
     owner_email: &Email,
     actor: Actor,
+    now: OffsetDateTime,
 ) -> Result<CreatedOrg, Error> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
@@ -69,7 +72,7 @@ pub(crate) async fn create_in(
     let user_id = members::upsert_user(tx, owner_email).await?;
     let membership_id =
         members::insert_membership(tx, org_id, user_id, Role::Owner, Money::ZERO).await?;
-    let mut entry = NewEntry::new(org_id, LedgerKind::OrgCreated, actor);
+    let mut entry = NewEntry::new(org_id, LedgerKind::OrgCreated, actor, now);
     entry.membership_id = Some(membership_id);
     entry.detail = json!({ "name": name, "owner": owner_email.as_str() });
     transactions::append(tx, &entry).await?;

@@ -1,7 +1,8 @@
 //! The ledger: the append-only, hash-chained `transactions` table.
 //!
 //! Rows are only ever inserted, inside the same database transaction as the change they
-//! record. A trigger assigns each row its per-org sequence number and chains its hash over the
+//! record, dated by the `now` that change was given (the same instant its budget window was
+//! taken from, so a carve and the month it is checked against never differ). A trigger assigns each row its per-org sequence number and chains its hash over the
 //! previous row of the org; another trigger refuses UPDATE, DELETE and TRUNCATE.
 
 use deadpool_postgres::GenericClient;
@@ -23,15 +24,18 @@ pub struct NewEntry {
     pub master_key_id: Option<Uuid>,
     pub amount: Money,
     pub detail: Value,
+    /// When the change happened: the caller's `now`, never the database's clock.
+    pub at: OffsetDateTime,
 }
 
 impl NewEntry {
-    /// An entry with no subject, amount zero and an empty detail.
-    pub fn new(org_id: Uuid, kind: LedgerKind, actor: Actor) -> NewEntry {
+    /// An entry at `at` with no subject, amount zero and an empty detail.
+    pub fn new(org_id: Uuid, kind: LedgerKind, actor: Actor, at: OffsetDateTime) -> NewEntry {
         NewEntry {
             org_id,
             kind,
             actor,
+            at,
             membership_id: None,
             api_key_id: None,
             master_key_id: None,
@@ -58,8 +62,9 @@ pub struct Entry {
 }
 
 const INSERT: &str = "INSERT INTO transactions
-    (org_id, kind, actor_user_id, membership_id, api_key_id, master_key_id, amount_nanousd, detail, prev_hash, hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')";
+    (org_id, kind, actor_user_id, membership_id, api_key_id, master_key_id, amount_nanousd, detail,
+     created_at, prev_hash, hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '', '')";
 
 /// Appends a ledger row. Call it inside the transaction that makes the change.
 pub async fn append(client: &impl GenericClient, entry: &NewEntry) -> Result<(), Error> {
@@ -80,6 +85,7 @@ pub async fn append(client: &impl GenericClient, entry: &NewEntry) -> Result<(),
                 &entry.master_key_id,
                 &entry.amount.nanos(),
                 &detail,
+                &entry.at,
             ],
         )
         .await?;

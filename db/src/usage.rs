@@ -155,10 +155,14 @@ pub struct Folded {
 /// advisory lock, its spend rows and the ledger rows of any take-back it fires (which hold the
 /// org's ledger lock) would stay locked to the end of the transaction, and a transaction that
 /// locks a membership and then the ledger (provisioning a key) could deadlock with it. Spend
-/// flushed between the fold and a close is taken back from the refund by the next fold.
-pub async fn fold(client: &impl deadpool_postgres::GenericClient) -> Result<Folded, Error> {
+/// flushed between the fold and a close is taken back from the refund by the next fold. The
+/// ledger rows of take-backs are dated `now` (migration 0012).
+pub async fn fold(
+    client: &impl deadpool_postgres::GenericClient,
+    now: OffsetDateTime,
+) -> Result<Folded, Error> {
     let row = client
-        .query_one("SELECT * FROM fold_spend_journal()", &[])
+        .query_one("SELECT * FROM fold_spend_journal($1)", &[&now])
         .await?;
     let folded = Folded {
         n_keys: row.get(0),

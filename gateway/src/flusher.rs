@@ -241,7 +241,9 @@ struct Batch {
 /// for keys the database does not have).
 pub async fn fold(pool: &db::Pool) -> Result<(), db::Error> {
     let client = pool.get().await?;
-    db::usage::fold(&client).await.map(|_| ())
+    db::usage::fold(&client, time::OffsetDateTime::now_utc())
+        .await
+        .map(|_| ())
 }
 
 /// Runs until `shutdown` turns true, then flushes everything a last time. Stop it only after

@@ -24,13 +24,14 @@ pub async fn seed(
 ) -> anyhow::Result<secrecy::SecretString> {
     let pool = &database.pool;
     let member = Email::parse(MEMBER)?;
+    let now = OffsetDateTime::now_utc();
     let client = pool.get().await?;
     let existing = orgs::find(&client, ORG).await.ok();
     drop(client);
     let org = match existing {
         Some(org) => org,
         None => {
-            let created = orgs::create(pool, ORG, &Email::parse(OWNER)?, Actor::Cli).await?;
+            let created = orgs::create(pool, ORG, &Email::parse(OWNER)?, Actor::Cli, now).await?;
             db::members::add(
                 pool,
                 &created.org,
@@ -38,6 +39,7 @@ pub async fn seed(
                 Role::User,
                 Money::from_usd(10),
                 Actor::Cli,
+                now,
             )
             .await?;
             let id = Uuid::new_v4();
@@ -49,21 +51,21 @@ pub async fn seed(
                 last_four: vault::last_four(master_key),
                 sealed,
             };
-            db::master_keys::add(pool, &created.org, &new, Actor::Cli).await?;
+            db::master_keys::add(pool, &created.org, &new, Actor::Cli, now).await?;
             created.org
         }
     };
     let new_key = db::keys::NewKey {
         member,
         service: Service::OpenRouter,
-        name: format!("demo-{}", OffsetDateTime::now_utc().unix_timestamp()),
+        name: format!("demo-{}", now.unix_timestamp()),
         cap: Money::from_usd(1),
         expires_at: None,
         model_scope: vec![],
         renew_monthly: false,
         rate_limit_rpm: None,
     };
-    let (_, token) = db::keys::create(pool, &org, &new_key, Actor::Cli, OffsetDateTime::now_utc())
+    let (_, token) = db::keys::create(pool, &org, &new_key, Actor::Cli, now)
         .await
         .context("provisioning the demo key (the demo member's $10 budget may be carved out: remove keycap-data/demo to start afresh)")?;
     Ok(secrecy::SecretString::from(token.expose().to_string()))

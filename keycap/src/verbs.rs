@@ -41,7 +41,14 @@ pub async fn org(database: &Database, command: OrgCommand) -> anyhow::Result<()>
     match command {
         OrgCommand::Create { name, owner } => {
             let owner = email(&owner)?;
-            let created = orgs::create(&database.pool, &name, &owner, Actor::Cli).await?;
+            let created = orgs::create(
+                &database.pool,
+                &name,
+                &owner,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
             eprintln!("created org {:?} with owner {owner}", created.org.name);
             println!("{}", created.org.id);
         }
@@ -68,14 +75,15 @@ pub async fn member(
             let org = find_org(database, &org).await?;
             let token = domain::token::random_secret();
             let ttl_days = i64::try_from(invite_days)?;
+            let now = OffsetDateTime::now_utc();
             let new = db::invites::NewInvite {
                 email: address.clone(),
                 role,
                 monthly_budget: budget,
                 token_hash: domain::token::hash_token(&token),
-                expires_at: OffsetDateTime::now_utc() + time::Duration::days(ttl_days),
+                expires_at: now + time::Duration::days(ttl_days),
             };
-            db::invites::create(&database.pool, &org, &new, Actor::Cli).await?;
+            db::invites::create(&database.pool, &org, &new, Actor::Cli, now).await?;
             eprintln!(
                 "invited {address} to {:?}; the link below works once, for {ttl_days} days (open it in a browser while keycap up runs)",
                 org.name
@@ -90,7 +98,16 @@ pub async fn member(
         } => {
             let (address, role, budget) = (email(&address)?, role.parse::<Role>()?, usd(&budget)?);
             let org = find_org(database, &org).await?;
-            db::members::add(&database.pool, &org, &address, role, budget, Actor::Cli).await?;
+            db::members::add(
+                &database.pool,
+                &org,
+                &address,
+                role,
+                budget,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
             eprintln!(
                 "added {address} to {:?} as {role} with a monthly budget of {budget}",
                 org.name
@@ -149,7 +166,15 @@ pub async fn budget(database: &Database, command: BudgetCommand) -> anyhow::Resu
     } = command;
     let (address, amount) = (email(&address)?, usd(&amount)?);
     let org = find_org(database, &org).await?;
-    db::members::set_budget(&database.pool, &org, &address, amount, Actor::Cli).await?;
+    db::members::set_budget(
+        &database.pool,
+        &org,
+        &address,
+        amount,
+        Actor::Cli,
+        OffsetDateTime::now_utc(),
+    )
+    .await?;
     eprintln!(
         "set the monthly budget of {address} in {:?} to {amount}",
         org.name
@@ -233,7 +258,14 @@ pub async fn vault(
                 last_four,
                 sealed,
             };
-            let key = db::master_keys::add(&database.pool, &org, &new, Actor::Cli).await?;
+            let key = db::master_keys::add(
+                &database.pool,
+                &org,
+                &new,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
             eprintln!(
                 "stored {} master key {:?} (…{}) for {:?}",
                 key.service, key.name, key.last_four, org.name
@@ -246,9 +278,16 @@ pub async fn vault(
             let secret = read_secret()?;
             let sealed = keyring.seal(org.id, id, secret.expose_secret());
             let last_four = vault::last_four(secret.expose_secret());
-            let key =
-                db::master_keys::rotate(&database.pool, &org, id, &last_four, &sealed, Actor::Cli)
-                    .await?;
+            let key = db::master_keys::rotate(
+                &database.pool,
+                &org,
+                id,
+                &last_four,
+                &sealed,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
             eprintln!(
                 "rotated master key {:?} of {:?}: now …{}",
                 key.name, org.name, key.last_four
@@ -257,7 +296,14 @@ pub async fn vault(
         VaultCommand::Revoke { org, key } => {
             let org = find_org(database, &org).await?;
             let id = find_master_key(database, &org, &key).await?;
-            let key = db::master_keys::revoke(&database.pool, &org, id, Actor::Cli).await?;
+            let key = db::master_keys::revoke(
+                &database.pool,
+                &org,
+                id,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
             eprintln!(
                 "revoked master key {:?} of {:?}: its sub-keys are refused from now on",
                 key.name, org.name
@@ -294,8 +340,8 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
             let member = member.as_deref().map(email).transpose()?;
             let client = database.pool.get().await?;
             let org = orgs::find(&client, &org).await?;
-            let keys = db::keys::list(&client, &org, member.as_ref()).await?;
             let now = OffsetDateTime::now_utc();
+            let keys = db::keys::list(&client, &org, member.as_ref(), now).await?;
             if json {
                 let out: Vec<_> = keys
                     .iter()

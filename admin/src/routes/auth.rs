@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use domain::Email;
 use secrecy::SecretString;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -38,7 +37,7 @@ async fn start_session(
         user_id,
         org_id,
         &domain::token::random_secret(),
-        OffsetDateTime::now_utc() + ttl,
+        state.clock.now() + ttl,
     )
     .await?;
     let mut response = Redirect::to(to).into_response();
@@ -126,7 +125,9 @@ pub async fn post_setup(
     };
     let hash = password::hash(SecretString::from(form.password)).await?;
     let org_name = (!org_name.is_empty()).then_some(org_name);
-    let set_up = db::accounts::set_up_first_owner(&state.pool, org_name, &email, &hash).await;
+    let set_up =
+        db::accounts::set_up_first_owner(&state.pool, org_name, &email, &hash, state.clock.now())
+            .await;
     let (user, org) = match set_up {
         Ok(set_up) => set_up,
         // The org name is missing or taken: say so next to it.
@@ -198,9 +199,10 @@ fn local_path(next: &str) -> &str {
 async fn begin_attempt(state: &AppState, email: &str, client_ip: &str) -> Result<(), AppError> {
     let window = time::Duration::try_from(state.config.login_window)
         .map_err(|err| AppError::Internal(err.to_string()))?;
-    let since = OffsetDateTime::now_utc() - window;
+    let now = state.clock.now();
+    let since = now - window;
     let client = state.pool.get().await?;
-    db::accounts::record_login_failure(&client, email, client_ip, since).await?;
+    db::accounts::record_login_failure(&client, email, client_ip, now, since).await?;
     let (by_email, by_ip) =
         db::accounts::recent_login_failures(&client, email, client_ip, since).await?;
     // An address may try several accounts, so it gets a larger allowance than one account.
@@ -315,7 +317,7 @@ async fn find_invite(state: &AppState, token: &str) -> Result<db::invites::Invit
                 "this invite link is not valid: check that you copied all of it".into(),
             )
         })?;
-    if let Some(reason) = db::invites::unusable(&invite, OffsetDateTime::now_utc()) {
+    if let Some(reason) = db::invites::unusable(&invite, state.clock.now()) {
         return Err(AppError::Conflict(reason.into()));
     }
     Ok(invite)
@@ -416,7 +418,7 @@ pub async fn post_invite(
         &state.pool,
         &domain::token::hash_token(&token),
         new_hash.as_deref(),
-        OffsetDateTime::now_utc(),
+        state.clock.now(),
     )
     .await?;
     start_session(
@@ -559,6 +561,7 @@ pub async fn post_token(
         &form.name,
         &domain::token::hash_token(&token),
         &prefix,
+        state.clock.now(),
     )
     .await;
     drop(client);
@@ -595,6 +598,6 @@ pub async fn post_revoke_token(
     let id = Uuid::parse_str(&id)
         .map_err(|_| AppError::NotFound(format!("admin token {id:?} not found")))?;
     let client = state.pool.get().await?;
-    db::accounts::revoke_admin_token(&client, owner.org.id, id).await?;
+    db::accounts::revoke_admin_token(&client, owner.org.id, id, state.clock.now()).await?;
     Ok(done("/account", "token_revoked"))
 }

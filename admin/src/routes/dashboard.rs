@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::response::Response;
 use domain::{Money, MonthWindow, Role};
-use time::OffsetDateTime;
 
 use crate::actions;
 use crate::chart;
@@ -22,7 +21,7 @@ pub async fn get(
     Query(notice): Query<NoticeQuery>,
 ) -> Result<Response, AppError> {
     let member = viewer.member()?;
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let window = MonthWindow::containing(now);
     let client = state.pool.get().await?;
     let (month, spent) = actions::month_of(&client, member, now).await?;
@@ -32,6 +31,7 @@ pub async fn get(
         &client,
         &member.org,
         if is_owner { None } else { email.as_ref() },
+        now,
     )
     .await?;
     let mut org_figures = Vec::new();

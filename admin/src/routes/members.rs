@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use domain::{Money, MonthWindow};
-use time::OffsetDateTime;
 
 use crate::actions::{self, InviteInput, Refused};
 use crate::error::AppError;
@@ -24,7 +23,7 @@ async fn members_page(
     invite_link: Option<(String, String)>,
 ) -> Result<MembersPage, AppError> {
     let owner = viewer.owner()?;
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let window = MonthWindow::containing(now);
     let client = state.pool.get().await?;
     let members = db::members::list(&client, &owner.org).await?;
@@ -95,7 +94,7 @@ pub async fn post_invite(
         role: form.role.clone(),
         budget: form.budget.clone(),
     };
-    match actions::invite(&state, &viewer, &input, OffsetDateTime::now_utc()).await {
+    match actions::invite(&state, &viewer, &input, state.clock.now()).await {
         Ok(invited) => {
             let notice = match &invited.emailed {
                 Some(Ok(())) => format!("Invite created and emailed to {}.", invited.invite.email),
@@ -194,6 +193,6 @@ pub async fn post_remove(
     viewer: Viewer,
     Form(form): Form<MemberForm>,
 ) -> Result<Response, AppError> {
-    actions::remove_member(&state, &viewer, &form.email, OffsetDateTime::now_utc()).await?;
+    actions::remove_member(&state, &viewer, &form.email, state.clock.now()).await?;
     Ok(done("/members", "member_removed"))
 }

@@ -4,7 +4,6 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use time::OffsetDateTime;
 
 use crate::actions::{self, Refused};
 use crate::error::AppError;
@@ -30,11 +29,11 @@ async fn my_keys_page(
     errors: FieldErrors,
 ) -> Result<MyKeysPage, AppError> {
     let member = viewer.member()?;
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let email = domain::Email::parse(&viewer.user.email)
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let client = state.pool.get().await?;
-    let keys = db::keys::list(&client, &member.org, Some(&email)).await?;
+    let keys = db::keys::list(&client, &member.org, Some(&email), now).await?;
     let master_keys = if viewer.is_owner() {
         db::master_keys::list(&client, &member.org).await?
     } else {
@@ -61,7 +60,7 @@ pub async fn post_cap(
     Path(id): Path<String>,
     Form(form): Form<CapForm>,
 ) -> Result<Response, AppError> {
-    let now = OffsetDateTime::now_utc();
+    let now = state.clock.now();
     let (status, why) = match actions::set_key_cap(&state, &viewer, &id, &form.cap, now).await {
         Ok(_) => return Ok(done("/my-keys", "key_cap_set")),
         Err(Refused::Fields(errors)) => (StatusCode::BAD_REQUEST, errors.joined()),
@@ -89,6 +88,6 @@ pub async fn post_revoke(
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    actions::revoke_key(&state, &viewer, &id, OffsetDateTime::now_utc()).await?;
+    actions::revoke_key(&state, &viewer, &id, state.clock.now()).await?;
     Ok(done("/my-keys", "key_revoked"))
 }

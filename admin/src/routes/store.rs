@@ -4,8 +4,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use time::OffsetDateTime;
-
 use crate::actions::{self, KeyInput, Refused};
 use crate::error::AppError;
 use crate::routes::Form;
@@ -22,7 +20,7 @@ async fn store_page(
 ) -> Result<StorePage, AppError> {
     let member = viewer.member()?;
     let client = state.pool.get().await?;
-    let (month, _) = actions::month_of(&client, member, OffsetDateTime::now_utc()).await?;
+    let (month, _) = actions::month_of(&client, member, state.clock.now()).await?;
     Ok(StorePage {
         layout: Layout::new(viewer, "store", None),
         services: actions::SERVICES.to_vec(),
@@ -60,7 +58,7 @@ pub async fn post(
         renew_monthly: form.renew_monthly.is_some(),
         rpm: form.rpm.clone(),
     };
-    match actions::provision_key(&state, &viewer, &input, OffsetDateTime::now_utc()).await {
+    match actions::provision_key(&state, &viewer, &input, state.clock.now()).await {
         Ok((key, token)) => {
             let created = CreatedKey {
                 name: key.name.clone(),

@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use secrecy::SecretString;
-use time::OffsetDateTime;
 
 use crate::actions::{self, CheckOutcome, Refused};
 use crate::error::AppError;
@@ -191,8 +190,8 @@ pub async fn get_revoke(
             key.name
         )));
     }
-    let now = OffsetDateTime::now_utc();
-    let dependents = db::keys::open_using_master_key(&client, &owner.org, id).await?;
+    let now = state.clock.now();
+    let dependents = db::keys::open_using_master_key(&client, &owner.org, id, now).await?;
     Ok(views::page(&VaultRevokePage {
         layout: Layout::new(&viewer, "vault", None),
         key: MasterKeyRow::new(&key),

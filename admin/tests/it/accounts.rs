@@ -271,6 +271,7 @@ async fn a_member_of_two_orgs_switches_between_them() {
         "Beta",
         &domain::Email::parse("bea@beta.test").unwrap(),
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();
@@ -286,6 +287,7 @@ async fn a_member_of_two_orgs_switches_between_them() {
             expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
         },
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();
@@ -407,6 +409,7 @@ async fn people_made_on_the_command_line_get_in_through_setup_and_invites() {
         "Acme",
         &domain::Email::parse("ann@acme.test").unwrap(),
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap()
@@ -418,6 +421,7 @@ async fn people_made_on_the_command_line_get_in_through_setup_and_invites() {
         domain::Role::User,
         domain::Money::parse_usd("30").unwrap(),
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();

@@ -12,9 +12,16 @@ async fn the_ledger_pages_filters_exports_and_shows_a_broken_chain() {
     let ann = domain::Email::parse("ann@acme.test").unwrap();
     for cents in 1..=60 {
         let budget = domain::Money::from_nanos(cents * 10_000_000);
-        db::members::set_budget(&app.db.pool, &org, &ann, budget, db::Actor::Cli)
-            .await
-            .unwrap();
+        db::members::set_budget(
+            &app.db.pool,
+            &org,
+            &ann,
+            budget,
+            db::Actor::Cli,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
     }
     // 61 rows: org_created and 60 budget changes. The first page holds the newest 50.
     let first = owner.get("/audit").await;

@@ -13,6 +13,7 @@ async fn an_invite_cannot_claim_a_password_less_member_of_another_org() {
         "Beta",
         &domain::Email::parse("bob@beta.test").unwrap(),
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();
@@ -197,6 +198,7 @@ async fn a_stale_page_does_not_act_on_the_org_switched_to_in_another_tab() {
         "Beta",
         &domain::Email::parse("ann@acme.test").unwrap(),
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap()

@@ -9,6 +9,7 @@ async fn second_org(app: &App) -> (Person, String, String) {
         "Beta",
         &domain::Email::parse("bea@beta.test").unwrap(),
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();
@@ -37,6 +38,7 @@ async fn second_org(app: &App) -> (Person, String, String) {
             expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
         },
         db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();

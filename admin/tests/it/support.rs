@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use admin::{AdminConfig, AppState};
+use admin::{AdminConfig, AppState, Clock};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use testkit::TestDb;
@@ -88,17 +88,23 @@ impl App {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut AdminConfig)) -> App {
-        App::start_full(adjust, None).await
+        App::start_full(adjust, None, Clock::default()).await
     }
 
     /// An app that sends invite emails through `mailer`.
     pub async fn start_with_mailer(mailer: admin::Mailer) -> App {
-        App::start_full(|_| {}, Some(mailer)).await
+        App::start_full(|_| {}, Some(mailer), Clock::default()).await
+    }
+
+    /// An app whose clock stands at `at` until the test moves it (`app.state.clock.set`).
+    pub async fn start_at(at: time::OffsetDateTime) -> App {
+        App::start_full(|_| {}, None, Clock::fixed(at)).await
     }
 
     async fn start_full(
         adjust: impl FnOnce(&mut AdminConfig),
         mailer: Option<admin::Mailer>,
+        clock: Clock,
     ) -> App {
         let db = TestDb::new().await.expect("test database");
         let mock = openrouter_mock::spawn(openrouter_mock::MockConfig::default())
@@ -113,7 +119,8 @@ impl App {
             ..Default::default()
         };
         adjust(&mut config);
-        let mut state = AppState::new(db.pool.clone(), vault::Keyring::generate(), config);
+        let mut state =
+            AppState::new(db.pool.clone(), vault::Keyring::generate(), config).with_clock(clock);
         if let Some(mailer) = mailer {
             state = state.with_mailer(mailer);
         }

@@ -199,7 +199,9 @@ impl Gateway {
     /// The key's spend in Postgres, the spend journal folded in first.
     pub async fn spent_in_db(&self, token: &str) -> Money {
         let client = self.db.pool.get().await.unwrap();
-        db::usage::fold(&client).await.unwrap();
+        db::usage::fold(&client, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
         let hash = domain::token::hash_token(token).to_vec();
         let row = client
             .query_one(

@@ -192,9 +192,16 @@ async fn expiry_and_monthly_renewal() {
     );
     // January with the budget lowered below the cap: the key is paused with a reason.
     let email = Email::parse("bob@acme.test").unwrap();
-    db::members::set_budget(&env.db.pool, &org, &email, Money::from_usd(50), Actor::Cli)
-        .await
-        .unwrap();
+    db::members::set_budget(
+        &env.db.pool,
+        &org,
+        &email,
+        Money::from_usd(50),
+        Actor::Cli,
+        datetime!(2027-01-01 0:00 UTC),
+    )
+    .await
+    .unwrap();
     let report = db::maintenance::run_due(&env.db.pool, datetime!(2027-01-01 0:05 UTC))
         .await
         .unwrap();
@@ -213,13 +220,59 @@ async fn expiry_and_monthly_renewal() {
             .contains("exceeds the budget left this month ($50.00)")
     );
     // Raising the budget un-pauses it on the next pass.
-    db::members::set_budget(&env.db.pool, &org, &email, Money::from_usd(100), Actor::Cli)
-        .await
-        .unwrap();
+    db::members::set_budget(
+        &env.db.pool,
+        &org,
+        &email,
+        Money::from_usd(100),
+        Actor::Cli,
+        datetime!(2027-01-01 0:06 UTC),
+    )
+    .await
+    .unwrap();
     let report = db::maintenance::run_due(&env.db.pool, datetime!(2027-01-01 0:10 UTC))
         .await
         .unwrap();
     assert_eq!((report.renewed, report.paused), (1, 0));
+}
+
+/// A carve one second before a month ends is dated then, and counts in that month, in its
+/// budget check too; one second later the next month starts with the whole budget, and closing
+/// the key gives nothing back to it.
+#[tokio::test]
+async fn a_carve_in_a_months_last_second_counts_in_that_month() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let last_second = datetime!(2026-11-30 23:59:59 UTC);
+    let december = datetime!(2026-12-01 0:00 UTC);
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let create = async |name: &str, cap: &str, now| {
+        db::keys::create(&env.db.pool, &org, &new_key(name, cap), Actor::Cli, now).await
+    };
+    let (key, _) = create("late", "30", last_second).await.unwrap();
+    let client = env.db.client().await.unwrap();
+    let dated: time::OffsetDateTime = client
+        .query_one(
+            "SELECT created_at FROM transactions WHERE api_key_id = $1",
+            &[&key.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dated, last_second);
+    assert_eq!(bobs_available(&env, &org, last_second).await, usd("70"));
+    assert_eq!(bobs_available(&env, &org, december).await, usd("100"));
+    // In the same second, the budget check counts it.
+    let over = create("over", "70.01", last_second).await.unwrap_err();
+    assert!(over.to_string().contains("($70.00)"), "{over}");
+    // In December the whole budget fits, and closing November's key refunds nothing to it.
+    create("december", "100", december).await.unwrap();
+    let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, december)
+        .await
+        .unwrap();
+    assert_eq!(revoked.refund, Money::ZERO);
+    assert_eq!(bobs_available(&env, &org, december).await, Money::ZERO);
+    assert_chain_intact(&env);
 }
 
 /// A key's refund rows in ledger order: (amount, reason).
@@ -361,9 +414,10 @@ async fn an_earlier_months_key_gives_back_only_what_this_month_carved() {
     let (renewing, _) = db::keys::create(&env.db.pool, &org, &renewing, Actor::Cli, last_month)
         .await
         .unwrap();
-    // The ledger dates rows by the database's clock, so both carves count in this month here.
+    // Both carves count in the earlier month, and none in this one.
+    assert_eq!(bobs_available(&env, &org, last_month).await, usd("10"));
     let start = bobs_available(&env, &org, now).await;
-    assert_eq!(start, usd("10"));
+    assert_eq!(start, usd("100"));
     let set_cap = async |key: &db::keys::ApiKey, cap: &str| {
         db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now).await
     };
@@ -385,6 +439,18 @@ async fn an_earlier_months_key_gives_back_only_what_this_month_carved() {
     assert_eq!(revoked.refund, Money::ZERO);
     assert_eq!(bobs_available(&env, &org, now).await, start);
 
+    // A $90 key this month leaves $10, too little for the renewing key's $70.
+    db::keys::create(
+        &env.db.pool,
+        &org,
+        &new_key("filler", "90"),
+        Actor::Cli,
+        now,
+    )
+    .await
+    .unwrap();
+    let start = bobs_available(&env, &org, now).await;
+    assert_eq!(start, usd("10"));
     // Due for renewal and not renewed yet: gateways still serve it, so its cap waits.
     let due = set_cap(&renewing, "5").await.unwrap_err().to_string();
     assert!(due.contains("is due for its monthly renewal"), "{due}");
@@ -653,7 +719,9 @@ async fn key_and_usage(
 /// The key's spend row and its rollups' request count, after a fold.
 async fn spent_and_requests(env: &Env, key: &db::keys::ApiKey) -> (i64, i64) {
     let client = env.db.pool.get().await.unwrap();
-    db::usage::fold(&client).await.unwrap();
+    db::usage::fold(&client, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     let row = client
         .query_one(
             "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
@@ -702,7 +770,9 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     assert_eq!(flushed.unwrap(), Flushed::Applied);
     let client = env.db.pool.get().await.unwrap();
     assert_eq!(
-        db::usage::fold(&client).await.unwrap(),
+        db::usage::fold(&client, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap(),
         Folded {
             n_keys: 1,
             unmatched_keys: 1,
@@ -788,7 +858,7 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
             match i % 12 {
                 0 | 6 => {
                     let client = pool.get().await.unwrap();
-                    db::usage::fold(&client).await.unwrap();
+                    db::usage::fold(&client, now).await.unwrap();
                 }
                 5 => {
                     let key = keys[usize::try_from(i / 12).unwrap()].to_string();
@@ -823,7 +893,9 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
     let spent: i64 = (0..48).filter(|&i| is_flush(i)).map(|i| 1_000 + i).sum();
     let n_flushes = (0..48).filter(|&i| is_flush(i)).count() as i64;
     let client = env.db.pool.get().await.unwrap();
-    db::usage::fold(&client).await.unwrap();
+    db::usage::fold(&client, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     for key in keys {
         let row = client
             .query_one(

@@ -72,7 +72,9 @@ pub async fn seeded() -> Env {
 /// snapshots mean nothing changed.
 pub async fn snapshot(db: &TestDb) -> String {
     let client = db.pool.get().await.unwrap();
-    db::usage::fold(&client).await.unwrap();
+    db::usage::fold(&client, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM orgs), (SELECT count(*) FROM users),
