@@ -6,6 +6,11 @@ use db::embedded::Cluster;
 
 use crate::config::Config;
 
+/// How far this process's clock may be from the database's. Every change that moves money is
+/// dated by the clock of the process that makes it (ARCHITECTURE.md, "One clock for money"), so
+/// a process further off refuses to run rather than date carves and refunds into another month.
+const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(2);
+
 /// An open pool, and the embedded cluster when this process started it.
 pub struct Database {
     pub pool: db::Pool,
@@ -15,7 +20,8 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects (starting the embedded cluster if needed) and applies pending migrations.
+    /// Connects (starting the embedded cluster if needed), checks that this machine's clock
+    /// agrees with the database's, and applies pending migrations.
     pub async fn open(config: &Config) -> anyhow::Result<Database> {
         let (url, started) = if config.database.url.is_empty() {
             let cluster = Cluster::in_folder(&config.data_dir).context("embedded Postgres")?;
@@ -37,6 +43,10 @@ impl Database {
         };
         let pool = db::connect(&url, config.database.pool_size).context("database.url")?;
         let database = Database { pool, url, started };
+        if let Err(err) = database.check_clock().await {
+            database.close().await;
+            return Err(err);
+        }
         let applied = db::migrate(&database.pool).await;
         match applied {
             Ok(0) => {}
@@ -47,6 +57,37 @@ impl Database {
             }
         }
         Ok(database)
+    }
+
+    /// Refuses a clock further than [`MAX_CLOCK_SKEW`] from the database's.
+    async fn check_clock(&self) -> anyhow::Result<()> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .context("reading the database's clock")?;
+        let sent = time::OffsetDateTime::now_utc();
+        let database_now = db::keys::database_now(&client)
+            .await
+            .context("reading the database's clock")?;
+        let received = time::OffsetDateTime::now_utc();
+        let ours = sent + (received - sent) / 2;
+        let skew: time::Duration = ours - database_now;
+        if skew.abs() <= MAX_CLOCK_SKEW {
+            return Ok(());
+        }
+        let way = if skew.is_positive() {
+            "ahead of"
+        } else {
+            "behind"
+        };
+        anyhow::bail!(
+            "this machine's clock is {}s {way} the database's: keycap dates every change to money \
+             by this clock, so it runs only while the two agree within {}s (set the clock right, \
+             e.g. with NTP)",
+            skew.abs().whole_seconds(),
+            MAX_CLOCK_SKEW.whole_seconds()
+        )
     }
 
     /// Closes the pool and stops the embedded cluster if this process started it.

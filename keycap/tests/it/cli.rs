@@ -962,3 +962,54 @@ async fn master_keys_are_rotated_and_revoked_from_the_command_line() {
     assert_eq!(kinds, ["master_key_revoked", "master_key_rotated"]);
     assert_eq!(rows[1]["detail"]["last_four"], "wxyz");
 }
+
+/// Debian's libfaketime, which moves a process's clock (`apt-get install faketime`).
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.is_file());
+    found
+        .expect("libfaketime is not installed (Debian: apt-get install faketime)")
+        .display()
+        .to_string()
+}
+
+/// keycap dates every change to money by its own clock, so a process whose clock is more than
+/// two minutes from the database's refuses to run, and changes nothing; one a minute off runs.
+#[tokio::test]
+async fn a_clock_far_from_the_databases_is_refused() {
+    let env = seeded().await;
+    // Under `.ci/at-dates` this test's own clock is moved already: move keycap's from there.
+    let base: i64 = std::env::var("FAKETIME")
+        .ok()
+        .and_then(|offset| offset.parse().ok())
+        .unwrap_or(0);
+    let with_offset = |seconds: i64| {
+        env.keycap.clone().envs(&[
+            ("LD_PRELOAD", &libfaketime()),
+            ("FAKETIME", &format!("{:+}", base + seconds)),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ])
+    };
+    let before = snapshot(&env.db).await;
+    for (offset, way) in [(3600, "ahead of"), (-600, "behind")] {
+        let out = with_offset(offset)
+            .run(&["key", "list", "--org", "acme"])
+            .unwrap();
+        assert!(!out.success, "{offset}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(&format!("s {way} the database's"))
+                && out.stderr.contains("agree within 120s"),
+            "{offset}: {}",
+            out.stderr
+        );
+    }
+    let out = with_offset(-60)
+        .run(&["key", "list", "--org", "acme"])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(snapshot(&env.db).await, before);
+}
