@@ -14,8 +14,10 @@ CREATE FUNCTION fold_spend_journal(folded_at timestamptz, OUT n_keys bigint, OUT
                                    OUT unmatched_nanousd bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    -- Read by the take-back trigger below, for the rest of this transaction only.
-    PERFORM set_config('keycap.fold_at', folded_at::text, true);
+    -- Read by the take-back trigger below, for the rest of this transaction only. In UTC, in
+    -- one fixed format, so no session's DateStyle or TimeZone can change what is read back.
+    PERFORM set_config('keycap.fold_at',
+                       to_char(folded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), true);
     SELECT f.n_keys, f.unmatched_keys, f.unmatched_nanousd
       INTO n_keys, unmatched_keys, unmatched_nanousd
       FROM fold_spend_journal() f;
@@ -27,8 +29,9 @@ CREATE OR REPLACE FUNCTION key_spends_take_back_refund() RETURNS trigger LANGUAG
 VOLATILE AS $$
 DECLARE
     late bigint := NEW.spent_nanousd - greatest(OLD.spent_nanousd, NEW.paid_nanousd);
-    dated timestamptz := coalesce(nullif(current_setting('keycap.fold_at', true), '')::timestamptz,
-                               clock_timestamp());
+    dated timestamptz := coalesce(
+        nullif(current_setting('keycap.fold_at', true), '')::timestamp AT TIME ZONE 'UTC',
+        clock_timestamp());
     key record;
 BEGIN
     SELECT org_id, membership_id, prefix INTO key FROM api_keys WHERE id = NEW.api_key_id;

@@ -488,7 +488,7 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
         db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
             .await
             .unwrap();
-        spent_and_requests(&env, &key).await.0
+        spent_and_requests(&env, &key, now).await.0
     };
     // $1 fits under the new cap; then $2 lands past it.
     assert_eq!(late(1_000_000_000).await, 5_000_000_000);
@@ -511,6 +511,19 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
             (-3_000_000_000, "spent after close".to_string()),
         ]
     );
+    // Every row, take-backs included, is dated by the `now` of the change or fold that wrote it.
+    let client = env.db.client().await.unwrap();
+    let dates: Vec<time::OffsetDateTime> = client
+        .query(
+            "SELECT DISTINCT created_at FROM transactions WHERE api_key_id = $1",
+            &[&key.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(dates, vec![truncate_to_micros(now)]);
     assert_chain_intact(&env);
 }
 
@@ -539,7 +552,7 @@ async fn a_raise_after_a_cut_leaves_nothing_to_take_back() {
     db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &late, &[])
         .await
         .unwrap();
-    assert_eq!(spent_and_requests(&env, &key).await.0, 11_000_000_000);
+    assert_eq!(spent_and_requests(&env, &key, now).await.0, 11_000_000_000);
     assert_eq!(bobs_available(&env, &org, now).await, usd("90"));
     let client = env.db.client().await.unwrap();
     let refunds: i64 = client
@@ -576,7 +589,7 @@ async fn a_raise_after_a_take_back_carves_only_what_is_not_paid() {
     db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &late, &[])
         .await
         .unwrap();
-    assert_eq!(spent_and_requests(&env, &key).await.0, 8_000_000_000);
+    assert_eq!(spent_and_requests(&env, &key, now).await.0, 8_000_000_000);
     assert_eq!(bobs_available(&env, &org, now).await, usd("92"));
     assert_eq!(set_cap("9").await, domain::CapChange::Carve(usd("1")));
     let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
@@ -716,12 +729,20 @@ async fn key_and_usage(
     (org, key, spend, rollups)
 }
 
-/// The key's spend row and its rollups' request count, after a fold.
-async fn spent_and_requests(env: &Env, key: &db::keys::ApiKey) -> (i64, i64) {
+/// `at` as Postgres stores it.
+fn truncate_to_micros(at: time::OffsetDateTime) -> time::OffsetDateTime {
+    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000)
+        .unwrap()
+}
+
+/// The key's spend row and its rollups' request count, after a fold at `now`.
+async fn spent_and_requests(
+    env: &Env,
+    key: &db::keys::ApiKey,
+    now: time::OffsetDateTime,
+) -> (i64, i64) {
     let client = env.db.pool.get().await.unwrap();
-    db::usage::fold(&client, time::OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    db::usage::fold(&client, now).await.unwrap();
     let row = client
         .query_one(
             "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
@@ -747,15 +768,15 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     let id = uuid::Uuid::new_v4();
     let first = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
     assert_eq!(first.unwrap(), Flushed::Applied);
-    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 3));
+    assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 3));
     // The same flush again, as after a reply lost on a dropped connection.
     let retry = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
     assert_eq!(retry.unwrap(), Flushed::AlreadyApplied);
-    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 3));
+    assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 3));
     // The next flush has its own id.
     let next = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups).await;
     assert_eq!(next.unwrap(), Flushed::Applied);
-    assert_eq!(spent_and_requests(&env, &key).await, (3_000, 6));
+    assert_eq!(spent_and_requests(&env, &key, now).await, (3_000, 6));
 
     let report = db::maintenance::run_due(&env.db.pool, now + time::Duration::days(8))
         .await
@@ -779,7 +800,7 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
             unmatched_nanousd: 700
         }
     );
-    assert_eq!(spent_and_requests(&env, &key).await, (3_010, 6));
+    assert_eq!(spent_and_requests(&env, &key, now).await, (3_010, 6));
 }
 
 /// Spend flushed to the journal and not folded yet is the key's spend all the same: revoking
@@ -964,7 +985,7 @@ async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
     assert_eq!(revoked.key.spent, Money::ZERO);
     assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000));
     assert_eq!(flush.await.unwrap().unwrap(), db::usage::Flushed::Applied);
-    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 1));
+    assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 1));
     assert_eq!(
         refund_rows(&env, key.id).await,
         vec![
