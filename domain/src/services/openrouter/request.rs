@@ -13,9 +13,12 @@
 //! bytes. The one exception is an image sent by URL, whose tokens are not in the body; those are
 //! covered by a per-image allowance in the quote.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::services::openrouter::request::wire::{ImageParts, NoImageParts, RequestWire};
 
@@ -226,27 +229,43 @@ fn read_wire<'de, M: Deserialize<'de> + Default>(
 }
 
 /// Sets the completion limit in a request body to `max_tokens`: in `max_tokens` and in
-/// `max_completion_tokens` when the body has it, in `max_tokens` when it has neither. The body
-/// goes through a JSON round trip, so key order and number formatting may change; this runs only
-/// for requests the budget cannot pay for in full.
+/// `max_completion_tokens` when the body has it, in `max_tokens` when it has neither. Only the
+/// top level is taken apart, into keys and the raw text of their values: every other value goes
+/// out byte for byte as it came, without building a JSON tree of a body that may hold tens of
+/// MiB. Keys come out in sorted order (a repeated key keeps its last value, as JSON parsers do).
 pub fn lower_max_tokens(body: &[u8], max_tokens: u64) -> Result<Vec<u8>, RequestError> {
-    let mut object: serde_json::Map<String, Value> =
+    let object: BTreeMap<String, &RawValue> =
         serde_json::from_slice(body).map_err(|err| match err.classify() {
             serde_json::error::Category::Data => RequestError::NotAnObject,
             _ => RequestError::NotJson {
                 detail: err.to_string(),
             },
         })?;
+    let limit = max_tokens.to_string();
     let has_completion_field = object.contains_key("max_completion_tokens");
-    if has_completion_field {
-        object.insert("max_completion_tokens".to_string(), Value::from(max_tokens));
+    let add_max_tokens = !object.contains_key("max_tokens") && !has_completion_field;
+    let mut out = Vec::with_capacity(body.len() + 32);
+    out.push(b'{');
+    let fields = object.iter().map(|(key, value)| {
+        let value = match key.as_str() {
+            "max_tokens" | "max_completion_tokens" => limit.as_str(),
+            _ => value.get(),
+        };
+        (key.as_str(), value)
+    });
+    let added = add_max_tokens.then_some(("max_tokens", limit.as_str()));
+    for (n, (key, value)) in fields.chain(added).enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).map_err(|err| RequestError::NotJson {
+            detail: err.to_string(),
+        })?;
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
     }
-    if object.contains_key("max_tokens") || !has_completion_field {
-        object.insert("max_tokens".to_string(), Value::from(max_tokens));
-    }
-    serde_json::to_vec(&object).map_err(|err| RequestError::NotJson {
-        detail: err.to_string(),
-    })
+    out.push(b'}');
+    Ok(out)
 }
 
 fn max_tokens_field(field: &'static str, value: &Value) -> Result<Option<u64>, RequestError> {

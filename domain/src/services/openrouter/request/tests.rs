@@ -376,6 +376,16 @@ fn lowers_the_limit_in_the_body() {
         7,
         r#"{"model":"m","max_tokens":7,"temperature":0.7,"stop":["\n"]}"#,
     );
+    // Values other than the limit go out byte for byte: number forms, spacing, escapes.
+    let lowered = lower_max_tokens(
+        br#"{"temperature":1.50,"model":"m","messages":[{"role":"user","content":"caf\u00e9 \"x\""}], "max_tokens":9}"#,
+        5,
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(lowered).unwrap(),
+        r#"{"max_tokens":5,"messages":[{"role":"user","content":"caf\u00e9 \"x\""}],"model":"m","temperature":1.50}"#
+    );
     let lowered = lower_max_tokens(br#"{"model":"m","max_tokens":1000}"#, 40).unwrap();
     assert_eq!(ChatRequest::parse(&lowered).unwrap().max_tokens, Some(40));
     assert_eq!(lower_max_tokens(b"[1]", 40), Err(RequestError::NotAnObject));
