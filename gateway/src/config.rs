@@ -26,6 +26,10 @@ pub struct GatewayConfig {
     pub negative_cache_ttl: Duration,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Request body bytes held at once over all requests (`gateway.max_inflight_body_bytes`).
+    pub max_inflight_body_bytes: usize,
+    /// How long a request body may take to arrive whole.
+    pub body_read_timeout: Duration,
     /// What to reserve for a model with no known price; `None` refuses such requests.
     pub unpriced_ceiling: Option<Money>,
     /// `GET` paths passed through free of charge, beyond `models` and `generation`.
@@ -47,7 +51,9 @@ impl Default for GatewayConfig {
             refresh_interval: Duration::from_secs(30),
             price_refresh_interval: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(10),
-            max_body_bytes: MAX_BODY_BYTES,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_inflight_body_bytes: 1024 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(60),
             unpriced_ceiling: None,
             extra_free_paths: FreePaths::default(),
             grace_period_seconds: 5,
@@ -59,10 +65,6 @@ impl Default for GatewayConfig {
 /// The most the request line and headers may hold, in bytes. Larger ones up to pingora's own
 /// limit (1 MiB) get a 431 in OpenRouter's shape; beyond that, pingora answers 400 itself.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// The largest request body the gateway can price before it opens an upstream connection:
-/// pingora replays a body read ahead of the upstream call only up to 64 KiB.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// An upstream base URL taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]

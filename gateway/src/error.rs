@@ -15,7 +15,7 @@ pub struct Refusal {
     pub error_type: &'static str,
     /// What happened and what to do; never a secret.
     pub message: String,
-    /// Seconds to send as `Retry-After`, for a rate limit.
+    /// Seconds to send as `Retry-After`: a rate limit, a gateway busy with other bodies.
     pub retry_after_seconds: Option<u64>,
 }
 
@@ -156,6 +156,34 @@ impl Refusal {
             "payload_too_large",
             format!("request body is larger than the gateway's limit of {limit} bytes"),
         )
+    }
+
+    pub fn body_too_slow(timeout: std::time::Duration) -> Refusal {
+        Refusal::new(
+            408,
+            "body_timeout",
+            "request_timeout",
+            format!(
+                "the request body did not arrive whole within {} ms: send it faster, or ask the \
+                 operator to raise gateway.body_read_timeout_ms",
+                timeout.as_millis()
+            ),
+        )
+    }
+
+    /// The gateway holds as many request body bytes as it may (`gateway.max_inflight_body_bytes`).
+    pub fn bodies_in_flight(retry_after_seconds: u64) -> Refusal {
+        let mut refusal = Refusal::new(
+            503,
+            "bodies_in_flight",
+            "provider_unavailable",
+            format!(
+                "the gateway is holding as many request bodies as it may: retry in \
+                 {retry_after_seconds} s"
+            ),
+        );
+        refusal.retry_after_seconds = Some(retry_after_seconds);
+        refusal
     }
 
     pub fn not_found(message: String) -> Refusal {

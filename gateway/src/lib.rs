@@ -11,6 +11,7 @@
 //! Start with [`server::run`]; the request path is in [`proxy`].
 
 pub mod auth;
+pub mod body;
 pub mod budget;
 pub mod config;
 pub mod error;

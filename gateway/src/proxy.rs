@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use domain::Money;
 use domain::services::openrouter::{
     ChatRequest, MeterOutcome, NoUsage, PriceError, Quote, UsageMeter,
@@ -23,6 +23,7 @@ use pingora::{Error, ErrorSource};
 use time::OffsetDateTime;
 
 use crate::auth::{KeyEntry, bearer};
+use crate::body::{self, BodyLimits, HeldBytes, ReadBody};
 use crate::error::{Refusal, error_body};
 use crate::flusher::Settled;
 use crate::state::{Gateway, MasterKey};
@@ -40,6 +41,8 @@ pub struct RequestCtx {
     master: Option<Arc<MasterKey>>,
     /// The body to send upstream, read ahead and perhaps rewritten.
     body: Option<Bytes>,
+    /// The body's bytes in the gateway's budget of bodies in flight, held to the end.
+    held: HeldBytes,
     /// Whether the request's framing headers must be replaced by the body's length: it was
     /// rewritten, sent chunked or with `Expect`, or its declared length was not its length.
     reframe_body: bool,
@@ -103,6 +106,7 @@ impl ProxyHttp for Proxy {
             key: None,
             master: None,
             body: None,
+            held: HeldBytes::default(),
             reframe_body: false,
             metered: None,
             upstream_started: None,
@@ -460,10 +464,14 @@ impl Proxy {
         // A request refused from here on (body, scope, prices, budget) gives its rate-limit
         // slot back: only requests that go upstream use the rate.
         let admitted = async {
+            let limits = BodyLimits {
+                max_bytes: gateway.config.max_body_bytes,
+                read_timeout: gateway.config.body_read_timeout,
+            };
             let ReadBody {
                 bytes: body,
                 framed_as_is,
-            } = read_body(session, gateway.config.max_body_bytes).await?;
+            } = body::read(session, limits, &gateway.bodies, &mut ctx.held).await?;
             let parsed = ChatRequest::parse(&body)
                 .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
             if !info.model_scope.is_empty() {
@@ -528,80 +536,6 @@ impl Proxy {
         }
         admitted
     }
-}
-
-/// A request body read ahead.
-struct ReadBody {
-    bytes: Bytes,
-    /// True when the request declared exactly this length, and neither chunked encoding nor
-    /// `Expect`: its headers can go upstream as they are.
-    framed_as_is: bool,
-}
-
-/// Reads the whole request body ahead of the upstream call, within `limit` bytes.
-async fn read_body(session: &mut Session, limit: usize) -> Result<ReadBody, Refusal> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(Refusal::too_large(limit));
-    }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session.write_continue_response().await.map_err(|_| {
-            Refusal::bad_request("bad_body", "the request body could not be read".into())
-        })?;
-    }
-    session.enable_retry_buffering();
-    // A body that arrives in one chunk (the usual case) is kept as it came, without a copy.
-    let mut whole: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    let mut read = 0;
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                read += chunk.len();
-                if read > limit {
-                    return Err(Refusal::too_large(limit));
-                }
-                if let Some(head) = whole.take() {
-                    joined.extend_from_slice(&head);
-                    joined.extend_from_slice(&chunk);
-                } else if joined.is_empty() {
-                    whole = Some(chunk);
-                } else {
-                    joined.extend_from_slice(&chunk);
-                }
-            }
-            Ok(None) => break,
-            Err(_) => {
-                return Err(Refusal::bad_request(
-                    "bad_body",
-                    "the request body could not be read".into(),
-                ));
-            }
-        }
-    }
-    if session.retry_buffer_truncated() {
-        return Err(Refusal::too_large(limit));
-    }
-    let bytes = whole.unwrap_or_else(|| joined.freeze());
-    let headers = &session.req_header().headers;
-    let framed_as_is = declared == Some(bytes.len())
-        && headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
-        && !headers.contains_key(header::TRANSFER_ENCODING)
-        && !headers.contains_key(header::EXPECT);
-    Ok(ReadBody {
-        bytes,
-        framed_as_is,
-    })
 }
 
 /// Writes a whole JSON response.

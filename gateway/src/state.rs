@@ -68,6 +68,8 @@ pub struct Gateway {
     pub keys: KeyCache,
     pub masters: DashMap<Uuid, Arc<MasterKey>>,
     pub prices: PriceList,
+    /// Request body bytes in flight, over all requests (`gateway.max_inflight_body_bytes`).
+    pub bodies: crate::body::BodyBudget,
     /// Keys with settled usage not yet flushed (the flusher takes it).
     pub outbox: Arc<Outbox>,
     /// The runtime that owns the database connections and background tasks.
@@ -98,8 +100,10 @@ impl Gateway {
             ..Default::default()
         });
         let keys = KeyCache::new(config.negative_cache_ttl);
+        let bodies = crate::body::BodyBudget::new(config.max_inflight_body_bytes);
         Ok(Gateway {
             config,
+            bodies,
             upstream,
             adapter,
             pool,

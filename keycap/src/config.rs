@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Environment variables with the `KEYCAP_` prefix that are not config keys.
 const NOT_CONFIG: &[&str] = &["KEYCAP_ENCRYPTION_KEY", "KEYCAP_PG_BIN_DIR", "KEYCAP_LOG"];
 
+/// A mebibyte, for body sizes.
+const MIB: usize = 1024 * 1024;
+
 /// The whole configuration of one keycap process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -57,8 +60,13 @@ pub struct GatewaySection {
     pub refresh_interval_seconds: u64,
     /// Seconds between fetches of the upstream's prices.
     pub price_refresh_seconds: u64,
-    /// Largest request body in bytes (at most 65536).
+    /// Largest request body in bytes (at most 256 MiB).
     pub max_body_bytes: usize,
+    /// Request body bytes the gateway holds at once, over all requests; a request that would
+    /// pass it waits a little, then gets 503.
+    pub max_inflight_body_bytes: usize,
+    /// Milliseconds a request body may take to arrive whole; a slower one gets 408.
+    pub body_read_timeout_ms: u64,
     /// USD reserved for a request on a model with no known price; empty refuses them.
     pub unpriced_ceiling_usd: String,
     /// Comma-separated `GET` paths passed through free of charge, beyond `models` and
@@ -78,7 +86,9 @@ impl Default for GatewaySection {
             rollup_interval_ms: 60_000,
             refresh_interval_seconds: 30,
             price_refresh_seconds: 300,
-            max_body_bytes: 65536,
+            max_body_bytes: 32 * MIB,
+            max_inflight_body_bytes: 1024 * MIB,
+            body_read_timeout_ms: 60_000,
             unpriced_ceiling_usd: String::new(),
             extra_free_paths: String::new(),
             grace_period_seconds: 5,
@@ -291,10 +301,22 @@ impl Config {
                 self.gateway.listen
             );
         }
-        if self.gateway.max_body_bytes == 0 || self.gateway.max_body_bytes > 65536 {
+        if self.gateway.max_body_bytes == 0 || self.gateway.max_body_bytes > 256 * MIB {
             bail!(
-                "gateway.max_body_bytes must be between 1 and 65536 (the most the gateway can price before forwarding)"
+                "gateway.max_body_bytes must be between 1 and {} (256 MiB)",
+                256 * MIB
             );
+        }
+        if self.gateway.max_inflight_body_bytes < self.gateway.max_body_bytes {
+            bail!(
+                "gateway.max_inflight_body_bytes ({}) must be at least gateway.max_body_bytes ({}): \
+                 a body of the largest size must fit",
+                self.gateway.max_inflight_body_bytes,
+                self.gateway.max_body_bytes
+            );
+        }
+        if self.gateway.body_read_timeout_ms == 0 {
+            bail!("gateway.body_read_timeout_ms must be at least 1");
         }
         if self.gateway.flush_interval_ms == 0
             || self.gateway.rollup_interval_ms == 0
@@ -363,6 +385,8 @@ impl Config {
             price_refresh_interval: Duration::from_secs(self.gateway.price_refresh_seconds.max(1)),
             negative_cache_ttl: Duration::from_secs(10),
             max_body_bytes: self.gateway.max_body_bytes,
+            max_inflight_body_bytes: self.gateway.max_inflight_body_bytes,
+            body_read_timeout: Duration::from_millis(self.gateway.body_read_timeout_ms),
             unpriced_ceiling,
             extra_free_paths,
             grace_period_seconds: self.gateway.grace_period_seconds,
@@ -553,8 +577,15 @@ mod tests {
                 "give each its own port",
             ),
             (
-                &[("KEYCAP_GATEWAY__MAX_BODY_BYTES", "70000")][..],
-                "gateway.max_body_bytes",
+                &[("KEYCAP_GATEWAY__MAX_BODY_BYTES", "268435457")][..],
+                "gateway.max_body_bytes must be between 1 and 268435456",
+            ),
+            (
+                &[
+                    ("KEYCAP_GATEWAY__MAX_BODY_BYTES", "2000"),
+                    ("KEYCAP_GATEWAY__MAX_INFLIGHT_BODY_BYTES", "1999"),
+                ][..],
+                "gateway.max_inflight_body_bytes (1999) must be at least gateway.max_body_bytes (2000)",
             ),
             (
                 &[("KEYCAP_GATEWAY__UNPRICED_CEILING_USD", "lots")][..],

@@ -56,6 +56,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -69,6 +70,10 @@ pub use crate::request::{COMPLETION_TOKENS_HEADER, GENERATION_DELAY_HEADER};
 pub use crate::state::{MockState, RecordedRequest};
 
 use crate::error::ApiError;
+
+/// The largest request body the mock reads. OpenRouter documents no limit of its own, so the
+/// mock's is far above any gateway's (256 MiB at most): the gateway's limits are what tests see.
+pub const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
 
 /// The mock's routes, all under `/api/v1`, and the state they share.
 pub fn router(config: MockConfig) -> (Router, MockState) {
@@ -91,6 +96,7 @@ pub fn router(config: MockConfig) -> (Router, MockState) {
     let router = Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
     (router, state)
 }

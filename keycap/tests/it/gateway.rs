@@ -526,7 +526,8 @@ async fn raw_request(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_clear_errors_and_never_reach_the_upstream() {
-    let gw = start().await;
+    // A body limit of 64 KiB, so that one body here is over it (bodies.rs tests the default).
+    let gw = start_with_env(&[("KEYCAP_GATEWAY__MAX_BODY_BYTES", "65536")]).await;
     let token = gw.key("1", &[]);
     let url = format!("{}/api/v1/chat/completions", gw.base);
     let big = "x".repeat(70 * 1024);

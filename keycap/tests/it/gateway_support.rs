@@ -269,6 +269,7 @@ pub fn cheap_reservation(body: &serde_json::Value, max_tokens: u64) -> Money {
 pub struct RecordingRelay {
     port: u16,
     sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -279,9 +280,12 @@ impl RecordingRelay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (target, kept) = (target.to_string(), std::sync::Arc::clone(&sent));
+        let accepted = std::sync::Arc::clone(&connections);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                     continue;
                 };
@@ -304,7 +308,12 @@ impl RecordingRelay {
                 });
             }
         });
-        RecordingRelay { port, sent, task }
+        RecordingRelay {
+            port,
+            sent,
+            connections,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -314,6 +323,11 @@ impl RecordingRelay {
     /// Everything sent through the relay so far, on every connection.
     pub fn sent(&self) -> Vec<u8> {
         self.sent.lock().unwrap().clone()
+    }
+
+    /// How many connections the relay has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn clear(&self) {

@@ -4,6 +4,7 @@
     reason = "test helpers fail loudly, like the tests that call them"
 )]
 
+mod bodies;
 mod cli;
 mod embedded;
 mod gateway;
