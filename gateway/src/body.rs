@@ -128,7 +128,10 @@ pub async fn read(
             .await
             .map_err(|_| unreadable())?;
     }
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // The first chunk, and the rest: a body that comes in one chunk (the usual case for a small
+    // one) is kept as it came, without an allocation or a copy.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut read = 0;
     loop {
         let next = tokio::time::timeout_at(deadline, session.read_request_body())
@@ -146,17 +149,21 @@ pub async fn read(
         if read > held.len() {
             budget.hold(held, read - held.len()).await?;
         }
-        chunks.push(chunk);
-    }
-    // A body that arrived in one chunk (the usual case for a small one) is kept without a copy.
-    let bytes = if chunks.len() == 1 {
-        chunks.pop().unwrap_or_default()
-    } else {
-        let mut joined = BytesMut::with_capacity(read);
-        for chunk in chunks.drain(..) {
-            joined.extend_from_slice(&chunk);
+        if first.is_none() {
+            first = Some(chunk);
+        } else {
+            rest.push(chunk);
         }
-        joined.freeze()
+    }
+    let bytes = match first {
+        Some(only) if rest.is_empty() => only,
+        first => {
+            let mut joined = BytesMut::with_capacity(read);
+            for chunk in first.iter().chain(&rest) {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
     };
     let headers = &session.req_header().headers;
     let framed_as_is = declared == Some(bytes.len())
