@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::proxy::Session;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::Refusal;
 
@@ -72,11 +72,17 @@ impl BodyBudget {
         }
         let busy = || Refusal::bodies_in_flight(ROOM_WAIT.as_secs().max(1));
         let more = u32::try_from(more).map_err(|_| busy())?;
-        let permit =
-            tokio::time::timeout(ROOM_WAIT, Arc::clone(&self.bytes).acquire_many_owned(more))
-                .await
-                .map_err(|_| busy())?
-                .map_err(|_| busy())?;
+        // Room at once is the usual case: no timer for it.
+        let permit = match Arc::clone(&self.bytes).try_acquire_many_owned(more) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                tokio::time::timeout(ROOM_WAIT, Arc::clone(&self.bytes).acquire_many_owned(more))
+                    .await
+                    .map_err(|_| busy())?
+                    .map_err(|_| busy())?
+            }
+            Err(TryAcquireError::Closed) => return Err(busy()),
+        };
         match &mut held.permit {
             Some(existing) => existing.merge(permit),
             None => held.permit = Some(permit),
@@ -116,7 +122,6 @@ pub async fn read(
     if declared.is_some_and(|len| len > limits.max_bytes) {
         return Err(Refusal::too_large(limits.max_bytes));
     }
-    let deadline = tokio::time::Instant::now() + limits.read_timeout;
     let expects_continue = session
         .req_header()
         .headers
@@ -128,33 +133,13 @@ pub async fn read(
             .await
             .map_err(|_| unreadable())?;
     }
-    // The first chunk, and the rest: a body that comes in one chunk (the usual case for a small
-    // one) is kept as it came, without an allocation or a copy.
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<Bytes> = Vec::new();
-    let mut read = 0;
-    loop {
-        let next = tokio::time::timeout_at(deadline, session.read_request_body())
-            .await
-            .map_err(|_| Refusal::body_too_slow(limits.read_timeout))?;
-        let chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(_) => return Err(unreadable()),
-        };
-        read += chunk.len();
-        if read > limits.max_bytes {
-            return Err(Refusal::too_large(limits.max_bytes));
-        }
-        if read > held.len() {
-            budget.hold(held, read - held.len()).await?;
-        }
-        if first.is_none() {
-            first = Some(chunk);
-        } else {
-            rest.push(chunk);
-        }
-    }
+    // One deadline for the whole body (one timer, not one a read).
+    let (first, rest, read) = tokio::time::timeout(
+        limits.read_timeout,
+        read_chunks(session, limits.max_bytes, budget, held),
+    )
+    .await
+    .map_err(|_| Refusal::body_too_slow(limits.read_timeout))??;
     let bytes = match first {
         Some(only) if rest.is_empty() => only,
         first => {
@@ -174,6 +159,39 @@ pub async fn read(
         bytes,
         framed_as_is,
     })
+}
+
+/// Reads the body's chunks to its end, within `max_bytes`, holding them from `budget`: the
+/// first chunk, the rest, and how many bytes in all. A body that comes in one chunk (the usual
+/// case for a small one) is then kept as it came, without an allocation or a copy.
+async fn read_chunks(
+    session: &mut Session,
+    max_bytes: usize,
+    budget: &BodyBudget,
+    held: &mut HeldBytes,
+) -> Result<(Option<Bytes>, Vec<Bytes>, usize), Refusal> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
+    let mut read = 0;
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|_| unreadable())?
+    {
+        read += chunk.len();
+        if read > max_bytes {
+            return Err(Refusal::too_large(max_bytes));
+        }
+        if read > held.len() {
+            budget.hold(held, read - held.len()).await?;
+        }
+        if first.is_none() {
+            first = Some(chunk);
+        } else {
+            rest.push(chunk);
+        }
+    }
+    Ok((first, rest, read))
 }
 
 fn unreadable() -> Refusal {
