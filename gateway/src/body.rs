@@ -134,22 +134,12 @@ pub async fn read(
             .map_err(|_| unreadable())?;
     }
     // One deadline for the whole body (one timer, not one a read).
-    let (first, rest, read) = tokio::time::timeout(
+    let bytes = tokio::time::timeout(
         limits.read_timeout,
         read_chunks(session, limits.max_bytes, budget, held),
     )
     .await
     .map_err(|_| Refusal::body_too_slow(limits.read_timeout))??;
-    let bytes = match first {
-        Some(only) if rest.is_empty() => only,
-        first => {
-            let mut joined = BytesMut::with_capacity(read);
-            for chunk in first.iter().chain(&rest) {
-                joined.extend_from_slice(chunk);
-            }
-            joined.freeze()
-        }
-    };
     let headers = &session.req_header().headers;
     let framed_as_is = declared == Some(bytes.len())
         && headers.get_all(header::CONTENT_LENGTH).iter().count() == 1
@@ -161,15 +151,15 @@ pub async fn read(
     })
 }
 
-/// Reads the body's chunks to its end, within `max_bytes`, holding them from `budget`: the
-/// first chunk, the rest, and how many bytes in all. A body that comes in one chunk (the usual
-/// case for a small one) is then kept as it came, without an allocation or a copy.
+/// Reads the body's chunks to its end, within `max_bytes`, holding them from `budget`, and
+/// joins them. A body that comes in one chunk (the usual case for a small one) is kept as it
+/// came, without an allocation or a copy.
 async fn read_chunks(
     session: &mut Session,
     max_bytes: usize,
     budget: &BodyBudget,
     held: &mut HeldBytes,
-) -> Result<(Option<Bytes>, Vec<Bytes>, usize), Refusal> {
+) -> Result<Bytes, Refusal> {
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<Bytes> = Vec::new();
     let mut read = 0;
@@ -191,7 +181,16 @@ async fn read_chunks(
             rest.push(chunk);
         }
     }
-    Ok((first, rest, read))
+    Ok(match first {
+        Some(only) if rest.is_empty() => only,
+        first => {
+            let mut joined = BytesMut::with_capacity(read);
+            for chunk in first.iter().chain(&rest) {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
+    })
 }
 
 fn unreadable() -> Refusal {
