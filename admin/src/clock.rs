@@ -1,6 +1,6 @@
-//! The admin app's one clock. Every handler takes `now` from it once per request and passes it
-//! down: it dates the ledger rows the request writes, picks the month they are checked against
-//! and that the pages show, and decides what has expired. Tests set it to an instant of their
+//! The admin app's one clock. Handlers and actions read `now` from it, once per change, and
+//! pass it down to `db`: it dates the ledger rows a change writes, picks the month they are
+//! checked against and that the pages show, and decides what has expired. Tests set it to an instant of their
 //! choosing, so the month boundary is tested without waiting for one.
 
 use std::sync::{Arc, Mutex};

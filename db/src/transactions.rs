@@ -2,8 +2,9 @@
 //!
 //! Rows are only ever inserted, inside the same database transaction as the change they
 //! record, dated by the `now` that change was given (the same instant its budget window was
-//! taken from, so a carve and the month it is checked against never differ). A trigger assigns each row its per-org sequence number and chains its hash over the
-//! previous row of the org; another trigger refuses UPDATE, DELETE and TRUNCATE.
+//! taken from, so a carve and the month it is checked against never differ). A trigger
+//! assigns each row its per-org sequence number and chains its hash over the previous row of
+//! the org; another trigger refuses UPDATE, DELETE and TRUNCATE.
 
 use deadpool_postgres::GenericClient;
 use domain::{LedgerKind, Money};
