@@ -65,6 +65,23 @@ impl BodyBudget {
         self.bytes.available_permits()
     }
 
+    /// Adds `more` bytes to `held` if there is room now; false (nothing held) if not.
+    pub fn try_hold(&self, held: &mut HeldBytes, more: usize) -> bool {
+        let Ok(more) = u32::try_from(more) else {
+            return false;
+        };
+        match Arc::clone(&self.bytes).try_acquire_many_owned(more) {
+            Ok(permit) => {
+                match &mut held.permit {
+                    Some(existing) => existing.merge(permit),
+                    None => held.permit = Some(permit),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Adds `more` bytes to `held`, waiting at most [`ROOM_WAIT`] for room.
     async fn hold(&self, held: &mut HeldBytes, more: usize) -> Result<(), Refusal> {
         if more == 0 {

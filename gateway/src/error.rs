@@ -1,8 +1,11 @@
 //! The single mapping from why the gateway refuses a request to the HTTP status and the JSON
 //! body the client sees, in OpenRouter's error shape:
-//! `{"error":{"code":402,"message":"...","metadata":{"error_type":"..."}}}`.
+//! `{"error":{"code":402,"message":"...","metadata":{"error_type":"..."}}}`, or on the
+//! Anthropic Messages route in Anthropic's:
+//! `{"type":"error","error":{"type":"billing_error","message":"..."}}`, with the same status.
 
 use bytes::Bytes;
+use domain::services::ErrorShape;
 use serde_json::json;
 
 /// A refusal, answered by the gateway without an upstream call.
@@ -54,7 +57,7 @@ impl Refusal {
             401,
             "missing_key",
             "authentication",
-            "no API key: send `Authorization: Bearer kc_...` with your keycap sub-key",
+            "no API key: send `Authorization: Bearer kc_...` (or `x-api-key: kc_...`) with your keycap sub-key",
         )
     }
 
@@ -186,6 +189,15 @@ impl Refusal {
         refusal
     }
 
+    pub fn generation_not_found() -> Refusal {
+        Refusal::new(
+            404,
+            "unknown_generation",
+            "not_found",
+            "no generation with this id was made with this key",
+        )
+    }
+
     pub fn not_found(message: String) -> Refusal {
         Refusal::new(404, "unknown_route", "not_found", message)
     }
@@ -202,14 +214,81 @@ impl Refusal {
         Refusal::new(502, "upstream_unreachable", "provider_unavailable", message)
     }
 
-    /// The JSON body.
+    /// The JSON body, in OpenRouter's shape.
     pub fn body(&self) -> Bytes {
-        error_body(self.status, &self.message, self.error_type)
+        self.body_in(ErrorShape::OpenAi)
+    }
+
+    /// The JSON body in the shape the route's clients parse.
+    pub fn body_in(&self, shape: ErrorShape) -> Bytes {
+        error_body_in(shape, self.status, &self.message, self.error_type)
     }
 }
 
 /// An OpenRouter-shaped error body.
 pub fn error_body(status: u16, message: &str, error_type: &str) -> Bytes {
-    let body = json!({ "error": { "code": status, "message": message, "metadata": { "error_type": error_type } } });
+    error_body_in(ErrorShape::OpenAi, status, message, error_type)
+}
+
+/// An error body in `shape`: OpenRouter's with `error_type` in its metadata, or Anthropic's,
+/// whose `error.type` follows from the status as Anthropic's API documents it.
+pub fn error_body_in(shape: ErrorShape, status: u16, message: &str, error_type: &str) -> Bytes {
+    let body = match shape {
+        ErrorShape::OpenAi => {
+            json!({ "error": { "code": status, "message": message, "metadata": { "error_type": error_type } } })
+        }
+        ErrorShape::Anthropic => {
+            json!({ "type": "error", "error": { "type": anthropic_error_type(status), "message": message } })
+        }
+    };
     Bytes::from(body.to_string())
+}
+
+/// Anthropic's `error.type` for an HTTP status (<https://docs.anthropic.com/en/api/errors>).
+fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        529 | 503 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_take_the_shape_of_their_route() {
+        let refusal = Refusal::budget(domain::Money::ZERO, domain::Money::from_nanos(5));
+        let openai: serde_json::Value = serde_json::from_slice(&refusal.body()).unwrap();
+        assert_eq!(openai["error"]["code"], 402);
+        assert_eq!(
+            openai["error"]["metadata"]["error_type"],
+            "payment_required"
+        );
+        let anthropic: serde_json::Value =
+            serde_json::from_slice(&refusal.body_in(ErrorShape::Anthropic)).unwrap();
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "billing_error");
+        assert_eq!(anthropic["error"]["message"], refusal.message.as_str());
+        for (status, kind) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (404, "not_found_error"),
+            (408, "invalid_request_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (502, "api_error"),
+            (503, "overloaded_error"),
+        ] {
+            assert_eq!(anthropic_error_type(status), kind, "{status}");
+        }
+    }
 }

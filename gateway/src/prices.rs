@@ -1,5 +1,5 @@
-//! The upstream's price list, fetched from `GET /api/v1/models` at start and refreshed in the
-//! background.
+//! The upstream's price list, fetched from `GET /api/v1/models` and
+//! `GET /api/v1/embeddings/models` at start and refreshed in the background.
 
 use std::sync::{Arc, RwLock};
 
@@ -9,6 +9,8 @@ use domain::services::openrouter::ModelPrices;
 #[derive(Default)]
 pub struct PriceList {
     current: RwLock<Arc<ModelPrices>>,
+    /// The embedding models' list last fetched, kept when a later fetch of it fails.
+    embeddings: std::sync::Mutex<Option<ModelPrices>>,
 }
 
 impl PriceList {
@@ -28,25 +30,45 @@ impl PriceList {
         *current = Arc::new(prices);
     }
 
-    /// Fetches `<base>/api/v1/models` and replaces the list. Returns the number of models.
+    /// Fetches `<base>/api/v1/models` and `<base>/api/v1/embeddings/models` and replaces the
+    /// list with both. Returns the number of models. The model list must be fetched; when only
+    /// the embedding models' cannot be, the last one fetched is used (none at first: embedding
+    /// models are then unknown), and the failure is logged.
     pub async fn refresh(&self, client: &reqwest::Client, base_url: &str) -> Result<usize, String> {
-        let url = format!("{}/api/v1/models", base_url.trim_end_matches('/'));
-        let response = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|err| format!("fetching {url}: {err}"))?;
-        if !response.status().is_success() {
-            return Err(format!("fetching {url}: status {}", response.status()));
+        let base = base_url.trim_end_matches('/');
+        let mut prices = fetch(client, &format!("{base}/api/v1/models")).await?;
+        let fetched = fetch(client, &format!("{base}/api/v1/embeddings/models")).await;
+        let mut embeddings = match self.embeddings.lock() {
+            Ok(kept) => kept,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match fetched {
+            Ok(list) => *embeddings = Some(list),
+            Err(err) => tracing::warn!(error = %err, "cannot load the embedding models' prices"),
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| format!("reading {url}: {err}"))?;
-        let prices =
-            ModelPrices::from_models_json(&body).map_err(|err| format!("parsing {url}: {err}"))?;
+        if let Some(list) = embeddings.as_ref() {
+            prices.extend(list.clone());
+        }
+        drop(embeddings);
         let n_models = prices.len();
         self.set(prices);
         Ok(n_models)
     }
+}
+
+/// One model list, parsed.
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<ModelPrices, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|err| format!("fetching {url}: {err}"))?;
+    if !response.status().is_success() {
+        return Err(format!("fetching {url}: status {}", response.status()));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| format!("reading {url}: {err}"))?;
+    ModelPrices::from_models_json(&body).map_err(|err| format!("parsing {url}: {err}"))
 }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use domain::Money;
-use domain::services::openrouter::{
-    ChatRequest, MeterOutcome, NoUsage, PriceError, Quote, UsageMeter,
+use domain::services::openrouter::{MeterOutcome, NoUsage, PriceError, Quote, UsageMeter};
+use domain::services::{
+    ErrorShape, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter,
 };
-use domain::services::{Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -24,8 +24,10 @@ use time::OffsetDateTime;
 
 use crate::auth::{KeyEntry, bearer};
 use crate::body::{self, BodyLimits, HeldBytes, ReadBody};
-use crate::error::{Refusal, error_body};
+use crate::error::{Refusal, error_body_in};
 use crate::flusher::Settled;
+use crate::generations::{GENERATION_ID_HEADER, id_in_query};
+use crate::model_list::{MAX_LIST_BYTES, cut_to_scope};
 use crate::state::{Gateway, MasterKey};
 
 /// The proxy: one per gateway, shared by all requests.
@@ -54,6 +56,18 @@ pub struct RequestCtx {
     /// upstream may bill it, whether or not an answer comes back.
     sent_upstream: bool,
     outcome: &'static str,
+    /// The shape the route's clients expect errors in.
+    error_shape: ErrorShape,
+    /// A model list to cut to a key's scope: the scope, and the list's bytes so far.
+    model_list: Option<Box<ModelListCut>>,
+    /// The generation id a `GET /api/v1/generation` was checked for: the only one sent on.
+    generation_id: Option<String>,
+}
+
+struct ModelListCut {
+    scope: Vec<String>,
+    body: Vec<u8>,
+    too_long: bool,
 }
 
 impl Drop for RequestCtx {
@@ -88,6 +102,8 @@ struct Metered {
     quote: Quote,
     reservation: Money,
     meter: Option<UsageMeter>,
+    /// The generation the upstream named in its answer, recorded as the key's.
+    generation_id: Option<String>,
 }
 
 enum Admit {
@@ -112,6 +128,9 @@ impl ProxyHttp for Proxy {
             upstream_started: None,
             sent_upstream: false,
             outcome: "forwarded",
+            error_shape: ErrorShape::OpenAi,
+            model_list: None,
+            generation_id: None,
         }
     }
 
@@ -133,7 +152,7 @@ impl ProxyHttp for Proxy {
                     .with_label_values(&[refusal.reason])
                     .inc();
                 ctx.outcome = "refused";
-                respond_refusal(session, &refusal).await?;
+                respond_refusal(session, &refusal, ctx.error_shape).await?;
                 Ok(true)
             }
         }
@@ -197,6 +216,27 @@ impl ProxyHttp for Proxy {
             })?;
             upstream_request.insert_header(self.gateway.credential_header(), credential)?;
         }
+        // A sub-key sent as `x-api-key` (Anthropic's clients) goes no further.
+        upstream_request.remove_header("x-api-key");
+        if let Some(id) = &ctx.generation_id {
+            // Exactly the id checked, whatever else the query held (a second `id`).
+            let uri = format!("/api/v1/generation?id={}", percent_encode(id));
+            upstream_request.set_uri(uri.parse().map_err(|_| {
+                Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad generation id")
+            })?);
+        }
+        if ctx.model_list.is_some() {
+            // The whole list, fresh, in one answer: it is cut at its end.
+            for name in [
+                "range",
+                "if-range",
+                "if-none-match",
+                "if-modified-since",
+                "expect",
+            ] {
+                upstream_request.remove_header(name);
+            }
+        }
         // Metering reads the bytes as they pass: ask for them uncompressed.
         upstream_request.remove_header(&header::ACCEPT_ENCODING);
         // The body read ahead goes with a length; the client's own framing stays when it is
@@ -248,6 +288,20 @@ impl ProxyHttp for Proxy {
                     .adapter
                     .meter(upstream_response.status.as_u16(), content_type),
             );
+            metered.generation_id = upstream_response
+                .headers
+                .get(GENERATION_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        if ctx.model_list.is_some() && !upstream_response.status.is_informational() {
+            if upstream_response.status == http::StatusCode::OK {
+                // The list is rewritten at its end: its length is not known yet.
+                upstream_response.remove_header(&header::CONTENT_LENGTH);
+                upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            } else {
+                ctx.model_list = None;
+            }
         }
         Ok(())
     }
@@ -256,9 +310,28 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Duration>> {
+        if let Some(cut) = ctx.model_list.as_deref_mut() {
+            if let Some(chunk) = body.take()
+                && !cut.too_long
+            {
+                // The list's bytes are held in the gateway's budget of bodies in flight; a list
+                // past its limit, or with no room, becomes an empty one.
+                cut.too_long = cut.body.len() + chunk.len() > MAX_LIST_BYTES
+                    || !self.gateway.bodies.try_hold(&mut ctx.held, chunk.len());
+                if cut.too_long {
+                    cut.body = Vec::new();
+                } else {
+                    cut.body.extend_from_slice(&chunk);
+                }
+            }
+            if end_of_stream {
+                *body = Some(Bytes::from(cut_to_scope(&cut.body, &cut.scope)));
+            }
+            return Ok(None);
+        }
         if let (
             Some(Metered {
                 meter: Some(meter), ..
@@ -302,7 +375,7 @@ impl ProxyHttp for Proxy {
             let _ = respond(
                 session,
                 status,
-                error_body(status, &message, "provider_unavailable"),
+                error_body_in(ctx.error_shape, status, &message, "provider_unavailable"),
             )
             .await;
         }
@@ -374,6 +447,9 @@ impl ProxyHttp for Proxy {
         self.gateway
             .outbox
             .record(&key, usage, OffsetDateTime::now_utc());
+        if let Some(id) = &metered.generation_id {
+            self.gateway.generations.record(id, key.id);
+        }
     }
 }
 
@@ -395,10 +471,15 @@ impl Proxy {
             .path_and_query()
             .map_or(request.uri.path(), |p| p.as_str());
         let route = gateway.adapter.route(request.method.as_str(), path);
+        if let Route::Metered(api) = route {
+            ctx.error_shape = api.error_shape();
+        }
         match route {
             Route::Refused(RouteRefusal::UnknownPath) => {
                 return Err(Refusal::not_found(format!(
-                    "{} is not served through keycap: use /api/v1/chat/completions or /api/v1/completions",
+                    "{} is not served through keycap: use /api/v1/chat/completions, \
+                     /api/v1/completions, /api/v1/responses, /api/v1/messages or \
+                     /api/v1/embeddings",
                     request.uri.path()
                 )));
             }
@@ -407,12 +488,17 @@ impl Proxy {
             }
             _ => {}
         }
+        // `Authorization: Bearer`, or `x-api-key` as Anthropic's SDKs send it.
         let token = bearer(
             request
                 .headers
                 .get(header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
         )
+        .or_else(|| {
+            let value = request.headers.get("x-api-key")?.to_str().ok()?.trim();
+            (!value.is_empty()).then_some(value)
+        })
         .ok_or_else(Refusal::missing_key)?;
         domain::token::check_shape(token)
             .map_err(|err| Refusal::malformed_key(&err.to_string()))?;
@@ -442,11 +528,28 @@ impl Proxy {
         if master.revoked || master.org_id != key.org_id {
             return Err(Refusal::master_key_revoked());
         }
-        if route == Route::Local(LocalRoute::KeyInfo) {
-            respond(session, 200, key_info_body(&key))
+        if let Route::Local(local) = route {
+            let body = match local {
+                LocalRoute::KeyInfo => key_info_body(&key),
+                LocalRoute::Credits => credits_body(&key),
+            };
+            respond(session, 200, body)
                 .await
                 .map_err(|_| Refusal::bad_request("write", "response failed".into()))?;
             return Ok(Admit::Answered);
+        }
+        if route == Route::OwnGeneration {
+            let query = session.req_header().uri.query();
+            let id = id_in_query(query).ok_or_else(|| {
+                Refusal::bad_request(
+                    "bad_query",
+                    "name the generation: GET /api/v1/generation?id=gen-...".into(),
+                )
+            })?;
+            if !gateway.generations.made_by(&id, key.id) {
+                return Err(Refusal::generation_not_found());
+            }
+            ctx.generation_id = Some(id);
         }
         // Every request that goes upstream uses the key's rate, free ones too: they use the
         // master key's rate at the upstream.
@@ -455,10 +558,22 @@ impl Proxy {
                 .try_acquire(rpm, Instant::now())
                 .map_err(|wait| Refusal::rate_limited(rpm, wait))?;
         }
-        if route == Route::PassThrough {
-            ctx.master = Some(master);
-            return Ok(Admit::Forward);
-        }
+        let api = match route {
+            Route::Metered(api) => api,
+            Route::ModelList if !info.model_scope.is_empty() => {
+                ctx.model_list = Some(Box::new(ModelListCut {
+                    scope: info.model_scope.clone(),
+                    body: Vec::new(),
+                    too_long: false,
+                }));
+                ctx.master = Some(master);
+                return Ok(Admit::Forward);
+            }
+            _ => {
+                ctx.master = Some(master);
+                return Ok(Admit::Forward);
+            }
+        };
         ctx.key = Some(Arc::clone(&key));
 
         // A request refused from here on (body, scope, prices, budget) gives its rate-limit
@@ -472,7 +587,9 @@ impl Proxy {
                 bytes: body,
                 framed_as_is,
             } = body::read(session, limits, &gateway.bodies, &mut ctx.held).await?;
-            let parsed = ChatRequest::parse(&body)
+            let parsed = gateway
+                .adapter
+                .parse_request(api, &body)
                 .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
             if !info.model_scope.is_empty() {
                 for model in std::iter::once(&parsed.model).chain(&parsed.fallback_models) {
@@ -507,7 +624,7 @@ impl Proxy {
                 Fit::Lowered {
                     max_tokens,
                     reserve,
-                } => match adapter.lower_max_tokens(&body, max_tokens) {
+                } => match adapter.lower_max_tokens(api, &body, max_tokens) {
                     Ok(lowered) => (reserve, Bytes::from(lowered), true),
                     Err(err) => {
                         key.budget.settle(reserve, Money::ZERO);
@@ -524,6 +641,7 @@ impl Proxy {
                 quote,
                 reservation,
                 meter: None,
+                generation_id: None,
             }));
             ctx.master = Some(master);
             Ok(Admit::Forward)
@@ -543,12 +661,16 @@ async fn respond(session: &mut Session, status: u16, body: Bytes) -> pingora::Re
     respond_with(session, status, body, None).await
 }
 
-/// Answers with a refusal's status and body (and `Retry-After` for a rate limit).
-async fn respond_refusal(session: &mut Session, refusal: &Refusal) -> pingora::Result<()> {
+/// Answers with a refusal's status and body in `shape` (and `Retry-After` for a rate limit).
+async fn respond_refusal(
+    session: &mut Session,
+    refusal: &Refusal,
+    shape: ErrorShape,
+) -> pingora::Result<()> {
     respond_with(
         session,
         refusal.status,
-        refusal.body(),
+        refusal.body_in(shape),
         refusal.retry_after_seconds,
     )
     .await
@@ -613,6 +735,29 @@ fn key_info_body(key: &KeyEntry) -> Bytes {
         expires = expires,
     );
     Bytes::from(body)
+}
+
+/// `text` with every byte but the unreserved ones (letters, digits, `-._~`) percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET /api/v1/credits` for a sub-key, in OpenRouter's shape: the key's cap as its credits
+/// and its spend as their usage, never the master account's.
+fn credits_body(key: &KeyEntry) -> Bytes {
+    Bytes::from(format!(
+        "{{\"data\":{{\"total_credits\":{},\"total_usage\":{}}}}}",
+        usd_number(key.budget.cap()),
+        usd_number(key.budget.spent())
+    ))
 }
 
 /// A JSON number of dollars written exactly from nano-dollars: `20`, `0.0015`.

@@ -70,6 +70,8 @@ pub struct Gateway {
     pub prices: PriceList,
     /// Request body bytes in flight, over all requests (`gateway.max_inflight_body_bytes`).
     pub bodies: crate::body::BodyBudget,
+    /// Which key made which generation, for `GET /api/v1/generation`.
+    pub generations: crate::generations::GenerationLog,
     /// Keys with settled usage not yet flushed (the flusher takes it).
     pub outbox: Arc<Outbox>,
     /// The runtime that owns the database connections and background tasks.
@@ -104,6 +106,7 @@ impl Gateway {
         Ok(Gateway {
             config,
             bodies,
+            generations: Default::default(),
             upstream,
             adapter,
             pool,

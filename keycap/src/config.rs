@@ -607,13 +607,13 @@ mod tests {
             None,
             &env(&[(
                 "KEYCAP_GATEWAY__EXTRA_FREE_PATHS",
-                "/api/v1/credits,/api/v1/models/*",
+                "/api/v1/providers,/api/v1/models/*",
             )]),
             &FlagOverrides::default(),
         )
         .unwrap();
         let paths = config.gateway_config().unwrap().extra_free_paths;
-        assert!(paths.contains("/api/v1/credits"));
+        assert!(paths.contains("/api/v1/providers"));
         assert!(paths.contains("/api/v1/models/a/b/endpoints"));
         assert!(
             Config::default()

@@ -1,6 +1,8 @@
-//! `POST /chat/completions` and `POST /completions`: checks in OpenRouter's
-//! order (key, body, model, spend limits, early faults), then a JSON answer
-//! or an SSE stream.
+//! The inference endpoints (`POST /chat/completions`, `/completions`,
+//! `/responses`, `/messages`, `/embeddings`): checks in OpenRouter's order
+//! (key, body, model, spend limits, early faults), then a JSON answer or an
+//! SSE stream in the endpoint's own shape. `/messages` answers errors in
+//! Anthropic's shape.
 
 use std::io;
 
@@ -16,7 +18,7 @@ use crate::error::ApiError;
 use crate::faults::{Fault, provider_disconnected};
 use crate::request::{Api, Completion};
 use crate::state::{MockState, RecordedRequest};
-use crate::stream;
+use crate::{embeddings, messages, responses, stream};
 
 /// The response header that names the generation.
 pub const GENERATION_ID_HEADER: &str = "x-generation-id";
@@ -39,7 +41,48 @@ pub async fn completions(
     infer(Api::Completions, state, headers, body).await
 }
 
+/// `POST /api/v1/responses`.
+pub async fn create_response(
+    State(state): State<MockState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer(Api::Responses, state, headers, body).await
+}
+
+/// `POST /api/v1/messages`.
+pub async fn create_message(
+    State(state): State<MockState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer(Api::Messages, state, headers, body).await
+}
+
+/// `POST /api/v1/embeddings`.
+pub async fn create_embeddings(
+    State(state): State<MockState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer(Api::Embeddings, state, headers, body).await
+}
+
 async fn infer(api: Api, state: MockState, headers: HeaderMap, body: Bytes) -> Response {
+    let response = answer(api, state, headers, body).await;
+    match response {
+        Ok(response) => response,
+        Err(error) if api == Api::Messages => messages::error_response(error),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn answer(
+    api: Api,
+    state: MockState,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let parsed = serde_json::from_slice::<Value>(&body);
     state.record_inference_request(RecordedRequest {
         path: api.path().to_owned(),
@@ -50,45 +93,44 @@ async fn infer(api: Api, state: MockState, headers: HeaderMap, body: Bytes) -> R
         headers: headers.clone(),
         body: parsed.as_ref().map_or(Value::Null, Value::clone),
     });
-    let caller = match state.authenticate_inference(&headers) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    let body = match parsed {
-        Ok(body) => body,
-        Err(error) => {
-            return ApiError::bad_request(format!("Invalid JSON in request body: {error}"))
-                .into_response();
-        }
-    };
-    let completion = match Completion::plan(api, state.config(), &headers, &body) {
-        Ok(completion) => completion,
-        Err(error) => return error.into_response(),
-    };
-    if let Err(error) = state.check_spend_allowed(&caller) {
-        return error.into_response();
-    }
+    let caller = state.authenticate_inference(&headers)?;
+    let body = parsed
+        .map_err(|error| ApiError::bad_request(format!("Invalid JSON in request body: {error}")))?;
+    let completion = Completion::plan(api, state.config(), &headers, &body)?;
+    state.check_spend_allowed(&caller)?;
     if let Some(error) = completion.fault.and_then(Fault::early_error) {
-        return error.into_response();
+        return Err(error);
     }
     if completion.stream {
-        return stream::respond(state, caller, completion);
+        return Ok(stream::respond(state, caller, completion));
     }
     tokio::time::sleep(completion.delay).await;
     respond_json(&state, &caller, &completion)
 }
 
 /// The non-streaming answer, settled as soon as it is built.
-fn respond_json(state: &MockState, caller: &Caller, completion: &Completion) -> Response {
+fn respond_json(
+    state: &MockState,
+    caller: &Caller,
+    completion: &Completion,
+) -> Result<Response, ApiError> {
     match completion.fault {
-        Some(Fault::MidstreamError) => return provider_disconnected().into_response(),
-        Some(Fault::Cut) => return hang_up(),
+        Some(Fault::MidstreamError) => return Err(provider_disconnected()),
+        Some(Fault::Cut) => return Ok(hang_up()),
         _ => {}
     }
-    let mut body = completion_json(completion);
-    if let (Some(usage), Some(body)) = (completion.usage_json(), body.as_object_mut()) {
-        body.insert("usage".to_owned(), usage);
-    }
+    let body = match (completion.api, completion.embedding) {
+        (Api::Embeddings, Some(ask)) => embeddings::body(completion, ask),
+        (Api::Responses, _) => responses::response(completion, true, completion.usage_json()),
+        (Api::Messages, _) => messages::message(completion),
+        _ => {
+            let mut body = completion_json(completion);
+            if let (Some(usage), Some(body)) = (completion.usage_json(), body.as_object_mut()) {
+                body.insert("usage".to_owned(), usage);
+            }
+            body
+        }
+    };
     let record = completion.record(
         completion.completion_tokens,
         Some(completion.finish_reason),
@@ -110,7 +152,7 @@ fn respond_json(state: &MockState, caller: &Caller, completion: &Completion) -> 
     if let Ok(value) = HeaderValue::from_str(&completion.id) {
         response.headers_mut().insert(GENERATION_ID_HEADER, value);
     }
-    response
+    Ok(response)
 }
 
 fn completion_json(completion: &Completion) -> Value {
@@ -131,7 +173,7 @@ fn completion_json(completion: &Completion) -> Value {
                 },
             }),
         ),
-        Api::Completions => (
+        _ => (
             "text_completion",
             json!({
                 "index": 0,

@@ -20,6 +20,9 @@ pub struct MockConfig {
     pub management_key: String,
     /// The price table, reported by `GET /models` and used for every cost.
     pub models: Vec<MockModel>,
+    /// The embedding models, reported by `GET /embeddings/models`; only these serve
+    /// `POST /embeddings`.
+    pub embedding_models: Vec<MockModel>,
     /// The completion length, in tokens, when neither `max_tokens` nor the
     /// `x-mock-completion-tokens` header asks for another.
     pub default_completion_tokens: u32,
@@ -36,6 +39,10 @@ impl Default for MockConfig {
             master_key: format!("sk-or-v1-{}", "6d6f636b".repeat(8)),
             management_key: format!("sk-or-v1-{}", "6d676d74".repeat(8)),
             models: default_models(),
+            embedding_models: vec![
+                MockModel::new("openai/text-embedding-3-small", "0.00000002", "0", "0"),
+                MockModel::new("mock/embed-with-fee", "0.000001", "0", "0.0001"),
+            ],
             default_completion_tokens: 20,
             total_credits_nanousd: 100_000_000_000,
         }
@@ -55,6 +62,16 @@ impl MockConfig {
             return Some(MockModel::new(model_id, prompt, completion, request));
         }
         None
+    }
+}
+
+impl MockConfig {
+    /// The embedding model with this id.
+    pub fn find_embedding_model(&self, model_id: &str) -> Option<MockModel> {
+        self.embedding_models
+            .iter()
+            .find(|model| model.id == model_id)
+            .cloned()
     }
 }
 

@@ -41,13 +41,16 @@ mod account;
 mod auth;
 mod chat;
 mod config;
+mod embeddings;
 mod error;
 mod faults;
 mod generation;
 mod keys;
+mod messages;
 mod models;
 mod pricing;
 mod request;
+mod responses;
 mod state;
 mod stream;
 mod usage;
@@ -81,7 +84,12 @@ pub fn router(config: MockConfig) -> (Router, MockState) {
     let api = Router::new()
         .route("/chat/completions", post(chat::chat_completions))
         .route("/completions", post(chat::completions))
+        .route("/responses", post(chat::create_response))
+        .route("/messages", post(chat::create_message))
+        .route("/embeddings", post(chat::create_embeddings))
         .route("/models", get(models::list_models))
+        .route("/embeddings/models", get(models::list_embedding_models))
+        .route("/providers", get(models::list_providers))
         .route("/key", get(account::get_current_key))
         .route("/auth/key", get(account::get_current_key))
         .route("/credits", get(account::get_credits))

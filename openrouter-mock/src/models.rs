@@ -61,6 +61,29 @@ pub async fn list_models(
     Ok(Json(json!({ "data": data })).into_response())
 }
 
+/// `GET /embeddings/models`: the embedding models, in the same shape. No key is needed.
+pub async fn list_embedding_models(State(state): State<MockState>) -> Response {
+    let data: Vec<Value> = state
+        .config()
+        .embedding_models
+        .iter()
+        .map(model_json)
+        .collect();
+    Json(json!({ "data": data })).into_response()
+}
+
+/// `GET /providers`: the one provider the mock plays. No key is needed.
+pub async fn list_providers() -> Response {
+    Json(json!({ "data": [{
+        "name": "Mock",
+        "slug": "mock",
+        "privacy_policy_url": null,
+        "terms_of_service_url": null,
+        "status_page_url": null,
+    }] }))
+    .into_response()
+}
+
 /// One model in OpenRouter's `Model` shape.
 pub fn model_json(model: &MockModel) -> Value {
     let name = model.id.split('/').next_back().unwrap_or(&model.id);

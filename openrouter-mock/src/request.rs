@@ -37,6 +37,12 @@ pub enum Api {
     Chat,
     /// `POST /completions` (legacy text completions).
     Completions,
+    /// `POST /responses` (the OpenAI Responses API).
+    Responses,
+    /// `POST /messages` (the Anthropic Messages API).
+    Messages,
+    /// `POST /embeddings`.
+    Embeddings,
 }
 
 impl Api {
@@ -45,6 +51,20 @@ impl Api {
         match self {
             Api::Chat => "/api/v1/chat/completions",
             Api::Completions => "/api/v1/completions",
+            Api::Responses => "/api/v1/responses",
+            Api::Messages => "/api/v1/messages",
+            Api::Embeddings => "/api/v1/embeddings",
+        }
+    }
+
+    /// The `api_type` of its generations.
+    pub fn api_type(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Completions => "completions",
+            Api::Responses => "responses",
+            Api::Messages => "messages",
+            Api::Embeddings => "embeddings",
         }
     }
 }
@@ -82,6 +102,50 @@ pub struct Completion {
     pub user_agent: Option<String>,
     /// When the request arrived.
     pub started: Instant,
+    /// For embeddings: what vectors to answer with.
+    pub embedding: Option<EmbeddingAsk>,
+}
+
+/// What an embeddings request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddingAsk {
+    /// How many vectors: one per input.
+    pub inputs: usize,
+    /// Each vector's length (`dimensions`, default 8).
+    pub dimensions: usize,
+    /// `encoding_format: "base64"`: little-endian f32s, base64-encoded.
+    pub base64: bool,
+}
+
+impl EmbeddingAsk {
+    fn of(body: &Value) -> Result<EmbeddingAsk, ApiError> {
+        let inputs = match body.get("input") {
+            Some(Value::Array(items)) if items.iter().all(|item| !item.is_u64()) => items.len(),
+            _ => 1,
+        };
+        let dimensions = match body.get("dimensions").filter(|value| !value.is_null()) {
+            Some(value) => usize::try_from(non_negative(value, "dimensions")?)
+                .ok()
+                .filter(|n| (1..=4096).contains(n))
+                .ok_or_else(|| ApiError::bad_request("dimensions must be between 1 and 4096"))?,
+            None => 8,
+        };
+        let base64 = match body.get("encoding_format") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(format)) if format == "float" => false,
+            Some(Value::String(format)) if format == "base64" => true,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "encoding_format must be \"float\" or \"base64\"",
+                ));
+            }
+        };
+        Ok(EmbeddingAsk {
+            inputs,
+            dimensions,
+            base64,
+        })
+    }
 }
 
 impl Completion {
@@ -99,7 +163,11 @@ impl Completion {
             Some(Value::String(model_id)) if !model_id.is_empty() => model_id,
             _ => return Err(ApiError::bad_request("No models provided")),
         };
-        let Some(model) = config.find_model(model_id) else {
+        let model = match api {
+            Api::Embeddings => config.find_embedding_model(model_id),
+            _ => config.find_model(model_id),
+        };
+        let Some(model) = model else {
             return Err(ApiError::bad_request(format!(
                 "{model_id} is not a valid model ID"
             )));
@@ -109,21 +177,31 @@ impl Completion {
         let prompt_bytes = match api {
             Api::Chat => chat_prompt_bytes(body)?,
             Api::Completions => legacy_prompt_bytes(body)?,
+            Api::Responses => responses_prompt_bytes(body)?,
+            Api::Messages => messages_prompt_bytes(body)?,
+            Api::Embeddings => embeddings_prompt_bytes(body)?,
         };
         let prompt_tokens = prompt_bytes.div_ceil(4).max(1);
         let natural_tokens = match header_u64(headers, COMPLETION_TOKENS_HEADER)? {
             Some(tokens) => tokens,
             None => u64::from(config.default_completion_tokens),
         };
-        let max_tokens = match body.get("max_tokens").filter(|value| !value.is_null()) {
-            Some(value) => Some(non_negative(value, "max_tokens")?),
-            None => match body
-                .get("max_completion_tokens")
-                .filter(|value| !value.is_null())
-            {
-                Some(value) => Some(non_negative(value, "max_completion_tokens")?),
-                None => None,
+        let limit = |field: &str| match body.get(field).filter(|value| !value.is_null()) {
+            Some(value) => non_negative(value, field).map(Some),
+            None => Ok(None),
+        };
+        let max_tokens = match api {
+            Api::Chat | Api::Completions => match limit("max_tokens")? {
+                Some(max_tokens) => Some(max_tokens),
+                None => limit("max_completion_tokens")?,
             },
+            Api::Responses => limit("max_output_tokens")?,
+            // Anthropic requires it.
+            Api::Messages => Some(
+                limit("max_tokens")?
+                    .ok_or_else(|| ApiError::bad_request("max_tokens: Field required"))?,
+            ),
+            Api::Embeddings => Some(0),
         };
         let completion_tokens = max_tokens.map_or(natural_tokens, |max| max.min(natural_tokens));
         let finish_reason = if completion_tokens < natural_tokens {
@@ -143,7 +221,8 @@ impl Completion {
         }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
-            Some(Value::Bool(stream)) => *stream,
+            // Embeddings do not stream.
+            Some(Value::Bool(stream)) => *stream && api != Api::Embeddings,
             Some(_) => return Err(ApiError::bad_request("stream must be a boolean")),
         };
         let now = OffsetDateTime::now_utc();
@@ -180,6 +259,10 @@ impl Completion {
             http_referer: header_text("http-referer"),
             user_agent: header_text(header::USER_AGENT.as_str()),
             started: Instant::now(),
+            embedding: match api {
+                Api::Embeddings => Some(EmbeddingAsk::of(body)?),
+                _ => None,
+            },
         })
     }
 
@@ -204,28 +287,68 @@ impl Completion {
         self.prices.cost(self.prompt_tokens, completion_tokens)
     }
 
-    /// The `usage` object for the full completion; `None` for `no-usage`.
+    /// The `usage` object for the full completion, in the API's own names; `None` for
+    /// `no-usage`.
     pub fn usage_json(&self) -> Option<Value> {
+        self.usage_json_after(self.completion_tokens)
+    }
+
+    /// The `usage` object after `completion_tokens` were generated; `None` for `no-usage`.
+    pub fn usage_json_after(&self, completion_tokens: u64) -> Option<Value> {
         if self.fault == Some(Fault::NoUsage) {
             return None;
         }
-        let cost = self.cost(self.completion_tokens);
+        let cost = self.cost(completion_tokens);
         let with_cost = self.fault != Some(Fault::NoCost);
-        let cost_details = json!({
-            "upstream_inference_cost": null,
-            "upstream_inference_prompt_cost": nanos_to_usd(cost.prompt_nanousd),
-            "upstream_inference_completions_cost": nanos_to_usd(cost.completion_nanousd),
-        });
-        Some(json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "cost": if with_cost { json!(nanos_to_usd(cost.total_nanousd)) } else { Value::Null },
-            "is_byok": false,
-            "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
-            "completion_tokens_details": { "reasoning_tokens": 0, "image_tokens": 0 },
-            "cost_details": if with_cost { cost_details } else { Value::Null },
-        }))
+        let cost_json = if with_cost {
+            json!(nanos_to_usd(cost.total_nanousd))
+        } else {
+            Value::Null
+        };
+        let cost_details = if with_cost {
+            json!({
+                "upstream_inference_cost": null,
+                "upstream_inference_prompt_cost": nanos_to_usd(cost.prompt_nanousd),
+                "upstream_inference_completions_cost": nanos_to_usd(cost.completion_nanousd),
+            })
+        } else {
+            Value::Null
+        };
+        let (prompt, total) = (self.prompt_tokens, self.prompt_tokens + completion_tokens);
+        Some(match self.api {
+            Api::Chat | Api::Completions => json!({
+                "prompt_tokens": prompt,
+                "completion_tokens": completion_tokens,
+                "total_tokens": total,
+                "cost": cost_json,
+                "is_byok": false,
+                "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
+                "completion_tokens_details": { "reasoning_tokens": 0, "image_tokens": 0 },
+                "cost_details": cost_details,
+            }),
+            Api::Responses => json!({
+                "input_tokens": prompt,
+                "input_tokens_details": { "cached_tokens": 0 },
+                "output_tokens": completion_tokens,
+                "output_tokens_details": { "reasoning_tokens": 0 },
+                "total_tokens": total,
+                "cost": cost_json,
+                "is_byok": false,
+                "cost_details": cost_details,
+            }),
+            Api::Messages => json!({
+                "input_tokens": prompt,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": completion_tokens,
+                "cost": cost_json,
+            }),
+            Api::Embeddings => json!({
+                "prompt_tokens": prompt,
+                "total_tokens": prompt,
+                "cost": cost_json,
+            }),
+        })
     }
 
     /// The generation record after `completion_tokens` were sent.
@@ -239,10 +362,7 @@ impl Completion {
         GenerationRecord {
             id: self.id.clone(),
             model: self.model.clone(),
-            api_type: match self.api {
-                Api::Chat => "chat",
-                Api::Completions => "completions",
-            },
+            api_type: self.api.api_type(),
             created_at: OffsetDateTime::from_unix_timestamp(self.created)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH),
             available_at: Instant::now() + self.generation_delay,
@@ -285,6 +405,91 @@ fn chat_prompt_bytes(body: &Value) -> Result<u64, ApiError> {
             Some(_) => return Err(ApiError::bad_request("message content must be a string")),
         };
     }
+    Ok(u64::try_from(n_bytes).unwrap_or(u64::MAX))
+}
+
+/// UTF-8 bytes of a text or a list of content parts: a string, or the `text` of each part.
+fn text_bytes(content: &Value, what: &str) -> Result<usize, ApiError> {
+    match content {
+        Value::Null => Ok(0),
+        Value::String(text) => Ok(text.len()),
+        Value::Array(parts) => Ok(parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .map(str::len)
+            .sum()),
+        _ => Err(ApiError::bad_request(format!(
+            "{what} must be a string or an array of content parts"
+        ))),
+    }
+}
+
+/// UTF-8 bytes of `instructions` and of `input`: a string, or items whose `content` is text or
+/// parts (and whose `output`, for a function call's result, is text).
+fn responses_prompt_bytes(body: &Value) -> Result<u64, ApiError> {
+    let mut n_bytes = text_bytes(
+        body.get("instructions").unwrap_or(&Value::Null),
+        "instructions",
+    )?;
+    match body.get("input") {
+        Some(Value::String(input)) => n_bytes += input.len(),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if !item.is_object() {
+                    return Err(ApiError::bad_request("each input item must be an object"));
+                }
+                n_bytes += text_bytes(item.get("content").unwrap_or(&Value::Null), "content")?;
+                n_bytes += item
+                    .get("output")
+                    .and_then(Value::as_str)
+                    .map_or(0, str::len);
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "input must be a string or an array of input items",
+            ));
+        }
+    }
+    Ok(u64::try_from(n_bytes).unwrap_or(u64::MAX))
+}
+
+/// UTF-8 bytes of `system` and of every message's `content` (text or blocks), as Anthropic
+/// reads them.
+fn messages_prompt_bytes(body: &Value) -> Result<u64, ApiError> {
+    let mut n_bytes = text_bytes(body.get("system").unwrap_or(&Value::Null), "system")?;
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Err(ApiError::bad_request("messages: Field required"));
+    };
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages: at least one message is required",
+        ));
+    }
+    for message in messages {
+        n_bytes += text_bytes(message.get("content").unwrap_or(&Value::Null), "content")?;
+    }
+    Ok(u64::try_from(n_bytes).unwrap_or(u64::MAX))
+}
+
+/// UTF-8 bytes of `input`: a string or an array of strings; a list of token ids counts four
+/// bytes per token, so it bills one token per id.
+fn embeddings_prompt_bytes(body: &Value) -> Result<u64, ApiError> {
+    let one = |input: &Value| match input {
+        Value::String(text) => Some(text.len()),
+        Value::Array(ids) if ids.iter().all(Value::is_u64) => Some(ids.len() * 4),
+        _ => None,
+    };
+    let n_bytes = match body.get("input") {
+        Some(Value::Array(inputs)) if inputs.iter().all(|input| !input.is_u64()) => {
+            inputs.iter().map(one).sum::<Option<usize>>()
+        }
+        Some(input) => one(input),
+        None => None,
+    };
+    let n_bytes = n_bytes.ok_or_else(|| {
+        ApiError::bad_request("input must be a string, an array of strings, or token ids")
+    })?;
     Ok(u64::try_from(n_bytes).unwrap_or(u64::MAX))
 }
 

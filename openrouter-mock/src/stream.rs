@@ -1,5 +1,8 @@
 //! Streamed answers: `text/event-stream` written chunk by chunk through
-//! `Body::from_stream`, so a client sees each token as it is produced.
+//! `Body::from_stream`, so a client sees each token as it is produced, in the
+//! endpoint's own events: chat chunks ending in `data: [DONE]`, the Responses
+//! API's typed events ending in `response.completed`, or Anthropic's
+//! `message_start` ... `message_stop`.
 //!
 //! The stream owns a [`Streamer`]; whatever ends it, the generation is
 //! settled exactly once: at `[DONE]`, at a mid-stream failure, or, when the
@@ -18,6 +21,7 @@ use crate::chat::GENERATION_ID_HEADER;
 use crate::faults::{Fault, TOKENS_BEFORE_FAILURE};
 use crate::request::{Api, Completion};
 use crate::state::MockState;
+use crate::{messages, responses};
 
 /// The keep-alive comment OpenRouter sends while a model works.
 const PROCESSING_COMMENT: &str = ": OPENROUTER PROCESSING\n\n";
@@ -32,6 +36,7 @@ pub fn respond(state: MockState, caller: Caller, completion: Completion) -> Resp
         caller,
         completion,
         tokens_sent: 0,
+        sequence_number: 0,
         settled: false,
     };
     let body = futures_util::stream::unfold(streamer, |mut streamer| async move {
@@ -59,6 +64,8 @@ pub fn respond(state: MockState, caller: Caller, completion: Completion) -> Resp
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     Comment,
+    /// What comes before the first token (nothing for chat).
+    Start,
     Token(u64),
     /// The chunk that carries `finish_reason`.
     Final,
@@ -78,12 +85,14 @@ fn plan_events(completion: &Completion) -> VecDeque<Event> {
         }
         _ => completion.completion_tokens,
     };
-    let mut events = VecDeque::from([Event::Comment]);
+    let mut events = VecDeque::from([Event::Comment, Event::Start]);
     events.extend((0..n_tokens).map(Event::Token));
+    let chat = matches!(completion.api, Api::Chat | Api::Completions);
     match completion.fault {
         Some(Fault::MidstreamError) => events.push_back(Event::MidstreamError),
         Some(Fault::Cut) => events.push_back(Event::Cut),
-        Some(Fault::NoUsage) => events.extend([Event::Final, Event::Done]),
+        // Chat leaves the usage chunk out; the other APIs send their final event without it.
+        Some(Fault::NoUsage) if chat => events.extend([Event::Final, Event::Done]),
         Some(Fault::Malformed) => events.extend([Event::Final, Event::Broken, Event::Done]),
         _ => events.extend([Event::Final, Event::Usage, Event::Done]),
     }
@@ -96,13 +105,108 @@ struct Streamer {
     completion: Completion,
     events: VecDeque<Event>,
     tokens_sent: u64,
+    /// The Responses API's event counter.
+    sequence_number: u64,
     settled: bool,
 }
 
 impl Streamer {
     fn render(&mut self, event: Event) -> Result<Bytes, io::Error> {
+        let text = match self.completion.api {
+            Api::Chat | Api::Completions | Api::Embeddings => self.render_chat(event)?,
+            Api::Responses => self.render_responses(event)?,
+            Api::Messages => self.render_messages(event)?,
+        };
+        Ok(Bytes::from(text))
+    }
+
+    /// Events shared by every API: the comment, the broken line and the cut.
+    fn render_common(&mut self, event: Event) -> Option<Result<String, io::Error>> {
+        match event {
+            Event::Comment => Some(Ok(PROCESSING_COMMENT.to_owned())),
+            Event::Broken => Some(Ok(format!(
+                "data: {{\"id\":\"{}\",\"choices\":[{{\"delta\n\n",
+                self.completion.id
+            ))),
+            Event::Cut => {
+                self.settle(Some("error"), false);
+                Some(Err(io::Error::other("mock fault: cut")))
+            }
+            _ => None,
+        }
+    }
+
+    fn render_responses(&mut self, event: Event) -> Result<String, io::Error> {
+        if let Some(common) = self.render_common(event) {
+            return common;
+        }
+        let mut seq = self.sequence_number;
+        let mut next = || {
+            seq += 1;
+            seq - 1
+        };
         let completion = &self.completion;
         let text = match event {
+            Event::Start => responses::start_events(completion, &mut next),
+            Event::Token(token_idx) => {
+                self.tokens_sent += 1;
+                responses::delta_event(completion, next(), &Completion::piece(token_idx))
+            }
+            Event::Final => responses::done_events(completion, &mut next),
+            Event::Usage => responses::event(
+                "response.completed",
+                next(),
+                serde_json::json!({
+                    "response": responses::response(completion, true, completion.usage_json())
+                }),
+            ),
+            Event::MidstreamError => {
+                let text = responses::failed_event(completion, next());
+                self.sequence_number = seq;
+                self.settle(Some("error"), false);
+                return Ok(text);
+            }
+            Event::Done => {
+                self.sequence_number = seq;
+                self.settle(Some(self.completion.finish_reason), false);
+                return Ok(String::new());
+            }
+            Event::Comment | Event::Broken | Event::Cut => String::new(),
+        };
+        self.sequence_number = seq;
+        Ok(text)
+    }
+
+    fn render_messages(&mut self, event: Event) -> Result<String, io::Error> {
+        if let Some(common) = self.render_common(event) {
+            return common;
+        }
+        let completion = &self.completion;
+        let text = match event {
+            Event::Start => messages::start_events(completion),
+            Event::Token(token_idx) => {
+                self.tokens_sent += 1;
+                messages::delta_event(&Completion::piece(token_idx))
+            }
+            Event::Final => messages::block_stop_event(),
+            Event::Usage => messages::message_delta_event(completion),
+            Event::MidstreamError => {
+                self.settle(Some("error"), false);
+                messages::error_event("Provider disconnected unexpectedly")
+            }
+            Event::Done => {
+                self.settle(Some(self.completion.finish_reason), false);
+                messages::stop_event()
+            }
+            Event::Comment | Event::Broken | Event::Cut => String::new(),
+        };
+        Ok(text)
+    }
+
+    fn render_chat(&mut self, event: Event) -> Result<String, io::Error> {
+        let completion = &self.completion;
+        let text = match event {
+            Event::Start => String::new(),
             Event::Comment => PROCESSING_COMMENT.to_owned(),
             Event::Token(token_idx) => {
                 self.tokens_sent += 1;
@@ -144,7 +248,7 @@ impl Streamer {
                 return Err(io::Error::other("mock fault: cut"));
             }
         };
-        Ok(Bytes::from(text))
+        Ok(text)
     }
 
     /// The envelope shared by every chunk.
@@ -152,7 +256,7 @@ impl Streamer {
         let completion = &self.completion;
         let object = match completion.api {
             Api::Chat => "chat.completion.chunk",
-            Api::Completions => "text_completion",
+            _ => "text_completion",
         };
         json!({
             "id": completion.id,
@@ -174,7 +278,7 @@ impl Streamer {
                 "native_finish_reason": finish_reason,
                 "logprobs": null,
             }),
-            Api::Completions => json!({
+            _ => json!({
                 "index": 0,
                 "text": text,
                 "finish_reason": finish_reason,

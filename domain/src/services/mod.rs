@@ -5,7 +5,7 @@
 //! upstream, how a request is priced at its worst case before it is forwarded, and how the
 //! response is metered as it streams back. [`openrouter`] is the first adapter.
 //!
-//! The types here are the vocabulary every adapter shares with the gateway: [`Route`],
+//! The types here are the vocabulary every adapter shares with the gateway: [`Route`], [`Api`],
 //! [`CredentialHeader`], [`Fit`] and [`Settlement`].
 
 use std::fmt;
@@ -98,8 +98,8 @@ pub trait ServiceAdapter {
     /// test a master key before members rely on it.
     fn key_check_path(&self) -> &'static str;
 
-    /// Reads what pricing needs from a request body.
-    fn parse_request(&self, body: &[u8]) -> Result<Self::Request, Self::RequestError>;
+    /// Reads what pricing needs from a request body sent to a route of `api`.
+    fn parse_request(&self, api: Api, body: &[u8]) -> Result<Self::Request, Self::RequestError>;
 
     /// Prices a parsed request with the current price list.
     fn quote(
@@ -112,10 +112,14 @@ pub trait ServiceAdapter {
     /// request must be lowered to fit.
     fn fit(&self, quote: &Self::Quote, remaining: Money) -> Fit;
 
-    /// Rewrites the body so the upstream generates at most `max_tokens`; used only for
+    /// Rewrites a body of `api` so the upstream generates at most `max_tokens`; used only for
     /// [`Fit::Lowered`].
-    fn lower_max_tokens(&self, body: &[u8], max_tokens: u64)
-    -> Result<Vec<u8>, Self::RequestError>;
+    fn lower_max_tokens(
+        &self,
+        api: Api,
+        body: &[u8],
+        max_tokens: u64,
+    ) -> Result<Vec<u8>, Self::RequestError>;
 
     /// A fresh meter for a response with this HTTP status and `Content-Type`.
     fn meter(&self, status: u16, content_type: Option<&str>) -> Self::Meter;
@@ -144,10 +148,17 @@ pub trait ResponseMeter {
 /// How the gateway handles one request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// Costs money: reserve the worst case, forward, meter the response and settle.
-    Metered,
+    /// Costs money: reserve the worst case, forward, meter the response and settle. The [`Api`]
+    /// says how the body is read and the errors are shaped.
+    Metered(Api),
     /// Forwarded with the master key, free of charge and not metered.
     PassThrough,
+    /// A free list of models, forwarded; for a key limited to some models, the answer is cut
+    /// to those.
+    ModelList,
+    /// A free look-up of one generation by its `id`, forwarded only when the calling key made
+    /// that generation.
+    OwnGeneration,
     /// Answered by the gateway itself from the sub-key's own records; never forwarded.
     Local(LocalRoute),
     /// Not served: refused without an upstream call.
@@ -159,13 +170,59 @@ pub enum Route {
 pub enum LocalRoute {
     /// Information on the calling key (cap, usage, remaining), in the upstream's shape.
     KeyInfo,
+    /// The calling key's credits: its cap as the total, its spend as the usage.
+    Credits,
+}
+
+/// The API a metered route speaks: how its request is read, priced and lowered, and the shape
+/// its clients expect errors in. Responses of every API are metered by the same meter, which
+/// knows each one's usage fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// OpenAI's chat completions (`messages`, `max_tokens` / `max_completion_tokens`, `n`).
+    ChatCompletions,
+    /// Legacy text completions (`prompt`, `max_tokens`, `n`, `best_of`).
+    Completions,
+    /// OpenAI's Responses API (`input`, `instructions`, `max_output_tokens`).
+    Responses,
+    /// Anthropic's Messages API (`messages`, `system`, `max_tokens`), with Anthropic's errors.
+    Messages,
+    /// Embeddings (`input`): priced from the input alone, as nothing is generated.
+    Embeddings,
+}
+
+/// The shape of an error body a client of an API parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// OpenRouter's (OpenAI's): `{"error":{"code":402,"message":...}}`.
+    OpenAi,
+    /// Anthropic's: `{"type":"error","error":{"type":"invalid_request_error","message":...}}`.
+    Anthropic,
+}
+
+impl Api {
+    /// The error shape this API's clients parse.
+    pub fn error_shape(self) -> ErrorShape {
+        match self {
+            Api::Messages => ErrorShape::Anthropic,
+            _ => ErrorShape::OpenAi,
+        }
+    }
+
+    /// True for an API that generates tokens, whose request has a completion limit.
+    pub fn generates(self) -> bool {
+        self != Api::Embeddings
+    }
 }
 
 /// Why a route is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RouteRefusal {
     /// The gateway does not serve this path for this service.
-    #[error("this path is not served through keycap: use the chat or text completion routes")]
+    #[error(
+        "this path is not served through keycap: use the chat completions, completions, \
+         responses, messages or embeddings routes"
+    )]
     UnknownPath,
     /// The path exists but not for this method.
     #[error("this path accepts only {allowed}: resend the request with that method")]

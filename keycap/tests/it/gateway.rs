@@ -1263,31 +1263,26 @@ async fn configured_free_paths_pass_through_on_get_only() {
     }
     let mut gw = start().await;
     let token = gw.key("1", &[]);
-    let credits = send(&gw, Method::GET, "/api/v1/credits", Some(&token)).await;
-    expect_error(credits, 404, "is not served through keycap").await;
+    let providers = send(&gw, Method::GET, "/api/v1/providers", Some(&token)).await;
+    expect_error(providers, 404, "is not served through keycap").await;
 
     gw.restart_with(&[(
         "KEYCAP_GATEWAY__EXTRA_FREE_PATHS",
-        "/api/v1/credits, /api/v1/models/*",
+        "/api/v1/providers, /api/v1/models/*",
     )]);
-    // The mock answers `/credits` only for a management key, and tells a known key (403) from
-    // an unknown one such as the sub-key itself (401): a 403 means the master key went up.
+    let providers = send(&gw, Method::GET, "/api/v1/providers", Some(&token)).await;
+    assert_eq!(providers.status(), 200);
+    let providers: serde_json::Value = providers.json().await.unwrap();
+    assert_eq!(providers["data"][0]["slug"], "mock", "{providers}");
     for (method, path, token, status, says) in [
         (
-            Method::GET,
-            "/api/v1/credits",
-            Some(&token),
-            403,
-            "Only management keys",
-        ),
-        (
             Method::POST,
-            "/api/v1/credits",
+            "/api/v1/providers",
             Some(&token),
             405,
             "accepts only GET",
         ),
-        (Method::GET, "/api/v1/credits", None, 401, "no API key"),
+        (Method::GET, "/api/v1/providers", None, 401, "no API key"),
         (
             Method::GET,
             "/api/v1/keys",

@@ -4,10 +4,12 @@
     reason = "test helpers fail loudly, like the tests that call them"
 )]
 
+mod apis;
 mod bodies;
 mod cli;
 mod embedded;
 mod gateway;
 mod gateway_support;
 mod ledger;
+mod sdk;
 mod support;

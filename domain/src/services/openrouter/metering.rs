@@ -1,14 +1,23 @@
 //! Metering a response as it passes: reading `usage` (with `cost`) from a JSON body or from the
 //! usage chunk of a server-sent event stream.
 //!
+//! One meter serves every API, as their usage objects differ only in names: chat's
+//! `prompt_tokens` / `completion_tokens` (with `*_details`), the Responses API's `input_tokens`
+//! / `output_tokens` (with `*_details`, and in a stream under `response.completed`'s
+//! `response`), and Anthropic's `input_tokens` / `output_tokens` beside
+//! `cache_read_input_tokens` and `cache_creation_input_tokens`, which Anthropic counts outside
+//! `input_tokens`. An Anthropic stream reports usage twice: `message_start` carries the input
+//! and a provisional output count, `message_delta` the final output; the meter merges them and
+//! takes only a stream that reached a report after `message_start` as complete.
+//!
 //! A [`UsageMeter`] only reads the bytes the gateway forwards; it never holds the response back.
 //! Its memory is bounded in both modes: a JSON body is kept up to [`JSON_BODY_LIMIT`] and then
 //! only its last [`JSON_TAIL_BYTES`] (where OpenRouter puts `usage`); a stream keeps only the
-//! line in progress, and drops a line longer than [`SSE_LINE_LIMIT`].
+//! line in progress, and of a line longer than [`SSE_LINE_LIMIT`] only its end.
 
 use std::sync::LazyLock;
 
-use memchr::memmem::FinderRev;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde::de::{self, Visitor};
 use serde_json::value::RawValue;
@@ -21,8 +30,10 @@ use crate::services::openrouter::metering::sse::SseMeter;
 pub const JSON_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// How much of the end of a larger JSON body is kept to find `usage` in.
 pub const JSON_TAIL_BYTES: usize = 64 * 1024;
-/// The longest event-stream line kept; a longer one (a large image in a delta) is skipped.
-pub const SSE_LINE_LIMIT: usize = 256 * 1024;
+/// The longest event-stream line kept whole (a Responses `response.completed` repeats the whole
+/// output: 1 MiB is far beyond any model's longest); of a longer one (a large image in a
+/// delta) only the end is kept.
+pub const SSE_LINE_LIMIT: usize = 1024 * 1024;
 
 /// Token counts the upstream reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -187,31 +198,34 @@ impl JsonMeter {
     }
 
     fn finish(self) -> MeterOutcome {
-        // Usage sits at the end of the body: find and read just that object, which is much
-        // cheaper than parsing the whole response. Only when there is none is the whole body
-        // parsed, to tell an error body, a missing usage and a broken body apart.
-        let from_tail = usage_in_tail(&self.body);
-        if self.tail_only
-            || matches!(
-                from_tail,
-                MeterOutcome::Reported { .. } | MeterOutcome::TokensOnly { .. }
-            )
-        {
-            return from_tail;
+        // The whole body is parsed, skipping what is not usage, so only the top-level usage (or
+        // a Responses event's `response.usage`) is read: the Responses API echoes the request's
+        // tool schemas and metadata, and a tool call's input is an object, so a `"usage"` key
+        // elsewhere may be the client's. Of a body past the limit only the end is left, read
+        // under stricter rules (see `usage_at_end`).
+        if self.tail_only {
+            return usage_at_end(&self.body)
+                .and_then(|report| report.outcome())
+                .unwrap_or_else(|reason| MeterOutcome::Nothing { reason });
         }
         match serde_json::from_slice::<BodyWire>(&self.body) {
-            Ok(BodyWire {
-                usage: Some(usage), ..
-            }) => usage.outcome(),
-            Ok(BodyWire {
-                error: Some(error), ..
-            }) => MeterOutcome::Nothing {
-                reason: NoUsage::ErrorEvent {
-                    message: error_message(&error),
+            Ok(body) => match body.into_parts() {
+                Parts {
+                    usage: Some(usage), ..
+                } => usage
+                    .report()
+                    .and_then(|report| report.outcome())
+                    .unwrap_or_else(|reason| MeterOutcome::Nothing { reason }),
+                Parts {
+                    error: Some(error), ..
+                } => MeterOutcome::Nothing {
+                    reason: NoUsage::ErrorEvent {
+                        message: error_message(&error),
+                    },
                 },
-            },
-            Ok(_) => MeterOutcome::Nothing {
-                reason: NoUsage::NotReported,
+                Parts { .. } => MeterOutcome::Nothing {
+                    reason: NoUsage::NotReported,
+                },
             },
             Err(err) if err.is_eof() => MeterOutcome::Nothing {
                 reason: NoUsage::Incomplete,
@@ -225,46 +239,84 @@ impl JsonMeter {
     }
 }
 
-/// Finds the last `"usage": {...}` in the tail of a large body. In JSON text a quote inside a
-/// string is escaped, so the bytes `"usage"` followed by a colon can only be an object key.
-pub(crate) fn usage_in_tail(tail: &[u8]) -> MeterOutcome {
-    let mut end = tail.len();
-    while let Some(at) = USAGE_FINDER_REV.rfind(&tail[..end]) {
-        end = at;
-        let Some(value) = after_colon(&tail[at + USAGE_KEY.len()..]) else {
-            continue;
-        };
-        // Read as text when it is UTF-8: the parser then does not check each string (most of
-        // them keys) again.
-        let usage = match std::str::from_utf8(value) {
-            Ok(text) => {
-                Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(text))
-            }
-            Err(_) => {
-                Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_slice(value))
-            }
-        };
-        return match usage {
-            Ok(Some(usage)) => usage.outcome(),
-            Ok(None) => MeterOutcome::Nothing {
-                reason: NoUsage::NotReported,
-            },
-            Err(err) => MeterOutcome::Nothing {
-                reason: NoUsage::Malformed {
-                    detail: err.to_string(),
-                },
-            },
-        };
+/// Reads the usage at the very end of what is left of a body (or event line) too long to keep
+/// whole, where the upstream puts it. Without the start, nesting cannot be seen, so a usage
+/// object is taken only when it cannot be one a client put in the answer (an echoed tool
+/// schema, metadata, a tool call's input): it must be the only `"usage"` key in `tail`, and
+/// what follows it must close one or two objects (the top level, or a Responses event's
+/// `response` and the event), with nothing in between but fields whose values hold no object
+/// (`"provider":"p"`, `"metadata":{}`). Anything else is unreadable, and the request is charged
+/// its reservation. In JSON text a quote inside a string is escaped, so the bytes `"usage"`
+/// followed by a colon can only be an object key.
+pub(crate) fn usage_at_end(tail: &[u8]) -> Result<UsageReport, NoUsage> {
+    let unreadable = |detail: &str| NoUsage::Malformed {
+        detail: format!("the end of a response too long to read whole {detail}"),
+    };
+    let mut keys = USAGE_FINDER
+        .find_iter(tail)
+        .filter(|&at| after_colon(&tail[at + USAGE_KEY.len()..]).is_some());
+    let Some(at) = keys.next() else {
+        return Err(NoUsage::NotReported);
+    };
+    if keys.next().is_some() {
+        return Err(unreadable("holds several usage objects"));
     }
-    MeterOutcome::Nothing {
-        reason: NoUsage::NotReported,
+    let value = after_colon(&tail[at + USAGE_KEY.len()..]).unwrap_or_default();
+    let Some((raw, rest)) = next_value(value) else {
+        return Err(unreadable("has an unreadable usage"));
+    };
+    if !(1..=2).contains(&objects_closed(rest).unwrap_or(0)) {
+        return Err(unreadable("has a usage object that is not the top level's"));
     }
+    match Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(raw)) {
+        Ok(Some(usage)) => usage.report(),
+        Ok(None) => Err(NoUsage::NotReported),
+        Err(err) => Err(NoUsage::Malformed {
+            detail: err.to_string(),
+        }),
+    }
+}
+
+/// How many objects `rest` closes, when it is only `}`s and fields whose values hold no object
+/// or list (`,"provider":"p"`, `,"metadata":{}`); `None` for anything else.
+fn objects_closed(mut rest: &[u8]) -> Option<usize> {
+    let mut closed = 0;
+    loop {
+        rest = rest.trim_ascii_start();
+        match rest.split_first() {
+            None => return Some(closed),
+            Some((b'}', after)) => {
+                closed += 1;
+                rest = after;
+            }
+            Some((b',', after)) => {
+                let (key, after) = next_value(after)?;
+                let (value, after) = next_value(after_colon(after)?)?;
+                let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+                let holds_nothing =
+                    !value.starts_with(['{', '[']) || compact == "{}" || compact == "[]";
+                if !key.starts_with('"') || !holds_nothing {
+                    return None;
+                }
+                rest = after;
+            }
+            Some(_) => return None,
+        }
+    }
+}
+
+/// The first JSON value in `bytes`, as text, and the bytes after it.
+fn next_value(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<&RawValue>();
+    let value = values.next()?.ok()?;
+    Some((value.get(), &bytes[values.byte_offset()..]))
 }
 
 /// The key that marks usage, quotes included.
 pub(crate) const USAGE_KEY: &[u8] = b"\"usage\"";
-/// Searches backwards for [`USAGE_KEY`], built once rather than for every response.
-static USAGE_FINDER_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(USAGE_KEY));
+/// Searches for [`USAGE_KEY`], built once rather than for every response.
+pub(crate) static USAGE_FINDER: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(USAGE_KEY));
 
 /// The bytes after optional whitespace, a colon and optional whitespace; `None` without a colon.
 pub(crate) fn after_colon(bytes: &[u8]) -> Option<&[u8]> {
@@ -288,30 +340,122 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
     }
 }
 
-/// The top level of a JSON response or of one stream chunk; other fields are skipped.
+/// The top level of a JSON response or of one stream chunk; other fields are skipped. The usage
+/// and error of a Responses API event sit in its `response`, and those of Anthropic's
+/// `message_start` in its `message`.
 #[derive(Deserialize)]
 pub(crate) struct BodyWire<'a> {
     #[serde(default, borrow)]
-    pub(crate) usage: Option<UsageWire<'a>>,
+    usage: Option<UsageWire<'a>>,
     #[serde(default)]
-    pub(crate) error: Option<serde_json::Value>,
+    error: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    response: Lenient<InnerWire<'a>>,
+    #[serde(default, borrow)]
+    message: Lenient<InnerWire<'a>>,
 }
 
-/// `usage` as OpenRouter sends it (schema `ChatUsage`). Costs are kept as the JSON number's
-/// own text and read as exact decimals: no float ever holds them.
+/// The usage and error of a `response` or `message` object.
+#[derive(Deserialize)]
+struct InnerWire<'a> {
+    #[serde(default, borrow)]
+    usage: Option<UsageWire<'a>>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// What a body or event says about usage and errors.
+pub(crate) struct Parts<'a> {
+    pub(crate) usage: Option<UsageWire<'a>>,
+    pub(crate) error: Option<serde_json::Value>,
+    /// True when the usage is an Anthropic `message_start`'s (in its `message`), whose output
+    /// count a later `message_delta` replaces.
+    pub(crate) provisional: bool,
+}
+
+impl<'a> BodyWire<'a> {
+    /// The usage and the error, from the top level or else from `response` or `message`.
+    pub(crate) fn into_parts(self) -> Parts<'a> {
+        let (mut usage, mut error) = (self.usage, self.error);
+        let mut provisional = false;
+        if let Some(inner) = self.response.0 {
+            usage = usage.or(inner.usage);
+            error = error.or(inner.error);
+        }
+        if let Some(inner) = self.message.0 {
+            if usage.is_none() && inner.usage.is_some() {
+                usage = inner.usage;
+                provisional = true;
+            }
+            error = error.or(inner.error);
+        }
+        Parts {
+            usage,
+            error,
+            provisional,
+        }
+    }
+}
+
+/// An object read as `T`; any other value (a string, a list) is skipped as absent, so a field
+/// of an unexpected shape does not make the body unreadable.
+pub(crate) struct Lenient<T>(Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LenientVisitor(std::marker::PhantomData))
+    }
+}
+
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = Lenient<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Lenient<T>, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|inner| Lenient(Some(inner)))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient<T>, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Lenient(None))
+    }
+
+    visit_scalars!(Lenient(None); bool i64 u64 f64 str unit);
+}
+
+/// `usage` as OpenRouter sends it: chat's names (schema `ChatUsage`), the Responses API's, and
+/// Anthropic's. Costs are kept as the JSON number's own text and read as exact decimals: no
+/// float ever holds them.
 #[derive(Deserialize)]
 pub(crate) struct UsageWire<'a> {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: Option<Count>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: Option<Count>,
+    /// Anthropic: prompt tokens read from the cache, not counted in `input_tokens`.
+    #[serde(default)]
+    cache_read_input_tokens: Option<Count>,
+    /// Anthropic: prompt tokens written to the cache, not counted in `input_tokens`.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<Count>,
     #[serde(default, borrow)]
     cost: Option<&'a RawValue>,
     #[serde(default)]
     is_byok: Option<bool>,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens_details")]
     completion_tokens_details: Option<CompletionDetails>,
     #[serde(default, borrow)]
     cost_details: Option<CostDetails<'a>>,
@@ -344,11 +488,10 @@ fn reported_cost(raw: &RawValue) -> Option<Money> {
 }
 
 impl UsageWire<'_> {
-    /// The outcome this usage amounts to: a cost when one is reported and readable, else token
-    /// counts when both prompt and completion counts are there, else nothing.
-    pub(crate) fn outcome(self) -> MeterOutcome {
-        // A cost that is not a JSON number makes the usage unreadable, as any other wrong type
-        // does (a number out of range is only unusable: the token counts are used instead).
+    /// What this usage object reports, or why it is unreadable: a cost that is not a JSON
+    /// number makes it so, as any other wrong type does (a number out of range is only
+    /// unusable: the token counts are used instead).
+    pub(crate) fn report(self) -> Result<UsageReport, NoUsage> {
         let upstream = self
             .cost_details
             .as_ref()
@@ -357,16 +500,20 @@ impl UsageWire<'_> {
             !raw.get()
                 .starts_with(|c: char| c == '-' || c.is_ascii_digit())
         }) {
-            return MeterOutcome::Nothing {
-                reason: NoUsage::Malformed {
-                    detail: "usage.cost is not a number".to_string(),
-                },
-            };
+            return Err(NoUsage::Malformed {
+                detail: "usage.cost is not a number".to_string(),
+            });
         }
-        let count = |value: Option<Count>| value.map_or(0, |count| count.0);
-        let usage = Usage {
+        let byok_upstream = match (self.is_byok, upstream) {
+            (Some(true), Some(upstream)) => reported_cost(upstream),
+            _ => Some(Money::ZERO),
+        };
+        let count = |value: Option<Count>| value.map(|count| count.0);
+        Ok(UsageReport {
             prompt_tokens: count(self.prompt_tokens),
             completion_tokens: count(self.completion_tokens),
+            cache_read_input_tokens: count(self.cache_read_input_tokens),
+            cache_creation_input_tokens: count(self.cache_creation_input_tokens),
             cached_tokens: count(
                 self.prompt_tokens_details
                     .as_ref()
@@ -381,25 +528,78 @@ impl UsageWire<'_> {
                 self.completion_tokens_details
                     .and_then(|d| d.reasoning_tokens),
             ),
+            cost: self
+                .cost
+                .and_then(reported_cost)
+                .and_then(|cost| cost.checked_add(byok_upstream?)),
+        })
+    }
+}
+
+/// What one or more usage objects of a response reported; `None` where a field was absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UsageReport {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    cache_write_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    /// `cost`, plus the upstream's cost for a BYOK request; `None` when absent or unusable.
+    cost: Option<Money>,
+}
+
+impl UsageReport {
+    /// This report without its cost: what a provisional report keeps once a later one comes.
+    pub(crate) fn without_cost(self) -> UsageReport {
+        UsageReport { cost: None, ..self }
+    }
+
+    /// This report updated by a later one of the same response: each field the later one has
+    /// replaces this one's (Anthropic's counts are running totals).
+    pub(crate) fn merge(self, later: UsageReport) -> UsageReport {
+        UsageReport {
+            prompt_tokens: later.prompt_tokens.or(self.prompt_tokens),
+            completion_tokens: later.completion_tokens.or(self.completion_tokens),
+            cache_read_input_tokens: later
+                .cache_read_input_tokens
+                .or(self.cache_read_input_tokens),
+            cache_creation_input_tokens: later
+                .cache_creation_input_tokens
+                .or(self.cache_creation_input_tokens),
+            cached_tokens: later.cached_tokens.or(self.cached_tokens),
+            cache_write_tokens: later.cache_write_tokens.or(self.cache_write_tokens),
+            reasoning_tokens: later.reasoning_tokens.or(self.reasoning_tokens),
+            cost: later.cost.or(self.cost),
+        }
+    }
+
+    /// The outcome this report amounts to: a cost when one is reported and readable, else
+    /// token counts when both prompt and completion counts are there; else why not.
+    pub(crate) fn outcome(&self) -> Result<MeterOutcome, NoUsage> {
+        let n = |count: Option<u64>| count.unwrap_or(0);
+        let (cache_read, cache_creation) = (
+            n(self.cache_read_input_tokens),
+            n(self.cache_creation_input_tokens),
+        );
+        let usage = Usage {
+            prompt_tokens: n(self.prompt_tokens)
+                .saturating_add(cache_read)
+                .saturating_add(cache_creation),
+            completion_tokens: n(self.completion_tokens),
+            cached_tokens: n(self.cached_tokens).saturating_add(cache_read),
+            cache_write_tokens: n(self.cache_write_tokens).saturating_add(cache_creation),
+            reasoning_tokens: n(self.reasoning_tokens),
         };
-        let byok_upstream = match (self.is_byok, upstream) {
-            (Some(true), Some(upstream)) => reported_cost(upstream),
-            _ => Some(Money::ZERO),
-        };
-        let cost = self
-            .cost
-            .and_then(reported_cost)
-            .and_then(|cost| cost.checked_add(byok_upstream?));
-        match cost {
-            Some(cost) => MeterOutcome::Reported { cost, usage },
+        match self.cost {
+            Some(cost) => Ok(MeterOutcome::Reported { cost, usage }),
             None if self.prompt_tokens.is_some() && self.completion_tokens.is_some() => {
-                MeterOutcome::TokensOnly { usage }
+                Ok(MeterOutcome::TokensOnly { usage })
             }
-            None => MeterOutcome::Nothing {
-                reason: NoUsage::Malformed {
-                    detail: "usage has neither a cost nor token counts".to_string(),
-                },
-            },
+            None => Err(NoUsage::Malformed {
+                detail: "usage has neither a cost nor token counts".to_string(),
+            }),
         }
     }
 }

@@ -45,8 +45,8 @@ pub use request::{ChatRequest, RequestError};
 
 use crate::money::Money;
 use crate::services::{
-    CredentialHeader, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, Service, ServiceAdapter,
-    Settlement,
+    Api, CredentialHeader, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, Service,
+    ServiceAdapter, Settlement,
 };
 
 /// Settings of the OpenRouter adapter, from the gateway's configuration.
@@ -136,22 +136,34 @@ impl OpenRouter {
 
 /// The route table: each path the gateway serves, how, and for which method.
 const ROUTES: &[(&str, Route, &str)] = &[
-    ("/api/v1/chat/completions", Route::Metered, "POST"),
-    ("/api/v1/completions", Route::Metered, "POST"),
-    ("/api/v1/models", Route::PassThrough, "GET"),
-    ("/api/v1/generation", Route::PassThrough, "GET"),
+    (
+        "/api/v1/chat/completions",
+        Route::Metered(Api::ChatCompletions),
+        "POST",
+    ),
+    (
+        "/api/v1/completions",
+        Route::Metered(Api::Completions),
+        "POST",
+    ),
+    ("/api/v1/responses", Route::Metered(Api::Responses), "POST"),
+    ("/api/v1/messages", Route::Metered(Api::Messages), "POST"),
+    (
+        "/api/v1/embeddings",
+        Route::Metered(Api::Embeddings),
+        "POST",
+    ),
+    ("/api/v1/models", Route::ModelList, "GET"),
+    ("/api/v1/embeddings/models", Route::ModelList, "GET"),
+    ("/api/v1/generation", Route::OwnGeneration, "GET"),
     ("/api/v1/key", Route::Local(LocalRoute::KeyInfo), "GET"),
     ("/api/v1/auth/key", Route::Local(LocalRoute::KeyInfo), "GET"),
+    ("/api/v1/credits", Route::Local(LocalRoute::Credits), "GET"),
 ];
 
 /// Upstream paths that cost money or manage keys, beyond the metered routes: the gateway does
 /// not serve them, and no extra free path may be, lie below or cover one.
-pub const NEVER_FREE: &[&str] = &[
-    "/api/v1/responses",
-    "/api/v1/messages",
-    "/api/v1/embeddings",
-    "/api/v1/keys",
-];
+pub const NEVER_FREE: &[&str] = &["/api/v1/keys"];
 
 /// Every path the route table serves.
 pub fn routed_paths() -> impl Iterator<Item = &'static str> {
@@ -162,7 +174,7 @@ pub fn routed_paths() -> impl Iterator<Item = &'static str> {
 pub fn never_free_paths() -> impl Iterator<Item = &'static str> {
     ROUTES
         .iter()
-        .filter(|(_, route, _)| *route == Route::Metered)
+        .filter(|(_, route, _)| matches!(route, Route::Metered(_)))
         .map(|(path, _, _)| *path)
         .chain(NEVER_FREE.iter().copied())
 }
@@ -229,8 +241,8 @@ impl ServiceAdapter for OpenRouter {
         KEY_CHECK_PATH
     }
 
-    fn parse_request(&self, body: &[u8]) -> Result<ChatRequest, RequestError> {
-        ChatRequest::parse(body)
+    fn parse_request(&self, api: Api, body: &[u8]) -> Result<ChatRequest, RequestError> {
+        ChatRequest::parse_as(api, body)
     }
 
     fn quote(&self, request: &ChatRequest, prices: &ModelPrices) -> Result<Quote, PriceError> {
@@ -241,8 +253,13 @@ impl ServiceAdapter for OpenRouter {
         quote.fit(remaining)
     }
 
-    fn lower_max_tokens(&self, body: &[u8], max_tokens: u64) -> Result<Vec<u8>, RequestError> {
-        request::lower_max_tokens(body, max_tokens)
+    fn lower_max_tokens(
+        &self,
+        api: Api,
+        body: &[u8],
+        max_tokens: u64,
+    ) -> Result<Vec<u8>, RequestError> {
+        request::lower_max_tokens_as(api, body, max_tokens)
     }
 
     fn meter(&self, status: u16, content_type: Option<&str>) -> UsageMeter {

@@ -301,6 +301,14 @@ impl ModelPrices {
         Ok(prices)
     }
 
+    /// Adds another list's models (the embedding models' list), as [`insert`](Self::insert)
+    /// does each.
+    pub fn extend(&mut self, other: ModelPrices) {
+        for (id, entry) in other.models {
+            self.insert_entry(id, entry);
+        }
+    }
+
     /// Adds or widens a model's price; a model listed twice keeps the higher of each component.
     pub fn insert(&mut self, model_id: impl Into<String>, price: ModelPrice) {
         self.insert_entry(model_id.into(), Entry::Priced(price));

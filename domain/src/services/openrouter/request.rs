@@ -1,10 +1,13 @@
-//! Reading a chat or text completion request for pricing, and lowering its `max_tokens`.
+//! Reading an inference request for pricing (chat and text completions, Responses, Anthropic
+//! Messages, embeddings), and lowering its completion limit.
 //!
 //! Only the fields that change the price are read: `model` (and `models`, the fallbacks the
-//! upstream may route to), `max_tokens` / `max_completion_tokens`, `n` / `best_of` and batched
-//! prompts (each choice is a separate completion), image parts in `messages`, and whether web
-//! search is on (`plugins: [{"id": "web"}]`, a `:online` model, `web_search_options`, or a
-//! web-search tool). Everything else is skipped by the parser without being built, so a large
+//! upstream may route to), the completion limit (when the API's own field is set:
+//! `max_tokens` / `max_completion_tokens` for chat, `max_output_tokens` for Responses,
+//! `max_tokens` for Messages; the largest of those three present, so an upstream that also
+//! honours another API's field is bound too; embeddings generate nothing), `n` / `best_of` and batched prompts (each choice is
+//! a separate completion), image parts in `messages` or `input`, and whether web search is on
+//! (`plugins: [{"id": "web"}]`, a `:online` model, `web_search_options`, or a web-search tool). Everything else is skipped by the parser without being built, so a large
 //! prompt costs one pass over its bytes and no allocation.
 //!
 //! The prompt is not tokenized. Its size in tokens is bounded by the body's size in bytes:
@@ -20,6 +23,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::services::Api;
 use crate::services::openrouter::request::wire::{ImageParts, NoImageParts, RequestWire};
 
 /// What a request asks for that decides its price.
@@ -31,15 +35,16 @@ pub struct ChatRequest {
     pub fallback_models: Vec<String>,
     /// Whether the client asked for a server-sent event stream.
     pub stream: bool,
-    /// The completion limit per choice, the larger of `max_tokens` and
-    /// `max_completion_tokens` when both are set; `None` when neither is.
+    /// The completion limit per choice (for chat, the larger of `max_tokens` and
+    /// `max_completion_tokens` when both are set); `None` when the request sets none, and
+    /// `Some(0)` for embeddings, which generate nothing.
     pub max_tokens: Option<u64>,
     /// How many completions the upstream may generate: `n` (or `best_of`) times the number of
-    /// prompts in a batched text completion.
+    /// prompts in a batched text completion; 0 for embeddings.
     pub choices: u64,
     /// The body's size in bytes, an upper bound on its prompt tokens.
     pub prompt_bytes: u64,
-    /// Image parts in the messages.
+    /// Image parts in `messages` or `input`.
     pub image_parts: u64,
     /// Whether the request turns on web search.
     pub web_search: bool,
@@ -111,8 +116,13 @@ pub enum RequestError {
 }
 
 impl ChatRequest {
-    /// Reads a `/chat/completions` or `/completions` body.
+    /// Reads a `/chat/completions` (or `/completions`) body.
     pub fn parse(body: &[u8]) -> Result<ChatRequest, RequestError> {
+        ChatRequest::parse_as(Api::ChatCompletions, body)
+    }
+
+    /// Reads a body sent to a route of `api`.
+    pub fn parse_as(api: Api, body: &[u8]) -> Result<ChatRequest, RequestError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
             return Err(match serde_json::from_slice::<IgnoredAny>(body) {
@@ -126,14 +136,17 @@ impl ChatRequest {
         // checked for UTF-8 again one by one.
         match std::str::from_utf8(body) {
             Ok(text) if !wire::may_hold_image_parts(text) => ChatRequest::from_wire(
+                api,
                 read_wire::<NoImageParts>(serde_json::de::StrRead::new(text))?,
                 body,
             ),
             Ok(text) => ChatRequest::from_wire(
+                api,
                 read_wire::<ImageParts>(serde_json::de::StrRead::new(text))?,
                 body,
             ),
             Err(_) => ChatRequest::from_wire(
+                api,
                 read_wire::<ImageParts>(serde_json::de::SliceRead::new(body))?,
                 body,
             ),
@@ -141,6 +154,7 @@ impl ChatRequest {
     }
 
     fn from_wire<M: Into<ImageParts>>(
+        api: Api,
         wire: RequestWire<M>,
         body: &[u8],
     ) -> Result<ChatRequest, RequestError> {
@@ -184,14 +198,33 @@ impl ChatRequest {
                 });
             }
         };
-        let max_tokens = match (
+        // Every completion-limit field any API reads is read, and the largest counts, so an
+        // upstream that honours another API's field too generates no more than was priced; but
+        // without the API's own field, the request has no limit the upstream must keep.
+        let limits = [
             max_tokens_field("max_tokens", &wire.max_tokens)?,
             max_tokens_field("max_completion_tokens", &wire.max_completion_tokens)?,
-        ) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+            max_tokens_field("max_output_tokens", &wire.max_output_tokens)?,
+        ];
+        let own_limit = match api {
+            Api::ChatCompletions | Api::Completions => limits[0].or(limits[1]),
+            Api::Responses => limits[2],
+            Api::Messages => limits[0],
+            Api::Embeddings => Some(0),
         };
-        let per_prompt = count_field("n", &wire.n)?.max(count_field("best_of", &wire.best_of)?);
+        let max_tokens = match api {
+            Api::Embeddings => Some(0),
+            _ => own_limit.and(limits.into_iter().flatten().max()),
+        };
+        let choices = match api {
+            Api::ChatCompletions | Api::Completions => {
+                let per_prompt =
+                    count_field("n", &wire.n)?.max(count_field("best_of", &wire.best_of)?);
+                per_prompt.saturating_mul(wire.prompt.0.max(1))
+            }
+            Api::Responses | Api::Messages => 1,
+            Api::Embeddings => 0,
+        };
         let web_search = wire.plugins.0
             || wire.tools.0
             || wire.web_search_options.is_some()
@@ -203,9 +236,9 @@ impl ChatRequest {
             fallback_models,
             stream,
             max_tokens,
-            choices: per_prompt.saturating_mul(wire.prompt.0.max(1)),
+            choices,
             prompt_bytes: body.len() as u64,
-            image_parts: wire.messages.into().0,
+            image_parts: wire.messages.into().0.saturating_add(wire.input.into().0),
             web_search,
         })
     }
@@ -228,12 +261,34 @@ fn read_wire<'de, M: Deserialize<'de> + Default>(
         })
 }
 
-/// Sets the completion limit in a request body to `max_tokens`: in `max_tokens` and in
-/// `max_completion_tokens` when the body has it, in `max_tokens` when it has neither. Only the
-/// top level is taken apart, into keys and the raw text of their values: every other value goes
-/// out byte for byte as it came, without building a JSON tree of a body that may hold tens of
-/// MiB. Keys come out in sorted order (a repeated key keeps its last value, as JSON parsers do).
+/// Sets the completion limit in a chat request body to `max_tokens`: in `max_tokens` and in
+/// `max_completion_tokens` when the body has it, in `max_tokens` when it has neither.
 pub fn lower_max_tokens(body: &[u8], max_tokens: u64) -> Result<Vec<u8>, RequestError> {
+    lower_max_tokens_as(Api::ChatCompletions, body, max_tokens)
+}
+
+/// Sets the completion limit in a request body of `api` to `max_tokens`: in each of
+/// `max_tokens`, `max_completion_tokens` and `max_output_tokens` the body has, and in the field
+/// the API reads when the body lacks it (`max_output_tokens` for Responses, `max_tokens` for
+/// the others). An embeddings body has no limit and comes back as it is. Only the top level is taken apart,
+/// into keys and the raw text of their values: every other value goes out byte for byte as it
+/// came, without building a JSON tree of a body that may hold tens of MiB. Keys come out in
+/// sorted order (a repeated key keeps its last value, as JSON parsers do).
+pub fn lower_max_tokens_as(
+    api: Api,
+    body: &[u8],
+    max_tokens: u64,
+) -> Result<Vec<u8>, RequestError> {
+    // Every limit field present is set, and the API's own added when the body lacks it.
+    let limit_fields = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+    let (own_fields, added_field): (&[&str], &str) = match api {
+        Api::ChatCompletions | Api::Completions => {
+            (&["max_tokens", "max_completion_tokens"], "max_tokens")
+        }
+        Api::Responses => (&["max_output_tokens"], "max_output_tokens"),
+        Api::Messages => (&["max_tokens"], "max_tokens"),
+        Api::Embeddings => return Ok(body.to_vec()),
+    };
     let object: BTreeMap<String, &RawValue> =
         serde_json::from_slice(body).map_err(|err| match err.classify() {
             serde_json::error::Category::Data => RequestError::NotAnObject,
@@ -242,18 +297,18 @@ pub fn lower_max_tokens(body: &[u8], max_tokens: u64) -> Result<Vec<u8>, Request
             },
         })?;
     let limit = max_tokens.to_string();
-    let has_completion_field = object.contains_key("max_completion_tokens");
-    let add_max_tokens = !object.contains_key("max_tokens") && !has_completion_field;
+    let add_field = !own_fields.iter().any(|field| object.contains_key(*field));
     let mut out = Vec::with_capacity(body.len() + 32);
     out.push(b'{');
     let fields = object.iter().map(|(key, value)| {
-        let value = match key.as_str() {
-            "max_tokens" | "max_completion_tokens" => limit.as_str(),
-            _ => value.get(),
+        let value = if limit_fields.contains(&key.as_str()) {
+            limit.as_str()
+        } else {
+            value.get()
         };
         (key.as_str(), value)
     });
-    let added = add_max_tokens.then_some(("max_tokens", limit.as_str()));
+    let added = add_field.then_some((added_field, limit.as_str()));
     for (n, (key, value)) in fields.chain(added).enumerate() {
         if n > 0 {
             out.push(b',');

@@ -12,16 +12,37 @@ fn check(method: &str, path: &str, expected: Route) {
 
 #[test]
 fn routes_are_metered_passed_answered_or_refused() {
-    check("POST", "/api/v1/chat/completions", Route::Metered);
-    check("POST", "/api/v1/completions", Route::Metered);
-    check("post", "/api/v1/chat/completions/", Route::Metered);
-    check("GET", "/api/v1/models", Route::PassThrough);
+    check(
+        "POST",
+        "/api/v1/chat/completions",
+        Route::Metered(Api::ChatCompletions),
+    );
+    check(
+        "POST",
+        "/api/v1/completions",
+        Route::Metered(Api::Completions),
+    );
+    check(
+        "post",
+        "/api/v1/chat/completions/",
+        Route::Metered(Api::ChatCompletions),
+    );
+    check("GET", "/api/v1/models", Route::ModelList);
     check(
         "GET",
         "/api/v1/models?supported_parameters=tools",
-        Route::PassThrough,
+        Route::ModelList,
     );
-    check("GET", "/api/v1/generation?id=gen-123", Route::PassThrough);
+    check("POST", "/api/v1/responses", Route::Metered(Api::Responses));
+    check("POST", "/api/v1/messages", Route::Metered(Api::Messages));
+    check(
+        "POST",
+        "/api/v1/embeddings",
+        Route::Metered(Api::Embeddings),
+    );
+    check("GET", "/api/v1/embeddings/models", Route::ModelList);
+    check("GET", "/api/v1/credits", Route::Local(LocalRoute::Credits));
+    check("GET", "/api/v1/generation?id=gen-123", Route::OwnGeneration);
     check("GET", "/api/v1/key", Route::Local(LocalRoute::KeyInfo));
     check("GET", "/api/v1/auth/key", Route::Local(LocalRoute::KeyInfo));
 
@@ -32,11 +53,9 @@ fn routes_are_metered_passed_answered_or_refused() {
 
     let unknown = Route::Refused(RouteRefusal::UnknownPath);
     for path in [
-        "/api/v1/credits",
         "/api/v1/keys",
         "/api/v1/keys/abc",
-        "/api/v1/embeddings",
-        "/api/v1/responses",
+        "/api/v1/embeddings/other",
         "/api/v1/models/openai/gpt-4o/endpoints",
         "/api/v1/chat/completions/extra",
         "/api/v1//chat/completions",
@@ -67,23 +86,26 @@ fn the_paths_that_are_never_free_are_metered_or_unserved() {
 #[test]
 fn configured_free_paths_pass_through_on_get_only() {
     let adapter = OpenRouter::new(OpenRouterConfig {
-        extra_free_paths: FreePaths::parse("/api/v1/credits, /api/v1/models/*").unwrap(),
+        extra_free_paths: FreePaths::parse("/api/v1/providers, /api/v1/models/*").unwrap(),
         ..OpenRouterConfig::default()
     });
     let route = |method, path| adapter.route(method, path);
-    assert_eq!(route("GET", "/api/v1/credits"), Route::PassThrough);
-    assert_eq!(route("get", "/api/v1/credits/?x=1"), Route::PassThrough);
+    assert_eq!(route("GET", "/api/v1/providers"), Route::PassThrough);
+    assert_eq!(route("get", "/api/v1/providers/?x=1"), Route::PassThrough);
     assert_eq!(
         route("GET", "/api/v1/models/openai/gpt-4o/endpoints"),
         Route::PassThrough
     );
     assert_eq!(
-        route("POST", "/api/v1/credits"),
+        route("POST", "/api/v1/providers"),
         Route::Refused(RouteRefusal::WrongMethod { allowed: "GET" })
     );
     // The built-in routes are unchanged, and other paths are still refused.
-    assert_eq!(route("POST", "/api/v1/chat/completions"), Route::Metered);
-    assert_eq!(route("GET", "/api/v1/models"), Route::PassThrough);
+    assert_eq!(
+        route("POST", "/api/v1/chat/completions"),
+        Route::Metered(Api::ChatCompletions)
+    );
+    assert_eq!(route("GET", "/api/v1/models"), Route::ModelList);
     for path in [
         "/api/v1/keys",
         "/api/v1/models/a/",
@@ -115,7 +137,9 @@ fn run<A: ServiceAdapter>(
     remaining: Money,
     response: (&str, &[u8]),
 ) -> (Fit, Option<Vec<u8>>, Option<Settlement>) {
-    let request = adapter.parse_request(body).expect("request parses");
+    let request = adapter
+        .parse_request(Api::ChatCompletions, body)
+        .expect("request parses");
     let quote = adapter.quote(&request, prices).expect("request is priced");
     let fit = adapter.fit(&quote, remaining);
     let (reserve, forwarded) = match fit {
@@ -127,7 +151,7 @@ fn run<A: ServiceAdapter>(
             reserve,
             Some(
                 adapter
-                    .lower_max_tokens(body, max_tokens)
+                    .lower_max_tokens(Api::ChatCompletions, body, max_tokens)
                     .expect("body lowers"),
             ),
         ),

@@ -1,26 +1,29 @@
 //! Event-stream mode of the usage meter.
 //!
 //! The stream is split into lines as it passes; only a line cut by a chunk boundary is copied,
-//! and only up to [`SSE_LINE_LIMIT`]. Comment lines (`: OPENROUTER PROCESSING`) and fields other
-//! than `data` are skipped. A `data` line is parsed as JSON only when its bytes contain
+//! and only up to [`SSE_LINE_LIMIT`]: of a longer line (a large image in a delta) only the
+//! last [`JSON_TAIL_BYTES`] are kept, and read under the stricter rules of [`usage_at_end`].
+//! Comment lines (`: OPENROUTER PROCESSING`) and fields other than `data` are skipped. A `data`
+//! line is parsed as JSON (skipping all but `usage` and `error`) only when its bytes contain
 //! `"usage"` (with a non-null value) or `"error"`: in JSON text a quote inside a string is
 //! escaped, so those bytes appear only as keys or whole string values. The lines that arrive
 //! whole in one chunk are searched together (one vectorized search finds the next line worth
 //! parsing), so the thousand token chunks of a typical stream cost a newline search each.
 //!
 //! OpenRouter sends one JSON object per `data` line, so lines are read one at a time rather than
-//! joined into multi-line events. Lines end with `\n` or `\r\n`.
+//! joined into multi-line events. Lines end with `\n` or `\r\n`. Usage objects seen along the
+//! way are merged (see [`UsageReport::merge`]); one in an Anthropic `message_start` is
+//! provisional until a later one confirms it.
 
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
 use crate::services::openrouter::metering::{
-    BodyWire, MeterOutcome, NoUsage, SSE_LINE_LIMIT, USAGE_KEY, after_colon, error_message,
-    usage_in_tail,
+    BodyWire, JSON_TAIL_BYTES, MeterOutcome, NoUsage, Parts, SSE_LINE_LIMIT, USAGE_FINDER,
+    USAGE_KEY, UsageReport, after_colon, error_message, usage_at_end,
 };
 
-static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
 static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 
 /// The offset of the first `"usage"` or `"error"` in `bytes` at or after `from`.
@@ -32,16 +35,31 @@ fn next_worth_parsing(bytes: &[u8], from: usize) -> Option<usize> {
     error.or(usage).map(|at| from + at)
 }
 
+/// True when a line that starts with `head` and goes on with `rest` is a `data` line.
+fn is_data_start(head: &[u8], rest: &[u8]) -> bool {
+    let n = 5usize.saturating_sub(head.len()).min(rest.len());
+    let mut start = head.to_vec();
+    start.extend_from_slice(&rest[..n]);
+    start.starts_with(b"data:")
+}
+
 /// Reads an event stream line by line.
 #[derive(Debug, Default)]
 pub(crate) struct SseMeter {
-    /// The start of a line cut by a chunk boundary.
+    /// The start of a line cut by a chunk boundary; once the line passed the limit, its tail.
     partial: Vec<u8>,
-    /// True while skipping the rest of a line that passed the limit.
-    skipping: bool,
+    /// True while only the tail of a line past the limit is kept.
+    tail_only: bool,
+    /// Whether the line kept as a tail is a `data` line.
+    tail_is_data: bool,
     /// True once `data: [DONE]` was seen; later bytes are ignored.
     done: bool,
-    outcome: Option<MeterOutcome>,
+    /// The usage reported so far, merged; boxed, as most of a stream's life has none.
+    report: Option<Box<UsageReport>>,
+    /// True while the report is only an Anthropic `message_start`'s.
+    provisional: bool,
+    /// Why the first unreadable usage object was unreadable.
+    unusable: Option<NoUsage>,
     error: Option<String>,
     malformed: Option<String>,
     n_long_lines: u32,
@@ -53,13 +71,16 @@ impl SseMeter {
             return;
         }
         let mut rest = chunk;
-        if self.skipping || !self.partial.is_empty() {
+        if self.tail_only || !self.partial.is_empty() {
             let Some(newline) = memchr::memchr(b'\n', rest) else {
                 self.keep_partial(rest);
                 return;
             };
-            if self.skipping {
-                self.skipping = false;
+            if self.tail_only {
+                self.keep_partial(&rest[..newline]);
+                let tail = std::mem::take(&mut self.partial);
+                self.long_line_tail(&tail);
+                self.tail_only = false;
             } else {
                 self.partial.extend_from_slice(&rest[..newline]);
                 let line = std::mem::take(&mut self.partial);
@@ -89,26 +110,43 @@ impl SseMeter {
         }
     }
 
-    /// Keeps the unfinished end of a chunk, unless the line has grown past the limit.
+    /// Keeps the unfinished end of a chunk; of a line grown past the limit, only its tail.
     fn keep_partial(&mut self, bytes: &[u8]) {
-        if self.skipping || bytes.is_empty() {
+        if bytes.is_empty() {
             return;
         }
-        if self.partial.len() + bytes.len() > SSE_LINE_LIMIT {
-            self.partial = Vec::new();
-            self.skipping = true;
+        if !self.tail_only && self.partial.len() + bytes.len() > SSE_LINE_LIMIT {
+            self.tail_only = true;
+            self.tail_is_data = self.partial.starts_with(b"data:")
+                || (self.partial.len() < 5 && is_data_start(&self.partial, bytes));
             self.n_long_lines += 1;
-            return;
         }
         self.partial.extend_from_slice(bytes);
+        if self.tail_only && self.partial.len() > 2 * JSON_TAIL_BYTES {
+            let cut = self.partial.len() - JSON_TAIL_BYTES;
+            self.partial.drain(..cut);
+        }
+    }
+
+    /// Reads the end of a line past the limit: its last [`JSON_TAIL_BYTES`] (the same bytes
+    /// however the line was cut into chunks), searched for a usage object.
+    fn long_line_tail(&mut self, tail: &[u8]) {
+        let tail = tail.strip_suffix(b"\r").unwrap_or(tail);
+        let tail = &tail[tail.len().saturating_sub(JSON_TAIL_BYTES)..];
+        if self.tail_is_data && USAGE_FINDER.find(tail).is_some() {
+            self.usage(usage_at_end(tail), false);
+        }
     }
 
     /// Reads one line; `may_hold_usage` is false when the line is known to hold neither
     /// `"usage"` nor `"error"`.
     fn line(&mut self, line: &[u8], may_hold_usage: bool) {
         if line.len() > SSE_LINE_LIMIT {
-            // Skipped even when it arrived whole, so the outcome never depends on chunking.
+            // Only its tail is read even when it arrived whole, so the outcome never depends on
+            // chunking.
             self.n_long_lines += 1;
+            self.tail_is_data = line.starts_with(b"data:");
+            self.long_line_tail(line);
             return;
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -124,8 +162,7 @@ impl SseMeter {
         if !may_hold_usage {
             return;
         }
-        let mut usage_keys = USAGE_FINDER.find_iter(data);
-        let has_usage = usage_keys.next().is_some_and(|at| {
+        let has_usage = USAGE_FINDER.find_iter(data).any(|at| {
             after_colon(&data[at + USAGE_KEY.len()..])
                 .is_none_or(|value| !value.starts_with(b"null"))
         });
@@ -133,17 +170,20 @@ impl SseMeter {
         if !has_usage && !has_error {
             return;
         }
-        if !has_error && usage_keys.next().is_none() {
-            // One usage object and no error: only that object is read, not the whole chunk.
-            self.usage(usage_in_tail(data));
-            return;
-        }
+        // The whole line is parsed, so only the usage at its top level (or in a Responses
+        // event's `response`, an Anthropic `message_start`'s `message`) is read, never a
+        // `"usage"` key inside what the client sent and the answer echoes.
         match serde_json::from_slice::<BodyWire>(data) {
             Ok(chunk) => {
-                if let Some(usage) = chunk.usage {
-                    self.usage(usage.outcome());
+                let Parts {
+                    usage,
+                    error,
+                    provisional,
+                } = chunk.into_parts();
+                if let Some(usage) = usage {
+                    self.usage(usage.report(), provisional);
                 }
-                if let Some(error) = chunk.error {
+                if let Some(error) = error {
                     self.error.get_or_insert_with(|| error_message(&error));
                 }
             }
@@ -153,30 +193,55 @@ impl SseMeter {
         }
     }
 
-    /// Keeps what a usage object said; a usable report is never replaced by an unusable one.
-    fn usage(&mut self, outcome: MeterOutcome) {
-        if self.outcome.is_none() || !matches!(outcome, MeterOutcome::Nothing { .. }) {
-            self.outcome = Some(outcome);
+    /// Merges what a usage object said into the report; an unreadable one is only noted.
+    /// `provisional` marks an Anthropic `message_start`'s, which a later report must confirm.
+    fn usage(&mut self, report: Result<UsageReport, NoUsage>, provisional: bool) {
+        match report {
+            Ok(report) => {
+                // A provisional report's cost (if any) is for an answer not yet generated.
+                let was_provisional = self.provisional;
+                let merged = self.report.take().map_or(report, |seen| {
+                    let seen = if was_provisional {
+                        seen.without_cost()
+                    } else {
+                        *seen
+                    };
+                    seen.merge(report)
+                });
+                self.report = Some(Box::new(merged));
+                self.provisional = provisional;
+            }
+            Err(reason) => {
+                self.unusable.get_or_insert(reason);
+            }
         }
     }
 
     pub(crate) fn finish(mut self) -> MeterOutcome {
-        if !self.done && !self.skipping && !self.partial.is_empty() {
+        if !self.done && !self.partial.is_empty() {
             // A last line without its newline: the stream was cut, but its bytes may still hold
             // the usage chunk.
             let line = std::mem::take(&mut self.partial);
-            self.line(&line, true);
+            if self.tail_only {
+                self.long_line_tail(&line);
+            } else {
+                self.line(&line, true);
+            }
         }
-        if let Some(outcome @ (MeterOutcome::Reported { .. } | MeterOutcome::TokensOnly { .. })) =
-            self.outcome
-        {
-            return outcome;
-        }
+        let outcome = match self.report.as_deref() {
+            Some(report) if !self.provisional => report.outcome(),
+            _ => Err(NoUsage::NotReported),
+        };
+        let unreadable = match outcome {
+            Ok(outcome) => return outcome,
+            Err(NoUsage::NotReported) => None,
+            Err(reason) => Some(reason),
+        };
         let reason = if let Some(message) = self.error {
             NoUsage::ErrorEvent { message }
-        } else if !self.done {
+        } else if !self.done && (self.report.is_none() || self.provisional) {
             NoUsage::StreamCut
-        } else if let Some(MeterOutcome::Nothing { reason }) = self.outcome {
+        } else if let Some(reason) = self.unusable.or(unreadable) {
             reason
         } else if let Some(detail) = self.malformed {
             NoUsage::Malformed { detail }

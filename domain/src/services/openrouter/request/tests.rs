@@ -394,3 +394,77 @@ fn lowers_the_limit_in_the_body() {
         Err(RequestError::NotJson { .. })
     ));
 }
+
+#[test]
+fn each_api_reads_its_own_limit_and_inputs() {
+    let parse = |api, body: &str| ChatRequest::parse_as(api, body.as_bytes()).unwrap();
+    // Responses: `max_output_tokens`, images in `input`, a web-search tool, one choice.
+    let responses = parse(
+        Api::Responses,
+        r#"{"model":"m","instructions":"be brief","max_output_tokens":300,"max_tokens":9,"n":4,
+            "input":[{"role":"user","content":[{"type":"input_text","text":"what is this?"},
+                     {"type":"input_image","image_url":"https://example.com/a.png"}]}],
+            "tools":[{"type":"web_search_preview"}],"reasoning":{"effort":"high"}}"#,
+    );
+    assert_eq!(
+        responses.max_tokens,
+        Some(300),
+        "the largest limit field counts"
+    );
+    assert_eq!((responses.choices, responses.image_parts), (1, 1));
+    assert!(responses.web_search);
+    assert_eq!(
+        parse(Api::Responses, r#"{"model":"m","input":"hi"}"#).max_tokens,
+        None
+    );
+    // Messages: `max_tokens`, images in `messages`, Anthropic's web-search tool.
+    let messages = parse(
+        Api::Messages,
+        r#"{"model":"m","max_tokens":1024,"system":"s","messages":[{"role":"user","content":[
+            {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}},
+            {"type":"text","text":"hi"}]}],
+            "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":2}]}"#,
+    );
+    assert_eq!(messages.max_tokens, Some(1024));
+    assert_eq!((messages.choices, messages.image_parts), (1, 1));
+    assert!(messages.web_search);
+    // Embeddings generate nothing.
+    let embeddings = parse(Api::Embeddings, r#"{"model":"m","input":["a","b"]}"#);
+    assert_eq!((embeddings.max_tokens, embeddings.choices), (Some(0), 0));
+    // A bad limit is refused in the API's own field.
+    assert_eq!(
+        ChatRequest::parse_as(Api::Responses, br#"{"model":"m","max_output_tokens":0}"#),
+        Err(RequestError::InvalidMaxTokens {
+            field: "max_output_tokens",
+            found: "0".into()
+        })
+    );
+}
+
+#[test]
+fn each_api_has_its_limit_lowered_in_its_own_field() {
+    let lowered = |api, body: &str| {
+        let out = lower_max_tokens_as(api, body.as_bytes(), 40).unwrap();
+        serde_json::from_slice::<Value>(&out).unwrap()
+    };
+    let json = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+    assert_eq!(
+        lowered(Api::Responses, r#"{"model":"m","input":"hi"}"#),
+        json(r#"{"model":"m","input":"hi","max_output_tokens":40}"#)
+    );
+    assert_eq!(
+        lowered(Api::Responses, r#"{"model":"m","max_output_tokens":900}"#),
+        json(r#"{"model":"m","max_output_tokens":40}"#)
+    );
+    assert_eq!(
+        lowered(
+            Api::Messages,
+            r#"{"model":"m","max_tokens":900,"messages":[]}"#
+        ),
+        json(r#"{"model":"m","max_tokens":40,"messages":[]}"#)
+    );
+    assert_eq!(
+        lower_max_tokens_as(Api::Embeddings, br#"{"model":"m","input":"x"}"#, 40).unwrap(),
+        br#"{"model":"m","input":"x"}"#.to_vec()
+    );
+}

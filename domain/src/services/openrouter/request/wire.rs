@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// The priced fields; serde skips the others without building them. `M` reads `messages`:
+/// The priced fields; serde skips the others without building them. `M` reads `messages` and
+/// `input`:
 /// [`ImageParts`] counts image parts, [`NoImageParts`] skips a list known to hold none.
 #[derive(Deserialize)]
 pub(super) struct RequestWire<M> {
@@ -23,11 +24,16 @@ pub(super) struct RequestWire<M> {
     #[serde(default)]
     pub(super) max_completion_tokens: Value,
     #[serde(default)]
+    pub(super) max_output_tokens: Value,
+    #[serde(default)]
     pub(super) n: Value,
     #[serde(default)]
     pub(super) best_of: Value,
     #[serde(default)]
     pub(super) messages: M,
+    /// The Responses API's and embeddings' input, read for image parts as `messages` is.
+    #[serde(default)]
+    pub(super) input: M,
     #[serde(default)]
     pub(super) prompt: PromptCount,
     #[serde(default)]

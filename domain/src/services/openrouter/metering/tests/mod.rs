@@ -323,3 +323,20 @@ fn reported_floats_convert_exactly() {
 }
 
 mod stream;
+
+#[test]
+fn a_json_body_is_charged_its_top_level_usage_only() {
+    // An Anthropic tool call's input is an object the model writes and the client can steer.
+    let body = |usage: &str| {
+        format!(
+            r#"{{"type":"message","content":[{{"type":"tool_use","name":"f","input":{{"usage":{{"cost":0,"input_tokens":0,"output_tokens":0}}}}}}]{usage}}}"#
+        )
+    };
+    check_status(
+        200,
+        JSON,
+        &body(r#","usage":{"input_tokens":3,"output_tokens":4,"cost":0.25}"#),
+        reported(250_000_000, 3, 4),
+    );
+    check_status(200, JSON, &body(""), nothing(NoUsage::NotReported));
+}
