@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use domain::Money;
 use domain::services::openrouter::{ChatRequest, MeterOutcome, ModelPrices, OpenRouter};
-use domain::services::{ResponseMeter, ServiceAdapter};
+use domain::services::{Api, ResponseMeter, ServiceAdapter};
 use domain::token::hash_token;
 
 fn token_hash(c: &mut Criterion) {
@@ -98,7 +98,7 @@ fn request_pricing(c: &mut Criterion) {
 }
 
 fn meter(content_type: &str, body: &[u8], chunk_size: usize) -> MeterOutcome {
-    let mut meter = OpenRouter::default().meter(200, Some(content_type));
+    let mut meter = OpenRouter::default().meter(Api::ChatCompletions, 200, Some(content_type));
     for chunk in body.chunks(chunk_size) {
         meter.feed(chunk);
     }

@@ -76,6 +76,7 @@ http {
   keepalive_requests 1000000;
   keepalive_timeout 120s;
   client_body_buffer_size 64k;
+  client_max_body_size 512m;
   server {
     listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
     location = /api/v1/models { default_type application/json; return 200 '$MODELS'; }
@@ -126,7 +127,9 @@ function setup(thread) thread:set("id", #threads); table.insert(threads, thread)
 function init(args)
   n_keys = tonumber(os.getenv("N_KEYS") or "10")
   counter = id * 7919
-  body = '{"model":"bench/model","messages":[{"role":"user","content":"Tell me about budgets."}],"max_tokens":64' ..
+  -- BODY_KIB: a chat request of about that size, a long user message (the default: 120 bytes).
+  local filler = string.rep("Tell me about budgets. ", math.floor(tonumber(os.getenv("BODY_KIB") or "0") * 1024 / 23))
+  body = '{"model":"bench/model","messages":[{"role":"user","content":"' .. filler .. 'Tell me about budgets."}],"max_tokens":64' ..
     (os.getenv("STREAM") == "1" and ',"stream":true}' or '}')
   path = "/api/v1/chat/completions" .. (os.getenv("STREAM") == "1" and "?stream=1" or "")
 end
@@ -181,7 +184,7 @@ measure() { # URL CONNS STREAM N_KEYS [PID] -> "rps p50_ms p99_ms cpu_percent_of
   local out before after
   local pg_before pg_after
   before=$(cpu_ticks "${5:-self}"); pg_before=$(pg_ticks)
-  out=$(N_KEYS=$4 STREAM=$3 taskset -c 1 wrk -t1 -c"$2" -d"${SECONDS_PER_CELL}s" --latency -s "$WORK/bench.lua" "$1")
+  out=$(N_KEYS=$4 STREAM=$3 taskset -c 1 wrk -t1 -c"$2" -d"${SECONDS_PER_CELL}s" --timeout 30s --latency -s "$WORK/bench.lua" "$1")
   after=$(cpu_ticks "${5:-self}"); pg_after=$(pg_ticks)
   if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx answers from $1:" >&2; echo "$out" >&2; exit 1; fi
   local rps p50 p99
@@ -287,11 +290,43 @@ measure_pair() { # CONNS STREAM N_KEYS -> "b_rps b_p50 b_p99 b_cpu k_rps k_p50 k
   echo "$out"
 }
 
+if [ -n "${UPLOADS:-}" ]; then
+  # 64 concurrent 8 MiB uploads (UPLOADS=COUNTxMIB to change): each proxy's peak resident
+  # memory (VmHWM, reset first through clear_refs) against the bytes in flight. Each client
+  # sends at 4 MB/s, so every upload is still arriving when the last one starts: all are in
+  # flight at once.
+  n_up=${UPLOADS%x*}; mib_up=${UPLOADS#*x}
+  [ "$UPLOADS" = 1 ] && { n_up=64; mib_up=8; }
+  python3 - "$WORK/upload.json" "$mib_up" <<'PY'
+import sys
+size = int(sys.argv[2]) * 1024 * 1024
+head = '{"model":"bench/model","max_tokens":64,"messages":[{"role":"user","content":"'
+tail = '"}]}'
+with open(sys.argv[1], "w") as f:
+    f.write(head + "x" * (size - len(head) - len(tail)) + tail)
+PY
+  rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+  printf '\n%d concurrent uploads of %d MiB (%d MiB in flight):\n%-12s %12s %12s %12s %10s\n' "$n_up" "$mib_up" $((n_up * mib_up)) system "idle MiB" "peak MiB" "peak/flight" "answers"
+  for pair in "passthrough:${PIDS[0]}:$PASS_PORT" "keycap:${PIDS[1]}:$GW_PORT"; do
+    IFS=: read -r name pid p <<<"$pair"
+    settle_flushes
+    idle=$(rss_kib "$pid" VmRSS)
+    echo 5 > "/proc/$pid/clear_refs"
+    answers=$(seq 1 "$n_up" | taskset -c 1 xargs -P "$n_up" -I{} curl -s -o /dev/null -w '%{http_code}\n' --limit-rate 4M \
+      -H "Authorization: Bearer kc_$(printf '%048x' 1)" -H 'Content-Type: application/json' \
+      --data-binary @"$WORK/upload.json" "http://127.0.0.1:$p/api/v1/chat/completions" | sort | uniq -c | awk '{printf "%s:%s ", $2, $1}')
+    peak=$(rss_kib "$pid" VmHWM)
+    awk -v s="$name" -v i="$idle" -v p="$peak" -v f=$((n_up * mib_up)) -v a="$answers" \
+      'BEGIN { printf "%-12s %12.0f %12.0f %12.2f %10s\n", s, i / 1024, p / 1024, p / 1024 / f, a }'
+  done
+  exit 0
+fi
+
 if [ -z "${ONLY_MANY_KEYS:-}" ]; then
 printf '\n%-8s %-6s %-12s %12s %10s %10s %10s %12s %12s %8s\n' "format" "conns" "system" "req/s" "p50 ms" "p99 ms" "x bare" "(pairs)" "p99-bare ms" "cpu %"
-for stream in 0 1; do
+for stream in ${FORMATS:-0 1}; do
   format=$([ "$stream" = 1 ] && echo stream || echo json)
-  for conns in 1 32 128; do
+  for conns in ${CONNS:-1 32 128}; do
     read -r n_rps n_p50 n_p99 _ < <(measure "http://127.0.0.1:$NGINX_PORT" "$conns" "$stream" 10)
     read -r b_rps b_p50 b_p99 b_cpu k_rps k_p50 k_p99 k_cpu ratio lo hi p99_diff < <(measure_pair "$conns" "$stream" 10)
     # nginx and the passthrough against the passthrough's medians; keycap by its pairs.
@@ -308,6 +343,7 @@ for stream in 0 1; do
 done
 
 fi
+[ -n "${SKIP_MANY_KEYS:-}" ] && exit 0
 
 echo
 echo "keycap with many keys in its cache (json, 128 connections):"

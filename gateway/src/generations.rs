@@ -6,7 +6,7 @@
 //! by newer ones, is answered as unknown (404): never another key's.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -27,8 +27,8 @@ pub struct GenerationLog {
 
 #[derive(Default)]
 struct Log {
-    owners: HashMap<String, Uuid>,
-    order: VecDeque<String>,
+    owners: HashMap<Arc<str>, Uuid>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl GenerationLog {
@@ -45,8 +45,9 @@ impl GenerationLog {
             Ok(log) => log,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if log.owners.insert(id.to_string(), key).is_none() {
-            log.order.push_back(id.to_string());
+        let id: Arc<str> = Arc::from(id);
+        if log.owners.insert(Arc::clone(&id), key).is_none() {
+            log.order.push_back(id);
         }
         while log.order.len() > kept {
             if let Some(oldest) = log.order.pop_front() {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use domain::Money;
 use domain::services::openrouter::{MeterOutcome, NoUsage, PriceError, Quote, UsageMeter};
 use domain::services::{
-    ErrorShape, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter,
+    Api, ErrorShape, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter,
 };
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -99,11 +99,12 @@ impl Drop for RequestCtx {
 }
 
 struct Metered {
+    api: Api,
     quote: Quote,
     reservation: Money,
     meter: Option<UsageMeter>,
     /// The generation the upstream named in its answer, recorded as the key's.
-    generation_id: Option<String>,
+    generation_id: Option<http::HeaderValue>,
 }
 
 enum Admit {
@@ -283,16 +284,12 @@ impl ProxyHttp for Proxy {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            metered.meter = Some(
-                self.gateway
-                    .adapter
-                    .meter(upstream_response.status.as_u16(), content_type),
-            );
-            metered.generation_id = upstream_response
-                .headers
-                .get(GENERATION_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            metered.meter = Some(self.gateway.adapter.meter(
+                metered.api,
+                upstream_response.status.as_u16(),
+                content_type,
+            ));
+            metered.generation_id = upstream_response.headers.get(GENERATION_ID_HEADER).cloned();
         }
         if ctx.model_list.is_some() && !upstream_response.status.is_informational() {
             if upstream_response.status == http::StatusCode::OK {
@@ -447,7 +444,7 @@ impl ProxyHttp for Proxy {
         self.gateway
             .outbox
             .record(&key, usage, OffsetDateTime::now_utc());
-        if let Some(id) = &metered.generation_id {
+        if let Some(id) = metered.generation_id.as_ref().and_then(|v| v.to_str().ok()) {
             self.gateway.generations.record(id, key.id);
         }
     }
@@ -638,6 +635,7 @@ impl Proxy {
             ctx.body = Some(body);
             ctx.reframe_body = reframe_body;
             ctx.metered = Some(Box::new(Metered {
+                api,
                 quote,
                 reservation,
                 meter: None,

@@ -4,12 +4,14 @@
 //!
 //! `passthrough LISTEN UPSTREAM_HOST:PORT [THREADS] [--read-ahead] [--write-buffer BYTES]`
 //!
-//! With `--read-ahead` it reads each request body whole before contacting the upstream, as
-//! keycap must to price a request: this isolates what that pingora path costs by itself.
+//! With `--read-ahead` it reads each request body whole into memory before contacting the
+//! upstream, and sends it from there, as keycap must to price a request: this isolates what
+//! that pingora path costs by itself.
 //! `--write-buffer` sets the client connections' write buffer (pingora's default is 1,460
 //! bytes; keycap uses 16 KiB): the baseline with keycap's transport setting.
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use pingora::listeners::ListenerConfig;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -28,22 +30,51 @@ struct Passthrough {
 
 #[async_trait]
 impl ProxyHttp for Passthrough {
-    type CTX = ();
+    /// The body read ahead, with `--read-ahead`.
+    type CTX = Option<Bytes>;
 
-    fn new_ctx(&self) {}
+    fn new_ctx(&self) -> Option<Bytes> {
+        None
+    }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Option<Bytes>,
+    ) -> pingora::Result<bool> {
         if self.read_ahead {
-            session.enable_retry_buffering();
-            while session.read_request_body().await?.is_some() {}
+            let mut body = BytesMut::new();
+            while let Some(chunk) = session.read_request_body().await? {
+                body.extend_from_slice(&chunk);
+            }
+            *ctx = Some(body.freeze());
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Option<Bytes>,
+    ) -> pingora::Result<()> {
+        // The body read ahead goes out whole at the end (the vendored pingora-proxy calls this
+        // once, with end of stream, for a body already read).
+        if let Some(ready) = ctx {
+            *body = Some(if end_of_stream {
+                ready.clone()
+            } else {
+                Bytes::new()
+            });
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut (),
+        _ctx: &mut Option<Bytes>,
     ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(
             self.upstream.as_str(),

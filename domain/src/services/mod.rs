@@ -121,8 +121,8 @@ pub trait ServiceAdapter {
         max_tokens: u64,
     ) -> Result<Vec<u8>, Self::RequestError>;
 
-    /// A fresh meter for a response with this HTTP status and `Content-Type`.
-    fn meter(&self, status: u16, content_type: Option<&str>) -> Self::Meter;
+    /// A fresh meter for a response of `api` with this HTTP status and `Content-Type`.
+    fn meter(&self, api: Api, status: u16, content_type: Option<&str>) -> Self::Meter;
 
     /// What to charge once the response is over.
     fn settle(

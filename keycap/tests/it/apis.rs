@@ -420,3 +420,31 @@ async fn apps_see_their_own_models_credits_and_generations() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_part_reserves_the_models_context_window() {
+    let gw = start().await;
+    // `mock/cheap` has a 128,000-token window at $0.000001 a token: a request with a file part
+    // (here by URL, its tokens nowhere in the body) needs $0.128 of prompt before any answer.
+    let ask = json!({
+        "model": "mock/cheap",
+        "max_output_tokens": 16,
+        "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "Summarise this."},
+            {"type": "input_file", "file_url": "https://example.com/report.pdf"},
+        ]}],
+    });
+    let poor = gw.key("0.1", &[]);
+    expect_error(
+        post(&gw, "/api/v1/responses", ("bearer", &poor), &ask).await,
+        402,
+        "key budget exhausted",
+    )
+    .await;
+    assert_eq!(gw.mock.state().n_inference_requests(), 0);
+    let enough = gw.key("0.2", &[]);
+    let response = post(&gw, "/api/v1/responses", ("bearer", &enough), &ask).await;
+    assert_eq!(response.status(), 200);
+    let cost = usd(&response.json::<serde_json::Value>().await.unwrap()["usage"]["cost"]).unwrap();
+    gw.wait_for_spent(&enough, cost).await;
+}

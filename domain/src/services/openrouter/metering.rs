@@ -23,8 +23,8 @@ use serde::de::{self, Visitor};
 use serde_json::value::RawValue;
 
 use crate::money::Money;
-use crate::services::ResponseMeter;
 use crate::services::openrouter::metering::sse::SseMeter;
+use crate::services::{Api, ResponseMeter};
 
 /// The largest JSON response body parsed whole.
 pub const JSON_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -130,16 +130,37 @@ enum Mode {
 
 impl UsageMeter {
     /// A meter for a response with this HTTP status and `Content-Type`: event-stream mode for
-    /// `text/event-stream`, JSON mode for anything else.
+    /// `text/event-stream`, JSON mode for anything else. It reads any API's usage, and parses
+    /// every body whole to find it: see [`for_api`](UsageMeter::for_api) for the quicker way.
     pub fn new(status: u16, content_type: Option<&str>) -> UsageMeter {
+        UsageMeter::reading(status, content_type, false)
+    }
+
+    /// A meter for a response of `api`. Answers of chat and text completions and embeddings
+    /// hold no object the client wrote (their text is in strings), so their one `"usage"`
+    /// object is read on its own, without parsing the rest; a Responses answer echoes the
+    /// request's tools and metadata, and a Messages answer holds tool inputs, so theirs are
+    /// parsed whole, to read only the top-level usage.
+    pub fn for_api(api: Api, status: u16, content_type: Option<&str>) -> UsageMeter {
+        let no_client_objects = matches!(
+            api,
+            Api::ChatCompletions | Api::Completions | Api::Embeddings
+        );
+        UsageMeter::reading(status, content_type, no_client_objects)
+    }
+
+    fn reading(status: u16, content_type: Option<&str>, no_client_objects: bool) -> UsageMeter {
         let is_stream = content_type.is_some_and(|value| {
             let mime = value.split(';').next().unwrap_or_default().trim();
             mime.eq_ignore_ascii_case("text/event-stream")
         });
         let mode = if is_stream {
-            Mode::Sse(SseMeter::default())
+            Mode::Sse(SseMeter::new(no_client_objects))
         } else {
-            Mode::Json(JsonMeter::default())
+            Mode::Json(JsonMeter {
+                no_client_objects,
+                ..JsonMeter::default()
+            })
         };
         UsageMeter { status, mode }
     }
@@ -182,6 +203,8 @@ struct JsonMeter {
     body: Vec<u8>,
     /// True once the body passed the limit and its head was dropped.
     tail_only: bool,
+    /// True when the answer can hold no object the client wrote (see [`UsageMeter::for_api`]).
+    no_client_objects: bool,
 }
 
 impl JsonMeter {
@@ -203,8 +226,16 @@ impl JsonMeter {
         // tool schemas and metadata, and a tool call's input is an object, so a `"usage"` key
         // elsewhere may be the client's. Of a body past the limit only the end is left, read
         // under stricter rules (see `usage_at_end`).
+        if self.no_client_objects
+            && !self.tail_only
+            && let Ok(outcome) = only_usage(&self.body).and_then(|report| report.outcome())
+        {
+            return outcome;
+        }
         if self.tail_only {
-            return usage_at_end(&self.body)
+            // The same last bytes however the body was cut into chunks.
+            let tail = &self.body[self.body.len().saturating_sub(JSON_TAIL_BYTES)..];
+            return usage_at_end(tail, 1)
                 .and_then(|report| report.outcome())
                 .unwrap_or_else(|reason| MeterOutcome::Nothing { reason });
         }
@@ -243,12 +274,13 @@ impl JsonMeter {
 /// whole, where the upstream puts it. Without the start, nesting cannot be seen, so a usage
 /// object is taken only when it cannot be one a client put in the answer (an echoed tool
 /// schema, metadata, a tool call's input): it must be the only `"usage"` key in `tail`, and
-/// what follows it must close one or two objects (the top level, or a Responses event's
-/// `response` and the event), with nothing in between but fields whose values hold no object
-/// (`"provider":"p"`, `"metadata":{}`). Anything else is unreadable, and the request is charged
+/// what follows it must close exactly the objects it may sit in (`levels`: 1 for a body's top
+/// level; 1 or 2 for an event line, whose usage may be a Responses event's `response.usage`),
+/// with nothing in between but fields whose values hold no object (`"provider":"p"`,
+/// `"metadata":{}`). Anything else is unreadable, and the request is charged
 /// its reservation. In JSON text a quote inside a string is escaped, so the bytes `"usage"`
 /// followed by a colon can only be an object key.
-pub(crate) fn usage_at_end(tail: &[u8]) -> Result<UsageReport, NoUsage> {
+pub(crate) fn usage_at_end(tail: &[u8], levels: usize) -> Result<UsageReport, NoUsage> {
     let unreadable = |detail: &str| NoUsage::Malformed {
         detail: format!("the end of a response too long to read whole {detail}"),
     };
@@ -265,9 +297,31 @@ pub(crate) fn usage_at_end(tail: &[u8]) -> Result<UsageReport, NoUsage> {
     let Some((raw, rest)) = next_value(value) else {
         return Err(unreadable("has an unreadable usage"));
     };
-    if !(1..=2).contains(&objects_closed(rest).unwrap_or(0)) {
+    if !(1..=levels).contains(&objects_closed(rest).unwrap_or(0)) {
         return Err(unreadable("has a usage object that is not the top level's"));
     }
+    match Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(raw)) {
+        Ok(Some(usage)) => usage.report(),
+        Ok(None) => Err(NoUsage::NotReported),
+        Err(err) => Err(NoUsage::Malformed {
+            detail: err.to_string(),
+        }),
+    }
+}
+
+/// The usage object of an answer that holds only one `"usage"` key, read on its own, without
+/// parsing the rest: only for answers that hold no object the client wrote. `Err` (and the
+/// caller parses the whole answer) when there is none, or more than one.
+pub(crate) fn only_usage(bytes: &[u8]) -> Result<UsageReport, NoUsage> {
+    let mut keys = USAGE_FINDER
+        .find_iter(bytes)
+        .filter_map(|at| after_colon(&bytes[at + USAGE_KEY.len()..]));
+    let (Some(value), None) = (keys.next(), keys.next()) else {
+        return Err(NoUsage::NotReported);
+    };
+    let Some((raw, _)) = next_value(value) else {
+        return Err(NoUsage::NotReported);
+    };
     match Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(raw)) {
         Ok(Some(usage)) => usage.report(),
         Ok(None) => Err(NoUsage::NotReported),
@@ -551,13 +605,9 @@ pub(crate) struct UsageReport {
 }
 
 impl UsageReport {
-    /// This report without its cost: what a provisional report keeps once a later one comes.
-    pub(crate) fn without_cost(self) -> UsageReport {
-        UsageReport { cost: None, ..self }
-    }
-
-    /// This report updated by a later one of the same response: each field the later one has
-    /// replaces this one's (Anthropic's counts are running totals).
+    /// This report updated by a later one of the same response: each count the later one has
+    /// replaces this one's (Anthropic's counts are running totals), and its cost, or its lack
+    /// of one, replaces this one's: an earlier cost may be for less than the final counts.
     pub(crate) fn merge(self, later: UsageReport) -> UsageReport {
         UsageReport {
             prompt_tokens: later.prompt_tokens.or(self.prompt_tokens),
@@ -571,7 +621,7 @@ impl UsageReport {
             cached_tokens: later.cached_tokens.or(self.cached_tokens),
             cache_write_tokens: later.cache_write_tokens.or(self.cache_write_tokens),
             reasoning_tokens: later.reasoning_tokens.or(self.reasoning_tokens),
-            cost: later.cost.or(self.cost),
+            cost: later.cost,
         }
     }
 

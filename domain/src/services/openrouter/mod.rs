@@ -262,8 +262,8 @@ impl ServiceAdapter for OpenRouter {
         request::lower_max_tokens_as(api, body, max_tokens)
     }
 
-    fn meter(&self, status: u16, content_type: Option<&str>) -> UsageMeter {
-        UsageMeter::new(status, content_type)
+    fn meter(&self, api: Api, status: u16, content_type: Option<&str>) -> UsageMeter {
+        UsageMeter::for_api(api, status, content_type)
     }
 
     fn settle(

@@ -11,6 +11,9 @@
 //! - images: per image part, the per-image price plus
 //!   [`image_prompt_tokens`](OpenRouterConfig::image_prompt_tokens) at the input-token ceiling,
 //!   for images sent by URL whose tokens are not in the body;
+//! - files: a request with a file part (a PDF inline or by URL) may have more prompt tokens
+//!   than bytes, but never more than the model's context window: its prompt is priced at the
+//!   larger of the two (at [`UNKNOWN_CONTEXT_TOKENS`] for a model whose window is not listed);
 //! - web search, when the request turns it on: one search at the per-search price plus
 //!   [`web_prompt_tokens`](OpenRouterConfig::web_prompt_tokens) of search results added to the
 //!   prompt;
@@ -31,6 +34,10 @@ use crate::services::openrouter::request::ChatRequest;
 
 /// The completion limit written into a request whose model has no known limit at all.
 pub const UNKNOWN_COMPLETION_LIMIT: u64 = 128 * 1024;
+
+/// The prompt a request with a file part is priced at when its model lists no context window:
+/// the largest windows offered are about two million tokens.
+pub const UNKNOWN_CONTEXT_TOKENS: u64 = 2_000_000;
 
 /// A priced request: what the gateway keeps from reservation to settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +93,11 @@ impl Quote {
                     .saturating_mul(config.image_prompt_tokens),
             )
             .saturating_add(web_searches.saturating_mul(config.web_prompt_tokens));
+        let prompt_tokens = if request.file_parts > 0 {
+            prompt_tokens.max(price.context_length.unwrap_or(UNKNOWN_CONTEXT_TOKENS))
+        } else {
+            prompt_tokens
+        };
         let fixed_picos = [
             price.request.times(1),
             input.times(prompt_tokens),

@@ -5,16 +5,18 @@
 //! upstream may route to), the completion limit (when the API's own field is set:
 //! `max_tokens` / `max_completion_tokens` for chat, `max_output_tokens` for Responses,
 //! `max_tokens` for Messages; the largest of those three present, so an upstream that also
-//! honours another API's field is bound too; embeddings generate nothing), `n` / `best_of` and batched prompts (each choice is
-//! a separate completion), image parts in `messages` or `input`, and whether web search is on
-//! (`plugins: [{"id": "web"}]`, a `:online` model, `web_search_options`, or a web-search tool). Everything else is skipped by the parser without being built, so a large
-//! prompt costs one pass over its bytes and no allocation.
+//! honours another API's field is bound too; embeddings generate nothing), `n` / `best_of` and
+//! batched prompts (each choice is a separate completion), image and file parts in `messages`
+//! or `input`, and whether web search is on (`plugins: [{"id": "web"}]`, a `:online` model,
+//! `web_search_options`, or a web-search tool). Everything else is skipped by the parser
+//! without being built, so a large prompt costs one pass over its bytes and no allocation.
 //!
 //! The prompt is not tokenized. Its size in tokens is bounded by the body's size in bytes:
 //! every tokenizer OpenRouter's models use (byte-level BPE, SentencePiece with byte fallback)
 //! turns at least one byte of text into each token, and the JSON around the text only adds
-//! bytes. The one exception is an image sent by URL, whose tokens are not in the body; those are
-//! covered by a per-image allowance in the quote.
+//! bytes. The exceptions are an image sent by URL, whose tokens are not in the body, covered
+//! by a per-image allowance in the quote, and a file part (a PDF inline or by URL, whose text
+//! may hold more tokens than its bytes), for which the quote takes the model's context window.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +48,9 @@ pub struct ChatRequest {
     pub prompt_bytes: u64,
     /// Image parts in `messages` or `input`.
     pub image_parts: u64,
+    /// File parts (PDFs and other documents) in `messages` or `input`: their tokens are not
+    /// bounded by their bytes (a compressed PDF's text, a file sent by URL).
+    pub file_parts: u64,
     /// Whether the request turns on web search.
     pub web_search: bool,
 }
@@ -216,6 +221,8 @@ impl ChatRequest {
             Api::Embeddings => Some(0),
             _ => own_limit.and(limits.into_iter().flatten().max()),
         };
+        let mut parts: ImageParts = wire.messages.into();
+        parts.add(wire.input.into());
         let choices = match api {
             Api::ChatCompletions | Api::Completions => {
                 let per_prompt =
@@ -238,7 +245,8 @@ impl ChatRequest {
             max_tokens,
             choices,
             prompt_bytes: body.len() as u64,
-            image_parts: wire.messages.into().0.saturating_add(wire.input.into().0),
+            image_parts: parts.images,
+            file_parts: parts.files,
             web_search,
         })
     }

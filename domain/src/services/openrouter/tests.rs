@@ -157,7 +157,7 @@ fn run<A: ServiceAdapter>(
         ),
         Fit::Refuse { .. } => return (fit, None, None),
     };
-    let mut meter = adapter.meter(200, Some(response.0));
+    let mut meter = adapter.meter(Api::ChatCompletions, 200, Some(response.0));
     for chunk in response.1.chunks(5) {
         meter.feed(chunk);
     }
@@ -278,6 +278,7 @@ fn asked(prompt_bytes: u64, max_tokens: Option<u64>) -> ChatRequest {
         choices: 1,
         prompt_bytes,
         image_parts: 0,
+        file_parts: 0,
         web_search: false,
     }
 }

@@ -21,10 +21,12 @@ use memchr::memmem::Finder;
 
 use crate::services::openrouter::metering::{
     BodyWire, JSON_TAIL_BYTES, MeterOutcome, NoUsage, Parts, SSE_LINE_LIMIT, USAGE_FINDER,
-    USAGE_KEY, UsageReport, after_colon, error_message, usage_at_end,
+    USAGE_KEY, UsageReport, after_colon, error_message, only_usage, usage_at_end,
 };
 
 static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static MESSAGE_START_FINDER: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"message_start\""));
 
 /// The offset of the first `"usage"` or `"error"` in `bytes` at or after `from`.
 fn next_worth_parsing(bytes: &[u8], from: usize) -> Option<usize> {
@@ -34,6 +36,9 @@ fn next_worth_parsing(bytes: &[u8], from: usize) -> Option<usize> {
     let error = ERROR_FINDER.find(usage.map_or(rest, |at| &rest[..at]));
     error.or(usage).map(|at| from + at)
 }
+
+/// The room kept for a line cut by a chunk boundary between lines.
+const SHORT_LINE: usize = 16 * 1024;
 
 /// True when a line that starts with `head` and goes on with `rest` is a `data` line.
 fn is_data_start(head: &[u8], rest: &[u8]) -> bool {
@@ -46,6 +51,9 @@ fn is_data_start(head: &[u8], rest: &[u8]) -> bool {
 /// Reads an event stream line by line.
 #[derive(Debug, Default)]
 pub(crate) struct SseMeter {
+    /// True when the answer can hold no object the client wrote (see `UsageMeter::for_api`):
+    /// a line's one usage object is then read on its own.
+    no_client_objects: bool,
     /// The start of a line cut by a chunk boundary; once the line passed the limit, its tail.
     partial: Vec<u8>,
     /// True while only the tail of a line past the limit is kept.
@@ -66,6 +74,13 @@ pub(crate) struct SseMeter {
 }
 
 impl SseMeter {
+    pub(crate) fn new(no_client_objects: bool) -> SseMeter {
+        SseMeter {
+            no_client_objects,
+            ..SseMeter::default()
+        }
+    }
+
     pub(crate) fn feed(&mut self, chunk: &[u8]) {
         if self.done {
             return;
@@ -87,6 +102,8 @@ impl SseMeter {
                 self.line(&line, true);
                 self.partial = line;
                 self.partial.clear();
+                // A long line's room is not kept for the rest of the stream.
+                self.partial.shrink_to(SHORT_LINE);
             }
             rest = &rest[newline + 1..];
         }
@@ -134,7 +151,10 @@ impl SseMeter {
         let tail = tail.strip_suffix(b"\r").unwrap_or(tail);
         let tail = &tail[tail.len().saturating_sub(JSON_TAIL_BYTES)..];
         if self.tail_is_data && USAGE_FINDER.find(tail).is_some() {
-            self.usage(usage_at_end(tail), false);
+            // Nesting cannot be seen in a tail: a line that may be Anthropic's `message_start`
+            // is taken as one, so a stream cut after it is charged its reservation.
+            let provisional = MESSAGE_START_FINDER.find(tail).is_some();
+            self.usage(usage_at_end(tail, 2), provisional);
         }
     }
 
@@ -166,8 +186,19 @@ impl SseMeter {
             after_colon(&data[at + USAGE_KEY.len()..])
                 .is_none_or(|value| !value.starts_with(b"null"))
         });
-        let has_error = ERROR_FINDER.find(data).is_some();
+        let has_error = ERROR_FINDER.find_iter(data).any(|at| {
+            after_colon(&data[at + b"\"error\"".len()..])
+                .is_none_or(|value| !value.starts_with(b"null"))
+        });
         if !has_usage && !has_error {
+            return;
+        }
+        if self.no_client_objects
+            && !has_error
+            && let Ok(report) = only_usage(data)
+        {
+            // One usage object in a chunk that holds nothing the client wrote: it is the one.
+            self.usage(Ok(report), false);
             return;
         }
         // The whole line is parsed, so only the usage at its top level (or in a Responses
@@ -187,6 +218,12 @@ impl SseMeter {
                     self.error.get_or_insert_with(|| error_message(&error));
                 }
             }
+            Err(err) if has_usage => self.usage(
+                Err(NoUsage::Malformed {
+                    detail: err.to_string(),
+                }),
+                false,
+            ),
             Err(err) => {
                 self.malformed.get_or_insert_with(|| err.to_string());
             }
@@ -198,20 +235,16 @@ impl SseMeter {
     fn usage(&mut self, report: Result<UsageReport, NoUsage>, provisional: bool) {
         match report {
             Ok(report) => {
-                // A provisional report's cost (if any) is for an answer not yet generated.
-                let was_provisional = self.provisional;
-                let merged = self.report.take().map_or(report, |seen| {
-                    let seen = if was_provisional {
-                        seen.without_cost()
-                    } else {
-                        *seen
-                    };
-                    seen.merge(report)
-                });
+                let merged = self.report.take().map_or(report, |seen| seen.merge(report));
                 self.report = Some(Box::new(merged));
                 self.provisional = provisional;
             }
             Err(reason) => {
+                // An unreadable usage after a readable one may have been the final count: the
+                // earlier report is no longer trusted.
+                if self.report.take().is_some() {
+                    self.provisional = false;
+                }
                 self.unusable.get_or_insert(reason);
             }
         }

@@ -10,6 +10,7 @@ fn request(model: &str) -> ChatRequest {
         choices: 1,
         prompt_bytes: 0,
         image_parts: 0,
+        file_parts: 0,
         web_search: false,
     }
 }
@@ -467,4 +468,53 @@ fn each_api_has_its_limit_lowered_in_its_own_field() {
         lower_max_tokens_as(Api::Embeddings, br#"{"model":"m","input":"x"}"#, 40).unwrap(),
         br#"{"model":"m","input":"x"}"#.to_vec()
     );
+}
+
+#[test]
+fn counts_file_parts_in_every_api() {
+    let parse = |api, body: &str| ChatRequest::parse_as(api, body.as_bytes()).unwrap();
+    let chat = parse(
+        Api::ChatCompletions,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"read it"},
+            {"type":"file","file":{"filename":"a.pdf","file_data":"https://example.com/a.pdf"}}]}]}"#,
+    );
+    let responses = parse(
+        Api::Responses,
+        r#"{"model":"m","input":[{"role":"user","content":[
+            {"type":"input_file","file_url":"https://example.com/a.pdf"},
+            {"type":"input_image","image_url":"https://example.com/a.png"}]}]}"#,
+    );
+    let messages = parse(
+        Api::Messages,
+        r#"{"model":"m","max_tokens":9,"messages":[{"role":"user","content":[
+            {"type":"document","source":{"type":"url","url":"https://example.com/a.pdf"}}]}]}"#,
+    );
+    assert_eq!((chat.file_parts, chat.image_parts), (1, 0));
+    assert_eq!((responses.file_parts, responses.image_parts), (1, 1));
+    assert_eq!((messages.file_parts, messages.image_parts), (1, 0));
+    // The word in text is not a part, whatever the precheck says.
+    let text = parse(
+        Api::ChatCompletions,
+        r#"{"model":"m","messages":[{"role":"user","content":"open the file"}]}"#,
+    );
+    assert_eq!(text.file_parts, 0);
+}
+
+#[test]
+fn the_precheck_sees_every_part_marker() {
+    use super::wire::may_hold_image_parts;
+    for (body, holds) in [
+        (
+            r#"{"content":"plain words about files and documents"}"#,
+            false,
+        ),
+        (r#"{"type":"file"}"#, true),
+        (r#"{"type":"input_file"}"#, true),
+        (r#"{"type":"document"}"#, true),
+        (r#"{"type":"input_image"}"#, true),
+        (r#"{"content":"say \"file\" twice"}"#, false),
+        (r#"{"type":"\u0066ile"}"#, true),
+    ] {
+        assert_eq!(may_hold_image_parts(body), holds, "{body}");
+    }
 }

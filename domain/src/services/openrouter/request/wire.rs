@@ -3,7 +3,6 @@
 
 use std::sync::LazyLock;
 
-use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -44,10 +43,15 @@ pub(super) struct RequestWire<M> {
     pub(super) web_search_options: Option<IgnoredAny>,
 }
 
-/// Counts image parts anywhere in a value: objects with an `image_url` key or a `type` of
-/// `image_url`, `input_image` or `image`, each counted once.
+/// Counts image and file parts anywhere in a value: an image part is an object with an
+/// `image_url` key or a `type` of `image_url`, `input_image` or `image`; a file part one with a
+/// `type` of `file` (chat), `input_file` (Responses) or `document` (Anthropic). Each is
+/// counted once.
 #[derive(Default)]
-pub(super) struct ImageParts(pub(super) u64);
+pub(super) struct ImageParts {
+    pub(super) images: u64,
+    pub(super) files: u64,
+}
 
 impl<'de> Deserialize<'de> for ImageParts {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -65,30 +69,36 @@ impl<'de> Visitor<'de> for ImageVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageParts, A::Error> {
-        let mut nested = 0u64;
-        let mut is_image = false;
+        let mut nested = ImageParts::default();
+        let (mut is_image, mut kind) = (false, PartKind::Other);
         while let Some(key) = map.next_key::<PartKey>()? {
             match key {
                 PartKey::ImageUrl => {
                     is_image = true;
                     map.next_value::<IgnoredAny>()?;
                 }
-                PartKey::Type => is_image |= map.next_value_seed(TagMatch(is_image_tag))?,
-                _ => nested = nested.saturating_add(map.next_value::<ImageParts>()?.0),
+                PartKey::Type => kind = map.next_value::<PartKind>()?,
+                _ => nested.add(map.next_value::<ImageParts>()?),
             }
         }
-        Ok(ImageParts(nested.saturating_add(u64::from(is_image))))
+        nested.images = nested
+            .images
+            .saturating_add(u64::from(is_image || kind == PartKind::Image));
+        nested.files = nested
+            .files
+            .saturating_add(u64::from(!is_image && kind == PartKind::File));
+        Ok(nested)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageParts, A::Error> {
-        let mut count = 0u64;
+        let mut count = ImageParts::default();
         while let Some(item) = seq.next_element::<ImageParts>()? {
-            count = count.saturating_add(item.0);
+            count.add(item);
         }
-        Ok(ImageParts(count))
+        Ok(count)
     }
 
-    visit_scalars!(ImageParts(0); str bool i64 u64 f64 unit);
+    visit_scalars!(ImageParts::default(); str bool i64 u64 f64 unit);
 }
 
 /// `messages` skipped unread, for a body that cannot hold an image part (see
@@ -108,24 +118,40 @@ impl<'de> Deserialize<'de> for NoImageParts {
 
 impl From<NoImageParts> for ImageParts {
     fn from(_: NoImageParts) -> ImageParts {
-        ImageParts(0)
+        ImageParts::default()
     }
 }
 
-/// False only when no string in `body` can read `image`, so [`ImageParts`] would count none:
-/// `body` never has `image` literally, and never escapes an ASCII character (`\u0069mage`).
-/// Every image marker (`image_url`, `input_image`, `image`) contains `image`. A body that is
-/// not UTF-8 is not asked: it always goes to [`ImageParts`], which requires UTF-8 of the
-/// strings it reads.
-pub(super) fn may_hold_image_parts(body: &str) -> bool {
-    static IMAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"image"));
-    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u00"));
-    let body = body.as_bytes();
-    IMAGE.find(body).is_some()
-        || ESCAPE
-            .find_iter(body)
-            .any(|at| body.get(at + 4).is_none_or(|d| (b'0'..=b'7').contains(d)))
+impl ImageParts {
+    pub(super) fn add(&mut self, other: ImageParts) {
+        self.images = self.images.saturating_add(other.images);
+        self.files = self.files.saturating_add(other.files);
+    }
 }
+
+/// False only when no string in `body` can be a marker [`ImageParts`] counts, so it would
+/// count none: `body` never has `image` literally, nor `file"` or `document"` (the end of the
+/// tags `"file"`, `"input_file"` and `"document"`: a quote inside text is escaped, so these
+/// bytes end a key or a whole string), and never escapes an ASCII character (`\u0069mage`).
+/// One vectorized pass looks for all of them. A body that is not UTF-8 is not asked: it
+/// always goes to [`ImageParts`], which requires UTF-8 of the strings it reads.
+pub(super) fn may_hold_image_parts(body: &str) -> bool {
+    static MARKERS: LazyLock<Option<aho_corasick::packed::Searcher>> =
+        LazyLock::new(|| aho_corasick::packed::Searcher::new(MARKER_TEXTS));
+    let body = body.as_bytes();
+    let Some(markers) = MARKERS.as_ref() else {
+        return true;
+    };
+    markers.find_iter(body).any(|found| {
+        MARKER_TEXTS[found.pattern().as_usize()] != ESCAPE
+            || body
+                .get(found.end())
+                .is_none_or(|d| (b'0'..=b'7').contains(d))
+    })
+}
+
+const ESCAPE: &str = "\\u00";
+const MARKER_TEXTS: [&str; 4] = ["image", "file\"", "document\"", ESCAPE];
 
 /// Object keys that matter when looking for image parts and web-search switches.
 #[derive(Deserialize)]
@@ -143,8 +169,48 @@ enum PartKey {
 #[derive(Clone, Copy)]
 struct TagMatch(fn(&str) -> bool);
 
-fn is_image_tag(tag: &str) -> bool {
-    matches!(tag, "image_url" | "input_image" | "image")
+/// What a part's `type` says it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PartKind {
+    Image,
+    File,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for PartKind {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PartKindVisitor)
+    }
+}
+
+struct PartKindVisitor;
+
+impl<'de> Visitor<'de> for PartKindVisitor {
+    type Value = PartKind;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a part type")
+    }
+
+    fn visit_str<E: de::Error>(self, tag: &str) -> Result<PartKind, E> {
+        Ok(match tag {
+            "image_url" | "input_image" | "image" => PartKind::Image,
+            "file" | "input_file" | "document" => PartKind::File,
+            _ => PartKind::Other,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PartKind, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(PartKind::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PartKind, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(PartKind::Other)
+    }
+
+    visit_scalars!(PartKind::Other; bool i64 u64 f64 unit);
 }
 
 fn is_web_tag(tag: &str) -> bool {

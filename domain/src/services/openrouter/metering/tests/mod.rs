@@ -3,17 +3,48 @@ use super::*;
 const JSON: Option<&str> = Some("application/json");
 const SSE: Option<&str> = Some("text/event-stream");
 
+thread_local! {
+    /// False once a test said its bodies are not chat answers (see [`not_chat_answers`]).
+    static CHAT_ANSWERS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Says the rest of this test's bodies are answers of the Responses or Messages API, which
+/// may hold objects the client wrote: only the meter that parses answers whole reads them.
+fn not_chat_answers() {
+    CHAT_ANSWERS.with(|chat| chat.set(false));
+}
+
+/// The meter for this test's bodies: chat's, which reads a lone usage object on its own, or,
+/// after [`not_chat_answers`], the one that parses every answer whole.
+fn test_meter(status: u16, content_type: Option<&str>) -> UsageMeter {
+    if CHAT_ANSWERS.with(std::cell::Cell::get) {
+        UsageMeter::for_api(crate::services::Api::ChatCompletions, status, content_type)
+    } else {
+        UsageMeter::new(status, content_type)
+    }
+}
+
+/// Meters `body` in chunks of `chunk_size`, with the meter that parses every answer whole and,
+/// for chat answers, with chat's too: both must agree.
 fn meter_in_chunks(
     status: u16,
     content_type: Option<&str>,
     body: &[u8],
     chunk_size: usize,
 ) -> MeterOutcome {
-    let mut meter = UsageMeter::new(status, content_type);
-    for chunk in body.chunks(chunk_size.max(1)) {
-        meter.feed(chunk);
-    }
-    meter.finish()
+    let run = |mut meter: UsageMeter| {
+        for chunk in body.chunks(chunk_size.max(1)) {
+            meter.feed(chunk);
+        }
+        meter.finish()
+    };
+    let whole = run(UsageMeter::new(status, content_type));
+    let quick = run(test_meter(status, content_type));
+    assert_eq!(
+        whole, quick,
+        "chunks of {chunk_size}: the two meters disagree"
+    );
+    whole
 }
 
 /// Meters `body` fed whole, in 1-, 7- and 4096-byte chunks, and split in two at every byte
@@ -35,7 +66,7 @@ fn check_each_way(
     }
     if bytes.len() <= 4096 {
         for split in 0..=bytes.len() {
-            let mut meter = UsageMeter::new(status, content_type);
+            let mut meter = test_meter(status, content_type);
             meter.feed(&bytes[..split]);
             meter.feed(&bytes[split..]);
             let outcome = meter.finish();
@@ -326,6 +357,7 @@ mod stream;
 
 #[test]
 fn a_json_body_is_charged_its_top_level_usage_only() {
+    not_chat_answers();
     // An Anthropic tool call's input is an object the model writes and the client can steer.
     let body = |usage: &str| {
         format!(
@@ -339,4 +371,41 @@ fn a_json_body_is_charged_its_top_level_usage_only() {
         reported(250_000_000, 3, 4),
     );
     check_status(200, JSON, &body(""), nothing(NoUsage::NotReported));
+}
+
+#[test]
+fn the_end_of_a_large_body_is_read_only_at_its_top_level() {
+    not_chat_answers();
+    // A Responses body past the limit: its real usage is out of the tail, and the only one left
+    // is in `metadata`, one object below the top level: not read.
+    let pad = "p".repeat(JSON_BODY_LIMIT);
+    let body = format!(
+        r#"{{"object":"response","usage":{{"input_tokens":1,"output_tokens":1,"cost":0.25}},"instructions":"{pad}","metadata":{{"usage":{{"cost":0,"input_tokens":0,"output_tokens":0}}}}}}"#
+    );
+    for chunk_size in [16 * 1024, 1024 * 1024 + 3, body.len()] {
+        let outcome = meter_in_chunks(200, JSON, body.as_bytes(), chunk_size);
+        assert!(
+            matches!(
+                outcome,
+                MeterOutcome::Nothing {
+                    reason: NoUsage::Malformed { .. }
+                }
+            ),
+            "chunks of {chunk_size}: {outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn only_chat_like_answers_have_their_usage_read_on_its_own() {
+    use crate::services::Api;
+    // A usage object in a tool's input, and none at the top level: no usage, for every API
+    // whose answers may hold what the client wrote.
+    let body =
+        br#"{"type":"message","content":[{"type":"tool_use","input":{"usage":{"cost":0}}}]}"#;
+    for api in [Api::Responses, Api::Messages] {
+        let mut meter = UsageMeter::for_api(api, 200, JSON);
+        meter.feed(body);
+        assert_eq!(meter.finish(), nothing(NoUsage::NotReported), "{api:?}");
+    }
 }

@@ -299,6 +299,7 @@ fn responses_stream(output: &str) -> String {
 
 #[test]
 fn reads_usage_from_a_responses_stream() {
+    not_chat_answers();
     let expected = MeterOutcome::Reported {
         cost: Money::from_nanos(20_000),
         usage: Usage {
@@ -358,6 +359,7 @@ fn anthropic_stream(with_delta: bool) -> String {
 
 #[test]
 fn an_anthropic_stream_merges_its_start_and_its_delta() {
+    not_chat_answers();
     // Anthropic counts cache reads and writes outside `input_tokens`: all three are prompt.
     check(
         SSE,
@@ -407,6 +409,7 @@ fn an_anthropic_stream_merges_its_start_and_its_delta() {
 
 #[test]
 fn a_usage_object_the_client_put_in_the_answer_is_never_read() {
+    not_chat_answers();
     // The Responses API echoes the request's tools, whose schemas the client writes: a fake
     // usage inside one is not the response's.
     let fake = r#"{"type":"object","properties":{},"usage":{"cost":0,"input_tokens":0,"output_tokens":0}}"#;
@@ -446,6 +449,7 @@ fn a_usage_object_the_client_put_in_the_answer_is_never_read() {
 
 #[test]
 fn an_anthropic_start_never_settles_the_answer() {
+    not_chat_answers();
     // A cost in `message_start` is for the input alone: once `message_delta` comes without
     // one, the tokens are priced.
     let with_start_cost = anthropic_stream(true).replace(
@@ -477,5 +481,40 @@ fn an_anthropic_start_never_settles_the_answer() {
         SSE,
         &echoed,
         |outcome| matches!(outcome, MeterOutcome::TokensOnly { usage } if usage.completion_tokens == 15),
+    );
+}
+
+#[test]
+fn a_later_usage_without_a_cost_is_priced_from_its_counts() {
+    // Two final reports: the first with a cost, the last with more tokens and none. The first
+    // cost is not for the last counts.
+    let first =
+        r#"data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"cost":0.00001}}"#;
+    let last = r#"data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":15}}"#;
+    check(
+        SSE,
+        &format!("{first}\n\n{last}\n\ndata: [DONE]\n\n"),
+        MeterOutcome::TokensOnly {
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 15,
+                ..Usage::default()
+            },
+        },
+    );
+    // A last usage that cannot be read leaves nothing trusted: the reservation is charged.
+    let broken = r#"data: {"choices":[],"usage":{"prompt_tokens":"many"}}"#;
+    check_each_way(
+        200,
+        SSE,
+        &format!("{first}\n\n{broken}\n\ndata: [DONE]\n\n"),
+        |outcome| {
+            matches!(
+                outcome,
+                MeterOutcome::Nothing {
+                    reason: NoUsage::Malformed { .. }
+                }
+            )
+        },
     );
 }

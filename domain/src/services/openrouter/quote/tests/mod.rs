@@ -18,6 +18,7 @@ fn request(prompt_bytes: u64, max_tokens: Option<u64>) -> ChatRequest {
         choices: 1,
         prompt_bytes,
         image_parts: 0,
+        file_parts: 0,
         web_search: false,
     }
 }
@@ -349,3 +350,35 @@ fn the_minimum_completion_is_configurable() {
 }
 
 mod settle;
+
+#[test]
+fn a_file_part_prices_the_prompt_at_the_context_window() {
+    let mut windowed = price("0.000001", "0.000002");
+    windowed.context_length = Some(100_000);
+    let with_file = ChatRequest {
+        file_parts: 1,
+        ..request(1_000, Some(10))
+    };
+    // 100,000 prompt tokens x 1,000 nanos + 10 x 2,000.
+    assert_eq!(
+        quote(&with_file, windowed).worst_case(10),
+        nanos(100_020_000)
+    );
+    // A body larger than the window is still priced by its bytes.
+    let large = ChatRequest {
+        file_parts: 1,
+        ..request(200_000, Some(10))
+    };
+    assert_eq!(quote(&large, windowed).worst_case(10), nanos(200_020_000));
+    // No listed window: the largest offered.
+    let unknown = price("0.000001", "0.000002");
+    assert_eq!(
+        quote(&with_file, unknown).worst_case(0),
+        nanos(UNKNOWN_CONTEXT_TOKENS as i64 * 1_000)
+    );
+    // Without a file part, the bytes bound the prompt.
+    assert_eq!(
+        quote(&request(1_000, Some(10)), windowed).worst_case(10),
+        nanos(1_020_000)
+    );
+}
