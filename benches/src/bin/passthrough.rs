@@ -43,7 +43,14 @@ impl ProxyHttp for Passthrough {
         ctx: &mut Option<Bytes>,
     ) -> pingora::Result<bool> {
         if self.read_ahead {
-            let mut body = BytesMut::new();
+            // Room for the declared length at once, as keycap's reading keeps it.
+            let declared = session
+                .req_header()
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = BytesMut::with_capacity(declared.min(256 * 1024 * 1024));
             while let Some(chunk) = session.read_request_body().await? {
                 body.extend_from_slice(&chunk);
             }

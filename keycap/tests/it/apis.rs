@@ -6,7 +6,7 @@
 use domain::Money;
 use serde_json::json;
 
-use crate::gateway_support::{Gateway, start, usd};
+use crate::gateway_support::{Gateway, expect_error, start, usd};
 
 /// `POST path` with `body`, the key sent by `auth` (`bearer` or `x-api-key`).
 async fn post(
@@ -56,15 +56,6 @@ async fn expect_anthropic_error(response: reqwest::Response, status: u16, kind: 
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["type"], "error", "{body}");
     assert_eq!(body["error"]["type"], kind, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains(says), "{body}");
-}
-
-/// Checks an OpenRouter-shaped error.
-async fn expect_error(response: reqwest::Response, status: u16, says: &str) {
-    assert_eq!(response.status().as_u16(), status);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], status, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(says), "{body}");
 }

@@ -8,25 +8,12 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::gateway_support::{
-    Gateway, RecordingRelay, cheap_reservation, reported_cost, start, start_with, start_with_env,
-    start_with_upstream, usd,
+    Gateway, RecordingRelay, cheap_reservation, expect_error, reported_cost, start, start_with,
+    start_with_env, start_with_upstream, usd,
 };
 
 fn chat_body(model: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Tell me about budgets."}], "max_tokens": max_tokens, "stream": stream})
-}
-
-/// Checks that `response` is an OpenRouter-shaped error with `status` whose message says
-/// `says`, and returns its body.
-async fn expect_error(response: reqwest::Response, status: u16, says: &str) -> serde_json::Value {
-    assert_eq!(response.status().as_u16(), status);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], status, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains(says),
-        "{body}"
-    );
-    body
 }
 
 /// Sends the same small request until it is refused with `status` and a message containing

@@ -243,6 +243,23 @@ impl Gateway {
     }
 }
 
+/// Checks that `response` is an OpenRouter-shaped error with `status` whose message says
+/// `says`, and returns its body.
+pub async fn expect_error(
+    response: reqwest::Response,
+    status: u16,
+    says: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], status, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(says),
+        "{body}"
+    );
+    body
+}
+
 /// A JSON number of dollars as money, read from its text as the gateway reads it; `None` for
 /// anything else.
 pub fn usd(value: &serde_json::Value) -> Option<Money> {

@@ -310,8 +310,9 @@ pub(crate) fn usage_at_end(tail: &[u8], levels: usize) -> Result<UsageReport, No
 }
 
 /// The usage object of an answer that holds only one `"usage"` key, read on its own, without
-/// parsing the rest: only for answers that hold no object the client wrote. `Err` (and the
-/// caller parses the whole answer) when there is none, or more than one.
+/// parsing the rest, when it closes the top level (only fields whose values hold no object
+/// follow it): only for answers that hold no object the client wrote. `Err` (and the caller
+/// parses the whole answer) when there is none, more than one, or it is not at the end.
 pub(crate) fn only_usage(bytes: &[u8]) -> Result<UsageReport, NoUsage> {
     let mut keys = USAGE_FINDER
         .find_iter(bytes)
@@ -319,9 +320,14 @@ pub(crate) fn only_usage(bytes: &[u8]) -> Result<UsageReport, NoUsage> {
     let (Some(value), None) = (keys.next(), keys.next()) else {
         return Err(NoUsage::NotReported);
     };
-    let Some((raw, _)) = next_value(value) else {
+    let Some((raw, rest)) = next_value(value) else {
         return Err(NoUsage::NotReported);
     };
+    // Only a usage object that closes the top level is the answer's own (a chat stream with
+    // OpenRouter's `debug.echo_upstream_body` echoes the request, tool schemas and all).
+    if objects_closed(rest) != Some(1) {
+        return Err(NoUsage::NotReported);
+    }
     match Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(raw)) {
         Ok(Some(usage)) => usage.report(),
         Ok(None) => Err(NoUsage::NotReported),

@@ -94,7 +94,8 @@ impl Quote {
             )
             .saturating_add(web_searches.saturating_mul(config.web_prompt_tokens));
         let prompt_tokens = if request.file_parts > 0 {
-            prompt_tokens.max(price.context_length.unwrap_or(UNKNOWN_CONTEXT_TOKENS))
+            let window = price.context_length.filter(|&tokens| tokens > 0);
+            prompt_tokens.max(window.unwrap_or(UNKNOWN_CONTEXT_TOKENS))
         } else {
             prompt_tokens
         };

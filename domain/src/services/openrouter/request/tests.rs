@@ -518,3 +518,13 @@ fn the_precheck_sees_every_part_marker() {
         assert_eq!(may_hold_image_parts(body), holds, "{body}");
     }
 }
+
+#[test]
+fn a_part_typed_as_a_file_is_a_file_whatever_else_it_holds() {
+    let parts = ChatRequest::parse(
+        br#"{"model":"m","messages":[{"role":"user","content":[
+            {"type":"file","file":{"file_data":"https://example.com/a.pdf"},"image_url":"x"}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(parts.file_parts, 1);
+}

@@ -84,9 +84,10 @@ impl<'de> Visitor<'de> for ImageVisitor {
         nested.images = nested
             .images
             .saturating_add(u64::from(is_image || kind == PartKind::Image));
+        // A part typed as a file is a file, whatever other keys it has.
         nested.files = nested
             .files
-            .saturating_add(u64::from(!is_image && kind == PartKind::File));
+            .saturating_add(u64::from(kind == PartKind::File));
         Ok(nested)
     }
 

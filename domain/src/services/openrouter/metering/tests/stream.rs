@@ -518,3 +518,24 @@ fn a_later_usage_without_a_cost_is_priced_from_its_counts() {
         },
     );
 }
+
+#[test]
+fn a_chat_stream_echoing_the_request_is_never_read_from_the_echo() {
+    // OpenRouter's `debug.echo_upstream_body` sends the request, tool schemas and all, in a
+    // first chunk: a usage object planted there is not the answer's, even if the stream is cut
+    // before the real one.
+    let echo = r#"data: {"id":"gen-1","choices":[],"debug":{"echo_upstream_body":{"tools":[{"type":"function","function":{"name":"f","parameters":{"usage":{"cost":0,"prompt_tokens":0,"completion_tokens":0}}}}]}}}"#;
+    check(
+        SSE,
+        &format!("{echo}\n\n{}", token_chunk("a")),
+        nothing(NoUsage::StreamCut),
+    );
+    check(
+        SSE,
+        &format!(
+            "{echo}\n\n{}{USAGE_CHUNK}\n\ndata: [DONE]\n\n",
+            token_chunk("a")
+        ),
+        reported_stream(),
+    );
+}
