@@ -221,7 +221,8 @@ impl ProxyHttp for Proxy {
         upstream_request.remove_header("x-api-key");
         if let Some(id) = &ctx.generation_id {
             // Exactly the id checked, whatever else the query held (a second `id`).
-            let uri = format!("/api/v1/generation?id={}", percent_encode(id));
+            let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+            let uri = format!("/api/v1/generation?id={id}");
             upstream_request.set_uri(uri.parse().map_err(|_| {
                 Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad generation id")
             })?);
@@ -555,21 +556,17 @@ impl Proxy {
                 .try_acquire(rpm, Instant::now())
                 .map_err(|wait| Refusal::rate_limited(rpm, wait))?;
         }
-        let api = match route {
-            Route::Metered(api) => api,
-            Route::ModelList if !info.model_scope.is_empty() => {
+        let Route::Metered(api) = route else {
+            // Free: forwarded as it is, but a scoped key's model list is cut to its scope.
+            if route == Route::ModelList && !info.model_scope.is_empty() {
                 ctx.model_list = Some(Box::new(ModelListCut {
                     scope: info.model_scope.clone(),
                     body: Vec::new(),
                     too_long: false,
                 }));
-                ctx.master = Some(master);
-                return Ok(Admit::Forward);
             }
-            _ => {
-                ctx.master = Some(master);
-                return Ok(Admit::Forward);
-            }
+            ctx.master = Some(master);
+            return Ok(Admit::Forward);
         };
         ctx.key = Some(Arc::clone(&key));
 
@@ -733,19 +730,6 @@ fn key_info_body(key: &KeyEntry) -> Bytes {
         expires = expires,
     );
     Bytes::from(body)
-}
-
-/// `text` with every byte but the unreserved ones (letters, digits, `-._~`) percent-encoded.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// `GET /api/v1/credits` for a sub-key, in OpenRouter's shape: the key's cap as its credits

@@ -111,181 +111,38 @@ struct Streamer {
 }
 
 impl Streamer {
+    /// The bytes of one event. What every API shares is here: the comment, the broken line,
+    /// the cut, counting tokens and settling at the end; each API's own text comes from its
+    /// renderer.
     fn render(&mut self, event: Event) -> Result<Bytes, io::Error> {
-        let text = match self.completion.api {
-            Api::Chat | Api::Completions | Api::Embeddings => self.render_chat(event)?,
-            Api::Responses => self.render_responses(event)?,
-            Api::Messages => self.render_messages(event)?,
-        };
-        Ok(Bytes::from(text))
-    }
-
-    /// Events shared by every API: the comment, the broken line and the cut.
-    fn render_common(&mut self, event: Event) -> Option<Result<String, io::Error>> {
-        match event {
-            Event::Comment => Some(Ok(PROCESSING_COMMENT.to_owned())),
-            Event::Broken => Some(Ok(format!(
-                "data: {{\"id\":\"{}\",\"choices\":[{{\"delta\n\n",
-                self.completion.id
-            ))),
-            Event::Cut => {
-                self.settle(Some("error"), false);
-                Some(Err(io::Error::other("mock fault: cut")))
-            }
-            _ => None,
-        }
-    }
-
-    fn render_responses(&mut self, event: Event) -> Result<String, io::Error> {
-        if let Some(common) = self.render_common(event) {
-            return common;
-        }
-        let mut seq = self.sequence_number;
-        let mut next = || {
-            seq += 1;
-            seq - 1
-        };
-        let completion = &self.completion;
         let text = match event {
-            Event::Start => responses::start_events(completion, &mut next),
-            Event::Token(token_idx) => {
-                self.tokens_sent += 1;
-                responses::delta_event(completion, next(), &Completion::piece(token_idx))
-            }
-            Event::Final => responses::done_events(completion, &mut next),
-            Event::Usage => responses::event(
-                "response.completed",
-                next(),
-                serde_json::json!({
-                    "response": responses::response(completion, true, completion.usage_json())
-                }),
-            ),
-            Event::MidstreamError => {
-                let text = responses::failed_event(completion, next());
-                self.sequence_number = seq;
-                self.settle(Some("error"), false);
-                return Ok(text);
-            }
-            Event::Done => {
-                self.sequence_number = seq;
-                self.settle(Some(self.completion.finish_reason), false);
-                return Ok(String::new());
-            }
-            Event::Comment | Event::Broken | Event::Cut => String::new(),
-        };
-        self.sequence_number = seq;
-        Ok(text)
-    }
-
-    fn render_messages(&mut self, event: Event) -> Result<String, io::Error> {
-        if let Some(common) = self.render_common(event) {
-            return common;
-        }
-        let completion = &self.completion;
-        let text = match event {
-            Event::Start => messages::start_events(completion),
-            Event::Token(token_idx) => {
-                self.tokens_sent += 1;
-                messages::delta_event(&Completion::piece(token_idx))
-            }
-            Event::Final => messages::block_stop_event(),
-            Event::Usage => messages::message_delta_event(completion),
-            Event::MidstreamError => {
-                self.settle(Some("error"), false);
-                messages::error_event("Provider disconnected unexpectedly")
-            }
-            Event::Done => {
-                self.settle(Some(self.completion.finish_reason), false);
-                messages::stop_event()
-            }
-            Event::Comment | Event::Broken | Event::Cut => String::new(),
-        };
-        Ok(text)
-    }
-
-    fn render_chat(&mut self, event: Event) -> Result<String, io::Error> {
-        let completion = &self.completion;
-        let text = match event {
-            Event::Start => String::new(),
             Event::Comment => PROCESSING_COMMENT.to_owned(),
-            Event::Token(token_idx) => {
-                self.tokens_sent += 1;
-                data(&self.chunk(vec![self.choice(&Completion::piece(token_idx), None)]))
-            }
-            Event::Final => {
-                data(&self.chunk(vec![self.choice("", Some(completion.finish_reason))]))
-            }
-            Event::Usage => {
-                let mut chunk = self.chunk(Vec::new());
-                if let (Some(usage), Some(chunk)) = (completion.usage_json(), chunk.as_object_mut())
-                {
-                    chunk.insert("usage".to_owned(), usage);
-                }
-                data(&chunk)
-            }
             Event::Broken => format!(
                 "data: {{\"id\":\"{}\",\"choices\":[{{\"delta\n\n",
-                completion.id
+                self.completion.id
             ),
-            Event::Done => {
-                self.settle(Some(completion.finish_reason), false);
-                "data: [DONE]\n\n".to_owned()
-            }
-            Event::MidstreamError => {
-                let mut chunk = self.chunk(vec![self.choice("", Some("error"))]);
-                if let Some(chunk) = chunk.as_object_mut() {
-                    let error = json!({
-                        "code": "server_error",
-                        "message": "Provider disconnected unexpectedly",
-                    });
-                    chunk.insert("error".to_owned(), error);
-                }
-                self.settle(Some("error"), false);
-                data(&chunk)
-            }
             Event::Cut => {
                 self.settle(Some("error"), false);
                 return Err(io::Error::other("mock fault: cut"));
             }
+            _ => {
+                if matches!(event, Event::Token(_)) {
+                    self.tokens_sent += 1;
+                }
+                let completion = &self.completion;
+                match completion.api {
+                    Api::Chat | Api::Completions | Api::Embeddings => chat_text(completion, event),
+                    Api::Responses => responses_text(completion, &mut self.sequence_number, event),
+                    Api::Messages => messages_text(completion, event),
+                }
+            }
         };
-        Ok(text)
-    }
-
-    /// The envelope shared by every chunk.
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        let completion = &self.completion;
-        let object = match completion.api {
-            Api::Chat => "chat.completion.chunk",
-            _ => "text_completion",
-        };
-        json!({
-            "id": completion.id,
-            "provider": "Mock",
-            "model": completion.model,
-            "object": object,
-            "created": completion.created,
-            "system_fingerprint": null,
-            "choices": choices,
-        })
-    }
-
-    fn choice(&self, text: &str, finish_reason: Option<&str>) -> Value {
-        match self.completion.api {
-            Api::Chat => json!({
-                "index": 0,
-                "delta": { "role": "assistant", "content": text },
-                "finish_reason": finish_reason,
-                "native_finish_reason": finish_reason,
-                "logprobs": null,
-            }),
-            _ => json!({
-                "index": 0,
-                "text": text,
-                "finish_reason": finish_reason,
-                "native_finish_reason": finish_reason,
-                "logprobs": null,
-            }),
+        match event {
+            Event::Done => self.settle(Some(self.completion.finish_reason), false),
+            Event::MidstreamError => self.settle(Some("error"), false),
+            _ => {}
         }
+        Ok(Bytes::from(text))
     }
 
     /// Charges what was sent, once.
@@ -313,4 +170,109 @@ impl Drop for Streamer {
 
 fn data(chunk: &Value) -> String {
     format!("data: {chunk}\n\n")
+}
+
+/// A chat or text completion's event: its chunk, or the `[DONE]` that ends the stream.
+fn chat_text(completion: &Completion, event: Event) -> String {
+    match event {
+        Event::Token(token_idx) => data(&chunk(
+            completion,
+            vec![choice(completion, &Completion::piece(token_idx), None)],
+        )),
+        Event::Final => data(&chunk(
+            completion,
+            vec![choice(completion, "", Some(completion.finish_reason))],
+        )),
+        Event::Usage => {
+            let mut chunk = chunk(completion, Vec::new());
+            if let (Some(usage), Some(chunk)) = (completion.usage_json(), chunk.as_object_mut()) {
+                chunk.insert("usage".to_owned(), usage);
+            }
+            data(&chunk)
+        }
+        Event::Done => "data: [DONE]\n\n".to_owned(),
+        Event::MidstreamError => {
+            let mut chunk = chunk(completion, vec![choice(completion, "", Some("error"))]);
+            if let Some(chunk) = chunk.as_object_mut() {
+                let error = json!({
+                    "code": "server_error",
+                    "message": "Provider disconnected unexpectedly",
+                });
+                chunk.insert("error".to_owned(), error);
+            }
+            data(&chunk)
+        }
+        Event::Start | Event::Comment | Event::Broken | Event::Cut => String::new(),
+    }
+}
+
+/// A Responses API event (or events), numbered from `sequence_number` on.
+fn responses_text(completion: &Completion, sequence_number: &mut u64, event: Event) -> String {
+    let mut next = || {
+        *sequence_number += 1;
+        *sequence_number - 1
+    };
+    match event {
+        Event::Start => responses::start_events(completion, &mut next),
+        Event::Token(token_idx) => {
+            responses::delta_event(completion, next(), &Completion::piece(token_idx))
+        }
+        Event::Final => responses::done_events(completion, &mut next),
+        Event::Usage => responses::event(
+            "response.completed",
+            next(),
+            json!({ "response": responses::response(completion, true, completion.usage_json()) }),
+        ),
+        Event::MidstreamError => responses::failed_event(completion, next()),
+        Event::Done | Event::Comment | Event::Broken | Event::Cut => String::new(),
+    }
+}
+
+/// An Anthropic Messages event (or events).
+fn messages_text(completion: &Completion, event: Event) -> String {
+    match event {
+        Event::Start => messages::start_events(completion),
+        Event::Token(token_idx) => messages::delta_event(&Completion::piece(token_idx)),
+        Event::Final => messages::block_stop_event(),
+        Event::Usage => messages::message_delta_event(completion),
+        Event::MidstreamError => messages::error_event("Provider disconnected unexpectedly"),
+        Event::Done => messages::stop_event(),
+        Event::Comment | Event::Broken | Event::Cut => String::new(),
+    }
+}
+
+/// The envelope shared by every chat or text completion chunk.
+fn chunk(completion: &Completion, choices: Vec<Value>) -> Value {
+    let object = match completion.api {
+        Api::Chat => "chat.completion.chunk",
+        _ => "text_completion",
+    };
+    json!({
+        "id": completion.id,
+        "provider": "Mock",
+        "model": completion.model,
+        "object": object,
+        "created": completion.created,
+        "system_fingerprint": null,
+        "choices": choices,
+    })
+}
+
+fn choice(completion: &Completion, text: &str, finish_reason: Option<&str>) -> Value {
+    match completion.api {
+        Api::Chat => json!({
+            "index": 0,
+            "delta": { "role": "assistant", "content": text },
+            "finish_reason": finish_reason,
+            "native_finish_reason": finish_reason,
+            "logprobs": null,
+        }),
+        _ => json!({
+            "index": 0,
+            "text": text,
+            "finish_reason": finish_reason,
+            "native_finish_reason": finish_reason,
+            "logprobs": null,
+        }),
+    }
 }

@@ -225,17 +225,17 @@ impl JsonMeter {
         // a Responses event's `response.usage`) is read: the Responses API echoes the request's
         // tool schemas and metadata, and a tool call's input is an object, so a `"usage"` key
         // elsewhere may be the client's. Of a body past the limit only the end is left, read
-        // under stricter rules (see `usage_at_end`).
+        // under stricter rules (see `sole_usage`).
         if self.no_client_objects
             && !self.tail_only
-            && let Ok(outcome) = only_usage(&self.body).and_then(|report| report.outcome())
+            && let Ok(outcome) = sole_usage(&self.body, 1).and_then(|report| report.outcome())
         {
             return outcome;
         }
         if self.tail_only {
             // The same last bytes however the body was cut into chunks.
             let tail = &self.body[self.body.len().saturating_sub(JSON_TAIL_BYTES)..];
-            return usage_at_end(tail, 1)
+            return sole_usage(tail, 1)
                 .and_then(|report| report.outcome())
                 .unwrap_or_else(|reason| MeterOutcome::Nothing { reason });
         }
@@ -270,63 +270,35 @@ impl JsonMeter {
     }
 }
 
-/// Reads the usage at the very end of what is left of a body (or event line) too long to keep
-/// whole, where the upstream puts it. Without the start, nesting cannot be seen, so a usage
-/// object is taken only when it cannot be one a client put in the answer (an echoed tool
-/// schema, metadata, a tool call's input): it must be the only `"usage"` key in `tail`, and
-/// what follows it must close exactly the objects it may sit in (`levels`: 1 for a body's top
-/// level; 1 or 2 for an event line, whose usage may be a Responses event's `response.usage`),
-/// with nothing in between but fields whose values hold no object (`"provider":"p"`,
-/// `"metadata":{}`). Anything else is unreadable, and the request is charged
-/// its reservation. In JSON text a quote inside a string is escaped, so the bytes `"usage"`
-/// followed by a colon can only be an object key.
-pub(crate) fn usage_at_end(tail: &[u8], levels: usize) -> Result<UsageReport, NoUsage> {
+/// Reads the one usage object of `bytes` without parsing the rest, when it can only be the
+/// answer's own: it must be the only `"usage"` key in `bytes`, and what follows it must close
+/// exactly the objects it may sit in (`levels`: 1 for a body's top level; 1 or 2 for an event
+/// line, whose usage may be a Responses event's `response.usage`), with nothing in between but
+/// fields whose values hold no object (`"provider":"p"`, `"metadata":{}`). In JSON text a quote
+/// inside a string is escaped, so the bytes `"usage"` followed by a colon can only be a key.
+///
+/// Two uses: the end of a body (or event line) too long to keep whole, where nesting cannot be
+/// seen otherwise (anything else is unreadable, and the request is charged its reservation);
+/// and, with `levels` 1, an answer that holds no object the client wrote, read quickly (on
+/// `Err`, the caller parses it whole).
+pub(crate) fn sole_usage(bytes: &[u8], levels: usize) -> Result<UsageReport, NoUsage> {
     let unreadable = |detail: &str| NoUsage::Malformed {
-        detail: format!("the end of a response too long to read whole {detail}"),
+        detail: format!("the usage cannot be told from what the client sent: {detail}"),
     };
-    let mut keys = USAGE_FINDER
-        .find_iter(tail)
-        .filter(|&at| after_colon(&tail[at + USAGE_KEY.len()..]).is_some());
-    let Some(at) = keys.next() else {
-        return Err(NoUsage::NotReported);
-    };
-    if keys.next().is_some() {
-        return Err(unreadable("holds several usage objects"));
-    }
-    let value = after_colon(&tail[at + USAGE_KEY.len()..]).unwrap_or_default();
-    let Some((raw, rest)) = next_value(value) else {
-        return Err(unreadable("has an unreadable usage"));
-    };
-    if !(1..=levels).contains(&objects_closed(rest).unwrap_or(0)) {
-        return Err(unreadable("has a usage object that is not the top level's"));
-    }
-    match Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(raw)) {
-        Ok(Some(usage)) => usage.report(),
-        Ok(None) => Err(NoUsage::NotReported),
-        Err(err) => Err(NoUsage::Malformed {
-            detail: err.to_string(),
-        }),
-    }
-}
-
-/// The usage object of an answer that holds only one `"usage"` key, read on its own, without
-/// parsing the rest, when it closes the top level (only fields whose values hold no object
-/// follow it): only for answers that hold no object the client wrote. `Err` (and the caller
-/// parses the whole answer) when there is none, more than one, or it is not at the end.
-pub(crate) fn only_usage(bytes: &[u8]) -> Result<UsageReport, NoUsage> {
-    let mut keys = USAGE_FINDER
+    let mut values = USAGE_FINDER
         .find_iter(bytes)
         .filter_map(|at| after_colon(&bytes[at + USAGE_KEY.len()..]));
-    let (Some(value), None) = (keys.next(), keys.next()) else {
+    let Some(value) = values.next() else {
         return Err(NoUsage::NotReported);
     };
+    if values.next().is_some() {
+        return Err(unreadable("several usage objects"));
+    }
     let Some((raw, rest)) = next_value(value) else {
-        return Err(NoUsage::NotReported);
+        return Err(unreadable("an unreadable usage object"));
     };
-    // Only a usage object that closes the top level is the answer's own (a chat stream with
-    // OpenRouter's `debug.echo_upstream_body` echoes the request, tool schemas and all).
-    if objects_closed(rest) != Some(1) {
-        return Err(NoUsage::NotReported);
+    if !(1..=levels).contains(&objects_closed(rest).unwrap_or(0)) {
+        return Err(unreadable("a usage object below the top level"));
     }
     match Option::<UsageWire>::deserialize(&mut serde_json::Deserializer::from_str(raw)) {
         Ok(Some(usage)) => usage.report(),

@@ -2,7 +2,7 @@
 //!
 //! The stream is split into lines as it passes; only a line cut by a chunk boundary is copied,
 //! and only up to [`SSE_LINE_LIMIT`]: of a longer line (a large image in a delta) only the
-//! last [`JSON_TAIL_BYTES`] are kept, and read under the stricter rules of [`usage_at_end`].
+//! last [`JSON_TAIL_BYTES`] are kept, and read under the stricter rules of [`sole_usage`].
 //! Comment lines (`: OPENROUTER PROCESSING`) and fields other than `data` are skipped. A `data`
 //! line is parsed as JSON (skipping all but `usage` and `error`) only when its bytes contain
 //! `"usage"` (with a non-null value) or `"error"`: in JSON text a quote inside a string is
@@ -21,7 +21,7 @@ use memchr::memmem::Finder;
 
 use crate::services::openrouter::metering::{
     BodyWire, JSON_TAIL_BYTES, MeterOutcome, NoUsage, Parts, SSE_LINE_LIMIT, USAGE_FINDER,
-    USAGE_KEY, UsageReport, after_colon, error_message, only_usage, usage_at_end,
+    USAGE_KEY, UsageReport, after_colon, error_message, sole_usage,
 };
 
 static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
@@ -154,7 +154,7 @@ impl SseMeter {
             // Nesting cannot be seen in a tail: a line that may be Anthropic's `message_start`
             // is taken as one, so a stream cut after it is charged its reservation.
             let provisional = MESSAGE_START_FINDER.find(tail).is_some();
-            self.usage(usage_at_end(tail, 2), provisional);
+            self.usage(sole_usage(tail, 2), provisional);
         }
     }
 
@@ -195,7 +195,7 @@ impl SseMeter {
         }
         if self.no_client_objects
             && !has_error
-            && let Ok(report) = only_usage(data)
+            && let Ok(report) = sole_usage(data, 1)
         {
             // One usage object in a chunk that holds nothing the client wrote: it is the one.
             self.usage(Ok(report), false);
