@@ -25,7 +25,8 @@ N_KEYS_LARGE=${N_KEYS_LARGE:-100000}
 for tool in nginx wrk taskset ${INSTRUCTIONS:+valgrind callgrind_control}; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux valgrind" >&2; exit 1; }
 done
-PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
+# shellcheck source=benches/load/common.sh
+. benches/load/common.sh
 
 echo "building release binaries (keycap, passthrough)..." >&2
 cargo build --release -q -p keycap -p benches --bin keycap --bin passthrough
@@ -33,29 +34,11 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 KEYCAP=$TARGET_DIR/release/keycap
 PASSTHROUGH=$TARGET_DIR/release/passthrough
 
-WORK=$(mktemp -d /tmp/keycap-load-XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  # Let them exit (under valgrind, after writing their last profile) before their files go.
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  if [ -f "$WORK/data/postgres/postmaster.pid" ]; then
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true
-    else "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true; fi
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM
+start_work load
 
 # Each proxy runs under callgrind in INSTRUCTIONS mode, as is otherwise.
 WRAP=()
 if [ -n "$INSTRUCTIONS" ]; then WRAP=(valgrind -q --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p"); fi
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 NGINX_PORT=$(port); PASS_PORT=$(port); GW_PORT=$(port); METRICS_PORT=$(port)
 
 # --- the upstream: nginx answering like OpenRouter, from memory ---------------------------------
@@ -96,11 +79,7 @@ taskset -c 0 "${WRAP[@]}" "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$NGIN
 PIDS+=($!)
 
 # --- keycap: its database on core 1, the gateway on core 0 -----------------------------------------
-export KEYCAP_DATA_DIR=$WORK/data KEYCAP_LOG=warn
-"$KEYCAP" org create bench --owner owner@bench.example >/dev/null 2>&1
-if [ "$(id -u)" = 0 ]; then PGCTL=(runuser -u postgres -- "$PGBIN/pg_ctl"); else PGCTL=("$PGBIN/pg_ctl"); fi
-taskset -c "${PG_CORE:-1}" "${PGCTL[@]}" -D "$WORK/data/postgres" -l "$WORK/data/postgres/server.log" -w start >/dev/null
-"$KEYCAP" member add --org bench user@bench.example --budget 1000000000 2>/dev/null
+start_keycap_database "${PG_CORE:-1}" 1000000000
 echo "sk-or-v1-bench" | "$KEYCAP" vault add --org bench --name nginx 2>/dev/null >/dev/null
 PSQL=("$PGBIN/psql" -h "$WORK/data/postgres-run" -U keycap -d keycap -q -v ON_ERROR_STOP=1)
 [ "$(id -u)" = 0 ] && PSQL=(runuser -u postgres -- "${PSQL[@]}")

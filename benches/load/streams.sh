@@ -19,7 +19,8 @@ ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * STREAMS + 1000)) ]; then
   echo "the open-files limit ($(ulimit -n)) is too low for $STREAMS streams: raise it (ulimit -Hn)" >&2; exit 1
 fi
-PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
+# shellcheck source=benches/load/common.sh
+. benches/load/common.sh
 
 echo "building release binaries (keycap, passthrough, streams)..." >&2
 cargo build --release -q -p keycap -p benches --bin keycap --bin passthrough --bin streams
@@ -28,23 +29,7 @@ KEYCAP=$TARGET_DIR/release/keycap
 PASSTHROUGH=$TARGET_DIR/release/passthrough
 CLIENT=$TARGET_DIR/release/streams
 
-WORK=$(mktemp -d /tmp/keycap-streams-XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  done
-  if [ -f "$WORK/data/postgres/postmaster.pid" ]; then
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true
-    else "$PGBIN/pg_ctl" -D "$WORK/data/postgres" -m immediate stop >/dev/null 2>&1 || true; fi
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+start_work streams
 MOCK_PORT=$(port); PASS_PORT=$(port); GW_PORT=$(port); METRICS_PORT=$(port)
 
 # --- the upstream: the OpenRouter mock, whose `slow` fault spaces the tokens -------------------
@@ -54,11 +39,7 @@ PIDS+=($!)
 taskset -c 0 "$PASSTHROUGH" "127.0.0.1:$PASS_PORT" "127.0.0.1:$MOCK_PORT" 1 --read-ahead 2>"$WORK/passthrough.log" &
 PIDS+=($!)
 # --- keycap, with one key whose cap covers every stream ------------------------------------------
-export KEYCAP_DATA_DIR=$WORK/data KEYCAP_LOG=warn
-"$KEYCAP" org create bench --owner owner@bench.example >/dev/null 2>&1
-if [ "$(id -u)" = 0 ]; then PGCTL=(runuser -u postgres -- "$PGBIN/pg_ctl"); else PGCTL=("$PGBIN/pg_ctl"); fi
-taskset -c 1 "${PGCTL[@]}" -D "$WORK/data/postgres" -l "$WORK/data/postgres/server.log" -w start >/dev/null
-"$KEYCAP" member add --org bench user@bench.example --budget 1000000 2>/dev/null
+start_keycap_database 1 1000000
 # The mock's master key (openrouter-mock's MockConfig::default): keycap's master key, and what
 # the client sends the passthrough, which forwards the client's own header.
 MASTER="sk-or-v1-$(printf '6d6f636b%.0s' $(seq 8))"
