@@ -196,6 +196,8 @@ pub struct KeyRow {
     pub cap_input: String,
     pub spent: String,
     pub remaining: String,
+    /// How far spend passed the cap (`$0.12`), when it did.
+    pub over_cap: Option<String>,
     pub expires: String,
     pub status: &'static str,
     pub models: String,
@@ -215,6 +217,7 @@ impl KeyRow {
             cap_input: usd_input(key.cap),
             spent: key.spent.to_string(),
             remaining: key.remaining().to_string(),
+            over_cap: key.over_cap().map(|over| over.to_string()),
             expires: when_or(key.expires_at, "never"),
             status: key.status(now),
             models: if key.model_scope.is_empty() {

@@ -47,6 +47,13 @@ impl ApiKey {
         self.cap.saturating_sub(self.spent).at_least_zero()
     }
 
+    /// How far the key's spend has passed its cap, if it has: the upstream billed more than
+    /// the gateway reserved (a pricing bug to fix), or spend reached a cap cut since.
+    pub fn over_cap(&self) -> Option<Money> {
+        let over = self.spent.saturating_sub(self.cap);
+        (over > Money::ZERO).then_some(over)
+    }
+
     /// The key's status as people read it: `revoked`, `expired` (closed, or past its expiry
     /// but not closed yet by maintenance), `paused` or `active`, in the order the gateway
     /// checks them.

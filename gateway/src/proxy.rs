@@ -100,6 +100,8 @@ impl Drop for RequestCtx {
 
 struct Metered {
     api: Api,
+    /// The model asked for, for the log line of a charge above the reservation.
+    model: String,
     quote: Quote,
     reservation: Money,
     meter: Option<UsageMeter>,
@@ -419,6 +421,14 @@ impl ProxyHttp for Proxy {
             .inc_by(u64::try_from(settlement.charge.nanos()).unwrap_or(0));
         if settlement.exceeded_reservation {
             metrics.reservation_exceeded_total.inc();
+            tracing::warn!(
+                key.id = %key.id,
+                model = %metered.model,
+                reserved = %metered.reservation,
+                charge = %settlement.charge,
+                "the upstream billed more than the gateway reserved: the request was \
+                 underpriced, and its key may now be over its cap (a pricing bug to fix)"
+            );
         }
         let client_gone = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
         if let Some(note) = &settlement.note {
@@ -577,10 +587,8 @@ impl Proxy {
                 max_bytes: gateway.config.max_body_bytes,
                 read_timeout: gateway.config.body_read_timeout,
             };
-            let ReadBody {
-                bytes: body,
-                framed_as_is,
-            } = body::read(session, limits, &gateway.bodies, &mut ctx.held).await?;
+            let ReadBody { bytes: body, .. } =
+                body::read(session, limits, &gateway.bodies, &mut ctx.held).await?;
             let parsed = gateway
                 .adapter
                 .parse_request(api, &body)
@@ -613,26 +621,28 @@ impl Proxy {
             let fit = key
                 .budget
                 .reserve(|remaining| adapter.fit(&quote, remaining));
-            let (reservation, body, reframe_body) = match fit {
-                Fit::AsRequested { reserve } => (reserve, body, !framed_as_is),
-                Fit::Lowered {
-                    max_tokens,
-                    reserve,
-                } => match adapter.lower_max_tokens(api, &body, max_tokens) {
-                    Ok(lowered) => (reserve, Bytes::from(lowered), true),
-                    Err(err) => {
-                        key.budget.settle(reserve, Money::ZERO);
-                        return Err(Refusal::bad_request("bad_body", err.to_string()));
-                    }
-                },
+            let reservation = match fit {
+                Fit::AsRequested { reserve } | Fit::Lowered { reserve, .. } => reserve,
                 Fit::Refuse { need_at_least } => {
                     return Err(Refusal::budget(key.budget.remaining(), need_at_least));
                 }
             };
+            // Every admitted body goes upstream with its bounds written in (the completion
+            // limit reserved for, `provider.max_price`, ...), so the upstream cannot bill past
+            // the reservation.
+            let body = match adapter.bound_request(api, &quote, &fit, &body) {
+                Ok(bounded) => Bytes::from(bounded),
+                Err(err) => {
+                    key.budget.settle(reservation, Money::ZERO);
+                    return Err(Refusal::bad_request("bad_body", err.to_string()));
+                }
+            };
+            let reframe_body = true;
             ctx.body = Some(body);
             ctx.reframe_body = reframe_body;
             ctx.metered = Some(Box::new(Metered {
                 api,
+                model: parsed.model,
                 quote,
                 reservation,
                 meter: None,

@@ -350,6 +350,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
                             "id": k.id, "name": k.name, "member": k.member_email, "service": k.service,
                             "cap_nanousd": k.cap.nanos(), "spent_nanousd": k.spent.nanos(),
                             "remaining_nanousd": k.remaining().nanos(),
+                            "over_cap_nanousd": k.over_cap().map(|over| over.nanos()),
                             "expires_at": rfc3339(k.expires_at), "revoked_at": rfc3339(k.revoked_at()),
                             "prefix": k.prefix, "model_scope": k.model_scope,
                             "renew_monthly": k.renew_monthly, "paused_reason": k.paused_reason,
@@ -374,7 +375,10 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
                         k.cap.to_string(),
                         k.spent.to_string(),
                         k.remaining().to_string(),
-                        k.status(now)
+                        match k.over_cap() {
+                            Some(over) => format!("{} (over its cap by {over})", k.status(now)),
+                            None => k.status(now).to_string(),
+                        }
                     );
                 }
             }

@@ -26,6 +26,10 @@ pub struct MockConfig {
     /// The completion length, in tokens, when neither `max_tokens` nor the
     /// `x-mock-completion-tokens` header asks for another.
     pub default_completion_tokens: u32,
+    /// Bill every request the most it is allowed to (see `extras` and `routing`): the dearest
+    /// provider within its `max_price`, its whole completion limit, every search and result its
+    /// limits allow, and a prompt of one token per byte. Also per request with `x-mock-bill: most`.
+    pub bill_most: bool,
     /// The account balance reported as `total_credits` by `GET /credits`.
     /// Inference is refused with 402 (`openrouter_credits`) once the total
     /// usage reaches it.
@@ -44,6 +48,7 @@ impl Default for MockConfig {
                 MockModel::new("mock/embed-with-fee", "0.000001", "0", "0.0001"),
             ],
             default_completion_tokens: 20,
+            bill_most: false,
             total_credits_nanousd: 100_000_000_000,
         }
     }

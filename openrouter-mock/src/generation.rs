@@ -20,6 +20,8 @@ use crate::state::MockState;
 pub struct GenerationRecord {
     /// `gen-…`, as in `X-Generation-Id`.
     pub id: String,
+    /// The provider that served it.
+    pub provider: &'static str,
     /// The model id served.
     pub model: String,
     /// `"chat"` or `"completions"`.
@@ -66,7 +68,7 @@ impl GenerationRecord {
             "is_byok": false,
             "created_at": self.created_at.format(&Rfc3339).unwrap_or_default(),
             "model": self.model,
-            "provider_name": "Mock",
+            "provider_name": self.provider,
             "router": null,
             "api_type": self.api_type,
             "app_id": null,

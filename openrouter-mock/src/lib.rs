@@ -43,6 +43,7 @@ mod chat;
 mod config;
 mod embeddings;
 mod error;
+mod extras;
 mod faults;
 mod generation;
 mod keys;
@@ -51,6 +52,7 @@ mod models;
 mod pricing;
 mod request;
 mod responses;
+mod routing;
 mod state;
 mod stream;
 mod usage;
@@ -68,8 +70,10 @@ use tokio::task::JoinHandle;
 
 pub use crate::chat::GENERATION_ID_HEADER;
 pub use crate::config::{FAULT_MODEL_PREFIX, MockConfig, MockModel};
+pub use crate::extras::BILL_HEADER;
 pub use crate::faults::{DELAY_HEADER, FAULT_HEADER};
 pub use crate::request::{COMPLETION_TOKENS_HEADER, GENERATION_DELAY_HEADER};
+pub use crate::routing::PROVIDER_DOWN_HEADER;
 pub use crate::state::{MockState, RecordedRequest};
 
 use crate::error::ApiError;
@@ -90,6 +94,10 @@ pub fn router(config: MockConfig) -> (Router, MockState) {
         .route("/models", get(models::list_models))
         .route("/embeddings/models", get(models::list_embedding_models))
         .route("/providers", get(models::list_providers))
+        .route(
+            "/models/{author}/{slug}/endpoints",
+            get(routing::list_endpoints),
+        )
         .route("/key", get(account::get_current_key))
         .route("/auth/key", get(account::get_current_key))
         .route("/credits", get(account::get_credits))

@@ -49,6 +49,8 @@ pub async fn list_models(
         .config()
         .models
         .iter()
+        .map(model_json)
+        .chain(std::iter::once(auto_router_json()))
         .filter(|_| {
             wanted
                 .iter()
@@ -56,7 +58,6 @@ pub async fn list_models(
         })
         .skip(offset)
         .take(limit)
-        .map(model_json)
         .collect();
     Ok(Json(json!({ "data": data })).into_response())
 }
@@ -131,4 +132,16 @@ fn count_param(query: &HashMap<String, String>, name: &str) -> Result<Option<usi
     text.parse()
         .map(Some)
         .map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer")))
+}
+
+/// `openrouter/auto`, listed as OpenRouter lists its routers: with the price `-1`, since it is
+/// billed at the price of the model it picks.
+fn auto_router_json() -> Value {
+    json!({
+        "id": crate::routing::AUTO_ROUTER,
+        "name": "Auto Router",
+        "context_length": 2_000_000,
+        "pricing": { "prompt": "-1", "completion": "-1" },
+        "top_provider": { "context_length": null, "max_completion_tokens": null },
+    })
 }

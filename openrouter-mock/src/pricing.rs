@@ -36,11 +36,17 @@ impl Prices {
         })
     }
 
-    /// The cost of one request with these token counts.
-    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Cost {
+    /// The cost of one request with these token counts and `fees_picos` on top (searches,
+    /// pages, further model calls' request fees).
+    pub fn cost_with_fees(
+        &self,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        fees_picos: u128,
+    ) -> Cost {
         let prompt_picos = self.prompt_picos * u128::from(prompt_tokens);
         let completion_picos = self.completion_picos * u128::from(completion_tokens);
-        let total_picos = prompt_picos + completion_picos + self.request_picos;
+        let total_picos = prompt_picos + completion_picos + self.request_picos + fees_picos;
         Cost {
             prompt_nanousd: picos_to_nanos(prompt_picos),
             completion_nanousd: picos_to_nanos(completion_picos),
@@ -65,6 +71,17 @@ pub struct Cost {
 /// so the result is the double nearest that decimal.
 pub fn nanos_to_usd(nanousd: u64) -> f64 {
     nanousd as f64 / 1e9
+}
+
+/// Pico-dollars as an exact USD decimal string (`150000` is `"0.00000015"`).
+pub fn picos_to_usd_text(picos: u128) -> String {
+    const PICOS_PER_USD: u128 = 1_000_000_000_000;
+    let (whole, fraction) = (picos / PICOS_PER_USD, picos % PICOS_PER_USD);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{fraction:012}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 /// Parses a non-negative USD decimal (`"0.00000015"`, `"1e-7"`, `"12"`)
@@ -165,7 +182,7 @@ mod tests {
             completion_picos: 600_000,
             request_picos: 0,
         };
-        let cost = prices.cost(10, 5);
+        let cost = prices.cost_with_fees(10, 5, 0);
         assert_eq!(cost.prompt_nanousd, 1_500);
         assert_eq!(cost.completion_nanousd, 3_000);
         assert_eq!(cost.total_nanousd, 4_500);
@@ -174,7 +191,7 @@ mod tests {
             completion_picos: 0,
             request_picos: 0,
         };
-        assert_eq!(fine.cost(3, 0).total_nanousd, 1);
+        assert_eq!(fine.cost_with_fees(3, 0, 0).total_nanousd, 1);
     }
 
     #[test]

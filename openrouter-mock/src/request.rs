@@ -12,9 +12,11 @@ use time::OffsetDateTime;
 
 use crate::config::MockConfig;
 use crate::error::ApiError;
+use crate::extras::{BILL_HEADER, Extras};
 use crate::faults::{Fault, slow_delay};
 use crate::generation::GenerationRecord;
 use crate::pricing::{Cost, Prices, nanos_to_usd};
+use crate::routing;
 
 /// The header that sets the natural completion length, in tokens.
 pub const COMPLETION_TOKENS_HEADER: &str = "x-mock-completion-tokens";
@@ -80,8 +82,14 @@ pub struct Completion {
     pub created: i64,
     /// The model id served.
     pub model: String,
-    /// The model's prices.
+    /// The provider serving it (see `routing`).
+    pub provider: &'static str,
+    /// The provider's prices.
     pub prices: Prices,
+    /// Completion tokens billed per token streamed: model calls x choices (see `extras`).
+    pub completion_factor: u64,
+    /// Fees beyond tokens, in pico-dollars: searches, OCR pages, further calls' request fees.
+    pub fees_picos: u128,
     /// Billed prompt tokens.
     pub prompt_tokens: u64,
     /// The full completion length; a fault may send fewer.
@@ -163,9 +171,24 @@ impl Completion {
             Some(Value::String(model_id)) if !model_id.is_empty() => model_id,
             _ => return Err(ApiError::bad_request("No models provided")),
         };
-        let model = match api {
-            Api::Embeddings => config.find_embedding_model(model_id),
-            _ => config.find_model(model_id),
+        let (base_id, suffix) = routing::split_suffix(model_id);
+        let most = config.bill_most
+            || headers
+                .get(BILL_HEADER)
+                .is_some_and(|value| value.as_bytes() == b"most");
+        let routed = match api {
+            Api::Embeddings => None,
+            _ if base_id == routing::AUTO_ROUTER => {
+                Some(routing::auto(config, body, headers, most)?)
+            }
+            _ => None,
+        };
+        let model = match (&routed, api) {
+            (Some((model, _)), _) => Some(model.clone()),
+            (None, Api::Embeddings) => config.find_embedding_model(model_id),
+            (None, _) => config
+                .find_model(model_id)
+                .or_else(|| config.find_model(base_id)),
         };
         let Some(model) = model else {
             return Err(ApiError::bad_request(format!(
@@ -173,7 +196,17 @@ impl Completion {
             )));
         };
         let fault = Fault::select(headers, model_id)?;
-        let prices = Prices::of(&model).map_err(|_| ApiError::internal())?;
+        let listed = Prices::of(&model).map_err(|_| ApiError::internal())?;
+        let endpoint = match (routed, api) {
+            (Some((_, endpoint)), _) => endpoint,
+            (None, Api::Embeddings) => routing::Endpoint {
+                provider: "Cheap",
+                prices: listed,
+            },
+            (None, _) => routing::choose(listed, suffix, body, headers, most)?,
+        };
+        let extras = Extras::of(body, most)?;
+        let prices = endpoint.prices;
         let prompt_bytes = match api {
             Api::Chat => chat_prompt_bytes(body)?,
             Api::Completions => legacy_prompt_bytes(body)?,
@@ -181,7 +214,22 @@ impl Completion {
             Api::Messages => messages_prompt_bytes(body)?,
             Api::Embeddings => embeddings_prompt_bytes(body)?,
         };
-        let prompt_tokens = prompt_bytes.div_ceil(4).max(1);
+        // Normally four bytes of text make a token; billing the most, every byte of what the
+        // model reads is one.
+        let read_tokens = if most {
+            prompt_json_bytes(body)
+        } else {
+            prompt_bytes.div_ceil(4)
+        };
+        // Billing the most, a file or video fills the prompt up to the context window (a
+        // provider refuses more).
+        let per_call = read_tokens.max(1) + extras.prompt_tokens;
+        let per_call = if extras.fills_context {
+            per_call.max(model.context_length)
+        } else {
+            per_call
+        };
+        let prompt_tokens = per_call * extras.calls;
         let natural_tokens = match header_u64(headers, COMPLETION_TOKENS_HEADER)? {
             Some(tokens) => tokens,
             None => u64::from(config.default_completion_tokens),
@@ -203,13 +251,43 @@ impl Completion {
             ),
             Api::Embeddings => Some(0),
         };
+        // A reasoning budget must stay below the completion limit (Anthropic's rule, which
+        // OpenRouter applies to `reasoning.max_tokens` too).
+        let budget = body
+            .get("reasoning")
+            .and_then(|reasoning| reasoning.get("max_tokens"))
+            .or_else(|| {
+                body.get("thinking")
+                    .and_then(|thinking| thinking.get("budget_tokens"))
+            })
+            .and_then(Value::as_u64);
+        if let (Some(budget), Some(max_tokens)) = (budget, max_tokens)
+            && budget >= max_tokens
+        {
+            return Err(ApiError::bad_request(format!(
+                "max_tokens must be greater than the reasoning budget: {max_tokens} is not \
+                 greater than {budget}"
+            )));
+        }
+        let natural_tokens = if most {
+            max_tokens.unwrap_or(model.max_completion_tokens.unwrap_or(model.context_length))
+        } else {
+            natural_tokens
+        };
         let completion_tokens = max_tokens.map_or(natural_tokens, |max| max.min(natural_tokens));
+        // Each model call may generate a whole completion; billing the most, every choice does.
+        let choices = match body.get("n").and_then(Value::as_u64) {
+            Some(n) if most && api == Api::Chat => n.max(1),
+            _ => 1,
+        };
+        let completion_factor = extras.calls * choices;
+        let fees_picos = extras.fees_picos + u128::from(extras.calls - 1) * prices.request_picos;
         let finish_reason = if completion_tokens < natural_tokens {
             "length"
         } else {
             "stop"
         };
-        if prompt_tokens + completion_tokens > model.context_length {
+        if !most && per_call + completion_tokens > model.context_length {
             let message = format!(
                 "This endpoint's maximum context length is {} tokens. However, you requested \
                  about {} tokens ({prompt_tokens} of text input, {completion_tokens} in the \
@@ -242,7 +320,10 @@ impl Completion {
             id: format!("gen-{}-{suffix}", now.unix_timestamp()),
             created: now.unix_timestamp(),
             model: model.id,
+            provider: endpoint.provider,
             prices,
+            completion_factor,
+            fees_picos,
             prompt_tokens,
             completion_tokens,
             finish_reason,
@@ -284,7 +365,16 @@ impl Completion {
 
     /// The cost when `completion_tokens` were sent.
     pub fn cost(&self, completion_tokens: u64) -> Cost {
-        self.prices.cost(self.prompt_tokens, completion_tokens)
+        self.prices.cost_with_fees(
+            self.prompt_tokens,
+            self.billed_completion(completion_tokens),
+            self.fees_picos,
+        )
+    }
+
+    /// The completion tokens billed when `sent` were streamed: every model call and choice.
+    pub fn billed_completion(&self, sent: u64) -> u64 {
+        sent * self.completion_factor
     }
 
     /// The `usage` object for the full completion, in the API's own names; `None` for
@@ -314,6 +404,7 @@ impl Completion {
         } else {
             Value::Null
         };
+        let completion_tokens = self.billed_completion(completion_tokens);
         let (prompt, total) = (self.prompt_tokens, self.prompt_tokens + completion_tokens);
         Some(match self.api {
             Api::Chat | Api::Completions => json!({
@@ -361,6 +452,7 @@ impl Completion {
         let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         GenerationRecord {
             id: self.id.clone(),
+            provider: self.provider,
             model: self.model.clone(),
             api_type: self.api.api_type(),
             created_at: OffsetDateTime::from_unix_timestamp(self.created)
@@ -370,7 +462,7 @@ impl Completion {
             cancelled,
             finish_reason,
             prompt_tokens: self.prompt_tokens,
-            completion_tokens,
+            completion_tokens: self.billed_completion(completion_tokens),
             cost: self.cost(completion_tokens),
             latency_ms: elapsed_ms,
             generation_time_ms: elapsed_ms,
@@ -530,4 +622,21 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> 
             format!("{name} must be an integer"),
         )),
     }
+}
+
+/// Bytes of what the model reads (the messages, input, prompt, system prompt, instructions and
+/// tools, as JSON): the most prompt tokens a tokenizer can make of them.
+fn prompt_json_bytes(body: &Value) -> u64 {
+    [
+        "messages",
+        "input",
+        "prompt",
+        "system",
+        "instructions",
+        "tools",
+    ]
+    .iter()
+    .filter_map(|field| body.get(*field))
+    .map(|value| value.to_string().len() as u64)
+    .sum()
 }

@@ -65,8 +65,8 @@ impl fmt::Display for Service {
 /// 2. [`parse_request`](ServiceAdapter::parse_request) reads what pricing needs from the body;
 /// 3. [`quote`](ServiceAdapter::quote) prices it against the current price list, and
 ///    [`fit`](ServiceAdapter::fit) decides, given the key's remaining cap, what to reserve and
-///    whether the body must be rewritten with
-///    [`lower_max_tokens`](ServiceAdapter::lower_max_tokens);
+///    the body is rewritten with
+///    [`bound_request`](ServiceAdapter::bound_request) so the upstream cannot bill past it;
 /// 4. the request goes upstream with [`credential_header`](ServiceAdapter::credential_header);
 /// 5. [`meter`](ServiceAdapter::meter) sees every response byte, and
 ///    [`settle`](ServiceAdapter::settle) turns its outcome into the amount to charge.
@@ -112,13 +112,15 @@ pub trait ServiceAdapter {
     /// request must be lowered to fit.
     fn fit(&self, quote: &Self::Quote, remaining: Money) -> Fit;
 
-    /// Rewrites a body of `api` so the upstream generates at most `max_tokens`; used only for
-    /// [`Fit::Lowered`].
-    fn lower_max_tokens(
+    /// Rewrites a body of `api` so the upstream can bill no more than what `fit` reserved for
+    /// `quote`: its completion limit, and whatever else the provider lets a request bound
+    /// (prices, searches, tool calls). Every admitted request goes upstream through it.
+    fn bound_request(
         &self,
         api: Api,
+        quote: &Self::Quote,
+        fit: &Fit,
         body: &[u8],
-        max_tokens: u64,
     ) -> Result<Vec<u8>, Self::RequestError>;
 
     /// A fresh meter for a response of `api` with this HTTP status and `Content-Type`.
@@ -258,7 +260,8 @@ impl CredentialHeader {
 /// What the budget left allows a request to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
-    /// Forward the body untouched, reserving its worst case.
+    /// Forward the request's own completion limit (or the model's, when it sets none),
+    /// reserving its worst case.
     AsRequested {
         /// The worst-case cost to reserve.
         reserve: Money,

@@ -357,3 +357,14 @@ impl Drop for RecordingRelay {
         self.task.abort();
     }
 }
+
+/// A body to `mock/cheap` as the gateway forwards it: the client's (whose keys, as
+/// `serde_json` writes them, come out sorted, all before `provider`, with its own `max_tokens`)
+/// with `provider.max_price` at the model's prices added.
+pub fn bounded_for_cheap(body: &[u8]) -> Vec<u8> {
+    const MAX_PRICE: &str =
+        r#","provider":{"max_price":{"prompt":1,"completion":2,"request":0,"image":0}}}"#;
+    let mut forwarded = body[..body.len() - 1].to_vec();
+    forwarded.extend_from_slice(MAX_PRICE.as_bytes());
+    forwarded
+}

@@ -6,6 +6,7 @@
 
 mod apis;
 mod bodies;
+mod cap;
 mod cli;
 mod embedded;
 mod gateway;

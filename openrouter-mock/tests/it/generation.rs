@@ -58,7 +58,7 @@ async fn served_generations_report_their_cost() {
     let data = &serde_json::from_str::<Value>(&text).unwrap()["data"];
     assert_eq!(data["id"], id);
     assert_eq!(data["model"], "mock/with-request-fee");
-    assert_eq!(data["provider_name"], "Mock");
+    assert_eq!(data["provider_name"], "Cheap");
     assert_eq!(data["tokens_prompt"], 10);
     assert_eq!(data["tokens_completion"], 5);
     assert_eq!(data["native_tokens_prompt"], 10);

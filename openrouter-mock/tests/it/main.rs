@@ -10,6 +10,7 @@ mod generation;
 mod keys;
 mod limits;
 mod models;
+mod routing;
 mod stream;
 
 use openrouter_mock::{MockConfig, MockServer};

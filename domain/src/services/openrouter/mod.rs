@@ -3,6 +3,7 @@
 //! - [`pricing`]: the model list's prices, in pico-dollars per unit;
 //! - [`request`]: what a completion request asks for that decides its price;
 //! - [`quote`]: the worst case, fitting it to the budget left, and settling;
+//! - [`bound`]: writing the request's bounds into the body that goes upstream;
 //! - [`metering`]: reading `usage` and `cost` from JSON and event-stream responses;
 //! - [`free_paths`]: extra paths the operator lets through unmetered.
 
@@ -31,12 +32,14 @@ macro_rules! visit_scalars {
     };
 }
 
+pub mod bound;
 pub mod free_paths;
 pub mod metering;
 pub mod pricing;
 pub mod quote;
 pub mod request;
 
+pub use bound::Bounds;
 pub use free_paths::FreePaths;
 pub use metering::{MeterOutcome, NoUsage, Usage, UsageMeter};
 pub use pricing::{ModelPrice, ModelPrices, ModelsError, PriceLookup, UnitPrice};
@@ -62,8 +65,24 @@ pub struct OpenRouterConfig {
     /// Prompt tokens allowed per image part, for images sent by URL, whose tokens are not in
     /// the body. The largest per-image counts of current vision models are near 2,000.
     pub image_prompt_tokens: u64,
-    /// Prompt tokens allowed for the search results that web search adds to the prompt.
-    pub web_prompt_tokens: u64,
+    /// Prompt tokens allowed per web search result.
+    pub web_result_tokens: u64,
+    /// The most searches one request may ask for (the web plugin's `max_uses`,
+    /// `max_tool_calls` with a server-side web tool); a request asking for more is refused.
+    /// One asking for none is held to one search, written into its body.
+    pub max_web_searches: u64,
+    /// The most results per search a request may ask for (`max_results`).
+    pub max_web_results: u64,
+    /// Reserved per search, when the model's own per-search price is lower (OpenRouter's
+    /// dearest search engine mode is $0.015 a search).
+    pub web_search_fee: Money,
+    /// Reserved per search result (OpenRouter bills $0.001 per result beyond ten).
+    pub web_result_fee: Money,
+    /// Pages reserved per file part when a request names the per-page `mistral-ocr` PDF
+    /// engine; 0 refuses such requests, as a file's pages are not known before it is parsed.
+    pub ocr_pages_per_file: u64,
+    /// Reserved per page for `mistral-ocr` ($2 per 1,000 pages).
+    pub ocr_page_fee: Money,
     /// `GET` paths passed through free of charge, beyond the built-in ones.
     pub extra_free_paths: FreePaths,
 }
@@ -74,7 +93,13 @@ impl Default for OpenRouterConfig {
             unpriced_ceiling: None,
             min_completion_tokens: 16,
             image_prompt_tokens: 3_000,
-            web_prompt_tokens: 10_000,
+            web_result_tokens: 2_000,
+            max_web_searches: 5,
+            max_web_results: 25,
+            web_search_fee: Money::from_nanos(15_000_000),
+            web_result_fee: Money::from_nanos(1_000_000),
+            ocr_pages_per_file: 0,
+            ocr_page_fee: Money::from_nanos(2_000_000),
             extra_free_paths: FreePaths::default(),
         }
     }
@@ -101,31 +126,41 @@ impl OpenRouter {
     }
 
     /// Prices a request with the current price list. Every model the upstream may route the
-    /// request to must be priced; otherwise the configured ceiling is reserved, or, without
-    /// one, the request is refused.
+    /// request to must be listed: `openrouter/auto` is priced at the highest of the models it
+    /// may choose. A listed model without a usable price reserves the configured ceiling, or,
+    /// without one, is refused; a model not listed is always refused.
     pub fn quote(&self, request: &ChatRequest, prices: &ModelPrices) -> Result<Quote, PriceError> {
         let mut envelope: Option<ModelPrice> = None;
         for model in std::iter::once(&request.model).chain(&request.fallback_models) {
-            let unpriced = match prices.lookup(model) {
-                PriceLookup::Priced(price) => {
-                    envelope = Some(envelope.map_or(*price, |seen| seen.envelope(price)));
-                    continue;
+            let price = if AUTO_ROUTERS.contains(&model.as_str()) {
+                prices.envelope_of(&request.auto_allowed).ok_or_else(|| {
+                    PriceError::NoAutoModel {
+                        patterns: request.auto_allowed.clone(),
+                    }
+                })?
+            } else {
+                match prices.lookup(model) {
+                    PriceLookup::Priced(price) => *price,
+                    PriceLookup::Unpriced { reason, limit } => {
+                        return match self.config.unpriced_ceiling {
+                            Some(ceiling) => Ok(Quote::ceiling(ceiling, request, limit)),
+                            None => Err(PriceError::Unpriced {
+                                model: model.clone(),
+                                reason: reason.to_string(),
+                            }),
+                        };
+                    }
+                    PriceLookup::Unknown => {
+                        return Err(PriceError::UnknownModel {
+                            model: model.clone(),
+                        });
+                    }
                 }
-                PriceLookup::Unpriced { reason } => PriceError::Unpriced {
-                    model: model.clone(),
-                    reason: reason.to_string(),
-                },
-                PriceLookup::Unknown => PriceError::UnknownModel {
-                    model: model.clone(),
-                },
             };
-            return match self.config.unpriced_ceiling {
-                Some(ceiling) => Ok(Quote::ceiling(ceiling)),
-                None => Err(unpriced),
-            };
+            envelope = Some(envelope.map_or(price, |seen| seen.envelope(&price)));
         }
         match envelope {
-            Some(price) => Ok(Quote::priced(request, price, &self.config)),
+            Some(price) => Quote::priced(request, price, &self.config),
             // The loop always sees `request.model`, so this is unreachable; refuse to be safe.
             None => Err(PriceError::UnknownModel {
                 model: request.model.clone(),
@@ -133,6 +168,10 @@ impl OpenRouter {
         }
     }
 }
+
+/// The routers that pick a model for the request: priced at the highest of the models they may
+/// choose (those their `auto-router` plugin's `allowed_models` match, else every listed one).
+pub const AUTO_ROUTERS: [&str; 2] = ["openrouter/auto", "openrouter/auto-beta"];
 
 /// The route table: each path the gateway serves, how, and for which method.
 const ROUTES: &[(&str, Route, &str)] = &[
@@ -253,13 +292,14 @@ impl ServiceAdapter for OpenRouter {
         quote.fit(remaining)
     }
 
-    fn lower_max_tokens(
+    fn bound_request(
         &self,
         api: Api,
+        quote: &Quote,
+        fit: &Fit,
         body: &[u8],
-        max_tokens: u64,
     ) -> Result<Vec<u8>, RequestError> {
-        request::lower_max_tokens_as(api, body, max_tokens)
+        bound::bound_body(api, body, &quote.bounds(fit))
     }
 
     fn meter(&self, api: Api, status: u16, content_type: Option<&str>) -> UsageMeter {

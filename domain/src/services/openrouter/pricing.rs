@@ -245,7 +245,8 @@ pub struct ModelPrices {
 #[derive(Clone, Debug)]
 enum Entry {
     Priced(ModelPrice),
-    Unpriced(String),
+    /// Why the price cannot be used, and the model's completion limit when listed.
+    Unpriced(String, Option<u64>),
 }
 
 /// What the price list knows about a model id.
@@ -257,6 +258,9 @@ pub enum PriceLookup<'a> {
     Unpriced {
         /// Why, for the refusal message and the logs.
         reason: &'a str,
+        /// The model's completion limit (its top provider's, else its context window), when
+        /// listed.
+        limit: Option<u64>,
     },
     /// The model is not in the list.
     Unknown,
@@ -294,7 +298,10 @@ impl ModelPrices {
             let Some(id) = model.id.take() else { continue };
             let entry = match model.price() {
                 Ok(price) => Entry::Priced(price),
-                Err(reason) => Entry::Unpriced(reason),
+                Err(reason) => {
+                    let (context, completion) = model.limits();
+                    Entry::Unpriced(reason, completion.or(context))
+                }
             };
             prices.insert_entry(id, entry);
         }
@@ -323,7 +330,7 @@ impl ModelPrices {
             Slot::Occupied(mut slot) => {
                 let merged = match (slot.get(), entry) {
                     (Entry::Priced(old), Entry::Priced(new)) => Entry::Priced(old.envelope(&new)),
-                    (Entry::Unpriced(reason), _) => Entry::Unpriced(reason.clone()),
+                    (Entry::Unpriced(reason, limit), _) => Entry::Unpriced(reason.clone(), *limit),
                     (Entry::Priced(_), unpriced) => unpriced,
                 };
                 slot.insert(merged);
@@ -350,9 +357,36 @@ impl ModelPrices {
         });
         match entry {
             Some(Entry::Priced(price)) => PriceLookup::Priced(price),
-            Some(Entry::Unpriced(reason)) => PriceLookup::Unpriced { reason },
+            Some(Entry::Unpriced(reason, limit)) => PriceLookup::Unpriced {
+                reason,
+                limit: *limit,
+            },
             None => PriceLookup::Unknown,
         }
+    }
+
+    /// The component-by-component highest price of the priced models that `patterns` match
+    /// (an exact id, or `author/*` for all of an author's models; every priced model when
+    /// `patterns` is empty), or `None` when none does. Used for `openrouter/auto`, which may
+    /// route to any of them.
+    pub fn envelope_of(&self, patterns: &[String]) -> Option<ModelPrice> {
+        let matches = |id: &str| {
+            patterns.is_empty()
+                || patterns
+                    .iter()
+                    .any(|pattern| match pattern.strip_suffix('*') {
+                        Some(prefix) => id.starts_with(prefix),
+                        None => pattern == id,
+                    })
+        };
+        self.models
+            .iter()
+            .filter(|(id, _)| matches(id))
+            .filter_map(|(_, entry)| match entry {
+                Entry::Priced(price) => Some(*price),
+                Entry::Unpriced(..) => None,
+            })
+            .reduce(|all, price| all.envelope(&price))
     }
 
     /// Number of models listed, priced or not.
@@ -368,7 +402,7 @@ impl ModelPrices {
     /// The listed models that have no usable price, with the reason, for logs and metrics.
     pub fn unpriced(&self) -> impl Iterator<Item = (&str, &str)> {
         self.models.iter().filter_map(|(id, entry)| match entry {
-            Entry::Unpriced(reason) => Some((id.as_str(), reason.as_str())),
+            Entry::Unpriced(reason, _) => Some((id.as_str(), reason.as_str())),
             Entry::Priced(_) => None,
         })
     }

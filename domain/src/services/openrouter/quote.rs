@@ -3,33 +3,45 @@
 //! All arithmetic is in pico-dollars (`u128`, exact) and rounds up to nano-dollars once per
 //! total, so the worst case is never understated.
 //!
-//! The worst case of a request on a priced model is the sum of:
+//! A request may run several model calls: a server-side web tool (or the web plugin on a
+//! model that searches natively) runs a search between calls, and each call reads the whole
+//! prompt again and may generate a full completion. With `S` searches allowed, there are at
+//! most `S + 1` calls. The worst case of a request on a priced model is the sum of:
 //!
-//! - the per-request fee;
-//! - prompt: body bytes x the highest input-token price (prompt, cache read or write, input
-//!   audio), since each prompt token costs at most that and there are no more tokens than bytes;
-//! - images: per image part, the per-image price plus
-//!   [`image_prompt_tokens`](OpenRouterConfig::image_prompt_tokens) at the input-token ceiling,
-//!   for images sent by URL whose tokens are not in the body;
-//! - files: a request with a file part (a PDF inline or by URL) may have more prompt tokens
-//!   than bytes, but never more than the model's context window: its prompt is priced at the
-//!   larger of the two (at [`UNKNOWN_CONTEXT_TOKENS`] for a model whose window is not listed);
-//! - web search, when the request turns it on: one search at the per-search price plus
-//!   [`web_prompt_tokens`](OpenRouterConfig::web_prompt_tokens) of search results added to the
-//!   prompt;
-//! - completion: per choice, `max_tokens` x (the highest output-token price + the reasoning
-//!   price), plus one output image at the per-output-image price.
+//! - the per-request fee, per call;
+//! - prompt, per call: body bytes x the highest input-token price (prompt, cache read or
+//!   write, input audio), since each prompt token costs at most that and there are no more
+//!   tokens than bytes, plus what the body does not hold:
+//!   - per image part, [`image_prompt_tokens`](OpenRouterConfig::image_prompt_tokens), for an
+//!     image sent by URL;
+//!   - per web result, [`web_result_tokens`](OpenRouterConfig::web_result_tokens);
+//!   - with a file or video part (a PDF inline or by URL, a video by URL), the model's whole
+//!     context window, since a prompt never holds more (at [`UNKNOWN_CONTEXT_TOKENS`] for a
+//!     model whose window is not listed);
+//! - images: the per-image price per image part;
+//! - web search: per search, the larger of the model's per-search price and
+//!   [`web_search_fee`](OpenRouterConfig::web_search_fee), and per result
+//!   [`web_result_fee`](OpenRouterConfig::web_result_fee);
+//! - PDF pages, when the request names the `mistral-ocr` engine and the operator allows it:
+//!   [`ocr_pages_per_file`](OpenRouterConfig::ocr_pages_per_file) pages per file part at
+//!   [`ocr_page_fee`](OpenRouterConfig::ocr_page_fee);
+//! - completion, per call and choice: `max_tokens` x (the highest output-token price + the
+//!   reasoning price), plus one output image at the per-output-image price.
 //!
-//! A request that may be routed to several models (`models`) is priced at the
-//! component-by-component highest of their prices. A request without `max_tokens` is priced at
-//! the model's completion limit (the top provider's `max_completion_tokens`, else its context
-//! window). The context window is not reduced by the prompt's estimate: bytes overstate tokens,
-//! so subtracting them could understate the room left for the completion.
+//! A request that may be routed to several models (`models`, or `openrouter/auto` over its
+//! allowed models) is priced at the component-by-component highest of their prices. A request
+//! without `max_tokens` is priced at the model's completion limit (the top provider's
+//! `max_completion_tokens`, else its context window), and that limit is written into the body
+//! that goes upstream, with `provider.max_price` at the prices used, so that OpenRouter itself
+//! refuses a dearer provider ([`Bounds`]). The context window is not reduced by the prompt's
+//! estimate: bytes overstate tokens, so subtracting them could understate the room left for
+//! the completion.
 
 use crate::money::Money;
 use crate::services::Fit;
 use crate::services::openrouter::OpenRouterConfig;
-use crate::services::openrouter::pricing::{ModelPrice, PICOS_PER_NANO};
+use crate::services::openrouter::bound::{Bounds, MaxPrice, WebLimits};
+use crate::services::openrouter::pricing::{ModelPrice, PICOS_PER_NANO, UnitPrice};
 use crate::services::openrouter::request::ChatRequest;
 
 /// The completion limit written into a request whose model has no known limit at all.
@@ -39,6 +51,12 @@ pub const UNKNOWN_COMPLETION_LIMIT: u64 = 128 * 1024;
 /// the largest windows offered are about two million tokens.
 pub const UNKNOWN_CONTEXT_TOKENS: u64 = 2_000_000;
 
+/// The web plugin's `max_results` when a request leaves it out (OpenRouter's default).
+pub const DEFAULT_WEB_RESULTS: u64 = 5;
+
+/// The most tool calls OpenRouter lets one request make (`max_tool_calls`' default and top).
+pub const MAX_TOOL_CALLS: u64 = 30;
+
 /// A priced request: what the gateway keeps from reservation to settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quote {
@@ -47,12 +65,16 @@ pub struct Quote {
     ceiling: Money,
     /// Everything but the completion tokens, in pico-dollars.
     fixed_picos: u128,
-    /// One more completion token on every choice, in pico-dollars.
+    /// One more completion token on every choice of every call, in pico-dollars.
     per_token_picos: u128,
     requested_max_tokens: Option<u64>,
+    /// The limit written when the request sets none: the model's completion limit.
+    default_max_tokens: Option<u64>,
     min_completion_tokens: u64,
     image_parts: u64,
     web_searches: u64,
+    /// What is written into the body besides the completion limit.
+    bounds: Bounds,
 }
 
 /// Why a request could not be priced.
@@ -67,6 +89,19 @@ pub enum PriceError {
         /// The model id as sent.
         model: String,
     },
+    /// The auto router's allowed models match no priced model.
+    #[error(
+        "openrouter/auto may route to no priced model: its allowed_models {patterns:?} match \
+         none in OpenRouter's model list"
+    )]
+    NoAutoModel {
+        /// The allowed models as sent.
+        patterns: Vec<String>,
+    },
+    /// A request asks for more than the operator allows, or for a feature whose cost has no
+    /// bound.
+    #[error("{0}")]
+    Unbounded(String),
     /// The model is listed but its price cannot be used.
     #[error(
         "model {model:?} has no usable price ({reason}): choose another model, \
@@ -82,9 +117,35 @@ pub enum PriceError {
 
 impl Quote {
     /// Prices `request` at `price` (the model's, or the envelope of several).
-    pub fn priced(request: &ChatRequest, price: ModelPrice, config: &OpenRouterConfig) -> Quote {
+    pub fn priced(
+        request: &ChatRequest,
+        price: ModelPrice,
+        config: &OpenRouterConfig,
+    ) -> Result<Quote, PriceError> {
+        let web = WebAllowance::of(request, config)?;
+        let ocr_pages = match request.pdf_engine.as_deref() {
+            _ if request.file_parts == 0 => 0,
+            None | Some("native" | "cloudflare-ai" | "pdf-text") => 0,
+            Some("mistral-ocr") if config.ocr_pages_per_file > 0 => {
+                request.file_parts.saturating_mul(config.ocr_pages_per_file)
+            }
+            Some("mistral-ocr") => {
+                return Err(PriceError::Unbounded(
+                    "the file-parser engine \"mistral-ocr\" is billed per page, and a file's \
+                     pages are not known before it is parsed: use \"cloudflare-ai\" (free) or \
+                     \"native\", or ask an operator to set openrouter.ocr_pages_per_file"
+                        .into(),
+                ));
+            }
+            Some(other) => {
+                return Err(PriceError::Unbounded(format!(
+                    "the file-parser engine {other:?} is not known to keycap: use \
+                     \"cloudflare-ai\", \"native\" or \"mistral-ocr\""
+                )));
+            }
+        };
         let input = price.input_token_ceiling();
-        let web_searches = u64::from(request.web_search);
+        let calls = web.searches.saturating_add(1);
         let prompt_tokens = request
             .prompt_bytes
             .saturating_add(
@@ -92,45 +153,86 @@ impl Quote {
                     .image_parts
                     .saturating_mul(config.image_prompt_tokens),
             )
-            .saturating_add(web_searches.saturating_mul(config.web_prompt_tokens));
-        let prompt_tokens = if request.file_parts > 0 {
+            .saturating_add(web.results.saturating_mul(config.web_result_tokens));
+        let prompt_tokens = if request.file_parts > 0 || request.video_parts > 0 {
             let window = price.context_length.filter(|&tokens| tokens > 0);
             prompt_tokens.max(window.unwrap_or(UNKNOWN_CONTEXT_TOKENS))
         } else {
             prompt_tokens
         };
-        let fixed_picos = [
+        let search_fee = price.web_search.max(picos_of(config.web_search_fee));
+        let per_call = [
             price.request.times(1),
             input.times(prompt_tokens),
-            price.image.times(request.image_parts),
-            price.web_search.times(web_searches),
             price.image_output.times(request.choices),
         ]
         .into_iter()
         .fold(0u128, u128::saturating_add);
-        Quote {
+        let fixed_picos = [
+            per_call.saturating_mul(u128::from(calls)),
+            price.image.times(request.image_parts),
+            search_fee.times(web.searches),
+            picos_of(config.web_result_fee).times(web.results),
+            picos_of(config.ocr_page_fee).times(ocr_pages),
+        ]
+        .into_iter()
+        .fold(0u128, u128::saturating_add);
+        let per_token_picos = price
+            .output_token_ceiling()
+            .times(request.choices)
+            .saturating_mul(u128::from(calls));
+        let unset_pdf_engine = request.file_parts > 0 && request.pdf_engine.is_none();
+        Ok(Quote {
             price: Some(price),
             ceiling: Money::ZERO,
             fixed_picos,
-            per_token_picos: price.output_token_ceiling().times(request.choices),
-            requested_max_tokens: request.max_tokens.or(price.completion_limit()),
+            per_token_picos,
+            requested_max_tokens: request.max_tokens,
+            default_max_tokens: price.completion_limit(),
             min_completion_tokens: config.min_completion_tokens.max(1),
             image_parts: request.image_parts,
-            web_searches,
+            web_searches: web.searches,
+            bounds: Bounds {
+                max_tokens: None,
+                max_price: Some(MaxPrice::of(&price)),
+                web_plugin: web.plugin,
+                max_tool_calls: web.tool_calls,
+                pdf_engine: unset_pdf_engine.then_some(FREE_PDF_ENGINE),
+            },
+        })
+    }
+
+    /// What to write into the body that goes upstream, given the fit chosen: the completion
+    /// limit reserved for (the request's own, the model's when it sets none, or the lowered
+    /// one) and the rest of the request's bounds.
+    pub fn bounds(&self, fit: &Fit) -> Bounds {
+        let max_tokens = match fit {
+            Fit::Lowered { max_tokens, .. } => Some(*max_tokens),
+            _ => self
+                .requested_max_tokens
+                .or(self.default_max_tokens)
+                .or(Some(UNKNOWN_COMPLETION_LIMIT)),
+        };
+        Bounds {
+            max_tokens,
+            ..self.bounds.clone()
         }
     }
 
-    /// A quote for a model with no known price: it reserves `ceiling`, whatever the request.
-    pub fn ceiling(ceiling: Money) -> Quote {
+    /// A quote for a listed model with no usable price: it reserves `ceiling`, whatever the
+    /// request, and writes the request's completion limit, or the model's (`limit`).
+    pub fn ceiling(ceiling: Money, request: &ChatRequest, limit: Option<u64>) -> Quote {
         Quote {
             price: None,
             ceiling: ceiling.at_least_zero(),
             fixed_picos: 0,
             per_token_picos: 0,
-            requested_max_tokens: None,
+            requested_max_tokens: request.max_tokens,
+            default_max_tokens: limit,
             min_completion_tokens: 1,
             image_parts: 0,
             web_searches: 0,
+            bounds: Bounds::default(),
         }
     }
 
@@ -183,7 +285,7 @@ impl Quote {
                 }
             };
         }
-        let (target, must_write) = match self.requested_max_tokens {
+        let (target, must_write) = match self.requested_max_tokens.or(self.default_max_tokens) {
             Some(max_tokens) => (max_tokens, false),
             None => (UNKNOWN_COMPLETION_LIMIT, true),
         };
@@ -204,6 +306,87 @@ impl Quote {
                 need_at_least: self.worst_case(minimum),
             },
         }
+    }
+}
+
+/// The PDF engine written into a request with a file part that names none: free, and on every
+/// model. OpenRouter's own default is the model's native reading where it has one, else
+/// `mistral-ocr`, billed per page.
+pub const FREE_PDF_ENGINE: &str = "cloudflare-ai";
+
+/// Money as pico-dollars per unit.
+fn picos_of(money: Money) -> UnitPrice {
+    let picos = u128::try_from(money.nanos().max(0)).unwrap_or(0) * PICOS_PER_NANO;
+    UnitPrice::from_picos(u64::try_from(picos).unwrap_or(u64::MAX))
+}
+
+/// The searches and results a request may run, and the limits written to hold it to them.
+struct WebAllowance {
+    searches: u64,
+    results: u64,
+    plugin: Option<WebLimits>,
+    tool_calls: Option<u64>,
+}
+
+impl WebAllowance {
+    fn of(request: &ChatRequest, config: &OpenRouterConfig) -> Result<WebAllowance, PriceError> {
+        let too_many = |what: &str, asked: u64, most: u64| {
+            PriceError::Unbounded(format!(
+                "{what} is {asked}, more than the {most} keycap allows per request: \
+                 ask for at most {most}"
+            ))
+        };
+        let results_of = |asked: Option<u64>| match asked {
+            Some(asked) if asked > config.max_web_results => Err(too_many(
+                "a web search's max_results",
+                asked,
+                config.max_web_results,
+            )),
+            asked => Ok(asked.unwrap_or(DEFAULT_WEB_RESULTS)),
+        };
+        let mut allowance = WebAllowance {
+            searches: 0,
+            results: 0,
+            plugin: None,
+            tool_calls: None,
+        };
+        if let Some(ask) = request.web_plugin {
+            let max_uses = match ask.max_uses {
+                Some(asked) if asked > config.max_web_searches => {
+                    return Err(too_many(
+                        "the web plugin's max_uses",
+                        asked,
+                        config.max_web_searches,
+                    ));
+                }
+                asked => asked.unwrap_or(1),
+            };
+            let max_results = results_of(ask.max_results)?;
+            allowance.searches = max_uses;
+            allowance.results = max_uses.saturating_mul(max_results);
+            allowance.plugin = Some(WebLimits {
+                max_uses,
+                max_results,
+            });
+        }
+        if !request.web_tools.is_empty() {
+            let calls = match request.max_tool_calls {
+                Some(asked) if asked > config.max_web_searches => {
+                    return Err(too_many("max_tool_calls", asked, config.max_web_searches));
+                }
+                asked => asked.unwrap_or(1).min(MAX_TOOL_CALLS),
+            };
+            let mut most_results = 0;
+            for tool in &request.web_tools {
+                most_results = most_results.max(results_of(tool.max_results)?);
+            }
+            allowance.searches = allowance.searches.saturating_add(calls);
+            allowance.results = allowance
+                .results
+                .saturating_add(calls.saturating_mul(most_results));
+            allowance.tool_calls = Some(calls);
+        }
+        Ok(allowance)
     }
 }
 

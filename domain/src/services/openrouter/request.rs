@@ -18,15 +18,12 @@
 //! by a per-image allowance in the quote, and a file part (a PDF inline or by URL, whose text
 //! may hold more tokens than its bytes), for which the quote takes the model's context window.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::services::Api;
-use crate::services::openrouter::request::wire::{ImageParts, NoImageParts, RequestWire};
+use crate::services::openrouter::request::wire::{ImageParts, NoImageParts, RequestWire, ToolAsk};
 
 /// What a request asks for that decides its price.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +48,40 @@ pub struct ChatRequest {
     /// File parts (PDFs and other documents) in `messages` or `input`: their tokens are not
     /// bounded by their bytes (a compressed PDF's text, a file sent by URL).
     pub file_parts: u64,
-    /// Whether the request turns on web search.
-    pub web_search: bool,
+    /// Video parts (`video_url`, `input_video`): their tokens grow with the video's length,
+    /// not with the body's bytes.
+    pub video_parts: u64,
+    /// The web plugin's limits, when the request turns it on: the `web` plugin, a `:online`
+    /// model, or `web_search_options`.
+    pub web_plugin: Option<SearchAsk>,
+    /// Server-side web tools (search or fetch) the model may call, each with its limits.
+    pub web_tools: Vec<SearchAsk>,
+    /// `max_tool_calls`: the most tool calls one request may make.
+    pub max_tool_calls: Option<u64>,
+    /// The `file-parser` plugin's PDF engine, when the request names one.
+    pub pdf_engine: Option<String>,
+    /// The auto router's `allowed_models` (patterns such as `anthropic/*`), when given.
+    pub auto_allowed: Vec<String>,
 }
+
+/// The limits a web search asks for; `None` where the request leaves the upstream's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchAsk {
+    /// The most searches (`max_uses`).
+    pub max_uses: Option<u64>,
+    /// Results per search (`max_results`).
+    pub max_results: Option<u64>,
+}
+
+/// The plugins keycap knows the cost of; any other is refused, as it may bill what the gateway
+/// cannot bound.
+pub const KNOWN_PLUGINS: [&str; 5] = [
+    "web",
+    "file-parser",
+    "auto-router",
+    "response-healing",
+    "context-compression",
+];
 
 /// Why a request body cannot be priced; the gateway refuses it without an upstream call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +145,34 @@ pub enum RequestError {
     InvalidField {
         /// What the parser said, with the position.
         detail: String,
+    },
+    /// A preset (`@preset/...` or the `preset` field) is applied by the upstream after the
+    /// gateway priced the request.
+    #[error(
+        "presets are not accepted through keycap: OpenRouter applies a preset after the \
+         gateway has priced the request, and it can change the model, the providers and the \
+         plugins. Send the preset's settings in the request itself"
+    )]
+    Preset,
+    /// A plugin keycap does not know the cost of.
+    #[error(
+        "plugin {id:?} is not accepted through keycap: its cost is not known to the gateway, \
+         which reserves every request's worst case before it goes upstream. Known plugins: \
+         web, file-parser, auto-router, response-healing, context-compression"
+    )]
+    UnknownPlugin {
+        /// The plugin's id, shortened.
+        id: String,
+    },
+    /// A server tool (run and billed by the provider) whose cost cannot be bounded.
+    #[error(
+        "tool type {kind:?} is run and billed by the provider, and keycap cannot bound its \
+         cost before the request goes upstream: remove it. Function tools, client tools and \
+         web search tools are accepted"
+    )]
+    UnpricedTool {
+        /// The tool's type, shortened.
+        kind: String,
     },
 }
 
@@ -241,12 +297,32 @@ impl ChatRequest {
             Api::Responses | Api::Messages => 1,
             Api::Embeddings => 0,
         };
-        let web_search = wire.plugins.0
-            || wire.tools.0
-            || wire.web_search_options.is_some()
+        if wire.preset.is_some()
             || std::iter::once(&model)
                 .chain(&fallback_models)
-                .any(|id| id.ends_with(":online"));
+                .any(|id| id.contains("@preset/"))
+        {
+            return Err(RequestError::Preset);
+        }
+        let plugins = Plugins::read(&wire.plugins)?;
+        let online = std::iter::once(&model)
+            .chain(&fallback_models)
+            .any(|id| id.ends_with(":online"));
+        let web_plugin = match plugins.web {
+            Some(ask) => Some(ask),
+            None if online || wire.web_search_options.is_some() => Some(SearchAsk::default()),
+            None => None,
+        };
+        let mut web_tools = Vec::new();
+        for tool in wire.tools.0 {
+            if let Some(ask) = web_tool(&tool)? {
+                web_tools.push(ask);
+            }
+        }
+        let max_tool_calls = match &wire.max_tool_calls {
+            Value::Null => None,
+            other => Some(count_field("max_tool_calls", other)?),
+        };
         Ok(ChatRequest {
             model,
             fallback_models,
@@ -256,8 +332,132 @@ impl ChatRequest {
             prompt_bytes: body.len() as u64,
             image_parts: parts.images,
             file_parts: parts.files,
-            web_search,
+            video_parts: parts.videos,
+            web_plugin,
+            web_tools,
+            max_tool_calls,
+            pdf_engine: plugins.pdf_engine,
+            auto_allowed: plugins.auto_allowed,
         })
+    }
+}
+
+/// What the `plugins` list asks for.
+#[derive(Default)]
+struct Plugins {
+    web: Option<SearchAsk>,
+    pdf_engine: Option<String>,
+    auto_allowed: Vec<String>,
+}
+
+impl Plugins {
+    fn read(plugins: &Value) -> Result<Plugins, RequestError> {
+        let invalid = |what: &str, value: &Value| RequestError::InvalidField {
+            detail: format!("{what} must be {}, not {}", expected(what), shorten(value)),
+        };
+        fn expected(what: &str) -> &'static str {
+            match what {
+                "plugins" => "a list of plugin objects",
+                "a plugin" => "an object with an \"id\"",
+                _ => "a list of model ids",
+            }
+        }
+        let mut read = Plugins::default();
+        let list = match plugins {
+            Value::Null => return Ok(read),
+            Value::Array(list) => list,
+            other => return Err(invalid("plugins", other)),
+        };
+        for plugin in list {
+            let Some(id) = plugin.get("id").and_then(Value::as_str) else {
+                return Err(invalid("a plugin", plugin));
+            };
+            if plugin.get("enabled") == Some(&Value::Bool(false)) {
+                continue;
+            }
+            match id {
+                "web" => {
+                    read.web = Some(SearchAsk {
+                        max_uses: optional_count("max_uses", plugin.get("max_uses"))?,
+                        max_results: optional_count("max_results", plugin.get("max_results"))?,
+                    });
+                }
+                "file-parser" => {
+                    let engine = plugin.get("pdf").and_then(|pdf| pdf.get("engine"));
+                    read.pdf_engine = match engine {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(engine)) => Some(engine.clone()),
+                        Some(other) => {
+                            return Err(RequestError::InvalidField {
+                                detail: format!(
+                                    "the file-parser plugin's pdf.engine must be a string, not {}",
+                                    shorten(other)
+                                ),
+                            });
+                        }
+                    };
+                }
+                "auto-router" => match plugin.get("allowed_models") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Array(models)) => {
+                        for model in models {
+                            match model.as_str() {
+                                Some(id) => read.auto_allowed.push(id.to_string()),
+                                None => return Err(invalid("allowed_models", model)),
+                            }
+                        }
+                    }
+                    Some(other) => return Err(invalid("allowed_models", other)),
+                },
+                known if KNOWN_PLUGINS.contains(&known) => {}
+                unknown => {
+                    return Err(RequestError::UnknownPlugin {
+                        id: shorten(&Value::String(unknown.to_string())),
+                    });
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// A server-side web tool's limits; `None` for a tool the client runs (function, custom and
+/// the client-executed tool types); an error for a server tool keycap cannot price.
+fn web_tool(tool: &ToolAsk) -> Result<Option<SearchAsk>, RequestError> {
+    let Some(kind) = tool.kind.as_deref() else {
+        return Ok(None);
+    };
+    const CLIENT_TOOLS: [&str; 6] = [
+        "function",
+        "custom",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "computer_use_preview",
+    ];
+    const CLIENT_TOOL_PREFIXES: [&str; 4] = ["bash_", "text_editor_", "computer_", "memory_"];
+    if CLIENT_TOOLS.contains(&kind) || CLIENT_TOOL_PREFIXES.iter().any(|p| kind.starts_with(p)) {
+        return Ok(None);
+    }
+    if kind.contains("web_search") || kind.contains("web_fetch") {
+        let max_uses = match &tool.max_uses {
+            Value::Null => tool.parameters.get("max_uses"),
+            uses => Some(uses),
+        };
+        return Ok(Some(SearchAsk {
+            max_uses: optional_count("max_uses", max_uses)?,
+            max_results: optional_count("max_results", tool.parameters.get("max_results"))?,
+        }));
+    }
+    Err(RequestError::UnpricedTool {
+        kind: shorten(&Value::String(kind.to_string())),
+    })
+}
+
+fn optional_count(field: &'static str, value: Option<&Value>) -> Result<Option<u64>, RequestError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => count_field(field, value).map(Some),
     }
 }
 
@@ -276,68 +476,6 @@ fn read_wire<'de, M: Deserialize<'de> + Default>(
                 detail: err.to_string(),
             },
         })
-}
-
-/// Sets the completion limit in a chat request body to `max_tokens`: in `max_tokens` and in
-/// `max_completion_tokens` when the body has it, in `max_tokens` when it has neither.
-pub fn lower_max_tokens(body: &[u8], max_tokens: u64) -> Result<Vec<u8>, RequestError> {
-    lower_max_tokens_as(Api::ChatCompletions, body, max_tokens)
-}
-
-/// Sets the completion limit in a request body of `api` to `max_tokens`: in each of
-/// `max_tokens`, `max_completion_tokens` and `max_output_tokens` the body has, and in the field
-/// the API reads when the body lacks it (`max_output_tokens` for Responses, `max_tokens` for
-/// the others). An embeddings body has no limit and comes back as it is. Only the top level is taken apart,
-/// into keys and the raw text of their values: every other value goes out byte for byte as it
-/// came, without building a JSON tree of a body that may hold tens of MiB. Keys come out in
-/// sorted order (a repeated key keeps its last value, as JSON parsers do).
-pub fn lower_max_tokens_as(
-    api: Api,
-    body: &[u8],
-    max_tokens: u64,
-) -> Result<Vec<u8>, RequestError> {
-    // Every limit field present is set, and the API's own added when the body lacks it.
-    let limit_fields = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
-    let (own_fields, added_field): (&[&str], &str) = match api {
-        Api::ChatCompletions | Api::Completions => {
-            (&["max_tokens", "max_completion_tokens"], "max_tokens")
-        }
-        Api::Responses => (&["max_output_tokens"], "max_output_tokens"),
-        Api::Messages => (&["max_tokens"], "max_tokens"),
-        Api::Embeddings => return Ok(body.to_vec()),
-    };
-    let object: BTreeMap<String, &RawValue> =
-        serde_json::from_slice(body).map_err(|err| match err.classify() {
-            serde_json::error::Category::Data => RequestError::NotAnObject,
-            _ => RequestError::NotJson {
-                detail: err.to_string(),
-            },
-        })?;
-    let limit = max_tokens.to_string();
-    let add_field = !own_fields.iter().any(|field| object.contains_key(*field));
-    let mut out = Vec::with_capacity(body.len() + 32);
-    out.push(b'{');
-    let fields = object.iter().map(|(key, value)| {
-        let value = if limit_fields.contains(&key.as_str()) {
-            limit.as_str()
-        } else {
-            value.get()
-        };
-        (key.as_str(), value)
-    });
-    let added = add_field.then_some((added_field, limit.as_str()));
-    for (n, (key, value)) in fields.chain(added).enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, key).map_err(|err| RequestError::NotJson {
-            detail: err.to_string(),
-        })?;
-        out.push(b':');
-        out.extend_from_slice(value.as_bytes());
-    }
-    out.push(b'}');
-    Ok(out)
 }
 
 fn max_tokens_field(field: &'static str, value: &Value) -> Result<Option<u64>, RequestError> {

@@ -142,27 +142,19 @@ fn run<A: ServiceAdapter>(
         .expect("request parses");
     let quote = adapter.quote(&request, prices).expect("request is priced");
     let fit = adapter.fit(&quote, remaining);
-    let (reserve, forwarded) = match fit {
-        Fit::AsRequested { reserve } => (reserve, None),
-        Fit::Lowered {
-            max_tokens,
-            reserve,
-        } => (
-            reserve,
-            Some(
-                adapter
-                    .lower_max_tokens(Api::ChatCompletions, body, max_tokens)
-                    .expect("body lowers"),
-            ),
-        ),
+    let reserve = match fit {
+        Fit::AsRequested { reserve } | Fit::Lowered { reserve, .. } => reserve,
         Fit::Refuse { .. } => return (fit, None, None),
     };
+    let forwarded = adapter
+        .bound_request(Api::ChatCompletions, &quote, &fit, body)
+        .expect("body is bounded");
     let mut meter = adapter.meter(Api::ChatCompletions, 200, Some(response.0));
     for chunk in response.1.chunks(5) {
         meter.feed(chunk);
     }
     let settlement = adapter.settle(&quote, reserve, &meter.finish());
-    (fit, forwarded, Some(settlement))
+    (fit, Some(forwarded), Some(settlement))
 }
 
 #[test]
@@ -200,7 +192,13 @@ fn a_request_runs_from_parse_to_settlement() {
             reserve: Money::from_nanos(fixed + 50 * 2_000)
         }
     );
-    assert_eq!(forwarded, None);
+    // The body goes upstream with its limit and the prices reserved for as `max_price`.
+    let forwarded: serde_json::Value = serde_json::from_slice(&forwarded.unwrap()).unwrap();
+    assert_eq!(forwarded["max_tokens"], 50);
+    assert_eq!(
+        forwarded["provider"]["max_price"],
+        serde_json::json!({"prompt":1,"completion":2,"request":0,"image":0})
+    );
     let settled = settled.unwrap();
     assert_eq!(
         (settled.charge, settled.basis),
@@ -279,7 +277,12 @@ fn asked(prompt_bytes: u64, max_tokens: Option<u64>) -> ChatRequest {
         prompt_bytes,
         image_parts: 0,
         file_parts: 0,
-        web_search: false,
+        video_parts: 0,
+        web_plugin: None,
+        web_tools: Vec::new(),
+        max_tool_calls: None,
+        pdf_engine: None,
+        auto_allowed: Vec::new(),
     }
 }
 
@@ -371,19 +374,25 @@ fn unpriced_models_reserve_the_ceiling_or_are_refused() {
         unpriced_ceiling: Some(ceiling),
         ..OpenRouterConfig::default()
     });
-    for model in ["router", "gone"] {
-        let quote = lenient.quote(&ask(model), &list).unwrap();
-        assert!(!quote.is_priced());
-        assert_eq!(quote.worst_case(1_000_000), ceiling);
-        check_fit(&quote, 50_000_000, Fit::AsRequested { reserve: ceiling });
-        check_fit(
-            &quote,
-            49_999_999,
-            Fit::Refuse {
-                need_at_least: ceiling,
-            },
-        );
-    }
+    let quote = lenient.quote(&ask("router"), &list).unwrap();
+    assert!(!quote.is_priced());
+    assert_eq!(quote.worst_case(1_000_000), ceiling);
+    check_fit(&quote, 50_000_000, Fit::AsRequested { reserve: ceiling });
+    check_fit(
+        &quote,
+        49_999_999,
+        Fit::Refuse {
+            need_at_least: ceiling,
+        },
+    );
+    // The ceiling covers listed models without a price, never an id the list does not have
+    // (a typo, an unknown suffix), which is refused whatever the settings.
+    assert_eq!(
+        lenient.quote(&ask("gone"), &list),
+        Err(PriceError::UnknownModel {
+            model: "gone".into()
+        })
+    );
     assert!(lenient.quote(&ask("cheap"), &list).unwrap().is_priced());
 }
 
@@ -396,4 +405,95 @@ fn hot_path_types_cross_threads() {
     shared::<OpenRouter>();
     moved::<UsageMeter>();
     moved::<MeterOutcome>();
+}
+
+#[test]
+fn every_routed_model_and_feature_is_priced_or_refused() {
+    let mut list = ModelPrices::default();
+    let cheap = ModelPrice {
+        context_length: Some(1_000),
+        max_completion_tokens: Some(100),
+        ..per_token("0.000001", "0.000002")
+    };
+    let dear = ModelPrice {
+        context_length: Some(2_000),
+        max_completion_tokens: Some(200),
+        ..per_token("0.000004", "0.000008")
+    };
+    list.insert("a/cheap", cheap);
+    list.insert("b/dear", dear);
+    let adapter = OpenRouter::default();
+    let parse = |body: &str| ChatRequest::parse(body.as_bytes()).unwrap();
+    let worst = |body: &str| {
+        let request = parse(body);
+        let quote = adapter.quote(&request, &list).unwrap();
+        let Fit::AsRequested { reserve } = quote.fit(Money::from_usd(100)) else {
+            panic!("{body} does not fit");
+        };
+        (
+            reserve.nanos(),
+            quote.bounds(&quote.fit(Money::from_usd(100))),
+        )
+    };
+    // The auto router is priced at the highest of the models it may choose, and its limit
+    // and max_price follow.
+    let body = r#"{"model":"openrouter/auto"}"#;
+    let (reserve, bounds) = worst(body);
+    assert_eq!(reserve, body.len() as i64 * 4_000 + 200 * 8_000);
+    assert_eq!(bounds.max_tokens, Some(200));
+    let body =
+        r#"{"model":"openrouter/auto","plugins":[{"id":"auto-router","allowed_models":["a/*"]}]}"#;
+    assert_eq!(worst(body).0, body.len() as i64 * 1_000 + 100 * 2_000);
+    let none = parse(
+        r#"{"model":"openrouter/auto","plugins":[{"id":"auto-router","allowed_models":["z/*"]}]}"#,
+    );
+    assert!(matches!(
+        adapter.quote(&none, &list),
+        Err(PriceError::NoAutoModel { .. })
+    ));
+    // A file or a video by URL: the prompt is priced at the context window, and a file with
+    // no engine named gets the free one written.
+    let body = r#"{"model":"a/cheap","max_tokens":10,"messages":[{"role":"user","content":[
+        {"type":"video_url","video_url":{"url":"https://example.com/v.mp4"}}]}]}"#;
+    assert_eq!(worst(body).0, 1_000 * 1_000 + 10 * 2_000);
+    let body = r#"{"model":"a/cheap","max_tokens":10,"messages":[{"role":"user","content":[
+        {"type":"file","file":{"filename":"a.pdf","file_data":"https://example.com/a.pdf"}}]}]}"#;
+    let (reserve, bounds) = worst(body);
+    assert_eq!(reserve, 1_000 * 1_000 + 10 * 2_000);
+    assert_eq!(bounds.pdf_engine, Some("cloudflare-ai"));
+    // The per-page engine is refused unless an operator bounds the pages.
+    let ocr = parse(&body.replace(
+        r#""max_tokens":10,"#,
+        r#""max_tokens":10,"plugins":[{"id":"file-parser","pdf":{"engine":"mistral-ocr"}}],"#,
+    ));
+    let refused = adapter.quote(&ocr, &list).unwrap_err().to_string();
+    assert!(refused.contains("ocr_pages_per_file"), "{refused}");
+    let paged = OpenRouter::new(OpenRouterConfig {
+        ocr_pages_per_file: 50,
+        ..OpenRouterConfig::default()
+    });
+    let quote = paged.quote(&ocr, &list).unwrap();
+    assert_eq!(
+        quote.worst_case(10),
+        Money::from_nanos(1_000 * 1_000 + 10 * 2_000 + 50 * 2_000_000)
+    );
+    // Web search limits past the operator's are refused; a server tool's calls multiply the
+    // model calls.
+    for body in [
+        r#"{"model":"a/cheap","plugins":[{"id":"web","max_results":26}]}"#,
+        r#"{"model":"a/cheap","plugins":[{"id":"web","max_uses":6}]}"#,
+        r#"{"model":"a/cheap","max_tool_calls":6,"tools":[{"type":"openrouter:web_search"}]}"#,
+    ] {
+        let refused = adapter.quote(&parse(body), &list).unwrap_err().to_string();
+        assert!(refused.contains("at most"), "{body}: {refused}");
+    }
+    let body = r#"{"model":"a/cheap","max_tokens":10,"max_tool_calls":2,
+        "tools":[{"type":"openrouter:web_search","parameters":{"max_results":3}}]}"#;
+    let (reserve, bounds) = worst(body);
+    let prompt = body.len() as i64 + 2 * 3 * 2_000;
+    assert_eq!(
+        reserve,
+        3 * (prompt * 1_000 + 10 * 2_000) + 2 * 15_000_000 + 6 * 1_000_000
+    );
+    assert_eq!(bounds.max_tool_calls, Some(2));
 }

@@ -105,7 +105,7 @@ fn reads_a_model_list() {
 fn check_unpriced(entry: &str, reason_contains: &str) {
     let prices = models(entry);
     match prices.lookup("m") {
-        PriceLookup::Unpriced { reason } => {
+        PriceLookup::Unpriced { reason, .. } => {
             assert!(
                 reason.contains(reason_contains),
                 "{entry}: reason {reason:?}"

@@ -108,19 +108,25 @@ impl ModelWire {
             }
         }
         let mut price = fields.resolve()?;
+        (price.context_length, price.max_completion_tokens) = self.limits();
+        Ok(price)
+    }
+
+    /// The model's context window and its top provider's completion limit, when listed.
+    pub(super) fn limits(&self) -> (Option<u64>, Option<u64>) {
         let top_context = self
             .top_provider
             .get("context_length")
             .and_then(Value::as_u64);
-        price.context_length = match (self.context_length.as_u64(), top_context) {
+        let context_length = match (self.context_length.as_u64(), top_context) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        price.max_completion_tokens = self
+        let max_completion_tokens = self
             .top_provider
             .get("max_completion_tokens")
             .and_then(Value::as_u64);
-        Ok(price)
+        (context_length, max_completion_tokens)
     }
 }
 

@@ -11,7 +11,12 @@ fn request(model: &str) -> ChatRequest {
         prompt_bytes: 0,
         image_parts: 0,
         file_parts: 0,
-        web_search: false,
+        video_parts: 0,
+        web_plugin: None,
+        web_tools: Vec::new(),
+        max_tool_calls: None,
+        pdf_engine: None,
+        auto_allowed: Vec::new(),
     }
 }
 
@@ -68,7 +73,7 @@ fn reads_the_priced_fields() {
         r#"{"model":"a","models":["b","c:online"]}"#,
         Ok(ChatRequest {
             fallback_models: vec!["b".into(), "c:online".into()],
-            web_search: true,
+            web_plugin: Some(SearchAsk::default()),
             ..request("a")
         }),
     );
@@ -184,33 +189,111 @@ fn skips_messages_only_when_they_cannot_hold_an_image_part() {
 }
 
 #[test]
-fn notices_web_search() {
-    let web = |model: &str| ChatRequest {
-        web_search: true,
+fn reads_web_search_and_its_limits() {
+    let web = |model: &str, max_uses, max_results| ChatRequest {
+        web_plugin: Some(SearchAsk {
+            max_uses,
+            max_results,
+        }),
         ..request(model)
     };
-    check(r#"{"model":"m:online"}"#, Ok(web("m:online")));
+    check(r#"{"model":"m:online"}"#, Ok(web("m:online", None, None)));
     check(
-        r#"{"model":"m","plugins":[{"id":"web","max_results":3}]}"#,
-        Ok(web("m")),
+        r#"{"model":"m","plugins":[{"id":"web","max_results":3,"max_uses":2}]}"#,
+        Ok(web("m", Some(2), Some(3))),
     );
     check(
-        r#"{"model":"m","plugins":[{"id":"file-parser"}]}"#,
+        r#"{"model":"m","plugins":[{"id":"web","enabled":false}]}"#,
         Ok(request("m")),
+    );
+    check(
+        r#"{"model":"m","plugins":[{"id":"file-parser","pdf":{"engine":"native"}}]}"#,
+        Ok(ChatRequest {
+            pdf_engine: Some("native".into()),
+            ..request("m")
+        }),
     );
     check(r#"{"model":"m","plugins":null}"#, Ok(request("m")));
     check(
         r#"{"model":"m","web_search_options":{"search_context_size":"high"}}"#,
-        Ok(web("m")),
+        Ok(web("m", None, None)),
     );
     check(
-        r#"{"model":"m","tools":[{"type":"openrouter:web_search"}]}"#,
-        Ok(web("m")),
+        r#"{"model":"m","max_tool_calls":4,"tools":[{"type":"openrouter:web_search",
+             "parameters":{"max_results":7}}]}"#,
+        Ok(ChatRequest {
+            web_tools: vec![SearchAsk {
+                max_uses: None,
+                max_results: Some(7),
+            }],
+            max_tool_calls: Some(4),
+            ..request("m")
+        }),
+    );
+    check(
+        r#"{"model":"m","tools":[{"type":"web_search_20250305","name":"web_search","max_uses":2}]}"#,
+        Ok(ChatRequest {
+            web_tools: vec![SearchAsk {
+                max_uses: Some(2),
+                max_results: None,
+            }],
+            ..request("m")
+        }),
     );
     check(
         r#"{"model":"m","tools":[{"type":"function",
-             "function":{"name":"web","parameters":{"type":"object"}}}]}"#,
+             "function":{"name":"web","parameters":{"type":"object"}}},
+             {"name":"client_tool","input_schema":{}}]}"#,
         Ok(request("m")),
+    );
+    check(
+        r#"{"model":"m","plugins":[{"id":"auto-router","allowed_models":["anthropic/*"]}]}"#,
+        Ok(ChatRequest {
+            auto_allowed: vec!["anthropic/*".into()],
+            ..request("m")
+        }),
+    );
+}
+
+#[test]
+fn refuses_what_cannot_be_priced() {
+    let refused = |body: &str| ChatRequest::parse(body.as_bytes()).unwrap_err();
+    assert_eq!(refused(r#"{"model":"@preset/team"}"#), RequestError::Preset);
+    assert_eq!(
+        refused(r#"{"model":"openai/gpt-4o@preset/team"}"#),
+        RequestError::Preset
+    );
+    assert_eq!(
+        refused(r#"{"model":"m","preset":"team"}"#),
+        RequestError::Preset
+    );
+    assert_eq!(
+        refused(r#"{"model":"m","plugins":[{"id":"mystery"}]}"#),
+        RequestError::UnknownPlugin {
+            id: "\"mystery\"".into()
+        }
+    );
+    assert_eq!(
+        refused(r#"{"model":"m","tools":[{"type":"code_interpreter"}]}"#),
+        RequestError::UnpricedTool {
+            kind: "\"code_interpreter\"".into()
+        }
+    );
+    assert!(matches!(
+        refused(r#"{"model":"m","plugins":[{"id":"web","max_results":0}]}"#),
+        RequestError::InvalidCount {
+            field: "max_results",
+            ..
+        }
+    ));
+    assert!(matches!(
+        refused(r#"{"model":"m","plugins":{"id":"web"}}"#),
+        RequestError::InvalidField { .. }
+    ));
+    let message = refused(r#"{"model":"m","tools":[{"type":"image_generation"}]}"#).to_string();
+    assert!(
+        message.contains("image_generation") && message.contains("remove it"),
+        "{message}"
     );
 }
 
@@ -347,55 +430,6 @@ fn error_messages_say_what_to_do() {
     );
 }
 
-fn check_lowered(body: &str, max_tokens: u64, expected: &str) {
-    let lowered = lower_max_tokens(body.as_bytes(), max_tokens).unwrap();
-    let lowered: Value = serde_json::from_slice(&lowered).unwrap();
-    let expected: Value = serde_json::from_str(expected).unwrap();
-    assert_eq!(lowered, expected, "{body}");
-}
-
-#[test]
-fn lowers_the_limit_in_the_body() {
-    check_lowered(
-        r#"{"model":"m","max_tokens":1000,"messages":[]}"#,
-        40,
-        r#"{"model":"m","max_tokens":40,"messages":[]}"#,
-    );
-    check_lowered(r#"{"model":"m"}"#, 40, r#"{"model":"m","max_tokens":40}"#);
-    check_lowered(
-        r#"{"model":"m","max_completion_tokens":900}"#,
-        40,
-        r#"{"model":"m","max_completion_tokens":40}"#,
-    );
-    check_lowered(
-        r#"{"model":"m","max_tokens":500,"max_completion_tokens":900}"#,
-        40,
-        r#"{"model":"m","max_tokens":40,"max_completion_tokens":40}"#,
-    );
-    check_lowered(
-        r#"{"model":"m","max_tokens":null,"temperature":0.7,"stop":["\n"]}"#,
-        7,
-        r#"{"model":"m","max_tokens":7,"temperature":0.7,"stop":["\n"]}"#,
-    );
-    // Values other than the limit go out byte for byte: number forms, spacing, escapes.
-    let lowered = lower_max_tokens(
-        br#"{"temperature":1.50,"model":"m","messages":[{"role":"user","content":"caf\u00e9 \"x\""}], "max_tokens":9}"#,
-        5,
-    )
-    .unwrap();
-    assert_eq!(
-        String::from_utf8(lowered).unwrap(),
-        r#"{"max_tokens":5,"messages":[{"role":"user","content":"caf\u00e9 \"x\""}],"model":"m","temperature":1.50}"#
-    );
-    let lowered = lower_max_tokens(br#"{"model":"m","max_tokens":1000}"#, 40).unwrap();
-    assert_eq!(ChatRequest::parse(&lowered).unwrap().max_tokens, Some(40));
-    assert_eq!(lower_max_tokens(b"[1]", 40), Err(RequestError::NotAnObject));
-    assert!(matches!(
-        lower_max_tokens(b"{", 40),
-        Err(RequestError::NotJson { .. })
-    ));
-}
-
 #[test]
 fn each_api_reads_its_own_limit_and_inputs() {
     let parse = |api, body: &str| ChatRequest::parse_as(api, body.as_bytes()).unwrap();
@@ -413,7 +447,7 @@ fn each_api_reads_its_own_limit_and_inputs() {
         "the largest limit field counts"
     );
     assert_eq!((responses.choices, responses.image_parts), (1, 1));
-    assert!(responses.web_search);
+    assert_eq!(responses.web_tools, vec![SearchAsk::default()]);
     assert_eq!(
         parse(Api::Responses, r#"{"model":"m","input":"hi"}"#).max_tokens,
         None
@@ -428,7 +462,13 @@ fn each_api_reads_its_own_limit_and_inputs() {
     );
     assert_eq!(messages.max_tokens, Some(1024));
     assert_eq!((messages.choices, messages.image_parts), (1, 1));
-    assert!(messages.web_search);
+    assert_eq!(
+        messages.web_tools,
+        vec![SearchAsk {
+            max_uses: Some(2),
+            max_results: None
+        }]
+    );
     // Embeddings generate nothing.
     let embeddings = parse(Api::Embeddings, r#"{"model":"m","input":["a","b"]}"#);
     assert_eq!((embeddings.max_tokens, embeddings.choices), (Some(0), 0));
@@ -439,34 +479,6 @@ fn each_api_reads_its_own_limit_and_inputs() {
             field: "max_output_tokens",
             found: "0".into()
         })
-    );
-}
-
-#[test]
-fn each_api_has_its_limit_lowered_in_its_own_field() {
-    let lowered = |api, body: &str| {
-        let out = lower_max_tokens_as(api, body.as_bytes(), 40).unwrap();
-        serde_json::from_slice::<Value>(&out).unwrap()
-    };
-    let json = |text: &str| serde_json::from_str::<Value>(text).unwrap();
-    assert_eq!(
-        lowered(Api::Responses, r#"{"model":"m","input":"hi"}"#),
-        json(r#"{"model":"m","input":"hi","max_output_tokens":40}"#)
-    );
-    assert_eq!(
-        lowered(Api::Responses, r#"{"model":"m","max_output_tokens":900}"#),
-        json(r#"{"model":"m","max_output_tokens":40}"#)
-    );
-    assert_eq!(
-        lowered(
-            Api::Messages,
-            r#"{"model":"m","max_tokens":900,"messages":[]}"#
-        ),
-        json(r#"{"model":"m","max_tokens":40,"messages":[]}"#)
-    );
-    assert_eq!(
-        lower_max_tokens_as(Api::Embeddings, br#"{"model":"m","input":"x"}"#, 40).unwrap(),
-        br#"{"model":"m","input":"x"}"#.to_vec()
     );
 }
 

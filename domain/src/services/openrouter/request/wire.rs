@@ -36,11 +36,15 @@ pub(super) struct RequestWire<M> {
     #[serde(default)]
     pub(super) prompt: PromptCount,
     #[serde(default)]
-    pub(super) plugins: WebSearch,
+    pub(super) plugins: Value,
     #[serde(default)]
-    pub(super) tools: WebSearch,
+    pub(super) tools: Tools,
+    #[serde(default)]
+    pub(super) max_tool_calls: Value,
     #[serde(default)]
     pub(super) web_search_options: Option<IgnoredAny>,
+    #[serde(default)]
+    pub(super) preset: Option<IgnoredAny>,
 }
 
 /// Counts image and file parts anywhere in a value: an image part is an object with an
@@ -51,6 +55,7 @@ pub(super) struct RequestWire<M> {
 pub(super) struct ImageParts {
     pub(super) images: u64,
     pub(super) files: u64,
+    pub(super) videos: u64,
 }
 
 impl<'de> Deserialize<'de> for ImageParts {
@@ -70,11 +75,15 @@ impl<'de> Visitor<'de> for ImageVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageParts, A::Error> {
         let mut nested = ImageParts::default();
-        let (mut is_image, mut kind) = (false, PartKind::Other);
+        let (mut is_image, mut is_video, mut kind) = (false, false, PartKind::Other);
         while let Some(key) = map.next_key::<PartKey>()? {
             match key {
                 PartKey::ImageUrl => {
                     is_image = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                PartKey::VideoUrl => {
+                    is_video = true;
                     map.next_value::<IgnoredAny>()?;
                 }
                 PartKey::Type => kind = map.next_value::<PartKind>()?,
@@ -88,6 +97,9 @@ impl<'de> Visitor<'de> for ImageVisitor {
         nested.files = nested
             .files
             .saturating_add(u64::from(kind == PartKind::File));
+        nested.videos = nested
+            .videos
+            .saturating_add(u64::from(is_video || kind == PartKind::Video));
         Ok(nested)
     }
 
@@ -127,13 +139,15 @@ impl ImageParts {
     pub(super) fn add(&mut self, other: ImageParts) {
         self.images = self.images.saturating_add(other.images);
         self.files = self.files.saturating_add(other.files);
+        self.videos = self.videos.saturating_add(other.videos);
     }
 }
 
 /// False only when no string in `body` can be a marker [`ImageParts`] counts, so it would
-/// count none: `body` never has `image` literally, nor `file"` or `document"` (the end of the
-/// tags `"file"`, `"input_file"` and `"document"`: a quote inside text is escaped, so these
-/// bytes end a key or a whole string), and never escapes an ASCII character (`\u0069mage`).
+/// count none: `body` never has `image` or `video` literally, nor `file"` or `document"` (the
+/// end of the tags `"file"`, `"input_file"` and `"document"`: a quote inside text is escaped,
+/// so these bytes end a key or a whole string), and never escapes an ASCII character
+/// (`\u0069mage`).
 /// One vectorized pass looks for all of them. A body that is not UTF-8 is not asked: it
 /// always goes to [`ImageParts`], which requires UTF-8 of the strings it reads.
 pub(super) fn may_hold_image_parts(body: &str) -> bool {
@@ -152,29 +166,25 @@ pub(super) fn may_hold_image_parts(body: &str) -> bool {
 }
 
 const ESCAPE: &str = "\\u00";
-const MARKER_TEXTS: [&str; 4] = ["image", "file\"", "document\"", ESCAPE];
+const MARKER_TEXTS: [&str; 5] = ["image", "video", "file\"", "document\"", ESCAPE];
 
 /// Object keys that matter when looking for image parts and web-search switches.
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
 enum PartKey {
     ImageUrl,
+    VideoUrl,
     Type,
-    Id,
     #[serde(other)]
     Other,
 }
-
-/// Reads a value and tells whether it is a string that `accept` approves, skipping any other
-/// value; no string is copied.
-#[derive(Clone, Copy)]
-struct TagMatch(fn(&str) -> bool);
 
 /// What a part's `type` says it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PartKind {
     Image,
     File,
+    Video,
     Other,
 }
 
@@ -197,6 +207,7 @@ impl<'de> Visitor<'de> for PartKindVisitor {
         Ok(match tag {
             "image_url" | "input_image" | "image" => PartKind::Image,
             "file" | "input_file" | "document" => PartKind::File,
+            "video_url" | "input_video" => PartKind::Video,
             _ => PartKind::Other,
         })
     }
@@ -212,42 +223,6 @@ impl<'de> Visitor<'de> for PartKindVisitor {
     }
 
     visit_scalars!(PartKind::Other; bool i64 u64 f64 unit);
-}
-
-fn is_web_tag(tag: &str) -> bool {
-    tag == "web" || tag.contains("web_search")
-}
-
-impl<'de> de::DeserializeSeed<'de> for TagMatch {
-    type Value = bool;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TagMatch {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a tag")
-    }
-
-    fn visit_str<E: de::Error>(self, tag: &str) -> Result<bool, E> {
-        Ok((self.0)(tag))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-
-    visit_scalars!(false; bool i64 u64 f64 unit);
 }
 
 /// The number of prompts in a text completion: 1 for a string or a list of token ids, the
@@ -331,65 +306,110 @@ impl<'de> Visitor<'de> for BatchItemVisitor {
     visit_scalars!(BatchItem(true); bool unit);
 }
 
-/// Whether a `plugins` or `tools` list turns on web search: a plugin with `"id": "web"`, or a
-/// tool whose `type` names web search (`web_search`, `web_search_preview`,
-/// `openrouter:web_search`).
+/// What a `tools` list holds that changes the price: each tool's `type` and, for the server
+/// tools the provider runs, their limits. A function tool's schema is skipped unbuilt.
 #[derive(Default)]
-pub(super) struct WebSearch(pub(super) bool);
+pub(super) struct Tools(pub(super) Vec<ToolAsk>);
 
-impl<'de> Deserialize<'de> for WebSearch {
+/// One tool, as far as pricing cares.
+#[derive(Default)]
+pub(super) struct ToolAsk {
+    /// `type`, when it is a string (Anthropic's client tools have none).
+    pub(super) kind: Option<String>,
+    /// `max_uses` (Anthropic's server tools).
+    pub(super) max_uses: Value,
+    /// `parameters` (OpenRouter's server tools hold their limits there), kept only for a
+    /// server tool: a function tool's schema is skipped.
+    pub(super) parameters: Value,
+}
+
+impl<'de> Deserialize<'de> for Tools {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(WebListVisitor)
+        deserializer.deserialize_any(ToolsVisitor)
     }
 }
 
-struct WebListVisitor;
+struct ToolsVisitor;
 
-impl<'de> Visitor<'de> for WebListVisitor {
-    type Value = WebSearch;
+impl<'de> Visitor<'de> for ToolsVisitor {
+    type Value = Tools;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a list of plugins or tools")
+        f.write_str("a list of tools")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WebSearch, A::Error> {
-        let mut web = false;
-        while let Some(item) = seq.next_element::<WebItem>()? {
-            web |= item.0;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tools, A::Error> {
+        let mut tools = Vec::new();
+        while let Some(tool) = seq.next_element::<ToolAsk>()? {
+            tools.push(tool);
         }
-        Ok(WebSearch(web))
+        Ok(Tools(tools))
     }
 
-    visit_scalars!(WebSearch(false); unit);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tools, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Tools::default())
+    }
+
+    visit_scalars!(Tools::default(); str bool i64 u64 f64 unit);
 }
 
-struct WebItem(bool);
-
-impl<'de> Deserialize<'de> for WebItem {
+impl<'de> Deserialize<'de> for ToolAsk {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(WebItemVisitor)
+        deserializer.deserialize_any(ToolVisitor)
     }
 }
 
-struct WebItemVisitor;
+/// The keys of a tool object that pricing reads.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum ToolKey {
+    Type,
+    MaxUses,
+    Parameters,
+    #[serde(other)]
+    Other,
+}
 
-impl<'de> Visitor<'de> for WebItemVisitor {
-    type Value = WebItem;
+struct ToolVisitor;
+
+impl<'de> Visitor<'de> for ToolVisitor {
+    type Value = ToolAsk;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a plugin or tool object")
+        f.write_str("a tool object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WebItem, A::Error> {
-        let mut web = false;
-        while let Some(key) = map.next_key::<PartKey>()? {
-            web |= match key {
-                PartKey::Id | PartKey::Type => map.next_value_seed(TagMatch(is_web_tag))?,
-                _ => map.next_value::<IgnoredAny>().map(|_| false)?,
-            };
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ToolAsk, A::Error> {
+        let mut tool = ToolAsk::default();
+        let mut parameters: Option<Box<serde_json::value::RawValue>> = None;
+        while let Some(key) = map.next_key::<ToolKey>()? {
+            match key {
+                ToolKey::Type => {
+                    if let Value::String(kind) = map.next_value::<Value>()? {
+                        tool.kind = Some(kind);
+                    }
+                }
+                ToolKey::MaxUses => tool.max_uses = map.next_value()?,
+                // Kept raw until the type is known: only a server tool's are read.
+                ToolKey::Parameters => parameters = Some(map.next_value()?),
+                ToolKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
         }
-        Ok(WebItem(web))
+        if let (Some(raw), Some(kind)) = (parameters, &tool.kind)
+            && kind.starts_with("openrouter:")
+        {
+            tool.parameters = serde_json::from_str(raw.get()).map_err(de::Error::custom)?;
+        }
+        Ok(tool)
     }
 
-    visit_scalars!(WebItem(false); str unit);
+    visit_scalars!(ToolAsk::default(); str bool i64 u64 f64 unit);
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ToolAsk, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ToolAsk::default())
+    }
 }

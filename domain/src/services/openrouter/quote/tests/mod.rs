@@ -1,6 +1,7 @@
 use super::*;
 use crate::services::openrouter::OpenRouterConfig;
 use crate::services::openrouter::pricing::UnitPrice;
+use crate::services::openrouter::request::SearchAsk;
 
 fn price(prompt: &str, completion: &str) -> ModelPrice {
     ModelPrice::per_token(
@@ -19,7 +20,12 @@ fn request(prompt_bytes: u64, max_tokens: Option<u64>) -> ChatRequest {
         prompt_bytes,
         image_parts: 0,
         file_parts: 0,
-        web_search: false,
+        video_parts: 0,
+        web_plugin: None,
+        web_tools: Vec::new(),
+        max_tool_calls: None,
+        pdf_engine: None,
+        auto_allowed: Vec::new(),
     }
 }
 
@@ -28,7 +34,7 @@ fn nanos(count: i64) -> Money {
 }
 
 fn quote(request: &ChatRequest, price: ModelPrice) -> Quote {
-    Quote::priced(request, price, &OpenRouterConfig::default())
+    Quote::priced(request, price, &OpenRouterConfig::default()).unwrap()
 }
 
 #[test]
@@ -88,14 +94,16 @@ fn worst_case_includes_every_priced_component() {
         with(|p| p.image = UnitPrice::from_picos(1_000_000_000)),
         200_000 + 2 * (1_000_000 + 3_000_000),
     );
-    // Web search: one search at $0.01 plus 10,000 tokens of results.
+    // Web search, with no limits asked: one search (at the $0.015 floor, above the model's
+    // $0.01) of five results ($0.001 each, 2,000 tokens each), and two model calls, each
+    // reading the prompt and the results and generating a completion.
     check_worst(
         ChatRequest {
-            web_search: true,
+            web_plugin: Some(SearchAsk::default()),
             ..request(100, Some(50))
         },
         with(|p| p.web_search = UnitPrice::from_picos(10_000_000_000)),
-        200_000 + 10_000_000 + 10_000_000,
+        2 * (100 + 5 * 2_000) * 1_000 + 2 * 50 * 2_000 + 15_000_000 + 5 * 1_000_000,
     );
     // Three choices triple the completion, not the prompt; one output image per choice.
     check_worst(
@@ -331,7 +339,8 @@ fn the_minimum_completion_is_configurable() {
         &request(100, Some(50)),
         price("0.000001", "0.000002"),
         &config,
-    );
+    )
+    .unwrap();
     check_fit(
         &asked,
         102_000,

@@ -41,7 +41,15 @@ fn cost_from_tokens_prices_each_kind() {
         },
         7 + 6_000,
     );
-    assert_eq!(Quote::ceiling(nanos(1)).cost_of(&Usage::default()), None);
+    assert_eq!(
+        Quote::ceiling(
+            nanos(1),
+            &ChatRequest::parse(br#"{"model":"m"}"#).unwrap(),
+            None
+        )
+        .cost_of(&Usage::default()),
+        None
+    );
 }
 
 fn check_settle(
@@ -161,7 +169,11 @@ fn settling_charges_what_was_reported_or_the_reservation() {
         false,
     );
 
-    let unpriced = Quote::ceiling(nanos(50_000));
+    let unpriced = Quote::ceiling(
+        nanos(50_000),
+        &ChatRequest::parse(br#"{"model":"m"}"#).unwrap(),
+        None,
+    );
     check_settle(
         &unpriced,
         50_000,
