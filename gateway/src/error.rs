@@ -126,6 +126,19 @@ impl Refusal {
         )
     }
 
+    pub fn out_of_scope_router(router: &str) -> Refusal {
+        Refusal::new(
+            403,
+            "out_of_scope",
+            "permission_denied",
+            format!(
+                "{router:?} may pick any model, and this key is limited to some: list the \
+                 models it may pick in the auto-router plugin's allowed_models, each one in \
+                 the key's scope"
+            ),
+        )
+    }
+
     pub fn budget(remaining: domain::Money, need: domain::Money) -> Refusal {
         Refusal::new(
             402,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use domain::Money;
-use domain::services::openrouter::{MeterOutcome, NoUsage, PriceError, Quote, UsageMeter};
+use domain::services::openrouter::{
+    AUTO_ROUTERS, MeterOutcome, NoUsage, PriceError, Quote, UsageMeter, pricing,
+};
 use domain::services::{
     Api, ErrorShape, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter,
 };
@@ -594,10 +596,21 @@ impl Proxy {
                 .parse_request(api, &body)
                 .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
             if !info.model_scope.is_empty() {
+                let in_scope = |model: &String| info.model_scope.iter().any(|m| m == model);
                 for model in std::iter::once(&parsed.model).chain(&parsed.fallback_models) {
-                    if !info.model_scope.iter().any(|allowed| allowed == model) {
+                    if !in_scope(model) {
                         return Err(Refusal::out_of_scope(model));
                     }
+                }
+                // The auto router picks among its allowed models: a scoped key names them,
+                // each in its scope.
+                let routes = std::iter::once(&parsed.model).chain(&parsed.fallback_models);
+                if let Some(router) = routes
+                    .clone()
+                    .find(|model| AUTO_ROUTERS.contains(&pricing::without_routing_suffix(model)))
+                    && (parsed.auto_allowed.is_empty() || !parsed.auto_allowed.iter().all(in_scope))
+                {
+                    return Err(Refusal::out_of_scope_router(router));
                 }
             }
             let prices = gateway.prices.get();
@@ -612,8 +625,11 @@ impl Proxy {
                 .adapter
                 .quote(&parsed, &prices)
                 .map_err(|err| match err {
-                    PriceError::UnknownModel { .. } => {
+                    PriceError::UnknownModel { .. } | PriceError::NoAutoModel { .. } => {
                         Refusal::bad_request("unknown_model", err.to_string())
+                    }
+                    PriceError::Unbounded(_) => {
+                        Refusal::bad_request("unbounded_request", err.to_string())
                     }
                     other => Refusal::bad_request("unpriced_model", other.to_string()),
                 })?;

@@ -79,22 +79,27 @@ impl Extras {
             .get("model")
             .and_then(Value::as_str)
             .is_some_and(|model| model.ends_with(":online"));
-        let mut bill_searches = |searches: u64, results: u64, loops: bool| {
+        let mut bill_searches = |searches: u64, results: u64, result_tokens: u64, loops: bool| {
             let extra_results = results.saturating_sub(RESULTS_PER_SEARCH_FEE);
-            extras.searches += searches;
+            extras.searches = extras.searches.saturating_add(searches);
             extras.fees_picos += u128::from(searches)
                 * (SEARCH_PICOS + u128::from(extra_results) * EXTRA_RESULT_PICOS);
-            extras.prompt_tokens += searches * results * pick(RESULT_TOKENS);
+            extras.prompt_tokens = extras.prompt_tokens.saturating_add(
+                searches
+                    .saturating_mul(results)
+                    .saturating_mul(result_tokens),
+            );
             if loops {
-                extras.calls += searches;
+                extras.calls = extras.calls.saturating_add(searches);
             }
         };
+        let result_tokens = pick(RESULT_TOKENS);
         if let Some(web) = plugin("web") {
             let uses = count(web.get("max_uses"), 1)?;
             let results = count(web.get("max_results"), DEFAULT_RESULTS)?;
-            bill_searches(if most { uses } else { 1 }, results, most);
+            bill_searches(if most { uses } else { 1 }, results, result_tokens, most);
         } else if online || body.get("web_search_options").is_some() {
-            bill_searches(1, DEFAULT_RESULTS, false);
+            bill_searches(1, DEFAULT_RESULTS, result_tokens, false);
         }
         let web_tools: Vec<&Value> = body
             .get("tools")
@@ -105,19 +110,41 @@ impl Extras {
                     .filter(|tool| {
                         tool.get("type")
                             .and_then(Value::as_str)
-                            .is_some_and(|kind| kind.contains("web_search"))
+                            .is_some_and(|kind| {
+                                kind.contains("web_search") || kind.contains("web_fetch")
+                            })
                     })
                     .collect()
             })
             .unwrap_or_default();
-        if !web_tools.is_empty() {
-            let calls = count(body.get("max_tool_calls"), DEFAULT_TOOL_CALLS)?;
-            let mut results = DEFAULT_RESULTS;
-            for tool in &web_tools {
-                let parameters = tool.get("parameters").unwrap_or(&Value::Null);
-                results = results.max(count(parameters.get("max_results"), DEFAULT_RESULTS)?);
+        // OpenRouter's own tool runs in its loop, bound by `max_tool_calls` and its own
+        // `max_uses`; a provider's native tool (Anthropic's) knows only its `max_uses`.
+        let calls = count(body.get("max_tool_calls"), DEFAULT_TOOL_CALLS)?;
+        let mut loop_uses = 0u64;
+        for tool in &web_tools {
+            let kind = tool.get("type").and_then(Value::as_str).unwrap_or_default();
+            let parameters = tool.get("parameters").unwrap_or(&Value::Null);
+            if kind.contains("web_fetch") {
+                // A fetched page: billing the most, as long as the context window allows.
+                extras.fills_context |= most;
             }
-            bill_searches(if most { calls } else { 1 }, results, true);
+            if kind.starts_with("openrouter:") {
+                let results = count(parameters.get("max_results"), DEFAULT_RESULTS)?;
+                let characters = parameters.get("max_characters").and_then(Value::as_u64);
+                let tokens = characters.map_or(result_tokens, |most| most.min(result_tokens));
+                let uses = count(parameters.get("max_uses"), DEFAULT_TOOL_CALLS)?;
+                let uses = uses.min(calls.saturating_sub(loop_uses));
+                loop_uses += uses;
+                bill_searches(if most { uses } else { 1 }, results, tokens, true);
+            } else {
+                let uses = count(tool.get("max_uses"), DEFAULT_TOOL_CALLS)?;
+                bill_searches(
+                    if most { uses } else { 1 },
+                    DEFAULT_RESULTS,
+                    result_tokens,
+                    true,
+                );
+            }
         }
         let (files, videos) = media_parts(body);
         if files + videos > 0 {

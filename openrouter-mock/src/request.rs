@@ -10,7 +10,7 @@ use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::config::MockConfig;
+use crate::config::{MockConfig, MockModel};
 use crate::error::ApiError;
 use crate::extras::{BILL_HEADER, Extras};
 use crate::faults::{Fault, slow_delay};
@@ -190,6 +190,11 @@ impl Completion {
                 .find_model(model_id)
                 .or_else(|| config.find_model(base_id)),
         };
+        // Billing the most, a request with fallbacks is served by the dearest of its models.
+        let (model, suffix) = match (&routed, most) {
+            (None, true) if api != Api::Embeddings => dearest_fallback(config, body, model, suffix),
+            _ => (model, suffix),
+        };
         let Some(model) = model else {
             return Err(ApiError::bad_request(format!(
                 "{model_id} is not a valid model ID"
@@ -276,8 +281,11 @@ impl Completion {
         };
         let completion_tokens = max_tokens.map_or(natural_tokens, |max| max.min(natural_tokens));
         // Each model call may generate a whole completion; billing the most, every choice does.
-        let choices = match body.get("n").and_then(Value::as_u64) {
-            Some(n) if most && api == Api::Chat => n.max(1),
+        let choices = match (api, most) {
+            (Api::Chat | Api::Completions, true) => {
+                let count = |field: &str| body.get(field).and_then(Value::as_u64).unwrap_or(1);
+                count("n").max(count("best_of")).max(1)
+            }
             _ => 1,
         };
         let completion_factor = extras.calls * choices;
@@ -639,4 +647,30 @@ fn prompt_json_bytes(body: &Value) -> u64 {
     .filter_map(|field| body.get(*field))
     .map(|value| value.to_string().len() as u64)
     .sum()
+}
+
+/// The dearest (by listed completion price) of the request's model and its `models` fallbacks
+/// that the mock knows, with its routing suffix.
+fn dearest_fallback<'a>(
+    config: &MockConfig,
+    body: &'a Value,
+    model: Option<MockModel>,
+    suffix: Option<&'a str>,
+) -> (Option<MockModel>, Option<&'a str>) {
+    let mut best = (model, suffix);
+    let price = |model: &Option<MockModel>| {
+        model
+            .as_ref()
+            .and_then(|model| Prices::of(model).ok())
+            .map_or(0, |prices| prices.completion_picos)
+    };
+    let fallbacks = body.get("models").and_then(Value::as_array);
+    for id in fallbacks.into_iter().flatten().filter_map(Value::as_str) {
+        let (base, suffix) = routing::split_suffix(id);
+        let candidate = config.find_model(id).or_else(|| config.find_model(base));
+        if price(&candidate) > price(&best.0) {
+            best = (candidate, suffix);
+        }
+    }
+    best
 }

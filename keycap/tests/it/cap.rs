@@ -135,14 +135,19 @@ fn cases() -> Vec<Case> {
             ),
         ),
         // 4. Web search in each of its forms.
-        case(
-            "web plugin",
-            chat(
-                "mock/cheap",
-                json!({"plugins": [{"id": "web", "max_results": 10, "max_uses": 2}],
-                    "max_tokens": 500}),
-            ),
-        ),
+        Case {
+            // Up to 20 results, each a fee and its text in up to three model calls: more
+            // than $0.2 a request.
+            cap: "0.6",
+            ..case(
+                "web plugin",
+                chat(
+                    "mock/cheap",
+                    json!({"plugins": [{"id": "web", "max_results": 10, "max_uses": 2}],
+                        "max_tokens": 500}),
+                ),
+            )
+        },
         case(
             "online suffix",
             chat("mock/cheap:online", json!({"max_tokens": 500})),
@@ -163,6 +168,40 @@ fn cases() -> Vec<Case> {
                     "parameters": {"max_results": 4}}], "max_tool_calls": 2, "max_tokens": 500}),
             ),
         ),
+        Case {
+            cap: "0.6",
+            ..case(
+                "anthropic web tool with its own max_uses",
+                chat(
+                    "mock/cheap",
+                    json!({"tools": [{"type": "web_search_20250305", "name": "web_search",
+                        "max_uses": 3}], "max_tokens": 500}),
+                ),
+            )
+        },
+        Case {
+            // A fetched page may fill the context window: 128,000 tokens a model call.
+            cap: "1.2",
+            ..case(
+                "web fetch tool",
+                chat(
+                    "mock/cheap",
+                    json!({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}],
+                        "max_tokens": 500}),
+                ),
+            )
+        },
+        Case {
+            cap: "0.6",
+            ..case(
+                "a disabled web plugin beside :online",
+                chat(
+                    "mock/cheap:online",
+                    json!({"plugins": [{"id": "web", "enabled": false, "max_results": 10}],
+                        "max_tokens": 500}),
+                ),
+            )
+        },
         // 5. Routers and fallbacks.
         case(
             "auto router",

@@ -7,6 +7,7 @@
 mod apis;
 mod bodies;
 mod cap;
+mod cap_random;
 mod cli;
 mod embedded;
 mod gateway;

@@ -32,6 +32,8 @@ pub struct Bounds {
     pub web_plugin: Option<WebLimits>,
     /// `max_tool_calls`, written when the request has a server-side web tool.
     pub max_tool_calls: Option<u64>,
+    /// What every server-side web tool gets where it leaves it out.
+    pub web_tools: Option<WebToolLimits>,
     /// The `file-parser` plugin's PDF engine, written when the request has a file part and
     /// names no engine.
     pub pdf_engine: Option<&'static str>,
@@ -99,6 +101,15 @@ pub struct WebLimits {
     pub max_results: u64,
 }
 
+/// The limits written into each server-side web tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebToolLimits {
+    /// `max_uses` where the tool has none (a tool's own is never above what was priced).
+    pub max_uses: u64,
+    /// OpenRouter's tool's `parameters.max_characters` per result, at most this.
+    pub max_characters: u64,
+}
+
 /// Pico-dollars as an exact USD decimal (`150000000000` is `"0.15"`).
 fn usd_text(picos: u128) -> String {
     const PICOS_PER_USD: u128 = 1_000_000_000_000;
@@ -135,6 +146,10 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
                 None => None,
             },
             "plugins" => plugins_with(read(raw)?, bounds)?,
+            "tools" => match bounds.web_tools {
+                Some(limits) => Some(tools_with(read(raw)?, limits)),
+                None => None,
+            },
             "max_tool_calls" => bounds
                 .max_tool_calls
                 .map(|most| lower_count(raw, most).to_string()),
@@ -160,7 +175,7 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
         out.push(("provider", Cow::Owned(provider)));
     }
     if absent("plugins")
-        && let Some(plugins) = plugins_with(Value::Array(Vec::new()), bounds)?
+        && let Some(plugins) = plugins_with(Value::Null, bounds)?
     {
         out.push(("plugins", Cow::Owned(plugins)));
     }
@@ -216,8 +231,10 @@ fn lower_count(raw: &RawValue, most: u64) -> u64 {
 /// The `provider` object with `max_price` at our prices, or the client's own where lower. Our
 /// prices are written as exact decimal numbers (never through a float).
 fn provider_with(provider: Value, max_price: &MaxPrice) -> Result<String, RequestError> {
-    let Value::Object(mut provider) = provider else {
-        return Err(invalid("\"provider\" must be an object".into()));
+    let mut provider = match provider {
+        Value::Object(provider) => provider,
+        Value::Null => Map::new(),
+        _ => return Err(invalid("\"provider\" must be an object".into())),
     };
     let mut prices = match provider.remove("max_price") {
         None | Some(Value::Null) => Map::new(),
@@ -281,29 +298,35 @@ fn plugins_with(plugins: Value, bounds: &Bounds) -> Result<Option<String>, Reque
     if bounds.web_plugin.is_none() && bounds.pdf_engine.is_none() {
         return Ok(None);
     }
-    let Value::Array(mut plugins) = plugins else {
-        return Err(invalid("\"plugins\" must be a list".into()));
+    let mut plugins = match plugins {
+        Value::Array(plugins) => plugins,
+        Value::Null => Vec::new(),
+        _ => return Err(invalid("\"plugins\" must be a list".into())),
     };
-    let position = |plugins: &[Value], id: &str| {
-        plugins
+    // The request's own plugin of that id (the parser refuses two), turned on: the bounds
+    // were priced for the feature it serves.
+    let position = |plugins: &mut Vec<Value>, id: &str| {
+        let at = plugins
             .iter()
-            .position(|plugin| plugin.get("id").and_then(Value::as_str) == Some(id))
-    };
-    if let Some(web) = bounds.web_plugin {
-        let at = position(&plugins, "web").unwrap_or_else(|| {
-            plugins.push(serde_json::json!({"id": "web"}));
+            .position(|plugin| plugin.get("id").and_then(Value::as_str) == Some(id));
+        let at = at.unwrap_or_else(|| {
+            plugins.push(serde_json::json!({ "id": id }));
             plugins.len() - 1
         });
+        if let Value::Object(plugin) = &mut plugins[at] {
+            plugin.remove("enabled");
+        }
+        at
+    };
+    if let Some(web) = bounds.web_plugin {
+        let at = position(&mut plugins, "web");
         if let Value::Object(plugin) = &mut plugins[at] {
             plugin.insert("max_uses".into(), Value::from(web.max_uses));
             plugin.insert("max_results".into(), Value::from(web.max_results));
         }
     }
     if let Some(engine) = bounds.pdf_engine {
-        let at = position(&plugins, "file-parser").unwrap_or_else(|| {
-            plugins.push(serde_json::json!({"id": "file-parser"}));
-            plugins.len() - 1
-        });
+        let at = position(&mut plugins, "file-parser");
         if let Value::Object(plugin) = &mut plugins[at] {
             let pdf = plugin
                 .entry("pdf")
@@ -314,6 +337,45 @@ fn plugins_with(plugins: Value, bounds: &Bounds) -> Result<Option<String>, Reque
         }
     }
     Ok(Some(Value::Array(plugins).to_string()))
+}
+
+/// The `tools` list with each server-side web tool's `max_uses` written where it has none,
+/// and OpenRouter's tool's results held to `max_characters`.
+fn tools_with(tools: Value, limits: WebToolLimits) -> String {
+    let mut tools = tools;
+    if let Value::Array(list) = &mut tools {
+        for tool in list {
+            let Value::Object(tool) = tool else { continue };
+            let kind = tool
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if !(kind.contains("web_search") || kind.contains("web_fetch")) {
+                continue;
+            }
+            if kind.starts_with("openrouter:") {
+                let parameters = tool
+                    .entry("parameters")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(parameters) = parameters {
+                    parameters
+                        .entry("max_uses")
+                        .or_insert(Value::from(limits.max_uses));
+                    let characters = parameters
+                        .get("max_characters")
+                        .and_then(Value::as_u64)
+                        .map_or(limits.max_characters, |asked| {
+                            asked.min(limits.max_characters)
+                        });
+                    parameters.insert("max_characters".into(), Value::from(characters));
+                }
+            } else if tool.get("max_uses").is_none_or(Value::is_null) {
+                tool.insert("max_uses".into(), Value::from(limits.max_uses));
+            }
+        }
+    }
+    tools.to_string()
 }
 
 fn invalid(detail: String) -> RequestError {

@@ -76,7 +76,8 @@ pub struct OpenRouterConfig {
     /// Reserved per search, when the model's own per-search price is lower (OpenRouter's
     /// dearest search engine mode is $0.015 a search).
     pub web_search_fee: Money,
-    /// Reserved per search result (OpenRouter bills $0.001 per result beyond ten).
+    /// Reserved per search result: OpenRouter's plugin page gives $4 per 1,000 results (its
+    /// newer pricing, $0.007 a search with ten results and $0.001 per result beyond, is lower).
     pub web_result_fee: Money,
     /// Pages reserved per file part when a request names the per-page `mistral-ocr` PDF
     /// engine; 0 refuses such requests, as a file's pages are not known before it is parsed.
@@ -97,7 +98,7 @@ impl Default for OpenRouterConfig {
             max_web_searches: 5,
             max_web_results: 25,
             web_search_fee: Money::from_nanos(15_000_000),
-            web_result_fee: Money::from_nanos(1_000_000),
+            web_result_fee: Money::from_nanos(4_000_000),
             ocr_pages_per_file: 0,
             ocr_page_fee: Money::from_nanos(2_000_000),
             extra_free_paths: FreePaths::default(),
@@ -131,8 +132,15 @@ impl OpenRouter {
     /// without one, is refused; a model not listed is always refused.
     pub fn quote(&self, request: &ChatRequest, prices: &ModelPrices) -> Result<Quote, PriceError> {
         let mut envelope: Option<ModelPrice> = None;
+        let routed_widely = !request.fallback_models.is_empty()
+            || request.choices > 1
+            || request.web_plugin.is_some()
+            || !request.web_tools.is_empty()
+            || request.file_parts > 0
+            || request.video_parts > 0;
         for model in std::iter::once(&request.model).chain(&request.fallback_models) {
-            let price = if AUTO_ROUTERS.contains(&model.as_str()) {
+            let base = pricing::without_routing_suffix(model);
+            let price = if AUTO_ROUTERS.contains(&base) {
                 prices.envelope_of(&request.auto_allowed).ok_or_else(|| {
                     PriceError::NoAutoModel {
                         patterns: request.auto_allowed.clone(),
@@ -141,9 +149,19 @@ impl OpenRouter {
             } else {
                 match prices.lookup(model) {
                     PriceLookup::Priced(price) => *price,
+                    // The ceiling stands for one plain request on one model: with fallbacks,
+                    // several choices, searches or files, its bounds could not be written.
                     PriceLookup::Unpriced { reason, limit } => {
                         return match self.config.unpriced_ceiling {
-                            Some(ceiling) => Ok(Quote::ceiling(ceiling, request, limit)),
+                            Some(ceiling) if !routed_widely => {
+                                Ok(Quote::ceiling(ceiling, request, limit))
+                            }
+                            Some(_) => Err(PriceError::Unbounded(format!(
+                                "model {model:?} has no usable price, and the per-request \
+                                 ceiling for such models covers only a plain request: send \
+                                 it without fallback models, several choices, web search, \
+                                 files or videos"
+                            ))),
                             None => Err(PriceError::Unpriced {
                                 model: model.clone(),
                                 reason: reason.to_string(),

@@ -283,6 +283,35 @@ pub enum ModelsError {
 /// `openai/gpt-4o` when the list has no entry of its own for it.
 const ROUTING_SUFFIXES: [&str; 4] = [":online", ":nitro", ":floor", ":exacto"];
 
+/// `model_id` without a routing suffix (`:online`, `:nitro`, `:floor`, `:exacto`), if it has one.
+pub fn without_routing_suffix(model_id: &str) -> &str {
+    ROUTING_SUFFIXES
+        .iter()
+        .find_map(|suffix| model_id.strip_suffix(suffix))
+        .unwrap_or(model_id)
+}
+
+/// Whether `id` matches `pattern`, where each `*` stands for any run of characters
+/// (`anthropic/*`, `*/claude-*`).
+fn glob_matches(pattern: &str, id: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = id.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
 impl ModelPrices {
     /// Reads the body of `GET /api/v1/models`. Only a body without a `data` list is an error;
     /// a model with unreadable pricing is kept as unpriced and one without an id is skipped.
@@ -349,12 +378,10 @@ impl ModelPrices {
     /// What the list knows about a model id. An id with a routing suffix (`:online`, `:nitro`,
     /// `:floor`, `:exacto`) and no entry of its own is looked up without the suffix.
     pub fn lookup(&self, model_id: &str) -> PriceLookup<'_> {
-        let entry = self.models.get(model_id).or_else(|| {
-            let base = ROUTING_SUFFIXES
-                .iter()
-                .find_map(|suffix| model_id.strip_suffix(suffix))?;
-            self.models.get(base)
-        });
+        let entry = self
+            .models
+            .get(model_id)
+            .or_else(|| self.models.get(without_routing_suffix(model_id)));
         match entry {
             Some(Entry::Priced(price)) => PriceLookup::Priced(price),
             Some(Entry::Unpriced(reason, limit)) => PriceLookup::Unpriced {
@@ -366,19 +393,12 @@ impl ModelPrices {
     }
 
     /// The component-by-component highest price of the priced models that `patterns` match
-    /// (an exact id, or `author/*` for all of an author's models; every priced model when
-    /// `patterns` is empty), or `None` when none does. Used for `openrouter/auto`, which may
-    /// route to any of them.
+    /// (an exact id, or a pattern such as `author/*` where `*` matches any run; every priced
+    /// model when `patterns` is empty), or `None` when none does. Used for `openrouter/auto`,
+    /// which may route to any of them.
     pub fn envelope_of(&self, patterns: &[String]) -> Option<ModelPrice> {
-        let matches = |id: &str| {
-            patterns.is_empty()
-                || patterns
-                    .iter()
-                    .any(|pattern| match pattern.strip_suffix('*') {
-                        Some(prefix) => id.starts_with(prefix),
-                        None => pattern == id,
-                    })
-        };
+        let matches =
+            |id: &str| patterns.is_empty() || patterns.iter().any(|p| glob_matches(p, id));
         self.models
             .iter()
             .filter(|(id, _)| matches(id))

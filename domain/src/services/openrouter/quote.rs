@@ -14,9 +14,10 @@
 //!   tokens than bytes, plus what the body does not hold:
 //!   - per image part, [`image_prompt_tokens`](OpenRouterConfig::image_prompt_tokens), for an
 //!     image sent by URL;
-//!   - per web result, [`web_result_tokens`](OpenRouterConfig::web_result_tokens);
-//!   - with a file or video part (a PDF inline or by URL, a video by URL), the model's whole
-//!     context window, since a prompt never holds more (at [`UNKNOWN_CONTEXT_TOKENS`] for a
+//!   - per web result, [`web_result_tokens`](OpenRouterConfig::web_result_tokens) (written
+//!     as the server tool's `max_characters`, as a token is at least a character);
+//!   - with a file or video part (a PDF inline or by URL, a video by URL) or a web fetch tool
+//!     (whole pages), the model's whole context window, since a prompt never holds more (at [`UNKNOWN_CONTEXT_TOKENS`] for a
 //!     model whose window is not listed);
 //! - images: the per-image price per image part;
 //! - web search: per search, the larger of the model's per-search price and
@@ -40,7 +41,7 @@
 use crate::money::Money;
 use crate::services::Fit;
 use crate::services::openrouter::OpenRouterConfig;
-use crate::services::openrouter::bound::{Bounds, MaxPrice, WebLimits};
+use crate::services::openrouter::bound::{Bounds, MaxPrice, WebLimits, WebToolLimits};
 use crate::services::openrouter::pricing::{ModelPrice, PICOS_PER_NANO, UnitPrice};
 use crate::services::openrouter::request::ChatRequest;
 
@@ -154,7 +155,7 @@ impl Quote {
                     .saturating_mul(config.image_prompt_tokens),
             )
             .saturating_add(web.results.saturating_mul(config.web_result_tokens));
-        let prompt_tokens = if request.file_parts > 0 || request.video_parts > 0 {
+        let prompt_tokens = if request.file_parts > 0 || request.video_parts > 0 || web.fetches {
             let window = price.context_length.filter(|&tokens| tokens > 0);
             prompt_tokens.max(window.unwrap_or(UNKNOWN_CONTEXT_TOKENS))
         } else {
@@ -197,6 +198,10 @@ impl Quote {
                 max_price: Some(MaxPrice::of(&price)),
                 web_plugin: web.plugin,
                 max_tool_calls: web.tool_calls,
+                web_tools: web.tool_calls.map(|_| WebToolLimits {
+                    max_uses: 1,
+                    max_characters: config.web_result_tokens,
+                }),
                 pdf_engine: unset_pdf_engine.then_some(FREE_PDF_ENGINE),
             },
         })
@@ -326,6 +331,8 @@ struct WebAllowance {
     results: u64,
     plugin: Option<WebLimits>,
     tool_calls: Option<u64>,
+    /// A fetch tool may read whole pages: the prompt is priced at the context window.
+    fetches: bool,
 }
 
 impl WebAllowance {
@@ -349,6 +356,7 @@ impl WebAllowance {
             results: 0,
             plugin: None,
             tool_calls: None,
+            fetches: false,
         };
         if let Some(ask) = request.web_plugin {
             let max_uses = match ask.max_uses {
@@ -376,14 +384,30 @@ impl WebAllowance {
                 }
                 asked => asked.unwrap_or(1).min(MAX_TOOL_CALLS),
             };
-            let mut most_results = 0;
+            // Each tool's own `max_uses` (written as 1 where absent) and `max_tool_calls` both
+            // bound the searches, but an upstream may keep only one of them (Anthropic's own
+            // tools know nothing of `max_tool_calls`): the larger of the two is reserved.
+            let (mut uses, mut most_results) = (0u64, 0);
             for tool in &request.web_tools {
+                let tool_uses = match tool.max_uses {
+                    Some(asked) if asked > config.max_web_searches => {
+                        return Err(too_many(
+                            "a web tool's max_uses",
+                            asked,
+                            config.max_web_searches,
+                        ));
+                    }
+                    asked => asked.unwrap_or(1),
+                };
+                uses = uses.saturating_add(tool_uses);
                 most_results = most_results.max(results_of(tool.max_results)?);
+                allowance.fetches |= tool.fetch;
             }
-            allowance.searches = allowance.searches.saturating_add(calls);
+            let searches = calls.max(uses);
+            allowance.searches = allowance.searches.saturating_add(searches);
             allowance.results = allowance
                 .results
-                .saturating_add(calls.saturating_mul(most_results));
+                .saturating_add(searches.saturating_mul(most_results));
             allowance.tool_calls = Some(calls);
         }
         Ok(allowance)

@@ -71,6 +71,8 @@ pub struct SearchAsk {
     pub max_uses: Option<u64>,
     /// Results per search (`max_results`).
     pub max_results: Option<u64>,
+    /// A fetch tool (`web_fetch`): it reads whole pages, whose size nothing bounds.
+    pub fetch: bool,
 }
 
 /// The plugins keycap knows the cost of; any other is refused, as it may bill what the gateway
@@ -368,10 +370,18 @@ impl Plugins {
             Value::Array(list) => list,
             other => return Err(invalid("plugins", other)),
         };
+        let mut seen: Vec<&str> = Vec::new();
         for plugin in list {
             let Some(id) = plugin.get("id").and_then(Value::as_str) else {
                 return Err(invalid("a plugin", plugin));
             };
+            // One plugin per id: which of two the upstream honours is not documented.
+            if seen.contains(&id) {
+                return Err(RequestError::InvalidField {
+                    detail: format!("plugin {id:?} is listed twice: list each plugin once"),
+                });
+            }
+            seen.push(id);
             if plugin.get("enabled") == Some(&Value::Bool(false)) {
                 continue;
             }
@@ -380,10 +390,23 @@ impl Plugins {
                     read.web = Some(SearchAsk {
                         max_uses: optional_count("max_uses", plugin.get("max_uses"))?,
                         max_results: optional_count("max_results", plugin.get("max_results"))?,
+                        fetch: false,
                     });
                 }
                 "file-parser" => {
-                    let engine = plugin.get("pdf").and_then(|pdf| pdf.get("engine"));
+                    let engine = match plugin.get("pdf") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::Object(pdf)) => pdf.get("engine"),
+                        Some(other) => {
+                            return Err(RequestError::InvalidField {
+                                detail: format!(
+                                    "the file-parser plugin's pdf must be an object such as \
+                                     {{\"engine\": \"cloudflare-ai\"}}, not {}",
+                                    shorten(other)
+                                ),
+                            });
+                        }
+                    };
                     read.pdf_engine = match engine {
                         None | Some(Value::Null) => None,
                         Some(Value::String(engine)) => Some(engine.clone()),
@@ -447,6 +470,7 @@ fn web_tool(tool: &ToolAsk) -> Result<Option<SearchAsk>, RequestError> {
         return Ok(Some(SearchAsk {
             max_uses: optional_count("max_uses", max_uses)?,
             max_results: optional_count("max_results", tool.parameters.get("max_results"))?,
+            fetch: kind.contains("web_fetch"),
         }));
     }
     Err(RequestError::UnpricedTool {

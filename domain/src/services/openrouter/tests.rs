@@ -493,7 +493,74 @@ fn every_routed_model_and_feature_is_priced_or_refused() {
     let prompt = body.len() as i64 + 2 * 3 * 2_000;
     assert_eq!(
         reserve,
-        3 * (prompt * 1_000 + 10 * 2_000) + 2 * 15_000_000 + 6 * 1_000_000
+        3 * (prompt * 1_000 + 10 * 2_000) + 2 * 15_000_000 + 6 * 4_000_000
     );
     assert_eq!(bounds.max_tool_calls, Some(2));
+}
+
+#[test]
+fn web_tools_suffixed_routers_and_the_ceiling_are_bounded() {
+    let mut list = ModelPrices::from_models_json(
+        br#"{"data":[{"id":"router","pricing":{"prompt":"-1","completion":"-1"}},
+                     {"id":"openrouter/auto","pricing":{"prompt":"-1","completion":"-1"}}]}"#,
+    )
+    .unwrap();
+    list.insert(
+        "a/cheap",
+        ModelPrice {
+            context_length: Some(1_000),
+            max_completion_tokens: Some(100),
+            ..per_token("0.000001", "0.000002")
+        },
+    );
+    let lenient = OpenRouter::new(OpenRouterConfig {
+        unpriced_ceiling: Some(Money::from_nanos(50_000_000)),
+        ..OpenRouterConfig::default()
+    });
+    let parse = |body: &str| ChatRequest::parse(body.as_bytes()).unwrap();
+    // A suffixed auto router is still the auto router: priced, never the ceiling.
+    let auto = lenient
+        .quote(&parse(r#"{"model":"openrouter/auto:nitro"}"#), &list)
+        .unwrap();
+    assert!(auto.is_priced());
+    // The ceiling covers a plain request only.
+    assert!(
+        !lenient
+            .quote(&parse(r#"{"model":"router"}"#), &list)
+            .unwrap()
+            .is_priced()
+    );
+    for body in [
+        r#"{"model":"router","models":["a/cheap"]}"#,
+        r#"{"model":"router:online"}"#,
+        r#"{"model":"router","n":2}"#,
+    ] {
+        let refused = lenient.quote(&parse(body), &list).unwrap_err().to_string();
+        assert!(refused.contains("plain request"), "{body}: {refused}");
+    }
+    // A web tool's own max_uses counts when above max_tool_calls; a fetch tool prices the
+    // prompt at the context window.
+    let quote = |body: &str| lenient.quote(&parse(body), &list).unwrap();
+    let body = r#"{"model":"a/cheap","max_tokens":10,"tools":[{"type":"web_search_20250305","name":"s","max_uses":3}]}"#;
+    let prompt = body.len() as u64 + 3 * 5 * 2_000;
+    assert_eq!(
+        quote(body).worst_case(10).nanos() as u64,
+        4 * (prompt * 1_000 + 10 * 2_000) + 3 * 15_000_000 + 15 * 4_000_000
+    );
+    let body =
+        r#"{"model":"a/cheap","max_tokens":10,"tools":[{"type":"web_fetch_20250910","name":"f"}]}"#;
+    // (Here the results' allowance is above the window, so it stands.)
+    let prompt = (body.len() as u64 + 5 * 2_000).max(1_000);
+    assert_eq!(
+        quote(body).worst_case(10).nanos() as u64,
+        2 * (prompt * 1_000 + 10 * 2_000) + 15_000_000 + 5 * 4_000_000
+    );
+    let refused = lenient
+        .quote(
+            &parse(r#"{"model":"a/cheap","tools":[{"type":"web_search_20250305","max_uses":9}]}"#),
+            &list,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("max_uses is 9"), "{refused}");
 }

@@ -241,3 +241,59 @@ fn usd_text_is_exact() {
         assert_eq!(usd_text(picos), text);
     }
 }
+
+#[test]
+fn web_tools_get_their_limits_and_disabled_plugins_are_turned_on() {
+    let bounds = Bounds {
+        web_tools: Some(WebToolLimits {
+            max_uses: 1,
+            max_characters: 2_000,
+        }),
+        ..limit(40)
+    };
+    assert_eq!(
+        bounded(
+            Api::Messages,
+            r#"{"model":"m","max_tokens":90,"tools":[
+                {"type":"web_search_20250305","name":"web_search"},
+                {"type":"web_fetch_20250910","name":"web_fetch","max_uses":2},
+                {"name":"client","input_schema":{}}]}"#,
+            &bounds
+        ),
+        json!({"model":"m","max_tokens":40,"tools":[
+            {"type":"web_search_20250305","name":"web_search","max_uses":1},
+            {"type":"web_fetch_20250910","name":"web_fetch","max_uses":2},
+            {"name":"client","input_schema":{}}]})
+    );
+    assert_eq!(
+        bounded(
+            Api::ChatCompletions,
+            r#"{"model":"m","tools":[{"type":"openrouter:web_search",
+                "parameters":{"max_characters":90000,"max_results":3}}]}"#,
+            &bounds
+        ),
+        json!({"model":"m","max_tokens":40,"tools":[{"type":"openrouter:web_search",
+            "parameters":{"max_characters":2000,"max_results":3,"max_uses":1}}]})
+    );
+    // A disabled plugin the bounds are for is turned on, not duplicated.
+    let web = Bounds {
+        web_plugin: Some(WebLimits {
+            max_uses: 1,
+            max_results: 5,
+        }),
+        ..limit(40)
+    };
+    assert_eq!(
+        bounded(
+            Api::ChatCompletions,
+            r#"{"model":"m:online","plugins":[{"id":"web","enabled":false}],"provider":null}"#,
+            &Bounds {
+                max_price: Some(max_price()),
+                ..web
+            }
+        ),
+        json!({"model":"m:online","max_tokens":40,
+            "plugins":[{"id":"web","max_uses":1,"max_results":5}],
+            "provider":{"max_price":{"prompt":0.15,"completion":0.6,"request":0,"image":0.001445}}})
+    );
+}

@@ -306,3 +306,19 @@ fn envelopes_are_at_least_both() {
         (Some(16_000), None)
     );
 }
+
+#[test]
+fn globs_match_runs() {
+    for (pattern, id, matches) in [
+        ("anthropic/*", "anthropic/claude-sonnet-4", true),
+        ("anthropic/*", "openai/gpt-4o", false),
+        ("*/*", "openai/gpt-4o", true),
+        ("*/claude-*", "anthropic/claude-sonnet-4", true),
+        ("*/claude-*", "anthropic/opus", false),
+        ("openai/gpt-4o", "openai/gpt-4o", true),
+        ("openai/gpt-4o", "openai/gpt-4o-mini", false),
+        ("*-mini", "openai/gpt-4o-mini", true),
+    ] {
+        assert_eq!(super::glob_matches(pattern, id), matches, "{pattern} {id}");
+    }
+}

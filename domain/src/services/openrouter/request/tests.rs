@@ -194,6 +194,7 @@ fn reads_web_search_and_its_limits() {
         web_plugin: Some(SearchAsk {
             max_uses,
             max_results,
+            fetch: false,
         }),
         ..request(model)
     };
@@ -225,6 +226,7 @@ fn reads_web_search_and_its_limits() {
             web_tools: vec![SearchAsk {
                 max_uses: None,
                 max_results: Some(7),
+                fetch: false,
             }],
             max_tool_calls: Some(4),
             ..request("m")
@@ -236,6 +238,7 @@ fn reads_web_search_and_its_limits() {
             web_tools: vec![SearchAsk {
                 max_uses: Some(2),
                 max_results: None,
+                fetch: false,
             }],
             ..request("m")
         }),
@@ -286,10 +289,16 @@ fn refuses_what_cannot_be_priced() {
             ..
         }
     ));
-    assert!(matches!(
-        refused(r#"{"model":"m","plugins":{"id":"web"}}"#),
-        RequestError::InvalidField { .. }
-    ));
+    for bad in [
+        r#"{"model":"m","plugins":{"id":"web"}}"#,
+        r#"{"model":"m","plugins":[{"id":"web"},{"id":"web","enabled":false}]}"#,
+        r#"{"model":"m","plugins":[{"id":"file-parser","pdf":"x"}]}"#,
+    ] {
+        assert!(
+            matches!(refused(bad), RequestError::InvalidField { .. }),
+            "{bad}"
+        );
+    }
     let message = refused(r#"{"model":"m","tools":[{"type":"image_generation"}]}"#).to_string();
     assert!(
         message.contains("image_generation") && message.contains("remove it"),
@@ -466,7 +475,8 @@ fn each_api_reads_its_own_limit_and_inputs() {
         messages.web_tools,
         vec![SearchAsk {
             max_uses: Some(2),
-            max_results: None
+            max_results: None,
+            fetch: false,
         }]
     );
     // Embeddings generate nothing.

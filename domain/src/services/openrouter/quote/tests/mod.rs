@@ -95,7 +95,7 @@ fn worst_case_includes_every_priced_component() {
         200_000 + 2 * (1_000_000 + 3_000_000),
     );
     // Web search, with no limits asked: one search (at the $0.015 floor, above the model's
-    // $0.01) of five results ($0.001 each, 2,000 tokens each), and two model calls, each
+    // $0.01) of five results ($0.004 each, 2,000 tokens each), and two model calls, each
     // reading the prompt and the results and generating a completion.
     check_worst(
         ChatRequest {
@@ -103,7 +103,7 @@ fn worst_case_includes_every_priced_component() {
             ..request(100, Some(50))
         },
         with(|p| p.web_search = UnitPrice::from_picos(10_000_000_000)),
-        2 * (100 + 5 * 2_000) * 1_000 + 2 * 50 * 2_000 + 15_000_000 + 5 * 1_000_000,
+        2 * (100 + 5 * 2_000) * 1_000 + 2 * 50 * 2_000 + 15_000_000 + 5 * 4_000_000,
     );
     // Three choices triple the completion, not the prompt; one output image per choice.
     check_worst(
