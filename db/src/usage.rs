@@ -2,10 +2,12 @@
 //! folded into the keys' rows later ([`fold`]), and per-minute usage rollups, written less
 //! often; each flush is one statement, applied at most once per flush id.
 
+use domain::{LedgerKind, Money};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{Error, Pool};
+use crate::transactions::NewEntry;
+use crate::{Actor, Error, Pool};
 
 /// Settled usage of one key in one minute since the rollups were last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +179,50 @@ pub async fn fold(
         );
     }
     Ok(folded)
+}
+
+/// A request that ended without a reported cost, charged what the upstream said afterwards it
+/// billed instead of its reservation (`gateway/src/reconcile.rs`).
+#[derive(Debug, Clone)]
+pub struct Reconciled<'a> {
+    pub org_id: Uuid,
+    pub api_key_id: Uuid,
+    /// The upstream's name for the request (a generation id).
+    pub upstream_id: &'a str,
+    pub reserved: Money,
+    pub billed: Money,
+    /// When the upstream answered: the gateway's clock.
+    pub at: OffsetDateTime,
+}
+
+/// Appends the `usage_reconciled` ledger row of `row`: its amount is the reservation less what
+/// was billed (the reservation itself was held, never charged). The charge itself reaches the key's spend with the
+/// gateway's flushes, like any settled request.
+pub async fn record_reconciled(
+    client: &impl deadpool_postgres::GenericClient,
+    row: &Reconciled<'_>,
+) -> Result<(), Error> {
+    let membership = client
+        .query_opt(
+            "SELECT membership_id FROM api_keys WHERE id = $1",
+            &[&row.api_key_id],
+        )
+        .await?;
+    let mut entry = NewEntry::new(
+        row.org_id,
+        LedgerKind::UsageReconciled,
+        Actor::System,
+        row.at,
+    );
+    entry.api_key_id = Some(row.api_key_id);
+    entry.membership_id = membership.map(|r| r.get(0));
+    entry.amount = row.reserved.saturating_sub(row.billed);
+    entry.detail = serde_json::json!({
+        "generation_id": row.upstream_id,
+        "reserved_nanousd": row.reserved.nanos(),
+        "billed_nanousd": row.billed.nanos(),
+    });
+    crate::transactions::append(client, &entry).await
 }
 
 /// Spend per UTC day in `[from, to)`, for an org or for one membership, in day order. Days

@@ -22,11 +22,14 @@ pub enum LedgerKind {
     KeyPaused,
     Refund,
     LeaseReclaimed,
+    /// A request that ended without a reported cost was charged what the upstream said it
+    /// billed, instead of its reservation.
+    UsageReconciled,
 }
 
 impl LedgerKind {
     /// Every kind, for filters and validation.
-    pub const ALL: [LedgerKind; 17] = [
+    pub const ALL: [LedgerKind; 18] = [
         LedgerKind::OrgCreated,
         LedgerKind::MemberInvited,
         LedgerKind::MemberJoined,
@@ -44,6 +47,7 @@ impl LedgerKind {
         LedgerKind::KeyPaused,
         LedgerKind::Refund,
         LedgerKind::LeaseReclaimed,
+        LedgerKind::UsageReconciled,
     ];
 
     /// The name stored in `transactions.kind`.
@@ -66,6 +70,7 @@ impl LedgerKind {
             LedgerKind::KeyPaused => "key_paused",
             LedgerKind::Refund => "refund",
             LedgerKind::LeaseReclaimed => "lease_reclaimed",
+            LedgerKind::UsageReconciled => "usage_reconciled",
         }
     }
 

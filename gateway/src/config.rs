@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use domain::Money;
-use domain::services::openrouter::FreePaths;
+use domain::services::openrouter::OpenRouterConfig;
 
 /// Settings of one gateway.
 #[derive(Debug, Clone)]
@@ -30,10 +29,14 @@ pub struct GatewayConfig {
     pub max_inflight_body_bytes: usize,
     /// How long a request body may take to arrive whole.
     pub body_read_timeout: Duration,
-    /// What to reserve for a model with no known price; `None` refuses such requests.
-    pub unpriced_ceiling: Option<Money>,
-    /// `GET` paths passed through free of charge, beyond `models` and `generation`.
-    pub extra_free_paths: FreePaths,
+    /// The OpenRouter adapter's pricing settings: the unpriced ceiling, the allowances for
+    /// what a body does not hold (web results, images, OCR pages), and the extra free paths.
+    pub openrouter: OpenRouterConfig,
+    /// How long after a request settled without a reported cost the upstream is first asked
+    /// what it billed; each later attempt waits twice as long.
+    pub reconcile_delay: Duration,
+    /// How many times the upstream is asked before the reservation is kept; 0 never asks.
+    pub reconcile_attempts: u32,
     /// Seconds in-flight requests get to finish on SIGTERM.
     pub grace_period_seconds: u64,
     /// Worker threads of the proxy.
@@ -54,8 +57,9 @@ impl Default for GatewayConfig {
             max_body_bytes: 32 * 1024 * 1024,
             max_inflight_body_bytes: 1024 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(60),
-            unpriced_ceiling: None,
-            extra_free_paths: FreePaths::default(),
+            openrouter: OpenRouterConfig::default(),
+            reconcile_delay: Duration::from_secs(1),
+            reconcile_attempts: 8,
             grace_period_seconds: 5,
             threads: 2,
         }

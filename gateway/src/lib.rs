@@ -22,6 +22,7 @@ pub mod model_list;
 pub mod prices;
 pub mod proxy;
 pub mod rate_limit;
+pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod sync;

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub flush_duration_seconds: Histogram,
     pub flush_lag_seconds: Gauge,
     pub flush_errors_total: IntCounter,
+    pub reconciliations_pending: IntGauge,
+    pub reconciliations_total: IntCounterVec,
+    pub reconciled_nanousd_total: IntCounter,
     /// Handles resolved once for the labels every request uses.
     by_outcome: [(&'static str, IntCounter); OUTCOMES.len()],
     by_basis: [(ChargeBasis, IntCounter); BASES.len()],
@@ -31,10 +34,11 @@ pub struct Metrics {
 
 /// Every value of the `outcome` label.
 pub const OUTCOMES: [&str; 4] = ["forwarded", "answered", "refused", "upstream_error"];
-const BASES: [ChargeBasis; 4] = [
+const BASES: [ChargeBasis; 5] = [
     ChargeBasis::Reported,
     ChargeBasis::Computed,
     ChargeBasis::Reservation,
+    ChargeBasis::Reconciled,
     ChargeBasis::NotBilled,
 ];
 
@@ -157,6 +161,24 @@ impl Metrics {
             flush_errors_total: register_int_counter!(
                 "gateway_flush_errors_total",
                 "Failed spend flushes"
+            )?,
+            reconciliations_pending: register_int_gauge!(
+                "gateway_reconciliations_pending",
+                "Requests ended without a reported cost, waiting for the upstream to say what \
+                 it billed (their reservations held)"
+            )?,
+            reconciliations_total: register_int_counter_vec!(
+                Opts::new(
+                    "gateway_reconciliations_total",
+                    "Finished reconciliations: billed (the upstream's cost was charged) or \
+                     unknown (it never said: the reservation was charged)"
+                ),
+                &["outcome"]
+            )?,
+            reconciled_nanousd_total: register_int_counter!(
+                "gateway_reconciled_nanousd_total",
+                "Nano-dollars reconciliations gave back to keys: reservations less what the \
+                 upstream billed"
             )?,
         })
     }

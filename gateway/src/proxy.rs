@@ -15,7 +15,8 @@ use domain::services::openrouter::{
     AUTO_ROUTERS, MeterOutcome, NoUsage, PriceError, Quote, UsageMeter, pricing,
 };
 use domain::services::{
-    Api, ErrorShape, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal, ServiceAdapter,
+    Api, ChargeBasis, ErrorShape, Fit, LocalRoute, ResponseMeter, Route, RouteRefusal,
+    ServiceAdapter,
 };
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -30,6 +31,7 @@ use crate::error::{Refusal, error_body_in};
 use crate::flusher::Settled;
 use crate::generations::{GENERATION_ID_HEADER, id_in_query};
 use crate::model_list::{MAX_LIST_BYTES, cut_to_scope};
+use crate::reconcile::Pending;
 use crate::state::{Gateway, MasterKey};
 
 /// The proxy: one per gateway, shared by all requests.
@@ -403,7 +405,7 @@ impl ProxyHttp for Proxy {
             // The request never reached an upstream connection: nothing can have been billed.
             None if !ctx.sent_upstream => {
                 key.budget.settle(metered.reservation, Money::ZERO);
-                metrics.count_settlement(domain::services::ChargeBasis::NotBilled);
+                metrics.count_settlement(ChargeBasis::NotBilled);
                 return;
             }
             // Sent, but no answer header (the client hung up first, or the upstream failed
@@ -416,6 +418,32 @@ impl ProxyHttp for Proxy {
             .gateway
             .adapter
             .settle(&metered.quote, metered.reservation, &outcome);
+        let client_gone = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+        if settlement.basis == ChargeBasis::Reservation
+            && let Some(pending) = self.reconcilable(
+                &key,
+                ctx.master.as_deref(),
+                &metered.model,
+                &metered.quote,
+                metered.reservation,
+                metered.generation_id.as_ref(),
+            )
+        {
+            // The reservation stays held until the upstream says what it billed.
+            tracing::info!(
+                key.id = %key.id,
+                generation = %pending.upstream_id,
+                reserved = %metered.reservation,
+                client_hung_up = client_gone,
+                "no reported cost ({}): asking the upstream what it billed",
+                settlement.note.as_deref().unwrap_or("none")
+            );
+            self.gateway
+                .generations
+                .record(&pending.upstream_id, key.id);
+            self.gateway.reconciler.start(&self.gateway, pending);
+            return;
+        }
         key.budget.settle(metered.reservation, settlement.charge);
         metrics.count_settlement(settlement.basis);
         metrics
@@ -432,7 +460,6 @@ impl ProxyHttp for Proxy {
                  underpriced, and its key may now be over its cap (a pricing bug to fix)"
             );
         }
-        let client_gone = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
         if let Some(note) = &settlement.note {
             tracing::info!(
                 key.id = %key.id,
@@ -464,6 +491,33 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
+    /// A request charged its reservation that the upstream can be asked about: it named the
+    /// request, the adapter knows where to ask, and asking is on.
+    fn reconcilable(
+        &self,
+        key: &Arc<KeyEntry>,
+        master: Option<&MasterKey>,
+        model: &str,
+        quote: &Quote,
+        reservation: Money,
+        generation_id: Option<&http::HeaderValue>,
+    ) -> Option<Pending> {
+        if self.gateway.config.reconcile_attempts == 0 {
+            return None;
+        }
+        let upstream_id = generation_id?.to_str().ok()?;
+        Some(Pending {
+            key: Arc::clone(key),
+            quote: quote.clone(),
+            reservation,
+            model: model.to_string(),
+            lookup_path: self.gateway.adapter.cost_lookup_path(upstream_id)?,
+            upstream_id: upstream_id.to_string(),
+            credential: master?.credential()?.clone(),
+            ended_at: OffsetDateTime::now_utc(),
+        })
+    }
+
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Admit, Refusal> {
         let gateway = &self.gateway;
         let request = session.req_header();
@@ -614,7 +668,7 @@ impl Proxy {
                 }
             }
             let prices = gateway.prices.get();
-            if prices.is_empty() && gateway.config.unpriced_ceiling.is_none() {
+            if prices.is_empty() && gateway.config.openrouter.unpriced_ceiling.is_none() {
                 return Err(Refusal::unavailable(
                     "no_prices",
                     "the gateway has not loaded the upstream's prices yet: retry in a moment"

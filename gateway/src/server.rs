@@ -126,6 +126,7 @@ pub fn run(
     });
 
     tracing::info!("gateway stopped; flushing spend");
+    gateway.reconciler.drain(&gateway);
     let _ = flusher_stop_tx.send(true);
     let _ = control.block_on(flusher);
     Ok(())

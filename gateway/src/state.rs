@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use domain::services::ServiceAdapter;
-use domain::services::openrouter::{OpenRouter, OpenRouterConfig};
+use domain::services::openrouter::OpenRouter;
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -74,6 +74,8 @@ pub struct Gateway {
     pub generations: crate::generations::GenerationLog,
     /// Keys with settled usage not yet flushed (the flusher takes it).
     pub outbox: Arc<Outbox>,
+    /// Requests ended without a reported cost, waiting for the upstream to say what it billed.
+    pub reconciler: crate::reconcile::Reconciler,
     /// The runtime that owns the database connections and background tasks.
     pub control: tokio::runtime::Handle,
     pub metrics: &'static Metrics,
@@ -96,11 +98,7 @@ impl Gateway {
         control: tokio::runtime::Handle,
     ) -> Result<Gateway, String> {
         let upstream = Upstream::parse(&config.upstream_base_url)?;
-        let adapter = OpenRouter::new(OpenRouterConfig {
-            unpriced_ceiling: config.unpriced_ceiling,
-            extra_free_paths: config.extra_free_paths.clone(),
-            ..Default::default()
-        });
+        let adapter = OpenRouter::new(config.openrouter.clone());
         let keys = KeyCache::new(config.negative_cache_ttl);
         let bodies = crate::body::BodyBudget::new(config.max_inflight_body_bytes);
         Ok(Gateway {
@@ -115,6 +113,7 @@ impl Gateway {
             masters: DashMap::new(),
             prices: PriceList::default(),
             outbox: Arc::new(Outbox::default()),
+            reconciler: crate::reconcile::Reconciler::new()?,
             control,
             metrics: Metrics::global(),
             changed_uncached: DashMap::new(),

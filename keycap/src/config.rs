@@ -144,6 +144,27 @@ pub struct ListenConfig {
 pub struct OpenRouterConfig {
     /// The upstream, without `/api/v1`.
     pub base_url: String,
+    /// Prompt tokens reserved per image sent by URL.
+    pub image_prompt_tokens: u64,
+    /// Prompt tokens reserved per web search result.
+    pub web_result_tokens: u64,
+    /// The most searches one request may ask for.
+    pub max_web_searches: u64,
+    /// The most results per search one request may ask for.
+    pub max_web_results: u64,
+    /// USD reserved per web search.
+    pub web_search_fee_usd: String,
+    /// USD reserved per web search result.
+    pub web_result_fee_usd: String,
+    /// Pages reserved per file for the per-page `mistral-ocr` PDF engine; 0 refuses it.
+    pub ocr_pages_per_file: u64,
+    /// USD reserved per `mistral-ocr` page.
+    pub ocr_page_fee_usd: String,
+    /// Milliseconds after a request settled without a reported cost before the upstream is
+    /// first asked what it billed (`GET /api/v1/generation`); each retry waits twice as long.
+    pub reconcile_delay_ms: u64,
+    /// How many times to ask before keeping the reservation; 0 never asks.
+    pub reconcile_attempts: u32,
 }
 
 /// `[smtp]`: where invite emails go out. Without a URL, invite links are only shown to copy.
@@ -204,10 +225,26 @@ impl Default for DatabaseConfig {
 
 impl Default for OpenRouterConfig {
     fn default() -> OpenRouterConfig {
+        let pricing = domain::services::openrouter::OpenRouterConfig::default();
         OpenRouterConfig {
             base_url: "https://openrouter.ai".into(),
+            image_prompt_tokens: pricing.image_prompt_tokens,
+            web_result_tokens: pricing.web_result_tokens,
+            max_web_searches: pricing.max_web_searches,
+            max_web_results: pricing.max_web_results,
+            web_search_fee_usd: usd_text(pricing.web_search_fee),
+            web_result_fee_usd: usd_text(pricing.web_result_fee),
+            ocr_pages_per_file: pricing.ocr_pages_per_file,
+            ocr_page_fee_usd: usd_text(pricing.ocr_page_fee),
+            reconcile_delay_ms: 1000,
+            reconcile_attempts: 8,
         }
     }
+}
+
+/// A default amount as a setting's text: `0.015`.
+fn usd_text(amount: domain::Money) -> String {
+    amount.to_string().trim_start_matches('$').to_string()
 }
 
 impl Default for LogConfig {
@@ -318,6 +355,12 @@ impl Config {
         if self.gateway.body_read_timeout_ms == 0 {
             bail!("gateway.body_read_timeout_ms must be at least 1");
         }
+        if self.openrouter.reconcile_attempts > 16 || self.openrouter.reconcile_delay_ms == 0 {
+            bail!(
+                "openrouter.reconcile_attempts must be at most 16 and openrouter.reconcile_delay_ms \
+                 at least 1: a request's reservation is held while the upstream is asked"
+            );
+        }
         if self.gateway.flush_interval_ms == 0
             || self.gateway.rollup_interval_ms == 0
             || self.gateway.refresh_interval_seconds == 0
@@ -375,6 +418,23 @@ impl Config {
         let extra_free_paths =
             domain::services::openrouter::FreePaths::parse(&self.gateway.extra_free_paths)
                 .map_err(|err| anyhow::anyhow!("gateway.extra_free_paths: {err}"))?;
+        let fee = |name: &str, usd: &str| {
+            domain::Money::parse_usd(usd).map_err(|err| anyhow::anyhow!("openrouter.{name}: {err}"))
+        };
+        let or = &self.openrouter;
+        let openrouter = domain::services::openrouter::OpenRouterConfig {
+            unpriced_ceiling,
+            image_prompt_tokens: or.image_prompt_tokens,
+            web_result_tokens: or.web_result_tokens,
+            max_web_searches: or.max_web_searches,
+            max_web_results: or.max_web_results,
+            web_search_fee: fee("web_search_fee_usd", &or.web_search_fee_usd)?,
+            web_result_fee: fee("web_result_fee_usd", &or.web_result_fee_usd)?,
+            ocr_pages_per_file: or.ocr_pages_per_file,
+            ocr_page_fee: fee("ocr_page_fee_usd", &or.ocr_page_fee_usd)?,
+            extra_free_paths,
+            ..Default::default()
+        };
         Ok(gateway::GatewayConfig {
             listen: self.gateway.listen.clone(),
             metrics_listen: self.metrics.listen.clone(),
@@ -387,8 +447,9 @@ impl Config {
             max_body_bytes: self.gateway.max_body_bytes,
             max_inflight_body_bytes: self.gateway.max_inflight_body_bytes,
             body_read_timeout: Duration::from_millis(self.gateway.body_read_timeout_ms),
-            unpriced_ceiling,
-            extra_free_paths,
+            openrouter,
+            reconcile_delay: Duration::from_millis(self.openrouter.reconcile_delay_ms),
+            reconcile_attempts: self.openrouter.reconcile_attempts,
             grace_period_seconds: self.gateway.grace_period_seconds,
             threads: self.gateway.threads,
         })
@@ -588,6 +649,10 @@ mod tests {
                 "gateway.max_inflight_body_bytes (1999) must be at least gateway.max_body_bytes (2000)",
             ),
             (
+                &[("KEYCAP_OPENROUTER__RECONCILE_ATTEMPTS", "17")][..],
+                "openrouter.reconcile_attempts must be at most 16",
+            ),
+            (
                 &[("KEYCAP_GATEWAY__UNPRICED_CEILING_USD", "lots")][..],
                 "gateway.unpriced_ceiling_usd",
             ),
@@ -612,15 +677,60 @@ mod tests {
             &FlagOverrides::default(),
         )
         .unwrap();
-        let paths = config.gateway_config().unwrap().extra_free_paths;
+        let paths = config.gateway_config().unwrap().openrouter.extra_free_paths;
         assert!(paths.contains("/api/v1/providers"));
         assert!(paths.contains("/api/v1/models/a/b/endpoints"));
         assert!(
             Config::default()
                 .gateway_config()
                 .unwrap()
+                .openrouter
                 .extra_free_paths
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn pricing_allowances_reach_the_gateway() {
+        // The defaults are the adapter's own.
+        let defaults = Config::default().gateway_config().unwrap();
+        assert_eq!(
+            defaults.openrouter,
+            domain::services::openrouter::OpenRouterConfig::default()
+        );
+        assert_eq!(defaults.reconcile_attempts, 8);
+        let config = Config::load(
+            None,
+            &env(&[
+                ("KEYCAP_OPENROUTER__OCR_PAGES_PER_FILE", "40"),
+                ("KEYCAP_OPENROUTER__WEB_RESULT_FEE_USD", "0.01"),
+                ("KEYCAP_OPENROUTER__MAX_WEB_SEARCHES", "2"),
+                ("KEYCAP_OPENROUTER__RECONCILE_DELAY_MS", "250"),
+            ]),
+            &FlagOverrides::default(),
+        )
+        .unwrap()
+        .gateway_config()
+        .unwrap();
+        assert_eq!(config.openrouter.ocr_pages_per_file, 40);
+        assert_eq!(
+            config.openrouter.web_result_fee,
+            domain::Money::from_nanos(10_000_000)
+        );
+        assert_eq!(config.openrouter.max_web_searches, 2);
+        assert_eq!(
+            config.reconcile_delay,
+            std::time::Duration::from_millis(250)
+        );
+        let bad = Config::load(
+            None,
+            &env(&[("KEYCAP_OPENROUTER__WEB_SEARCH_FEE_USD", "-1")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{bad:#}").contains("openrouter.web_search_fee_usd"),
+            "{bad:#}"
         );
     }
 

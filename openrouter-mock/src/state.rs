@@ -81,6 +81,12 @@ impl MockState {
         self.ledger().total_usage_nanousd
     }
 
+    /// Generations settled (finished, failed or abandoned by the client) and still kept for
+    /// `GET /generation`.
+    pub fn n_generations(&self) -> usize {
+        self.ledger().generations.len()
+    }
+
     /// The configuration the mock runs with.
     pub fn config(&self) -> &MockConfig {
         &self.inner.config

@@ -69,7 +69,11 @@ impl fmt::Display for Service {
 ///    [`bound_request`](ServiceAdapter::bound_request) so the upstream cannot bill past it;
 /// 4. the request goes upstream with [`credential_header`](ServiceAdapter::credential_header);
 /// 5. [`meter`](ServiceAdapter::meter) sees every response byte, and
-///    [`settle`](ServiceAdapter::settle) turns its outcome into the amount to charge.
+///    [`settle`](ServiceAdapter::settle) turns its outcome into the amount to charge;
+/// 6. when that is the reservation (the response never said what it cost) and the upstream
+///    named the request, the gateway asks the upstream afterwards at
+///    [`cost_lookup_path`](ServiceAdapter::cost_lookup_path) and charges what
+///    [`looked_up_cost`](ServiceAdapter::looked_up_cost) reads there instead.
 pub trait ServiceAdapter {
     /// The upstream's price list, refreshed by the gateway in the background.
     type Prices;
@@ -133,6 +137,16 @@ pub trait ServiceAdapter {
         reservation: Money,
         outcome: &<Self::Meter as ResponseMeter>::Outcome,
     ) -> Settlement;
+
+    /// The upstream path (and query) to `GET`, under the master key, for what the upstream
+    /// billed the request it named `id` (a generation, a job): asked when a request ended
+    /// without a reported cost. `None` when the upstream cannot say, or `id` is not one of its.
+    fn cost_lookup_path(&self, id: &str) -> Option<String>;
+
+    /// What the answer from [`cost_lookup_path`](ServiceAdapter::cost_lookup_path) says the
+    /// upstream billed for `quote`'s request, named `id` (a job's seconds at its price, say);
+    /// `None` when it does not say yet, or says it of another id.
+    fn looked_up_cost(&self, quote: &Self::Quote, id: &str, answer: &[u8]) -> Option<Money>;
 }
 
 /// Reads a response body as it passes, without holding it back.
@@ -313,6 +327,8 @@ pub enum ChargeBasis {
     /// Nothing usable was reported (stream cut, client hung up, error mid-stream): the whole
     /// reservation is charged.
     Reservation,
+    /// Nothing was reported in the response, and the upstream said afterwards what it billed.
+    Reconciled,
     /// The upstream refused the request before doing any work: nothing is charged.
     NotBilled,
 }
@@ -324,6 +340,7 @@ impl ChargeBasis {
             ChargeBasis::Reported => "reported",
             ChargeBasis::Computed => "computed",
             ChargeBasis::Reservation => "reservation",
+            ChargeBasis::Reconciled => "reconciled",
             ChargeBasis::NotBilled => "not_billed",
         }
     }

@@ -1013,3 +1013,40 @@ async fn a_clock_far_from_the_databases_is_refused() {
     assert!(out.success, "{}", out.stderr);
     assert_eq!(snapshot(&env.db).await, before);
 }
+
+/// A key the upstream billed past its cap (a pricing bug the gateway logs and counts) shows as
+/// over its cap, by how much, in `keycap key list` and its JSON.
+#[tokio::test]
+async fn a_key_past_its_cap_is_listed_as_over_it() {
+    let env = seeded().await;
+    let token = bobs_key(&env, "overrun", "1");
+    let hash = domain::token::hash_token(&token).to_vec();
+    // What settling a reported cost above the reservation leaves behind: spend past the cap.
+    env.db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE key_spends SET spent_nanousd = 1000001234
+             WHERE api_key_id = (SELECT id FROM api_keys WHERE token_hash = $1)",
+            &[&hash],
+        )
+        .await
+        .unwrap();
+    let listed = env.keycap.ok(&["key", "list", "--org", "acme"]).unwrap();
+    let line = listed.lines().find(|l| l.contains("overrun")).unwrap();
+    assert!(
+        line.contains("active (over its cap by $0.000001234)"),
+        "{listed}"
+    );
+    let keys: Vec<serde_json::Value> = serde_json::from_str(
+        &env.keycap
+            .ok(&["key", "list", "--org", "acme", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let key = keys.iter().find(|k| k["name"] == "overrun").unwrap();
+    assert_eq!(key["over_cap_nanousd"], 1234);
+    assert_eq!(key["remaining_nanousd"], 0);
+}

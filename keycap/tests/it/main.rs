@@ -13,5 +13,6 @@ mod embedded;
 mod gateway;
 mod gateway_support;
 mod ledger;
+mod reconcile;
 mod sdk;
 mod support;

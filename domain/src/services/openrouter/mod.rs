@@ -34,6 +34,7 @@ macro_rules! visit_scalars {
 
 pub mod bound;
 pub mod free_paths;
+pub mod generation;
 pub mod metering;
 pub mod pricing;
 pub mod quote;
@@ -331,6 +332,14 @@ impl ServiceAdapter for OpenRouter {
         outcome: &<UsageMeter as ResponseMeter>::Outcome,
     ) -> Settlement {
         quote.settle(reservation, outcome)
+    }
+
+    fn cost_lookup_path(&self, id: &str) -> Option<String> {
+        generation::lookup_path(id)
+    }
+
+    fn looked_up_cost(&self, _quote: &Quote, id: &str, answer: &[u8]) -> Option<Money> {
+        generation::billed(id, answer)
     }
 }
 
