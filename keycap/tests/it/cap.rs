@@ -134,6 +134,13 @@ fn cases() -> Vec<Case> {
                 json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}),
             ),
         ),
+        case(
+            "audio by URL",
+            with_part(
+                "mock/cheap",
+                json!({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}}),
+            ),
+        ),
         // 4. Web search in each of its forms.
         Case {
             // Up to 20 results, each a fee and its text in up to three model calls: more

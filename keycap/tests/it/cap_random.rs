@@ -69,11 +69,12 @@ fn random_request(rng: &mut Rng) -> Request {
     .to_string();
     let text = "budget ".repeat(usize::try_from(rng.range(1, 200)).unwrap());
     let mut content = vec![json!({"type": "text", "text": text})];
-    let part = match rng.range(0, 5) {
+    let part = match rng.range(0, 6) {
         0 => Some(json!({"type": "file", "file": {"filename": "a.pdf",
             "file_data": "https://example.com/a.pdf"}})),
         1 => Some(json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}})),
         2 => Some(json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}})),
+        3 => Some(json!({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}})),
         _ => None,
     };
     let mut body = match api {

@@ -1478,15 +1478,8 @@ async fn no_secret_reaches_logs_answers_or_metrics() {
     assert!(answers.contains("401 "), "{answers}");
     // The mid-stream error is reconciled: the gateway asks the upstream, under the master key,
     // what it billed. That question is in the logs looked at too.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !gw
-        .metrics_text()
-        .await
-        .contains("gateway_reconciliations_total{outcome=\"billed\"} 1")
-    {
-        assert!(std::time::Instant::now() < deadline, "never reconciled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_for_metric("gateway_reconciliations_total{outcome=\"billed\"} 1")
+        .await;
     let metrics = gw.metrics_text().await;
     let info = gw.key_info(&token).await;
     let key_ids: Vec<String> = gw

@@ -231,6 +231,19 @@ impl Gateway {
         }
     }
 
+    /// Waits (at most 10 s) until the metrics hold `line`.
+    pub async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.metrics_text().await.contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} in the metrics:\n{}",
+                self.metrics_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn metrics_text(&self) -> String {
         self.http
             .get(&self.metrics)

@@ -130,15 +130,8 @@ async fn the_reservation_is_held_while_waiting_and_the_rest_comes_back() {
         "messages": [{"role": "user", "content": "Hi."}]});
     let stream = first_chunk_of_slow_stream(&gw, &token, &body, 200).await;
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw
-        .metrics_text()
-        .await
-        .contains("gateway_reconciliations_pending 1")
-    {
-        assert!(Instant::now() < deadline, "the request never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gw.wait_for_metric("gateway_reconciliations_pending 1")
+        .await;
     // Waiting: the whole reservation is still held, so nothing else fits.
     let response = gw.chat(&token, &small).send().await.unwrap();
     assert_eq!(response.status(), 402);
@@ -198,15 +191,8 @@ async fn a_gateway_stopped_while_waiting_charges_the_reservation_before_its_last
     let body = streamed(40);
     let stream = first_chunk_of_slow_stream(&gw, &token, &body, 200).await;
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw
-        .metrics_text()
-        .await
-        .contains("gateway_reconciliations_pending 1")
-    {
-        assert!(Instant::now() < deadline, "the request never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_metric("gateway_reconciliations_pending 1")
+        .await;
     // Nothing is charged while the upstream is being asked: the reservation is held.
     assert_eq!(gw.spent_in_db(&token).await, Money::ZERO);
     gw.stop();

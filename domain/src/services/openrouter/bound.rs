@@ -126,7 +126,7 @@ const LIMIT_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_out
 
 /// Writes `bounds` into a request body of `api`.
 pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, RequestError> {
-    let object: BTreeMap<String, &RawValue> =
+    let object: BTreeMap<Key<'_>, &RawValue> =
         serde_json::from_slice(body).map_err(|err| match err.classify() {
             serde_json::error::Category::Data => RequestError::NotAnObject,
             _ => RequestError::NotJson {
@@ -137,7 +137,8 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
     let limit_text = limit.map(|limit| limit.to_string());
     let mut out: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(object.len() + 4);
     for (key, raw) in &object {
-        let changed = match key.as_str() {
+        let key: &str = &key.0;
+        let changed = match key {
             field if LIMIT_FIELDS.contains(&field) => limit_text.clone(),
             "reasoning" => limit.and_then(|limit| lowered_budget(raw, "max_tokens", limit)),
             "thinking" => limit.and_then(|limit| lowered_budget(raw, "budget_tokens", limit)),
@@ -171,7 +172,7 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
     if let Some(max_price) = &bounds.max_price
         && absent("provider")
     {
-        let provider = provider_with(Value::Object(Map::new()), max_price)?;
+        let provider = provider_with(Value::Null, max_price)?;
         out.push(("provider", Cow::Owned(provider)));
     }
     if absent("plugins")
@@ -192,6 +193,16 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
     Ok(body)
 }
 
+/// A key of the body's top level, borrowed from the body unless it holds an escape.
+#[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Writes `{"key":value,...}` from keys and the JSON text of their values.
 fn write_object<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a str, &'a str)>) {
     out.push(b'{');
@@ -199,11 +210,23 @@ fn write_object<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a str, &'
         if n > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(Value::from(key).to_string().as_bytes());
+        write_key(out, key);
         out.push(b':');
         out.extend_from_slice(value.as_bytes());
     }
     out.push(b'}');
+}
+
+/// Writes `key` as a JSON string: as it is when nothing in it needs escaping (the keys of a
+/// request nearly always), else through serde_json.
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(Value::from(key).to_string().as_bytes());
+    }
 }
 
 fn read(raw: &RawValue) -> Result<Value, RequestError> {
@@ -231,6 +254,21 @@ fn lower_count(raw: &RawValue, most: u64) -> u64 {
 /// The `provider` object with `max_price` at our prices, or the client's own where lower. Our
 /// prices are written as exact decimal numbers (never through a float).
 fn provider_with(provider: Value, max_price: &MaxPrice) -> Result<String, RequestError> {
+    if provider.is_null() {
+        // No preferences of the client's: only ours (the common case, written directly).
+        let mut prices = Vec::with_capacity(96);
+        write_object(
+            &mut prices,
+            max_price
+                .fields()
+                .iter()
+                .map(|(field, _, text)| (*field, text.as_str())),
+        );
+        let mut out = Vec::with_capacity(prices.len() + 16);
+        let prices = String::from_utf8(prices).unwrap_or_default();
+        write_object(&mut out, std::iter::once(("max_price", prices.as_str())));
+        return Ok(String::from_utf8(out).unwrap_or_default());
+    }
     let mut provider = match provider {
         Value::Object(provider) => provider,
         Value::Null => Map::new(),

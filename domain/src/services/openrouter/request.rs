@@ -48,8 +48,8 @@ pub struct ChatRequest {
     /// File parts (PDFs and other documents) in `messages` or `input`: their tokens are not
     /// bounded by their bytes (a compressed PDF's text, a file sent by URL).
     pub file_parts: u64,
-    /// Video parts (`video_url`, `input_video`): their tokens grow with the video's length,
-    /// not with the body's bytes.
+    /// Video parts (`video_url`, `input_video`) and audio by URL (`audio_url`): their tokens
+    /// grow with the media's length, not with the body's bytes.
     pub video_parts: u64,
     /// The web plugin's limits, when the request turns it on: the `web` plugin, a `:online`
     /// model, or `web_search_options`.

@@ -297,3 +297,18 @@ fn web_tools_get_their_limits_and_disabled_plugins_are_turned_on() {
             "provider":{"max_price":{"prompt":0.15,"completion":0.6,"request":0,"image":0.001445}}})
     );
 }
+
+#[test]
+fn keys_with_escapes_are_read_and_written_as_json() {
+    // An escaped key is the key it spells; a key that needs escaping goes out escaped.
+    check_lowered(
+        r#"{"model":"m","max\u005ftokens":1000,"a\"b\\c":1,"é\n":2}"#,
+        40,
+        r#"{"model":"m","max_tokens":40,"a\"b\\c":1,"é\n":2}"#,
+    );
+    let out = bound_body(Api::ChatCompletions, br#"{"model":"m","q\"":1}"#, &limit(5)).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"model":"m","q\"":1,"max_tokens":5}"#
+    );
+}
