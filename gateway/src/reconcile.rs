@@ -74,6 +74,8 @@ impl Reconciler {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
+            // Only ever to the upstream itself: no proxy from the environment sees the key.
+            .no_proxy()
             .build()
             .map_err(|err| format!("cannot build the HTTP client for reconciliation: {err}"))?;
         Ok(Reconciler {
@@ -233,13 +235,16 @@ async fn fetch(gateway: &Gateway, path: &str, credential: http::HeaderValue) -> 
         return None;
     }
     let mut answer = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return None;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if answer.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                answer.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(answer),
+            // Too long, or cut: not an answer.
+            _ => return None,
         }
-        answer.extend_from_slice(&chunk);
     }
-    Some(answer)
 }
 
 /// Charges `pending` what the upstream billed, or its reservation when it never said.

@@ -355,10 +355,18 @@ impl Config {
         if self.gateway.body_read_timeout_ms == 0 {
             bail!("gateway.body_read_timeout_ms must be at least 1");
         }
-        if self.openrouter.reconcile_attempts > 16 || self.openrouter.reconcile_delay_ms == 0 {
+        // With each wait twice the one before, the last question comes delay × (2^attempts − 1)
+        // after the request; the reservation is held until then.
+        let attempts = self.openrouter.reconcile_attempts.min(63);
+        let held_ms = u128::from(self.openrouter.reconcile_delay_ms) * ((1u128 << attempts) - 1);
+        if self.openrouter.reconcile_attempts > 16
+            || self.openrouter.reconcile_delay_ms == 0
+            || held_ms > 3_600_000
+        {
             bail!(
-                "openrouter.reconcile_attempts must be at most 16 and openrouter.reconcile_delay_ms \
-                 at least 1: a request's reservation is held while the upstream is asked"
+                "openrouter.reconcile_attempts must be at most 16, openrouter.reconcile_delay_ms \
+                 at least 1, and together they may hold a request's reservation for an hour at \
+                 most (delay × (2^attempts − 1) ≤ 3,600,000 ms; now {held_ms} ms)"
             );
         }
         if self.gateway.flush_interval_ms == 0
@@ -651,6 +659,13 @@ mod tests {
             (
                 &[("KEYCAP_OPENROUTER__RECONCILE_ATTEMPTS", "17")][..],
                 "openrouter.reconcile_attempts must be at most 16",
+            ),
+            (
+                &[
+                    ("KEYCAP_OPENROUTER__RECONCILE_ATTEMPTS", "16"),
+                    ("KEYCAP_OPENROUTER__RECONCILE_DELAY_MS", "1000"),
+                ][..],
+                "now 65535000 ms",
             ),
             (
                 &[("KEYCAP_GATEWAY__UNPRICED_CEILING_USD", "lots")][..],

@@ -178,15 +178,21 @@ impl Extras {
 }
 
 /// File parts (`file`, `input_file`, `document`) and video parts (`video_url`, `input_video`,
-/// and audio by URL, `audio_url`, whose text grows with its length alike) anywhere in the body.
+/// and audio, `audio_url` and `input_audio`, whose tokens grow with its length alike) anywhere
+/// in the body.
 fn media_parts(value: &Value) -> (u64, u64) {
     match value {
         Value::Object(fields) => {
             let kind = fields.get("type").and_then(Value::as_str);
             let own = match kind {
                 Some("file" | "input_file" | "document") => (1, 0),
-                Some("video_url" | "input_video" | "audio_url") => (0, 1),
-                _ if fields.contains_key("video_url") || fields.contains_key("audio_url") => (0, 1),
+                Some("video_url" | "input_video" | "audio_url" | "input_audio") => (0, 1),
+                _ if ["video_url", "audio_url", "input_audio"]
+                    .iter()
+                    .any(|key| fields.contains_key(*key)) =>
+                {
+                    (0, 1)
+                }
                 _ => (0, 0),
             };
             fields

@@ -152,6 +152,16 @@ async fn the_store_refuses_bad_keys_and_keeps_what_was_typed() {
         .get("/my-keys?notice=key_cap_set")
         .await
         .expect(200, &["value=\"7.00\"", "Cap changed"]);
+    // A key the upstream billed past its cap (a pricing bug, which the gateway logs and
+    // counts) says so, and by how much.
+    app.sql(&format!(
+        "UPDATE key_spends SET spent_nanousd = 7000001234 WHERE api_key_id = '{id}'"
+    ))
+    .await;
+    member
+        .get("/my-keys")
+        .await
+        .expect(200, &["over-cap", "over its cap by $0.000001234"]);
 }
 
 #[tokio::test]

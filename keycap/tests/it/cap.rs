@@ -141,6 +141,14 @@ fn cases() -> Vec<Case> {
                 json!({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}}),
             ),
         ),
+        case(
+            "inline audio",
+            with_part(
+                "mock/cheap",
+                json!({"type": "input_audio",
+                    "input_audio": {"data": "ZkxhQw==", "format": "flac"}}),
+            ),
+        ),
         // 4. Web search in each of its forms.
         Case {
             // Up to 20 results, each a fee and its text in up to three model calls: more

@@ -69,12 +69,14 @@ fn random_request(rng: &mut Rng) -> Request {
     .to_string();
     let text = "budget ".repeat(usize::try_from(rng.range(1, 200)).unwrap());
     let mut content = vec![json!({"type": "text", "text": text})];
-    let part = match rng.range(0, 6) {
+    let part = match rng.range(0, 7) {
         0 => Some(json!({"type": "file", "file": {"filename": "a.pdf",
             "file_data": "https://example.com/a.pdf"}})),
         1 => Some(json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}})),
         2 => Some(json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}})),
         3 => Some(json!({"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}})),
+        4 => Some(json!({"type": "input_audio",
+            "input_audio": {"data": "ZkxhQw==", "format": "flac"}})),
         _ => None,
     };
     let mut body = match api {
@@ -200,6 +202,8 @@ async fn random_requests_never_take_a_key_past_its_cap() {
     let mut rng = Rng(seed);
     let mock = openrouter_mock::spawn(MockConfig {
         bill_most: true,
+        // Credit for every key's cap (at most $0.30 each): the account never runs dry.
+        total_credits_nanousd: (cases as u64 + 1) * 300_000_000,
         ..MockConfig::default()
     })
     .await

@@ -186,7 +186,11 @@ async fn when_the_upstream_never_says_the_reservation_is_charged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_stopped_while_waiting_charges_the_reservation_before_its_last_flush() {
-    let mut gw = start_with_env(&[("KEYCAP_OPENROUTER__RECONCILE_DELAY_MS", "60000")]).await;
+    let mut gw = start_with_env(&[
+        ("KEYCAP_OPENROUTER__RECONCILE_DELAY_MS", "60000"),
+        ("KEYCAP_OPENROUTER__RECONCILE_ATTEMPTS", "1"),
+    ])
+    .await;
     let token = gw.key("1", &[]);
     let body = streamed(40);
     let stream = first_chunk_of_slow_stream(&gw, &token, &body, 200).await;

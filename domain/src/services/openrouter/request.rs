@@ -48,8 +48,9 @@ pub struct ChatRequest {
     /// File parts (PDFs and other documents) in `messages` or `input`: their tokens are not
     /// bounded by their bytes (a compressed PDF's text, a file sent by URL).
     pub file_parts: u64,
-    /// Video parts (`video_url`, `input_video`) and audio by URL (`audio_url`): their tokens
-    /// grow with the media's length, not with the body's bytes.
+    /// Video parts (`video_url`, `input_video`) and audio parts (`audio_url`, `input_audio`):
+    /// their tokens grow with the media's length, not with the body's bytes (a compressed clip
+    /// of silence holds many seconds in a few bytes).
     pub video_parts: u64,
     /// The web plugin's limits, when the request turns it on: the `web` plugin, a `:online`
     /// model, or `web_search_options`.

@@ -459,6 +459,9 @@ fn every_routed_model_and_feature_is_priced_or_refused() {
     let audio = r#"{"model":"a/cheap","max_tokens":10,"messages":[{"role":"user","content":[
         {"type":"audio_url","audio_url":{"url":"https://example.com/a.mp3"}}]}]}"#;
     assert_eq!(worst(audio).0, 1_000 * 1_000 + 10 * 2_000);
+    let inline = r#"{"model":"a/cheap","max_tokens":10,"messages":[{"role":"user","content":[
+        {"type":"input_audio","input_audio":{"data":"ZkxhQw==","format":"flac"}}]}]}"#;
+    assert_eq!(worst(inline).0, 1_000 * 1_000 + 10 * 2_000);
     let body = r#"{"model":"a/cheap","max_tokens":10,"messages":[{"role":"user","content":[
         {"type":"file","file":{"filename":"a.pdf","file_data":"https://example.com/a.pdf"}}]}]}"#;
     let (reserve, bounds) = worst(body);

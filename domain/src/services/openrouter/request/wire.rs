@@ -50,8 +50,8 @@ pub(super) struct RequestWire<M> {
 /// Counts image and file parts anywhere in a value: an image part is an object with an
 /// `image_url` key or a `type` of `image_url`, `input_image` or `image`; a file part one with a
 /// `type` of `file` (chat), `input_file` (Responses) or `document` (Anthropic); a video part
-/// (counted with audio by URL) one with a `video_url` or `audio_url` key or such a `type`, or
-/// `input_video`. Each is counted once.
+/// (counted with audio parts) one with a `video_url`, `audio_url` or `input_audio` key or such
+/// a `type`, or `input_video`. Each is counted once.
 #[derive(Default)]
 pub(super) struct ImageParts {
     pub(super) images: u64,
@@ -83,7 +83,7 @@ impl<'de> Visitor<'de> for ImageVisitor {
                     is_image = true;
                     map.next_value::<IgnoredAny>()?;
                 }
-                PartKey::VideoUrl | PartKey::AudioUrl => {
+                PartKey::VideoUrl | PartKey::AudioUrl | PartKey::InputAudio => {
                     is_video = true;
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -145,7 +145,7 @@ impl ImageParts {
 }
 
 /// False only when no string in `body` can be a marker [`ImageParts`] counts, so it would
-/// count none: `body` never has `image`, `video` or `audio_url` literally, nor `file"` or
+/// count none: `body` never has `image`, `video` or `audio` literally, nor `file"` or
 /// `document"` (the
 /// end of the tags `"file"`, `"input_file"` and `"document"`: a quote inside text is escaped,
 /// so these bytes end a key or a whole string), and never escapes an ASCII character
@@ -168,14 +168,7 @@ pub(super) fn may_hold_image_parts(body: &str) -> bool {
 }
 
 const ESCAPE: &str = "\\u00";
-const MARKER_TEXTS: [&str; 6] = [
-    "image",
-    "video",
-    "audio_url",
-    "file\"",
-    "document\"",
-    ESCAPE,
-];
+const MARKER_TEXTS: [&str; 6] = ["image", "video", "audio", "file\"", "document\"", ESCAPE];
 
 /// Object keys that matter when looking for image parts and web-search switches.
 #[derive(Deserialize)]
@@ -184,6 +177,7 @@ enum PartKey {
     ImageUrl,
     VideoUrl,
     AudioUrl,
+    InputAudio,
     Type,
     #[serde(other)]
     Other,
@@ -217,9 +211,9 @@ impl<'de> Visitor<'de> for PartKindVisitor {
         Ok(match tag {
             "image_url" | "input_image" | "image" => PartKind::Image,
             "file" | "input_file" | "document" => PartKind::File,
-            // Audio by URL: like a video, its tokens grow with its length, not its bytes
-            // (inline audio is base64, far more bytes than tokens).
-            "video_url" | "input_video" | "audio_url" => PartKind::Video,
+            // Audio, by URL or inline: like a video, its tokens grow with its length, not its
+            // bytes (a compressed clip of silence holds many seconds in a few bytes).
+            "video_url" | "input_video" | "audio_url" | "input_audio" => PartKind::Video,
             _ => PartKind::Other,
         })
     }
