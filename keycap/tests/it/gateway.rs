@@ -1167,12 +1167,7 @@ async fn spend_after_a_revoke_is_taken_back_from_the_refund() {
         bob["available_nanousd"],
         Money::from_usd(100).nanos() - cost.nanos()
     );
-    let audit = gw.keycap.run(&["audit", "--org", "acme"]).unwrap();
-    assert!(
-        audit.stderr.contains("hash chain intact"),
-        "{}",
-        audit.stderr
-    );
+    gw.assert_audit_chain_intact();
 }
 
 /// Headers over the gateway's 64 KiB get a 431 in OpenRouter's shape, without an upstream call.

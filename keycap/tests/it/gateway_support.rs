@@ -231,6 +231,16 @@ impl Gateway {
         }
     }
 
+    /// Checks that `keycap audit` finds acme's ledger chain whole.
+    pub fn assert_audit_chain_intact(&self) {
+        let audit = self.keycap.run(&["audit", "--org", "acme"]).unwrap();
+        assert!(
+            audit.stderr.contains("hash chain intact"),
+            "{}",
+            audit.stderr
+        );
+    }
+
     /// Waits (at most 10 s) until the metrics hold `line`.
     pub async fn wait_for_metric(&self, line: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -112,12 +112,7 @@ async fn clients_that_hang_up_mid_stream_are_charged_what_the_upstream_billed() 
         gw.logs()
     );
     // The rows keep the org's hash chain whole.
-    let audit = gw.keycap.run(&["audit", "--org", "acme"]).unwrap();
-    assert!(
-        audit.stderr.contains("hash chain intact"),
-        "{}",
-        audit.stderr
-    );
+    gw.assert_audit_chain_intact();
 }
 
 #[tokio::test(flavor = "multi_thread")]
