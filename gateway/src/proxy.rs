@@ -32,7 +32,7 @@ use crate::flusher::Settled;
 use crate::generations::{GENERATION_ID_HEADER, id_in_query};
 use crate::model_list::{MAX_LIST_BYTES, cut_to_scope};
 use crate::reconcile::Pending;
-use crate::state::{Gateway, MasterKey};
+use crate::state::{Charge, Gateway, MasterKey};
 
 /// The proxy: one per gateway, shared by all requests.
 pub struct Proxy {
@@ -444,22 +444,6 @@ impl ProxyHttp for Proxy {
             self.gateway.reconciler.start(&self.gateway, pending);
             return;
         }
-        key.budget.settle(metered.reservation, settlement.charge);
-        metrics.count_settlement(settlement.basis);
-        metrics
-            .spend_nanousd_total
-            .inc_by(u64::try_from(settlement.charge.nanos()).unwrap_or(0));
-        if settlement.exceeded_reservation {
-            metrics.reservation_exceeded_total.inc();
-            tracing::warn!(
-                key.id = %key.id,
-                model = %metered.model,
-                reserved = %metered.reservation,
-                charge = %settlement.charge,
-                "the upstream billed more than the gateway reserved: the request was \
-                 underpriced, and its key may now be over its cap (a pricing bug to fix)"
-            );
-        }
         if let Some(note) = &settlement.note {
             tracing::info!(
                 key.id = %key.id,
@@ -476,14 +460,20 @@ impl ProxyHttp for Proxy {
             }
             MeterOutcome::Nothing { .. } => (0, 0),
         };
-        let usage = Settled {
-            prompt_tokens: i64::try_from(prompt_tokens).unwrap_or(i64::MAX),
-            completion_tokens: i64::try_from(completion_tokens).unwrap_or(i64::MAX),
-            cost_nanousd: settlement.charge.nanos(),
-        };
-        self.gateway
-            .outbox
-            .record(&key, usage, OffsetDateTime::now_utc());
+        self.gateway.charge(
+            &key,
+            Charge {
+                reservation: metered.reservation,
+                usage: Settled {
+                    prompt_tokens: i64::try_from(prompt_tokens).unwrap_or(i64::MAX),
+                    completion_tokens: i64::try_from(completion_tokens).unwrap_or(i64::MAX),
+                    cost_nanousd: settlement.charge.nanos(),
+                },
+                basis: settlement.basis,
+                at: OffsetDateTime::now_utc(),
+                model: &metered.model,
+            },
+        );
         if let Some(id) = metered.generation_id.as_ref().and_then(|v| v.to_str().ok()) {
             self.gateway.generations.record(id, key.id);
         }
@@ -651,16 +641,13 @@ impl Proxy {
                 .map_err(|err| Refusal::bad_request("bad_body", err.to_string()))?;
             if !info.model_scope.is_empty() {
                 let in_scope = |model: &String| info.model_scope.iter().any(|m| m == model);
-                for model in std::iter::once(&parsed.model).chain(&parsed.fallback_models) {
-                    if !in_scope(model) {
-                        return Err(Refusal::out_of_scope(model));
-                    }
+                let mut routes = std::iter::once(&parsed.model).chain(&parsed.fallback_models);
+                if let Some(model) = routes.clone().find(|model| !in_scope(model)) {
+                    return Err(Refusal::out_of_scope(model));
                 }
                 // The auto router picks among its allowed models: a scoped key names them,
                 // each in its scope.
-                let routes = std::iter::once(&parsed.model).chain(&parsed.fallback_models);
                 if let Some(router) = routes
-                    .clone()
                     .find(|model| AUTO_ROUTERS.contains(&pricing::without_routing_suffix(model)))
                     && (parsed.auto_allowed.is_empty() || !parsed.auto_allowed.iter().all(in_scope))
                 {

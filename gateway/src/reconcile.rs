@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::KeyEntry;
 use crate::flusher::Settled;
-use crate::state::Gateway;
+use crate::state::{Charge, Gateway};
 
 /// The most questions in flight to the upstream at once, over all waiting requests: a burst
 /// of hang-ups does not become a burst of requests under the master key.
@@ -249,46 +249,34 @@ async fn fetch(gateway: &Gateway, path: &str, credential: http::HeaderValue) -> 
 
 /// Charges `pending` what the upstream billed, or its reservation when it never said.
 fn settle(gateway: &Gateway, pending: &Pending, billed: Option<Money>) {
-    let metrics = gateway.metrics;
     let charge = billed.unwrap_or(pending.reservation);
-    pending.key.budget.settle(pending.reservation, charge);
-    gateway.outbox.record(
-        &pending.key,
-        Settled {
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_nanousd: charge.nanos(),
-        },
-        pending.ended_at,
-    );
-    metrics
-        .spend_nanousd_total
-        .inc_by(u64::try_from(charge.nanos()).unwrap_or(0));
-    let returned = pending.reservation.saturating_sub(charge).at_least_zero();
     let (basis, outcome) = match billed {
         Some(_) => (ChargeBasis::Reconciled, "billed"),
         None => (ChargeBasis::Reservation, "unknown"),
     };
-    metrics.count_settlement(basis);
+    gateway.charge(
+        &pending.key,
+        Charge {
+            reservation: pending.reservation,
+            usage: Settled {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_nanousd: charge.nanos(),
+            },
+            basis,
+            at: pending.ended_at,
+            model: &pending.model,
+        },
+    );
+    let metrics = gateway.metrics;
     metrics
         .reconciliations_total
         .with_label_values(&[outcome])
         .inc();
+    let returned = pending.reservation.saturating_sub(charge).at_least_zero();
     metrics
         .reconciled_nanousd_total
         .inc_by(u64::try_from(returned.nanos()).unwrap_or(0));
-    if charge > pending.reservation {
-        metrics.reservation_exceeded_total.inc();
-        tracing::warn!(
-            key.id = %pending.key.id,
-            model = %pending.model,
-            generation = %pending.upstream_id,
-            reserved = %pending.reservation,
-            charge = %charge,
-            "the upstream billed more than the gateway reserved: the request was underpriced, \
-             and its key may now be over its cap (a pricing bug to fix)"
-        );
-    }
 }
 
 /// Writes the `usage_reconciled` ledger row, retrying while the database is unreachable (the

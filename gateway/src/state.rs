@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use domain::services::ServiceAdapter;
+use domain::Money;
 use domain::services::openrouter::OpenRouter;
+use domain::services::{ChargeBasis, ServiceAdapter};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::auth::{Cached, KeyCache, KeyEntry};
 use crate::config::{GatewayConfig, Upstream};
-use crate::flusher::Outbox;
+use crate::flusher::{Outbox, Settled};
 use crate::metrics::Metrics;
 use crate::prices::PriceList;
 
@@ -219,6 +220,43 @@ impl Gateway {
     pub fn credential_header(&self) -> &'static str {
         self.adapter.credential_header().name
     }
+
+    /// Ends a request's reservation with its charge (`charge.usage.cost_nanousd`): the charge
+    /// becomes the key's spend and goes to the flusher, the rest of the reservation is
+    /// released, and the settlement is counted. A charge above the reservation is still made
+    /// (the master key paid it), counted and logged at warn: a pricing bug to fix.
+    pub fn charge(&self, key: &Arc<KeyEntry>, charge: Charge<'_>) {
+        let amount = Money::from_nanos(charge.usage.cost_nanousd);
+        key.budget.settle(charge.reservation, amount);
+        self.metrics.count_settlement(charge.basis);
+        self.metrics
+            .spend_nanousd_total
+            .inc_by(u64::try_from(amount.nanos()).unwrap_or(0));
+        if amount > charge.reservation {
+            self.metrics.reservation_exceeded_total.inc();
+            tracing::warn!(
+                key.id = %key.id,
+                model = %charge.model,
+                reserved = %charge.reservation,
+                charge = %amount,
+                "the upstream billed more than the gateway reserved: the request was \
+                 underpriced, and its key may now be over its cap (a pricing bug to fix)"
+            );
+        }
+        self.outbox.record(key, charge.usage, charge.at);
+    }
+}
+
+/// What ends one metered request's reservation (see [`Gateway::charge`]).
+pub struct Charge<'a> {
+    pub reservation: Money,
+    /// Its tokens, and the amount charged.
+    pub usage: Settled,
+    pub basis: ChargeBasis,
+    /// When the request ended: its usage counts in that minute.
+    pub at: time::OffsetDateTime,
+    /// The model asked for, for the log line of a charge above the reservation.
+    pub model: &'a str,
 }
 
 #[cfg(test)]

@@ -351,6 +351,13 @@ impl WebAllowance {
             )),
             asked => Ok(asked.unwrap_or(DEFAULT_WEB_RESULTS)),
         };
+        // A count of searches (one unless asked), at most the operator's.
+        let searches_of = |what: &str, asked: Option<u64>| match asked {
+            Some(asked) if asked > config.max_web_searches => {
+                Err(too_many(what, asked, config.max_web_searches))
+            }
+            asked => Ok(asked.unwrap_or(1)),
+        };
         let mut allowance = WebAllowance {
             searches: 0,
             results: 0,
@@ -359,16 +366,7 @@ impl WebAllowance {
             fetches: false,
         };
         if let Some(ask) = request.web_plugin {
-            let max_uses = match ask.max_uses {
-                Some(asked) if asked > config.max_web_searches => {
-                    return Err(too_many(
-                        "the web plugin's max_uses",
-                        asked,
-                        config.max_web_searches,
-                    ));
-                }
-                asked => asked.unwrap_or(1),
-            };
+            let max_uses = searches_of("the web plugin's max_uses", ask.max_uses)?;
             let max_results = results_of(ask.max_results)?;
             allowance.searches = max_uses;
             allowance.results = max_uses.saturating_mul(max_results);
@@ -378,27 +376,13 @@ impl WebAllowance {
             });
         }
         if !request.web_tools.is_empty() {
-            let calls = match request.max_tool_calls {
-                Some(asked) if asked > config.max_web_searches => {
-                    return Err(too_many("max_tool_calls", asked, config.max_web_searches));
-                }
-                asked => asked.unwrap_or(1).min(MAX_TOOL_CALLS),
-            };
+            let calls = searches_of("max_tool_calls", request.max_tool_calls)?.min(MAX_TOOL_CALLS);
             // Each tool's own `max_uses` (written as 1 where absent) and `max_tool_calls` both
             // bound the searches, but an upstream may keep only one of them (Anthropic's own
             // tools know nothing of `max_tool_calls`): the larger of the two is reserved.
             let (mut uses, mut most_results) = (0u64, 0);
             for tool in &request.web_tools {
-                let tool_uses = match tool.max_uses {
-                    Some(asked) if asked > config.max_web_searches => {
-                        return Err(too_many(
-                            "a web tool's max_uses",
-                            asked,
-                            config.max_web_searches,
-                        ));
-                    }
-                    asked => asked.unwrap_or(1),
-                };
+                let tool_uses = searches_of("a web tool's max_uses", tool.max_uses)?;
                 uses = uses.saturating_add(tool_uses);
                 most_results = most_results.max(results_of(tool.max_results)?);
                 allowance.fetches |= tool.fetch;
