@@ -21,6 +21,14 @@ pub struct AdminConfig {
     pub login_max_failures: i64,
     /// The window over which failed sign-ins are counted.
     pub login_window: Duration,
+    /// How long one org's usage metrics are kept before a scrape reads them again.
+    pub metrics_cache: Duration,
+    /// How long a scrape may wait for the database before it is answered 503.
+    pub metrics_timeout: Duration,
+    /// Whether `/metrics` has a series per open key (off for orgs too large for them).
+    pub metrics_per_key: bool,
+    /// Budget alerts.
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 impl Default for AdminConfig {
@@ -33,6 +41,17 @@ impl Default for AdminConfig {
             invite_ttl: Duration::from_secs(7 * 24 * 3600),
             login_max_failures: 5,
             login_window: Duration::from_secs(15 * 60),
+            metrics_cache: Duration::from_secs(5),
+            metrics_timeout: Duration::from_secs(5),
+            metrics_per_key: true,
+            alerts: crate::alerts::AlertConfig {
+                thresholds: db::alerts::Thresholds {
+                    member_percents: vec![80, 100],
+                    key_percents: vec![90],
+                },
+                webhook: None,
+                interval: Duration::from_secs(60),
+            },
         }
     }
 }

@@ -9,6 +9,7 @@
 //! given and to open one when an owner tests it), and never on `gateway`.
 
 mod actions;
+pub mod alerts;
 mod api;
 mod app;
 mod chart;
@@ -21,6 +22,7 @@ mod password;
 mod routes;
 mod session;
 mod state;
+mod usage_metrics;
 mod views;
 
 pub use app::app;

@@ -1,6 +1,6 @@
-//! Invite emails over SMTP, when an SMTP server is configured. Without one, the invite link is
-//! only shown to the owner to copy; with one, it is also sent, and a failed send is reported on
-//! the page while the invite stays valid.
+//! Email over SMTP, when an SMTP server is configured: invites and budget alerts. Without one,
+//! the invite link is only shown to the owner to copy (alerts are on /dashboard); with one, it
+//! is also sent, and a failed send is reported on the page while the invite stays valid.
 
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -53,7 +53,7 @@ impl Mailer {
             .await
             .map(|_| ())
             .map_err(|err| {
-                tracing::warn!(error = %err, "sending an invite email failed");
+                tracing::warn!(error = %err, "sending an email failed");
                 format!("the mail server refused or could not be reached ({err})")
             })
     }

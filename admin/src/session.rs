@@ -28,8 +28,7 @@ pub fn cookie_name(state: &AppState) -> &'static str {
         COOKIE
     }
 }
-/// Every admin token starts with this.
-pub const ADMIN_TOKEN_PREFIX: &str = "kca_";
+pub use domain::token::ADMIN_TOKEN_PREFIX;
 
 /// How the request authenticated, put in the request's extensions by [`load`].
 #[derive(Clone)]

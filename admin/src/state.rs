@@ -16,6 +16,8 @@ pub struct AppState {
     pub mailer: Option<crate::mail::Mailer>,
     /// Where every handler takes `now` from.
     pub clock: crate::Clock,
+    /// Each org's last usage metrics.
+    pub(crate) usage_cache: Arc<crate::usage_metrics::UsageCache>,
     /// The token of the setup link, while nobody can sign in. Held only in memory: a restart
     /// prints a new link.
     setup_token: Arc<Mutex<Option<String>>>,
@@ -45,6 +47,7 @@ impl AppState {
             http,
             mailer: None,
             clock: crate::Clock::default(),
+            usage_cache: Arc::default(),
             setup_token: Arc::new(Mutex::new(None)),
         }
     }

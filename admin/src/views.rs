@@ -182,6 +182,8 @@ pub struct AdminTokenRow {
     pub name: String,
     pub prefix: String,
     pub owner: String,
+    /// `admin` or `metrics`.
+    pub scope: &'static str,
     pub created: String,
     pub status: &'static str,
 }
@@ -316,6 +318,36 @@ pub struct DashboardPage {
     pub keys: Vec<KeyRow>,
     pub entries: Vec<EntryRow>,
     pub chart_svg: String,
+    /// Budget alerts: the member's own, or the whole org's for an owner; newest first.
+    pub alerts: Vec<AlertRow>,
+}
+
+/// One budget alert on /dashboard.
+pub struct AlertRow {
+    pub when: String,
+    pub member: String,
+    /// What passed which threshold, in words.
+    pub what: String,
+}
+
+impl AlertRow {
+    pub fn new(alert: &db::alerts::Alert) -> AlertRow {
+        let what = match &alert.key {
+            Some((name, _)) => format!(
+                "key \"{name}\" passed {}% of its cap: {} of {}",
+                alert.threshold_percent, alert.spent, alert.limit
+            ),
+            None => format!(
+                "passed {}% of the monthly budget: {} of {}",
+                alert.threshold_percent, alert.spent, alert.limit
+            ),
+        };
+        AlertRow {
+            when: when(alert.created_at),
+            member: alert.member_email.clone(),
+            what,
+        }
+    }
 }
 
 #[derive(Template)]

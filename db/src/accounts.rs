@@ -314,22 +314,70 @@ pub async fn clear_login_failures(client: &impl GenericClient, email: &str) -> R
     Ok(())
 }
 
+/// What an admin token can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope {
+    /// Act as its owner on the JSON API (`/api/`).
+    Admin,
+    /// Read its org's usage metrics (`GET /metrics`) and nothing else.
+    Metrics,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Admin => "admin",
+            TokenScope::Metrics => "metrics",
+        }
+    }
+
+    /// What its tokens start with.
+    pub fn token_prefix(self) -> &'static str {
+        match self {
+            TokenScope::Admin => domain::token::ADMIN_TOKEN_PREFIX,
+            TokenScope::Metrics => domain::token::METRICS_TOKEN_PREFIX,
+        }
+    }
+}
+
+impl std::str::FromStr for TokenScope {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<TokenScope, Error> {
+        match s {
+            "admin" => Ok(TokenScope::Admin),
+            "metrics" => Ok(TokenScope::Metrics),
+            other => Err(Error::Invalid(format!(
+                "token scope {other:?} is not one of: admin (the JSON API, acting as you), metrics (GET /metrics only)"
+            ))),
+        }
+    }
+}
+
 /// An admin token as listed (its secret is never stored).
 #[derive(Debug, Clone)]
 pub struct AdminToken {
     pub id: Uuid,
     pub name: String,
     pub prefix: String,
-    pub owner_email: String,
+    pub scope: TokenScope,
+    /// Who made it; `None` for a metrics token made on the command line.
+    pub owner_email: Option<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
 }
 
-/// Stores a new admin token for `user` (an owner) in `org`, made at `now`.
+/// Stores a new token of `scope` in `org`, made at `now` by `user_id` (an owner; `None` only
+/// for a metrics token made on the command line).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the token's fields, then when it is made, as every writer"
+)]
 pub async fn create_admin_token(
     client: &impl GenericClient,
     org: &Org,
-    user_id: Uuid,
+    user_id: Option<Uuid>,
+    scope: TokenScope,
     name: &str,
     token_hash: &[u8; 32],
     prefix: &str,
@@ -344,8 +392,8 @@ pub async fn create_admin_token(
     let id = Uuid::new_v4();
     client
         .execute(
-            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix, created_at, scope)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &id,
                 &org.id,
@@ -354,13 +402,15 @@ pub async fn create_admin_token(
                 &token_hash.as_slice(),
                 &prefix,
                 &now,
+                &scope.as_str(),
             ],
         )
         .await?;
     Ok(id)
 }
 
-/// The user and org an unrevoked admin token acts for, when that user is still an owner there.
+/// The user and org an unrevoked admin token (scope `admin`) acts for, when that user is still
+/// an owner there.
 pub async fn find_admin_token(
     client: &impl GenericClient,
     token_hash: &[u8; 32],
@@ -371,7 +421,7 @@ pub async fn find_admin_token(
              FROM admin_tokens t
              JOIN users u ON u.id = t.user_id
              JOIN memberships m ON m.user_id = t.user_id AND m.org_id = t.org_id
-             WHERE t.token_hash = $1 AND t.revoked_at IS NULL
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.scope = 'admin'
                AND m.removed_at IS NULL AND m.role = 'owner'",
             &[&token_hash.as_slice()],
         )
@@ -388,6 +438,21 @@ pub async fn find_admin_token(
     }))
 }
 
+/// The org whose usage an unrevoked metrics token reads.
+pub async fn find_metrics_token(
+    client: &impl GenericClient,
+    token_hash: &[u8; 32],
+) -> Result<Option<Uuid>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT org_id FROM admin_tokens
+             WHERE token_hash = $1 AND revoked_at IS NULL AND scope = 'metrics'",
+            &[&token_hash.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
 /// The admin tokens of an org, newest first.
 pub async fn list_admin_tokens(
     client: &impl GenericClient,
@@ -395,8 +460,8 @@ pub async fn list_admin_tokens(
 ) -> Result<Vec<AdminToken>, Error> {
     let rows = client
         .query(
-            "SELECT t.id, t.name, t.prefix, u.email, t.created_at, t.revoked_at
-             FROM admin_tokens t JOIN users u ON u.id = t.user_id
+            "SELECT t.id, t.name, t.prefix, u.email, t.created_at, t.revoked_at, t.scope
+             FROM admin_tokens t LEFT JOIN users u ON u.id = t.user_id
              WHERE t.org_id = $1 ORDER BY t.created_at DESC",
             &[&org_id],
         )
@@ -407,6 +472,7 @@ pub async fn list_admin_tokens(
             id: row.get(0),
             name: row.get(1),
             prefix: row.get(2),
+            scope: row.get::<_, &str>(6).parse().unwrap_or(TokenScope::Metrics),
             owner_email: row.get(3),
             created_at: row.get(4),
             revoked_at: row.get(5),

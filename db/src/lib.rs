@@ -8,6 +8,7 @@
 //! `domain`.
 
 pub mod accounts;
+pub mod alerts;
 pub mod embedded;
 mod error;
 pub mod invites;
@@ -20,6 +21,7 @@ pub mod notify;
 pub mod orgs;
 pub mod transactions;
 pub mod usage;
+pub mod usage_report;
 
 pub use deadpool_postgres::{GenericClient, Pool, PoolError};
 pub use error::Error;

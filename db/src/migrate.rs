@@ -50,6 +50,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_fold_at",
         include_str!("../../migrations/0012_fold_at.sql"),
     ),
+    (
+        "0013_usage_metrics_and_alerts",
+        include_str!("../../migrations/0013_usage_metrics_and_alerts.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -9,12 +9,15 @@ use uuid::Uuid;
 use crate::transactions::NewEntry;
 use crate::{Actor, Error, Pool};
 
-/// Settled usage of one key in one minute since the rollups were last written.
+/// Settled usage of one key in one minute, of requests naming one model, since the rollups
+/// were last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub api_key_id: Uuid,
     /// The minute the requests settled in (truncated to the minute by the database).
     pub minute: OffsetDateTime,
+    /// The model the requests named.
+    pub model: String,
     pub n_requests: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -64,10 +67,11 @@ impl SpendDeltas {
     }
 }
 
-// The flush claims its id first; the journal row and the rollup upsert join the claim, so
+// The flush claims its id first; the journal row and the two usage upserts join the claim, so
 // they change nothing when the id was claimed before (a retry of a flush that committed). A
-// data-modifying CTE runs whether or not the rest of the statement reads it, so all three
-// commit together. Empty arrays make either write a no-op.
+// data-modifying CTE runs whether or not the rest of the statement reads it, so all four
+// commit together. Empty arrays make any write a no-op. The rollups are per key and minute;
+// `usage_by_model` per key, UTC month and model (migration 0013).
 const FLUSH: &str = "WITH claim AS (
         INSERT INTO spend_flushes (id) VALUES ($9) ON CONFLICT (id) DO NOTHING RETURNING id
     ), spend AS (
@@ -80,6 +84,18 @@ const FLUSH: &str = "WITH claim AS (
             AS d(api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd), claim
         GROUP BY api_key_id, date_trunc('minute', minute)
         ON CONFLICT (api_key_id, minute) DO UPDATE SET
+            n_requests = u.n_requests + EXCLUDED.n_requests,
+            prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+            cost_nanousd = u.cost_nanousd + EXCLUDED.cost_nanousd
+    ), by_model AS (
+        INSERT INTO usage_by_model AS u (api_key_id, month, model, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
+        SELECT api_key_id, date_trunc('month', minute AT TIME ZONE 'UTC')::date, model,
+               sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
+        FROM unnest($3::uuid[], $4::timestamptz[], $10::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+            AS d(api_key_id, minute, model, n_requests, prompt_tokens, completion_tokens, cost_nanousd), claim
+        GROUP BY 1, 2, 3
+        ON CONFLICT (api_key_id, month, model) DO UPDATE SET
             n_requests = u.n_requests + EXCLUDED.n_requests,
             prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
             completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
@@ -118,6 +134,7 @@ pub async fn flush(
     let prompt: Vec<i64> = rollups.iter().map(|d| d.prompt_tokens).collect();
     let completion: Vec<i64> = rollups.iter().map(|d| d.completion_tokens).collect();
     let cost: Vec<i64> = rollups.iter().map(|d| d.cost_nanousd).collect();
+    let models: Vec<&str> = rollups.iter().map(|d| d.model.as_str()).collect();
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -132,6 +149,7 @@ pub async fn flush(
                 &completion,
                 &cost,
                 &id,
+                &models,
             ],
         )
         .await?;

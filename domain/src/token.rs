@@ -83,6 +83,19 @@ pub fn random_secret() -> String {
     hex::encode(bytes)
 }
 
+/// Every admin token (the JSON API's) starts with this.
+pub const ADMIN_TOKEN_PREFIX: &str = "kca_";
+/// Every metrics token (`GET /metrics` only) starts with this: a prefix of its own, so that
+/// nothing that takes admin tokens ever looks one up.
+pub const METRICS_TOKEN_PREFIX: &str = "kcm_";
+
+/// A new admin or metrics token (`prefix` and a [`random_secret`]), and its display prefix.
+pub fn admin_token(prefix: &str) -> (String, String) {
+    let token = format!("{prefix}{}", random_secret());
+    let display = token.chars().take(12).collect();
+    (token, display)
+}
+
 /// SHA-256 of a presented token string, valid or not.
 pub fn hash_token(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()

@@ -301,7 +301,7 @@ mod tests {
             completion_tokens: 1,
             cost_nanousd: 30,
         };
-        Outbox::default().record(&entry, usage, OffsetDateTime::UNIX_EPOCH);
+        Outbox::default().record(&entry, usage, OffsetDateTime::UNIX_EPOCH, "m");
         assert_eq!(entry.budget.spent(), Money::from_nanos(130));
 
         let renewed = row(date!(2026 - 12 - 01), 5, 2);

@@ -46,11 +46,13 @@ pub struct Intervals {
     pub rollup: Duration,
 }
 
-/// One key's usage in one minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One key's usage of one model in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct MinuteUsage {
     /// Minutes since the Unix epoch.
     minute: i64,
+    /// The model the requests named.
+    model: Arc<str>,
     n_requests: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
@@ -67,9 +69,10 @@ pub struct Unflushed {
     on_rollup_list: AtomicBool,
 }
 
-/// A key's usage by minute since its rollups were last taken. The latest minute is kept inline,
-/// so recording a request touches no memory beyond the key's entry; a minute that ends moves
-/// to `earlier` (a minute or two between rollup writes).
+/// A key's usage by minute and model since its rollups were last taken. The latest minute and
+/// model are kept inline, so recording a request touches no memory beyond the key's entry; a
+/// minute that ends, or a request naming another model, moves it to `earlier` (a minute or two
+/// between rollup writes, times the models the key used).
 #[derive(Debug, Default)]
 struct Rollups {
     latest: Option<MinuteUsage>,
@@ -100,8 +103,8 @@ impl Unflushed {
 }
 
 impl Outbox {
-    /// Adds one settled request, settled `at`, to `key`'s unflushed usage.
-    pub fn record(&self, key: &Arc<KeyEntry>, usage: Settled, at: OffsetDateTime) {
+    /// Adds one settled request, settled `at`, that named `model`, to `key`'s unflushed usage.
+    pub fn record(&self, key: &Arc<KeyEntry>, usage: Settled, at: OffsetDateTime, model: &str) {
         let unflushed = &key.unflushed;
         if usage.cost_nanousd != 0 {
             // Add, then list: the flusher unlists, then takes (see `take_spend`), so an amount
@@ -117,18 +120,24 @@ impl Outbox {
         {
             let mut rollups = lock(&unflushed.rollups);
             let Rollups { latest, earlier } = &mut *rollups;
-            match latest {
-                Some(latest) if latest.minute == minute => {
-                    latest.n_requests += 1;
-                    latest.prompt_tokens += usage.prompt_tokens;
-                    latest.completion_tokens += usage.completion_tokens;
-                    latest.cost_nanousd += usage.cost_nanousd;
+            let same = |u: &MinuteUsage| u.minute == minute && *u.model == *model;
+            let entry = match latest {
+                Some(latest) if same(latest) => Some(latest),
+                // Requests settling out of order on two threads, or a key alternating models,
+                // find their entry among the earlier ones.
+                _ => earlier.iter_mut().find(|u| same(u)),
+            };
+            match entry {
+                Some(entry) => {
+                    entry.n_requests += 1;
+                    entry.prompt_tokens += usage.prompt_tokens;
+                    entry.completion_tokens += usage.completion_tokens;
+                    entry.cost_nanousd += usage.cost_nanousd;
                 }
-                // Requests settling out of order on two threads may give a minute two entries;
-                // the flush statement sums them.
-                _ => {
+                None => {
                     let next = MinuteUsage {
                         minute,
+                        model: Arc::from(model),
                         n_requests: 1,
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
@@ -190,6 +199,7 @@ impl Outbox {
                     api_key_id: key.id,
                     minute: OffsetDateTime::from_unix_timestamp(usage.minute * 60)
                         .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    model: usage.model.to_string(),
                     n_requests: usage.n_requests,
                     prompt_tokens: usage.prompt_tokens,
                     completion_tokens: usage.completion_tokens,
@@ -440,9 +450,9 @@ mod tests {
     fn sums_spend_per_key_and_lists_each_key_once() {
         let outbox = Outbox::default();
         let (a, b) = (key(1), key(2));
-        outbox.record(&a, usage(10), at(5));
-        outbox.record(&a, usage(15), at(5));
-        outbox.record(&b, usage(0), at(5));
+        outbox.record(&a, usage(10), at(5), "m");
+        outbox.record(&a, usage(15), at(5), "m");
+        outbox.record(&b, usage(0), at(5), "m");
         let mut spare = Vec::new();
         let mut spend = SpendDeltas::default();
         let since = outbox.take_spend(&mut spare, &mut spend);
@@ -452,7 +462,7 @@ mod tests {
         spend.clear();
         outbox.take_spend(&mut spare, &mut spend);
         assert!(spend.is_empty());
-        outbox.record(&a, usage(1), at(6));
+        outbox.record(&a, usage(1), at(6), "m");
         outbox.take_spend(&mut spare, &mut spend);
         assert_eq!(spend.iter().collect::<Vec<_>>(), vec![(a.id, 1)]);
     }
@@ -461,9 +471,9 @@ mod tests {
     fn keeps_rollups_per_minute_until_taken() {
         let outbox = Outbox::default();
         let a = key(1);
-        outbox.record(&a, usage(10), at(5));
-        outbox.record(&a, usage(0), at(5));
-        outbox.record(&a, usage(4), at(6));
+        outbox.record(&a, usage(10), at(5), "m");
+        outbox.record(&a, usage(0), at(5), "m");
+        outbox.record(&a, usage(4), at(6), "m");
         let mut spare = Vec::new();
         // Taking spend leaves the rollups.
         outbox.take_spend(&mut spare, &mut SpendDeltas::default());
@@ -485,18 +495,53 @@ mod tests {
         assert!(outbox.take_rollups(|_| true, &mut spare).is_empty());
     }
 
+    /// Each (minute, model) of a key has one rollup, however its requests alternate between
+    /// models: the entries do not grow with the requests.
+    #[test]
+    fn keeps_one_rollup_per_minute_and_model() {
+        let outbox = Outbox::default();
+        let a = key(1);
+        for _ in 0..50 {
+            outbox.record(&a, usage(1), at(5), "x/one");
+            outbox.record(&a, usage(2), at(5), "x/two");
+        }
+        outbox.record(&a, usage(4), at(6), "x/one");
+        outbox.record(&a, usage(8), at(5), "x/two");
+        let rollups = outbox.take_rollups(|_| true, &mut Vec::new());
+        let mut seen: Vec<(i64, &str, i64, i64)> = rollups
+            .iter()
+            .map(|d| {
+                (
+                    d.minute.unix_timestamp() / 60,
+                    d.model.as_str(),
+                    d.n_requests,
+                    d.cost_nanousd,
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (5, "x/one", 50, 50),
+                (5, "x/two", 51, 108),
+                (6, "x/one", 1, 4)
+            ]
+        );
+    }
+
     /// Rollups are taken one key at a time in the order the keys were listed, each once it is
     /// due; a key taken is listed again by its next request, at the back.
     #[test]
     fn takes_rollups_of_the_keys_listed_longest_ago() {
         let outbox = Outbox::default();
         let (a, b) = (key(1), key(2));
-        outbox.record(&a, usage(1), at(5));
+        outbox.record(&a, usage(1), at(5), "m");
         std::thread::sleep(std::time::Duration::from_millis(2));
         let between = Instant::now();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        outbox.record(&b, usage(2), at(5));
-        outbox.record(&a, usage(3), at(5));
+        outbox.record(&b, usage(2), at(5), "m");
+        outbox.record(&a, usage(3), at(5), "m");
         let mut spare = Vec::new();
         let due = |listed: Instant| listed <= between;
         let taken = outbox.take_rollups(due, &mut spare);
@@ -508,7 +553,7 @@ mod tests {
             vec![(a.id, 4)]
         );
         assert!(outbox.take_rollups(due, &mut spare).is_empty());
-        outbox.record(&a, usage(5), at(6));
+        outbox.record(&a, usage(5), at(6), "m");
         let taken = outbox.take_rollups(|_| true, &mut spare);
         assert_eq!(
             taken
@@ -528,7 +573,7 @@ mod tests {
                 let (outbox, keys) = (Arc::clone(&outbox), keys.clone());
                 std::thread::spawn(move || {
                     for i in 0..20_000 {
-                        outbox.record(&keys[(i + thread) % keys.len()], usage(1), at(1));
+                        outbox.record(&keys[(i + thread) % keys.len()], usage(1), at(1), "m");
                     }
                 })
             })

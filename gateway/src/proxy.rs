@@ -97,7 +97,7 @@ impl Drop for RequestCtx {
             };
             self.gateway
                 .outbox
-                .record(&key, usage, OffsetDateTime::now_utc());
+                .record(&key, usage, OffsetDateTime::now_utc(), &metered.model);
         }
     }
 }

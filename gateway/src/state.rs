@@ -243,7 +243,8 @@ impl Gateway {
                  underpriced, and its key may now be over its cap (a pricing bug to fix)"
             );
         }
-        self.outbox.record(key, charge.usage, charge.at);
+        self.outbox
+            .record(key, charge.usage, charge.at, charge.model);
     }
 }
 
@@ -255,7 +256,8 @@ pub struct Charge<'a> {
     pub basis: ChargeBasis,
     /// When the request ended: its usage counts in that minute.
     pub at: time::OffsetDateTime,
-    /// The model asked for, for the log line of a charge above the reservation.
+    /// The model asked for: its usage counts under it, and it names it in the log line of a
+    /// charge above the reservation.
     pub model: &'a str,
 }
 

@@ -51,6 +51,42 @@ pub enum Command {
     Key(KeyCommand),
     /// Show an org's ledger and check its hash chain.
     Audit(AuditArgs),
+    /// Manage tokens for the admin listener: metrics tokens, for Prometheus.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `keycap token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token that reads one org's usage on the admin listener's /metrics and nothing
+    /// else; prints only the token, once. (Admin API tokens act as an owner: an owner makes
+    /// them on /account.)
+    Create {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// What the token can do: metrics.
+        #[arg(long)]
+        scope: String,
+        /// A name for the token.
+        #[arg(long, default_value = "prometheus")]
+        name: String,
+    },
+    /// List an org's tokens (name, prefix, scope, who made it, status).
+    List {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The token's id, from `keycap token list`.
+        id: String,
+    },
 }
 
 /// `keycap up`.

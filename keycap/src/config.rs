@@ -25,6 +25,7 @@ pub struct Config {
     pub metrics: ListenConfig,
     pub openrouter: OpenRouterConfig,
     pub smtp: SmtpConfig,
+    pub alerts: AlertsSection,
     pub log: LogConfig,
 }
 
@@ -115,6 +116,12 @@ pub struct AdminSection {
     pub invite_days: u64,
     /// Failed sign-ins allowed per email within 15 minutes (an address gets four times as many).
     pub login_max_failures: i64,
+    /// Milliseconds one org's usage metrics are kept before a scrape reads them again.
+    pub metrics_cache_ms: u64,
+    /// Milliseconds a scrape of `/metrics` waits for the database before answering 503.
+    pub metrics_timeout_ms: u64,
+    /// Whether `/metrics` has a series per open key.
+    pub metrics_per_key: bool,
 }
 
 impl Default for AdminSection {
@@ -126,6 +133,37 @@ impl Default for AdminSection {
             session_hours: 12,
             invite_days: 7,
             login_max_failures: 5,
+            metrics_cache_ms: 5000,
+            metrics_timeout_ms: 5000,
+            metrics_per_key: true,
+        }
+    }
+}
+
+/// `[alerts]`: budget alerts by email (through `[smtp]`) and webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    /// Shares of a member's monthly budget, in percent, whose passing alerts them.
+    pub member_budget_percents: Vec<i32>,
+    /// Shares of a key's cap, in percent, whose passing alerts its member.
+    pub key_cap_percents: Vec<i32>,
+    /// Seconds between alert passes.
+    pub interval_seconds: u64,
+    /// Where alerts are posted as JSON; empty posts none.
+    pub webhook_url: String,
+    /// The HMAC-SHA256 key of the webhook's signature; needed with a webhook URL.
+    pub webhook_secret: String,
+}
+
+impl Default for AlertsSection {
+    fn default() -> AlertsSection {
+        AlertsSection {
+            member_budget_percents: vec![80, 100],
+            key_cap_percents: vec![90],
+            interval_seconds: 60,
+            webhook_url: String::new(),
+            webhook_secret: String::new(),
         }
     }
 }
@@ -209,6 +247,7 @@ impl Default for Config {
             },
             openrouter: OpenRouterConfig::default(),
             smtp: SmtpConfig::default(),
+            alerts: AlertsSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -400,6 +439,40 @@ impl Config {
         if !self.smtp.url.is_empty() {
             admin::Mailer::new(&self.smtp.url, &self.smtp.from)?;
         }
+        if !(1..=60_000).contains(&self.admin.metrics_cache_ms)
+            || !(1..=60_000).contains(&self.admin.metrics_timeout_ms)
+        {
+            bail!(
+                "admin.metrics_cache_ms and admin.metrics_timeout_ms must be between 1 and 60000"
+            );
+        }
+        let alerts = &self.alerts;
+        if alerts
+            .member_budget_percents
+            .iter()
+            .chain(&alerts.key_cap_percents)
+            .any(|p| !(1..=1000).contains(p))
+        {
+            bail!(
+                "alerts.member_budget_percents and alerts.key_cap_percents must hold percentages between 1 and 1000, such as [80, 100]"
+            );
+        }
+        if !(1..=86_400).contains(&alerts.interval_seconds) {
+            bail!("alerts.interval_seconds must be between 1 and 86400");
+        }
+        if !alerts.webhook_url.is_empty() {
+            // The URL may hold a credential: it is not repeated.
+            if !(alerts.webhook_url.starts_with("http://")
+                || alerts.webhook_url.starts_with("https://"))
+            {
+                bail!("alerts.webhook_url must start with http:// or https://");
+            }
+            if alerts.webhook_secret.len() < 16 {
+                bail!(
+                    "alerts.webhook_secret must be set, at least 16 characters, with alerts.webhook_url: receivers check the signature made with it (set it in the environment: KEYCAP_ALERTS__WEBHOOK_SECRET)"
+                );
+            }
+        }
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
@@ -485,6 +558,20 @@ impl Config {
             invite_ttl: Duration::from_secs(self.admin.invite_days * 24 * 3600),
             login_max_failures: self.admin.login_max_failures,
             login_window: Duration::from_secs(15 * 60),
+            metrics_cache: Duration::from_millis(self.admin.metrics_cache_ms),
+            metrics_timeout: Duration::from_millis(self.admin.metrics_timeout_ms),
+            metrics_per_key: self.admin.metrics_per_key,
+            alerts: admin::alerts::AlertConfig {
+                thresholds: db::alerts::Thresholds {
+                    member_percents: self.alerts.member_budget_percents.clone(),
+                    key_percents: self.alerts.key_cap_percents.clone(),
+                },
+                webhook: (!self.alerts.webhook_url.is_empty()).then(|| admin::alerts::Webhook {
+                    url: self.alerts.webhook_url.clone(),
+                    secret: self.alerts.webhook_secret.clone().into(),
+                }),
+                interval: Duration::from_secs(self.alerts.interval_seconds),
+            },
         }
     }
 
@@ -532,9 +619,20 @@ fn env_path(name: &str) -> Option<Vec<String>> {
     )
 }
 
+/// An environment variable's value: an integer, `true` or `false`, a TOML array such as
+/// `[80, 100]`, or else a string.
 fn env_value(text: &str) -> toml::Value {
     if let Ok(n) = text.parse::<i64>() {
         return toml::Value::Integer(n);
+    }
+    if let Ok(b) = text.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if text.trim_start().starts_with('[')
+        && let Ok(mut table) = toml::from_str::<toml::Table>(&format!("v = {text}"))
+        && let Some(array) = table.remove("v")
+    {
+        return array;
     }
     toml::Value::String(text.to_string())
 }
@@ -618,6 +716,40 @@ mod tests {
         assert_eq!(config.admin.listen, "127.0.0.1:3333");
         assert_eq!(config.database.url, "postgres://x/y");
         assert_eq!(config.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn the_environment_sets_lists_and_switches() {
+        let config = Config::load(
+            None,
+            &env(&[
+                ("KEYCAP_ALERTS__MEMBER_BUDGET_PERCENTS", "[50, 90]"),
+                ("KEYCAP_ADMIN__METRICS_PER_KEY", "false"),
+                ("KEYCAP_ADMIN__LISTEN", "[::1]:3000"),
+            ]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.alerts.member_budget_percents, vec![50, 90]);
+        assert!(!config.admin.metrics_per_key);
+        assert_eq!(config.admin.listen, "[::1]:3000");
+        for (pairs, expected) in [
+            (
+                &[("KEYCAP_ALERTS__KEY_CAP_PERCENTS", "[0]")][..],
+                "percentages between 1 and 1000",
+            ),
+            (
+                &[("KEYCAP_ALERTS__WEBHOOK_URL", "https://hooks.example/x")][..],
+                "alerts.webhook_secret must be set",
+            ),
+            (
+                &[("KEYCAP_ADMIN__METRICS_TIMEOUT_MS", "0")][..],
+                "admin.metrics_timeout_ms must be between 1 and 60000",
+            ),
+        ] {
+            let err = Config::load(None, &env(pairs), &FlagOverrides::default()).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{pairs:?}: {err:#}");
+        }
     }
 
     #[test]

@@ -146,6 +146,7 @@ async fn run_verb(database: &Database, config: &Config, command: Command) -> any
         }
         Command::Key(command) => verbs::key(database, command).await,
         Command::Audit(args) => verbs::audit(database, args).await,
+        Command::Token(command) => verbs::token(database, command).await,
         Command::Up(_) | Command::Demo(_) | Command::MockOpenrouter(_) => {
             unreachable!("handled in dispatch")
         }

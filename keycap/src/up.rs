@@ -1,5 +1,5 @@
-//! `keycap up`, `keycap gateway` and `keycap demo`: the database, the encryption key, the
-//! gateway and keycap's background jobs, until Ctrl-C or SIGTERM.
+//! `keycap up` and `keycap demo`: the database, the encryption key, the gateway, the admin app
+//! and keycap's background jobs (maintenance, budget alerts), until Ctrl-C or SIGTERM.
 
 use std::time::Duration;
 
@@ -118,6 +118,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         }
     }
     let setup_link = admin_state.setup_link().await;
+    let alerts = tokio::spawn(admin::alerts::run(admin_state.clone()));
     let mut admin_shutdown = shutdown_rx.clone();
     let admin_server = tokio::spawn(admin::serve(admin_listener, admin_state, async move {
         let _ = admin_shutdown.wait_for(|stop| *stop).await;
@@ -130,6 +131,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     if let Err(err) = gateway::server::check_addresses(&gateway_config) {
         maintenance.abort();
+        alerts.abort();
         admin_server.abort();
         database.close().await;
         anyhow::bail!(err);
@@ -174,6 +176,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         }
     };
     maintenance.abort();
+    alerts.abort();
     let _ = shutdown_tx.send(true);
     if let Ok(Err(err)) = admin_server.await {
         tracing::warn!(error = %err, "the admin app stopped with an error");

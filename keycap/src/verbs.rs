@@ -14,7 +14,8 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::cli::{
-    AuditArgs, BudgetCommand, KeyCommand, KeyCreateArgs, MemberCommand, OrgCommand, VaultCommand,
+    AuditArgs, BudgetCommand, KeyCommand, KeyCreateArgs, MemberCommand, OrgCommand, TokenCommand,
+    VaultCommand,
 };
 use crate::database::Database;
 
@@ -497,6 +498,73 @@ pub async fn audit(database: &Database, args: AuditArgs) -> anyhow::Result<()> {
         }
         db::transactions::ChainStatus::Broken { seq } => {
             bail!("hash chain broken at row {seq}: the ledger was tampered with")
+        }
+    }
+    Ok(())
+}
+
+/// `keycap token ...`.
+pub async fn token(database: &Database, command: TokenCommand) -> anyhow::Result<()> {
+    use db::accounts::TokenScope;
+    let now = OffsetDateTime::now_utc();
+    match command {
+        TokenCommand::Create { org, scope, name } => {
+            let scope: TokenScope = scope.parse()?;
+            if scope != TokenScope::Metrics {
+                bail!(
+                    "--scope admin tokens act as an owner: an owner makes them on the admin app's /account page; the command line makes --scope metrics tokens"
+                );
+            }
+            let org = find_org(database, &org).await?;
+            let (token, prefix) = domain::token::admin_token(scope.token_prefix());
+            let client = database.pool.get().await?;
+            db::accounts::create_admin_token(
+                &client,
+                &org,
+                None,
+                scope,
+                &name,
+                &domain::token::hash_token(&token),
+                &prefix,
+                now,
+            )
+            .await?;
+            eprintln!(
+                "a metrics token for {:?}: it reads GET /metrics on the admin listener and nothing else; shown once",
+                org.name
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { org } => {
+            let org = find_org(database, &org).await?;
+            let client = database.pool.get().await?;
+            println!(
+                "{:<36}  {:<20} {:<13} {:<8} {:<28} STATUS",
+                "ID", "NAME", "PREFIX", "SCOPE", "MADE BY"
+            );
+            for t in db::accounts::list_admin_tokens(&client, org.id).await? {
+                println!(
+                    "{:<36}  {:<20} {:<13} {:<8} {:<28} {}",
+                    t.id,
+                    t.name,
+                    t.prefix,
+                    t.scope.as_str(),
+                    t.owner_email.as_deref().unwrap_or("the command line"),
+                    if t.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+        }
+        TokenCommand::Revoke { org, id } => {
+            let org = find_org(database, &org).await?;
+            let id = Uuid::parse_str(&id)
+                .with_context(|| format!("{id:?} is not a token id: see keycap token list"))?;
+            let client = database.pool.get().await?;
+            db::accounts::revoke_admin_token(&client, org.id, id, now).await?;
+            eprintln!("revoked token {id}");
         }
     }
     Ok(())

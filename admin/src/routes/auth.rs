@@ -448,7 +448,11 @@ async fn account_page(
                     id: t.id.to_string(),
                     name: t.name.clone(),
                     prefix: t.prefix.clone(),
-                    owner: t.owner_email.clone(),
+                    owner: t
+                        .owner_email
+                        .clone()
+                        .unwrap_or_else(|| "the command line".into()),
+                    scope: t.scope.as_str(),
                     created: views::when(t.created_at),
                     status: if t.revoked_at.is_some() {
                         "revoked"
@@ -538,26 +542,32 @@ pub async fn post_password(
 pub struct TokenForm {
     #[serde(default)]
     name: String,
+    /// `admin` (the default) or `metrics`.
+    #[serde(default)]
+    scope: String,
 }
 
-/// `POST /account/tokens`: issues an admin token (owners only), shown once.
+/// `POST /account/tokens`: issues an admin token, or a metrics token (owners only), shown
+/// once.
 pub async fn post_token(
     State(state): State<AppState>,
     viewer: Viewer,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, AppError> {
     let owner = viewer.owner()?.clone();
-    let token = format!(
-        "{}{}",
-        session::ADMIN_TOKEN_PREFIX,
-        domain::token::random_secret()
-    );
-    let prefix: String = token.chars().take(12).collect();
+    let scope = match form.scope.as_str() {
+        "" => db::accounts::TokenScope::Admin,
+        other => other
+            .parse()
+            .map_err(|err: db::Error| AppError::BadRequest(err.to_string()))?,
+    };
+    let (token, prefix) = domain::token::admin_token(scope.token_prefix());
     let client = state.pool.get().await?;
     let created = db::accounts::create_admin_token(
         &client,
         &owner.org,
-        viewer.user.id,
+        Some(viewer.user.id),
+        scope,
         &form.name,
         &domain::token::hash_token(&token),
         &prefix,

@@ -1,5 +1,5 @@
-//! `/dashboard`: this month's money, keys, recent activity and a spend chart. Members see their
-//! own; owners also see the whole org.
+//! `/dashboard`: this month's money, keys, budget alerts, recent activity and a spend chart.
+//! Members see their own; owners also see the whole org.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -12,7 +12,7 @@ use crate::routes::NoticeQuery;
 use crate::routes::Query;
 use crate::session::Viewer;
 use crate::state::AppState;
-use crate::views::{self, DashboardPage, EntryRow, KeyRow, Layout};
+use crate::views::{self, AlertRow, DashboardPage, EntryRow, KeyRow, Layout};
 
 /// `GET /dashboard`.
 pub async fn get(
@@ -68,6 +68,13 @@ pub async fn get(
         window.end,
     )
     .await?;
+    let alerts = db::alerts::recent(
+        &client,
+        member.org.id,
+        (!is_owner).then_some(member.membership_id),
+        20,
+    )
+    .await?;
     let n_days = (window.end - window.start).whole_days() as u8;
     let page = DashboardPage {
         layout: Layout::new(&viewer, "dashboard", notice.text()),
@@ -80,6 +87,7 @@ pub async fn get(
         keys: keys.iter().take(20).map(|k| KeyRow::new(k, now)).collect(),
         entries: activity.iter().map(EntryRow::new).collect(),
         chart_svg: chart::daily_spend_svg(window.first_day(), n_days, &spend),
+        alerts: alerts.iter().map(AlertRow::new).collect(),
     };
     Ok(views::page(&page))
 }

@@ -15,4 +15,5 @@ mod isolation;
 mod month;
 mod roles;
 mod support;
+mod usage;
 mod vault;

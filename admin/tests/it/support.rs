@@ -101,7 +101,7 @@ impl App {
         App::start_full(|_| {}, None, Clock::fixed(at)).await
     }
 
-    async fn start_full(
+    pub async fn start_full(
         adjust: impl FnOnce(&mut AdminConfig),
         mailer: Option<admin::Mailer>,
         clock: Clock,
@@ -292,7 +292,7 @@ impl Person {
                 &[("email", email), ("role", role), ("budget", budget)],
             )
             .await;
-        page.expect(200, &["Invite created."]);
+        page.expect(200, &["Invite created"]);
         page.secret("invite-link")
     }
 

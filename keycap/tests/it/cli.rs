@@ -1050,3 +1050,69 @@ async fn a_key_past_its_cap_is_listed_as_over_it() {
     assert_eq!(key["over_cap_nanousd"], 1234);
     assert_eq!(key["remaining_nanousd"], 0);
 }
+
+/// `keycap token create --scope metrics` prints a token once and stores only its hash; other
+/// scopes and bad input are refused and change nothing; a listed token can be revoked.
+#[tokio::test]
+async fn metrics_tokens_are_made_listed_and_revoked_on_the_command_line() {
+    let env = seeded().await;
+    let before = snapshot(&env.db).await;
+    for (args, message) in [
+        (
+            &["token", "create", "--org", "acme", "--scope", "admin"][..],
+            "an owner makes them on the admin app's /account page",
+        ),
+        (
+            &["token", "create", "--org", "acme", "--scope", "everything"][..],
+            "is not one of: admin",
+        ),
+        (
+            &["token", "create", "--org", "nope", "--scope", "metrics"][..],
+            "nope",
+        ),
+        (
+            &[
+                "token", "create", "--org", "acme", "--scope", "metrics", "--name", "",
+            ][..],
+            "token name must be 1 to 200 characters",
+        ),
+    ] {
+        let out = env.keycap.run(args).unwrap();
+        assert!(!out.success, "{args:?}");
+        assert!(out.stderr.contains(message), "{args:?}: {}", out.stderr);
+    }
+    let client = env.db.pool.get().await.unwrap();
+    let tokens: i64 = client
+        .query_one("SELECT count(*) FROM admin_tokens", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tokens, 0);
+    assert_eq!(snapshot(&env.db).await, before);
+
+    let out = env
+        .keycap
+        .run(&["token", "create", "--org", "acme", "--scope", "metrics"])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let token = out.stdout.trim();
+    assert!(token.starts_with("kcm_") && token.len() == 68, "{token}");
+    let listed = env.keycap.ok(&["token", "list", "--org", "acme"]).unwrap();
+    assert!(!listed.contains(token), "the secret is listed: {listed}");
+    let line = listed.lines().find(|l| l.contains("prometheus")).unwrap();
+    assert!(
+        line.contains(&token[..12]) && line.contains("metrics") && line.contains("active"),
+        "{listed}"
+    );
+    let id = line.split_whitespace().next().unwrap();
+    env.keycap
+        .ok(&["token", "revoke", "--org", "acme", id])
+        .unwrap();
+    let listed = env.keycap.ok(&["token", "list", "--org", "acme"]).unwrap();
+    assert!(listed.contains("revoked"), "{listed}");
+    let again = env
+        .keycap
+        .run(&["token", "revoke", "--org", "acme", id])
+        .unwrap();
+    assert!(!again.success);
+}

@@ -721,6 +721,7 @@ async fn key_and_usage(
     let rollups = vec![db::usage::UsageDelta {
         api_key_id: key.id,
         minute: now,
+        model: "openai/gpt-4o-mini".into(),
         n_requests,
         prompt_tokens: 10 * n_requests,
         completion_tokens: 20 * n_requests,
@@ -735,7 +736,8 @@ fn truncate_to_micros(at: time::OffsetDateTime) -> time::OffsetDateTime {
         .unwrap()
 }
 
-/// The key's spend row and its rollups' request count, after a fold at `now`.
+/// The key's spend row and its rollups' request count, after a fold at `now`; the usage by
+/// model, written by the same flushes, has the rollups' requests and cost.
 async fn spent_and_requests(
     env: &Env,
     key: &db::keys::ApiKey,
@@ -745,13 +747,22 @@ async fn spent_and_requests(
     db::usage::fold(&client, now).await.unwrap();
     let row = client
         .query_one(
-            "SELECT k.spent_nanousd, (SELECT coalesce(sum(n_requests), 0)::bigint
-               FROM usage_rollups WHERE api_key_id = k.api_key_id)
+            "SELECT k.spent_nanousd,
+                    (SELECT coalesce(sum(n_requests), 0)::bigint FROM usage_rollups WHERE api_key_id = k.api_key_id),
+                    (SELECT coalesce(sum(cost_nanousd), 0)::bigint FROM usage_rollups WHERE api_key_id = k.api_key_id),
+                    (SELECT coalesce(sum(n_requests), 0)::bigint FROM usage_by_model WHERE api_key_id = k.api_key_id),
+                    (SELECT coalesce(sum(cost_nanousd), 0)::bigint FROM usage_by_model WHERE api_key_id = k.api_key_id)
              FROM key_spends k WHERE k.api_key_id = $1",
             &[&key.id],
         )
         .await
         .unwrap();
+    let (rollups, by_model): ((i64, i64), (i64, i64)) =
+        ((row.get(1), row.get(2)), (row.get(3), row.get(4)));
+    assert_eq!(
+        by_model, rollups,
+        "usage by model (requests, cost) differs from the rollups"
+    );
     (row.get(0), row.get(1))
 }
 
@@ -895,6 +906,7 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
                         rollups.push(db::usage::UsageDelta {
                             api_key_id: key,
                             minute: now,
+                            model: "openai/gpt-4o-mini".into(),
                             n_requests: 1,
                             prompt_tokens: 1,
                             completion_tokens: 1,
@@ -1303,4 +1315,47 @@ async fn what_was_paid_and_the_refund_room_follow_the_ledger() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(amounts, [600, -100, 400, -100, -500]);
+}
+
+/// Migration 0013 counts the rollups written before it in `usage_by_model`, per key and UTC
+/// month, under the model '' (the usage metrics' "unknown"). The migrations up to 0012 run in a
+/// schema of their own.
+#[tokio::test]
+async fn usage_before_models_were_kept_is_counted_by_month() {
+    let db = testkit::TestDb::new().await.unwrap();
+    let client = db.client().await.unwrap();
+    let at = schema_before(&client, "0013_usage_metrics_and_alerts").await;
+    client
+        .batch_execute(&format!(
+            "{ORG_MEMBER_AND_MASTER_KEY}
+             INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash,
+                                   prefix, cap_nanousd, period_start)
+             VALUES ('00000000-0000-0000-0000-000000000101', '00000000-0000-0000-0000-000000000001',
+                     '00000000-0000-0000-0000-000000000003', '00000000-0000-0000-0000-000000000004',
+                     'openrouter', 'k1', sha256(convert_to('1', 'UTF8')), 'kc_1', 1000, current_date);
+             INSERT INTO usage_rollups (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
+             VALUES ('00000000-0000-0000-0000-000000000101', '2026-11-30 23:59:00+00', 2, 10, 20, 700),
+                    ('00000000-0000-0000-0000-000000000101', '2026-11-01 00:00:00+00', 1, 1, 1, 5),
+                    ('00000000-0000-0000-0000-000000000101', '2026-12-01 00:00:00+00', 3, 30, 60, 900);"
+        ))
+        .await
+        .unwrap();
+    client.batch_execute(db::MIGRATIONS[at].1).await.unwrap();
+    let rows: Vec<(String, String, i64, i64)> = client
+        .query(
+            "SELECT month::text, model, n_requests, cost_nanousd FROM usage_by_model ORDER BY month",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("2026-11-01".to_string(), String::new(), 3, 705),
+            ("2026-12-01".to_string(), String::new(), 3, 900)
+        ]
+    );
 }

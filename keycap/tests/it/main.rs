@@ -13,6 +13,7 @@ mod embedded;
 mod gateway;
 mod gateway_support;
 mod ledger;
+mod prometheus;
 mod reconcile;
 mod sdk;
 mod support;

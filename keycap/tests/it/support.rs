@@ -97,8 +97,13 @@ pub async fn snapshot(db: &TestDb) -> String {
 
 /// `keycap key list --json` as parsed JSON.
 pub fn keys_json(env: &Env, args: &[&str]) -> Vec<serde_json::Value> {
+    keys_json_of(&env.keycap, args)
+}
+
+/// The same, run by `keycap`.
+pub fn keys_json_of(keycap: &Keycap, args: &[&str]) -> Vec<serde_json::Value> {
     let mut full = vec!["key", "list", "--json"];
     full.extend_from_slice(args);
-    let out = env.keycap.ok(&full).unwrap();
+    let out = keycap.ok(&full).unwrap();
     serde_json::from_str(&out).unwrap()
 }
