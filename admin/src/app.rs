@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use crate::error::AppError;
 use crate::routes::{audit, auth, dashboard, members, my_keys, store, vault};
 use crate::state::AppState;
-use crate::{api, csrf, session, usage_metrics};
+use crate::{api, csrf, health, session, usage_metrics};
 
 /// The whole app. Tests build it without a server; `serve` runs it.
 pub fn app(state: AppState) -> Router {
@@ -48,11 +48,13 @@ pub fn app(state: AppState) -> Router {
         .route("/audit.csv", get(audit::get_csv));
     // The stylesheet and script need no session: they are served outside its middleware, so
     // loading a page does not look the session up three times.
-    // So is `/metrics`, which takes a metrics token and nothing else.
+    // So are `/metrics`, which takes a metrics token and nothing else, and the probes.
     let assets = Router::new()
         .route("/static/app.css", get(stylesheet))
         .route("/static/app.js", get(script))
-        .route("/metrics", get(usage_metrics::get));
+        .route("/metrics", get(usage_metrics::get))
+        .route("/livez", get(health::live))
+        .route("/readyz", get(health::ready));
     let api = Router::new()
         .route("/api/openapi.json", get(api::openapi))
         .route("/api/me", get(api::me))

@@ -17,6 +17,7 @@ mod clock;
 mod config;
 mod csrf;
 mod error;
+mod health;
 mod mail;
 mod password;
 mod routes;

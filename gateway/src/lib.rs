@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod flusher;
 pub mod generations;
+pub mod health;
 pub mod metrics;
 pub mod model_list;
 pub mod prices;

@@ -33,7 +33,13 @@ pub struct Metrics {
 }
 
 /// Every value of the `outcome` label.
-pub const OUTCOMES: [&str; 4] = ["forwarded", "answered", "refused", "upstream_error"];
+pub const OUTCOMES: [&str; 5] = [
+    "forwarded",
+    "answered",
+    "refused",
+    "upstream_error",
+    "probe",
+];
 const BASES: [ChargeBasis; 5] = [
     ChargeBasis::Reported,
     ChargeBasis::Computed,

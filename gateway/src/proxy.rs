@@ -116,6 +116,8 @@ struct Metered {
 enum Admit {
     Forward,
     Answered,
+    /// A load balancer's probe, answered (`health.rs`).
+    Probe,
 }
 
 #[async_trait]
@@ -150,6 +152,10 @@ impl ProxyHttp for Proxy {
             Ok(Admit::Forward) => Ok(false),
             Ok(Admit::Answered) => {
                 ctx.outcome = "answered";
+                Ok(true)
+            }
+            Ok(Admit::Probe) => {
+                ctx.outcome = "probe";
                 Ok(true)
             }
             Err(refusal) => {
@@ -510,6 +516,14 @@ impl Proxy {
 
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Admit, Refusal> {
         let gateway = &self.gateway;
+        let head = session.req_header();
+        if let Some(probe) = crate::health::probe(head.method.as_str(), head.uri.path()) {
+            let (status, body) = crate::health::answer(probe, gateway);
+            respond(session, status, body)
+                .await
+                .map_err(|_| Refusal::bad_request("write", "response failed".into()))?;
+            return Ok(Admit::Probe);
+        }
         let request = session.req_header();
         let header_bytes = request.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + request

@@ -30,6 +30,13 @@ pub enum Command {
     Up(UpArgs),
     /// Run keycap against a built-in OpenRouter mock, with a seeded org and a sub-key to try.
     Demo(UpArgs),
+    /// Run the gateway and its metrics listener only (no admin app, no background jobs), for
+    /// running the parts apart (docs/deployment.md). Probes: GET /livez and /readyz on the
+    /// gateway's listener.
+    Gateway(UpArgs),
+    /// Run the admin app with maintenance (expiry, monthly renewal) and budget alerts only (no
+    /// gateway). Probes: GET /livez and /readyz on the admin listener.
+    Admin(UpArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Run the OpenRouter stand-in alone, for tests and demos.
@@ -89,7 +96,8 @@ pub enum TokenCommand {
     },
 }
 
-/// `keycap up`.
+/// `keycap up` (and `demo`, `gateway`, `admin`: each uses the addresses of the parts it runs;
+/// `admin` shows the gateway's in the snippets of a new key).
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Gateway listen address (host:port).

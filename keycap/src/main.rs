@@ -45,7 +45,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         log_level: cli.log_level.clone(),
         ..Default::default()
     };
-    if let Command::Up(args) | Command::Demo(args) = &cli.command {
+    if let Command::Up(args) | Command::Demo(args) | Command::Gateway(args) | Command::Admin(args) =
+        &cli.command
+    {
         flags.gateway_listen = args.gateway_listen.clone();
         flags.admin_listen = args.admin_listen.clone();
         flags.metrics_listen = args.metrics_listen.clone();
@@ -54,7 +56,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &env, &flags)?;
     init_logging(
         &config.log.level,
-        matches!(cli.command, Command::Up(_) | Command::MockOpenrouter(_)),
+        matches!(
+            cli.command,
+            Command::Up(_) | Command::Gateway(_) | Command::Admin(_) | Command::MockOpenrouter(_)
+        ),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,6 +98,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Up(_) => up::run(config, up::Mode::Up).await,
         Command::Demo(_) => up::run(config, up::Mode::Demo).await,
+        Command::Gateway(_) => up::run(config, up::Mode::Gateway).await,
+        Command::Admin(_) => up::run(config, up::Mode::Admin).await,
         Command::MockOpenrouter(args) => {
             let mut mock_config = openrouter_mock::MockConfig::default();
             if let Some(key) = args.master_key {
@@ -147,7 +154,11 @@ async fn run_verb(database: &Database, config: &Config, command: Command) -> any
         Command::Key(command) => verbs::key(database, command).await,
         Command::Audit(args) => verbs::audit(database, args).await,
         Command::Token(command) => verbs::token(database, command).await,
-        Command::Up(_) | Command::Demo(_) | Command::MockOpenrouter(_) => {
+        Command::Up(_)
+        | Command::Demo(_)
+        | Command::Gateway(_)
+        | Command::Admin(_)
+        | Command::MockOpenrouter(_) => {
             unreachable!("handled in dispatch")
         }
     }

@@ -1,5 +1,6 @@
-//! `keycap up` and `keycap demo`: the database, the encryption key, the gateway, the admin app
-//! and keycap's background jobs (maintenance, budget alerts), until Ctrl-C or SIGTERM.
+//! `keycap up`, `keycap demo`, `keycap gateway` and `keycap admin`: the database, the encryption
+//! key, and the gateway, the admin app with keycap's background jobs (maintenance, budget
+//! alerts), or both, until Ctrl-C or SIGTERM.
 
 use std::time::Duration;
 
@@ -21,6 +22,20 @@ pub enum Mode {
     Up,
     /// Everything, against an in-process OpenRouter mock, with a seeded org and key.
     Demo,
+    /// The gateway and its metrics listener only (`keycap gateway`).
+    Gateway,
+    /// The admin app, maintenance and budget alerts only (`keycap admin`).
+    Admin,
+}
+
+impl Mode {
+    fn runs_gateway(self) -> bool {
+        self != Mode::Admin
+    }
+
+    fn runs_admin(self) -> bool {
+        self != Mode::Gateway
+    }
 }
 
 /// Loads the encryption key: `KEYCAP_ENCRYPTION_KEY`, the key file, or a new key file.
@@ -56,10 +71,12 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
             config.openrouter.base_url = mock.base_url();
             Some(mock)
         }
-        Mode::Up => None,
+        Mode::Up | Mode::Gateway | Mode::Admin => None,
     };
     let gateway_config = config.gateway_config()?;
-    gateway::server::check_trusted_roots(&gateway_config).map_err(anyhow::Error::msg)?;
+    if mode.runs_gateway() {
+        gateway::server::check_trusted_roots(&gateway_config).map_err(anyhow::Error::msg)?;
+    }
     let keyring = load_keyring(&config)?;
     let database = Database::open(&config).await?;
     let demo_token = match &mock {
@@ -75,6 +92,172 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         None => None,
     };
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The admin side: the app, maintenance and budget alerts, on this runtime.
+    let admin = if mode.runs_admin() {
+        match start_admin(&config, &database, &keyring, shutdown_rx.clone()).await {
+            Ok(admin) => Some(admin),
+            Err(err) => {
+                database.close().await;
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    // The gateway, on a thread of its own with pingora's runtimes.
+    let gateway = if mode.runs_gateway() {
+        let resources = gateway::server::Resources {
+            pool: database.pool.clone(),
+            database_url: database.url.clone(),
+            keyring,
+            control: tokio::runtime::Handle::current(),
+        };
+        let started = gateway::server::check_addresses(&gateway_config)
+            .map_err(anyhow::Error::msg)
+            .and_then(|()| {
+                let shutdown = shutdown_rx.clone();
+                std::thread::Builder::new()
+                    .name("gateway".into())
+                    .spawn(move || gateway::run(gateway_config, resources, shutdown))
+                    .context("starting the gateway thread")
+            });
+        match started {
+            Ok(thread) => Some(thread),
+            Err(err) => {
+                let _ = shutdown_tx.send(true);
+                if let Some(admin) = admin {
+                    admin.stop().await;
+                }
+                database.close().await;
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut parts = Vec::new();
+    if let Some(admin) = &admin {
+        parts.push(format!("admin on http://{}", admin.addr));
+    }
+    if gateway.is_some() {
+        parts.push(format!(
+            "gateway on http://{}/api/v1, metrics on http://{}/metrics, upstream {}",
+            config.gateway.listen, config.metrics.listen, config.openrouter.base_url
+        ));
+    }
+    let what = match mode {
+        Mode::Up | Mode::Demo => "keycap is up",
+        Mode::Gateway => "keycap gateway is up",
+        Mode::Admin => "keycap admin is up",
+    };
+    eprintln!("{what}: {} (Ctrl-C to stop)", parts.join(", "));
+    let setup_pending = match admin.as_ref().map(|admin| &admin.setup_link) {
+        Some(Ok(Some(link))) => {
+            eprintln!(
+                "nobody can sign in yet: open this one-time link to create the first owner and their org:\n  {link}"
+            );
+            true
+        }
+        Some(Err(err)) => {
+            tracing::warn!(error = %err, "could not check whether keycap is set up");
+            false
+        }
+        _ => false,
+    };
+    if let Some(token) = &demo_token {
+        crate::demo::print_instructions(&config.gateway.listen, token);
+        if setup_pending {
+            eprintln!(
+                "to look around the admin app, open the setup link above, enter {} and leave the org name empty",
+                crate::demo::OWNER
+            );
+        }
+    }
+    let joined = match gateway {
+        Some(gateway) => {
+            let mut joined = tokio::task::spawn_blocking(move || gateway.join());
+            let early_exit = tokio::select! {
+                () = shutdown_signal() => None,
+                // The gateway ended on its own: it could not start.
+                joined = &mut joined => Some(joined),
+            };
+            Some(match early_exit {
+                Some(joined) => joined,
+                None => {
+                    eprintln!(
+                        "shutting down: letting requests in flight finish, then flushing spend"
+                    );
+                    let _ = shutdown_tx.send(true);
+                    joined.await
+                }
+            })
+        }
+        None => {
+            shutdown_signal().await;
+            eprintln!("shutting down");
+            None
+        }
+    };
+    let _ = shutdown_tx.send(true);
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+    database.close().await;
+    match joined {
+        None | Some(Ok(Ok(Ok(())))) => Ok(()),
+        Some(Ok(Ok(Err(err)))) => Err(anyhow::anyhow!("gateway: {err}")),
+        _ => Err(anyhow::anyhow!("the gateway thread panicked")),
+    }
+}
+
+/// The admin side while it runs.
+struct Admin {
+    addr: std::net::SocketAddr,
+    setup_link: Result<Option<String>, db::Error>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    maintenance: tokio::task::JoinHandle<()>,
+    alerts: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Stops the jobs and waits for the app to finish its requests (its shutdown signal must
+    /// have been sent, or it is aborted).
+    async fn stop(self) {
+        self.maintenance.abort();
+        self.alerts.abort();
+        if let Ok(Err(err)) = self.server.await {
+            tracing::warn!(error = %err, "the admin app stopped with an error");
+        }
+    }
+}
+
+/// Binds the admin listener and starts the app, maintenance and budget alerts.
+async fn start_admin(
+    config: &Config,
+    database: &Database,
+    keyring: &Keyring,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Admin> {
+    let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "admin.listen {}: {err}: is another keycap running? choose a free port with --admin-listen",
+                config.admin.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let mut state = admin::AppState::new(
+        database.pool.clone(),
+        keyring.clone(),
+        config.admin_config(addr),
+    );
+    if let Some(mailer) = config.mailer()? {
+        state = state.with_mailer(mailer);
+    }
+    let setup_link = state.setup_link().await;
     let pool = database.pool.clone();
     let maintenance = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
@@ -89,104 +272,17 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
             }
         }
     });
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let admin_listener = match tokio::net::TcpListener::bind(&config.admin.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            maintenance.abort();
-            database.close().await;
-            anyhow::bail!(
-                "admin.listen {}: {err}: is another keycap running? choose a free port with --admin-listen",
-                config.admin.listen
-            );
-        }
-    };
-    let admin_addr = admin_listener.local_addr()?;
-    let mut admin_state = admin::AppState::new(
-        database.pool.clone(),
-        keyring.clone(),
-        config.admin_config(admin_addr),
-    );
-    match config.mailer() {
-        Ok(Some(mailer)) => admin_state = admin_state.with_mailer(mailer),
-        Ok(None) => {}
-        Err(err) => {
-            maintenance.abort();
-            database.close().await;
-            return Err(err);
-        }
-    }
-    let setup_link = admin_state.setup_link().await;
-    let alerts = tokio::spawn(admin::alerts::run(admin_state.clone()));
-    let mut admin_shutdown = shutdown_rx.clone();
-    let admin_server = tokio::spawn(admin::serve(admin_listener, admin_state, async move {
-        let _ = admin_shutdown.wait_for(|stop| *stop).await;
+    let alerts = tokio::spawn(admin::alerts::run(state.clone()));
+    let server = tokio::spawn(admin::serve(listener, state, async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
     }));
-    let resources = gateway::server::Resources {
-        pool: database.pool.clone(),
-        database_url: database.url.clone(),
-        keyring,
-        control: tokio::runtime::Handle::current(),
-    };
-    if let Err(err) = gateway::server::check_addresses(&gateway_config) {
-        maintenance.abort();
-        alerts.abort();
-        admin_server.abort();
-        database.close().await;
-        anyhow::bail!(err);
-    }
-    let gateway = std::thread::Builder::new()
-        .name("gateway".into())
-        .spawn(move || gateway::run(gateway_config, resources, shutdown_rx))
-        .context("starting the gateway thread")?;
-
-    eprintln!(
-        "keycap is up: admin on http://{admin_addr}, gateway on http://{}/api/v1, metrics on http://{}/metrics, upstream {} (Ctrl-C to stop)",
-        config.gateway.listen, config.metrics.listen, config.openrouter.base_url
-    );
-    match &setup_link {
-        Ok(Some(link)) => eprintln!(
-            "nobody can sign in yet: open this one-time link to create the first owner and their org:\n  {link}"
-        ),
-        Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "could not check whether keycap is set up"),
-    }
-    if let Some(token) = &demo_token {
-        crate::demo::print_instructions(&config.gateway.listen, token);
-        if matches!(setup_link, Ok(Some(_))) {
-            eprintln!(
-                "to look around the admin app, open the setup link above, enter {} and leave the org name empty",
-                crate::demo::OWNER
-            );
-        }
-    }
-    let mut joined = tokio::task::spawn_blocking(move || gateway.join());
-    let early_exit = tokio::select! {
-        () = shutdown_signal() => None,
-        // The gateway ended on its own: it could not start.
-        joined = &mut joined => Some(joined),
-    };
-    let joined = match early_exit {
-        Some(joined) => joined,
-        None => {
-            eprintln!("shutting down: letting requests in flight finish, then flushing spend");
-            let _ = shutdown_tx.send(true);
-            joined.await
-        }
-    };
-    maintenance.abort();
-    alerts.abort();
-    let _ = shutdown_tx.send(true);
-    if let Ok(Err(err)) = admin_server.await {
-        tracing::warn!(error = %err, "the admin app stopped with an error");
-    }
-    database.close().await;
-    match joined {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(err))) => Err(anyhow::anyhow!("gateway: {err}")),
-        _ => Err(anyhow::anyhow!("the gateway thread panicked")),
-    }
+    Ok(Admin {
+        addr,
+        setup_link,
+        server,
+        maintenance,
+        alerts,
+    })
 }
 
 async fn shutdown_signal() {

@@ -255,28 +255,32 @@ async fn a_slow_database_makes_the_scrape_answer_503_not_hang() {
         .unwrap();
     let (status, body) = scrape(&app, Some(&metrics)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    // The database cuts the batch's statements off too, whoever waits for them.
-    let org_id: Uuid = app
-        .db
-        .client()
-        .await
-        .unwrap()
-        .query_one("SELECT id FROM orgs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let read = db::usage_report::org_usage(
-        &app.db.pool,
-        org_id,
-        OffsetDateTime::now_utc(),
-        true,
-        Duration::from_millis(300),
-    );
-    let read = tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("the database did not cut the statement off");
-    let err = read.unwrap_err().to_string();
-    assert!(err.contains("statement timeout"), "{err}");
+    // The database cuts the batch's statements off too, whoever waits for them. (Not under
+    // .ci/at-dates: there, a Postgres run under libfaketime with its clock moved ahead did not
+    // fire the statement timeout within 20 s; the plain run checks it.)
+    if std::env::var_os("FAKETIME").is_none() {
+        let org_id: Uuid = app
+            .db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT id FROM orgs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let read = db::usage_report::org_usage(
+            &app.db.pool,
+            org_id,
+            OffsetDateTime::now_utc(),
+            true,
+            Duration::from_millis(300),
+        );
+        let read = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the database did not cut the statement off");
+        let err = read.unwrap_err().to_string();
+        assert!(err.contains("statement timeout"), "{err}");
+    }
     tx.rollback().await.unwrap();
     let (status, body) = scrape(&app, Some(&metrics)).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -9,6 +9,7 @@ mod bodies;
 mod cap;
 mod cap_random;
 mod cli;
+mod deploy;
 mod embedded;
 mod gateway;
 mod gateway_support;
