@@ -2,7 +2,8 @@
 //! and keys' spend have crossed (`db::alerts::detect`, once per threshold per period), then
 //! sends what is due: an email to the member and the org's owners through the SMTP settings,
 //! and a JSON webhook signed with HMAC-SHA256. A failed send is tried again later, each wait
-//! twice the one before, up to [`MAX_ATTEMPTS`] tries. `keycap up` runs [`run`].
+//! twice the one before, up to [`MAX_ATTEMPTS`] tries. `keycap up` and `keycap admin` run
+//! [`run`].
 
 use std::fmt;
 use std::time::Duration;
@@ -95,8 +96,11 @@ pub async fn pass(state: &AppState, now: OffsetDateTime) -> Result<Report, db::E
         new_alerts: db::alerts::detect(&state.pool, now, &config.thresholds, channels).await?,
         ..Report::default()
     };
+    let started = std::time::Instant::now();
     for _ in 0..BATCHES {
-        let batch = db::alerts::claim_due(&state.pool, now, CLAIM_HOLD, BATCH).await?;
+        // Each batch is claimed at the time it is claimed, so its hold runs from then.
+        let at = now + started.elapsed();
+        let batch = db::alerts::claim_due(&state.pool, at, CLAIM_HOLD, BATCH).await?;
         if batch.is_empty() {
             break;
         }

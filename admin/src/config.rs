@@ -21,6 +21,8 @@ pub struct AdminConfig {
     pub login_max_failures: i64,
     /// The window over which failed sign-ins are counted.
     pub login_window: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (`admin.trusted_proxies`).
+    pub trusted_proxies: Vec<crate::client_addr::Network>,
     /// How long one org's usage metrics are kept before a scrape reads them again.
     pub metrics_cache: Duration,
     /// How long a scrape may wait for the database before it is answered 503.
@@ -41,6 +43,7 @@ impl Default for AdminConfig {
             invite_ttl: Duration::from_secs(7 * 24 * 3600),
             login_max_failures: 5,
             login_window: Duration::from_secs(15 * 60),
+            trusted_proxies: Vec::new(),
             metrics_cache: Duration::from_secs(5),
             metrics_timeout: Duration::from_secs(5),
             metrics_per_key: true,

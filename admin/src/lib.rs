@@ -13,6 +13,7 @@ pub mod alerts;
 mod api;
 mod app;
 mod chart;
+pub mod client_addr;
 mod clock;
 mod config;
 mod csrf;

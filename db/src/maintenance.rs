@@ -1,6 +1,6 @@
 //! Time-driven changes: closing expired keys (with their refunds), renewing monthly keys at
-//! the month boundary, and forgetting expired sessions and old flush claims. `keycap up` runs
-//! [`run_due`] periodically; every step is idempotent.
+//! the month boundary, and forgetting expired sessions and old flush claims. `keycap up` and
+//! `keycap admin` run [`run_due`] periodically; every step is idempotent.
 
 use domain::budget::{Renewal, renew};
 use domain::{LedgerKind, Money, MonthWindow};

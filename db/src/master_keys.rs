@@ -261,3 +261,12 @@ pub async fn find(client: &impl GenericClient, org: &Org, id: Uuid) -> Result<Ma
     row.map(|row| from_row(&row).key)
         .ok_or_else(|| Error::not_found(format!("master key {id}")))
 }
+
+/// How many master keys are sealed in the database, revoked ones included: a keyring that
+/// cannot open them must not be replaced by a new one.
+pub async fn count_sealed(client: &impl GenericClient) -> Result<i64, Error> {
+    let row = client
+        .query_one("SELECT count(*) FROM master_keys", &[])
+        .await?;
+    Ok(row.get(0))
+}

@@ -11,6 +11,9 @@ pub struct Email(String);
 #[error("{0:?} is not an email address")]
 pub struct BadEmail(pub String);
 
+/// The longest address accepted, in bytes (RFC 5321's path limit less its brackets).
+pub const MAX_LEN: usize = 254;
+
 impl Email {
     /// Parses and normalises an address.
     pub fn parse(text: &str) -> Result<Email, BadEmail> {
@@ -22,7 +25,7 @@ impl Email {
                     && !domain.contains('@')
                     && !domain.starts_with('.')
                     && !domain.ends_with('.')
-                    && email.len() <= 254
+                    && email.len() <= MAX_LEN
                     && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             }
             None => false,

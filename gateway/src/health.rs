@@ -3,7 +3,8 @@
 //! `GET /readyz` (it can serve them: the upstream's prices are loaded, or an unpriced ceiling
 //! makes them unnecessary). A database outage does not make a gateway unready: it goes on
 //! serving the keys it holds within their caps (ARCHITECTURE.md, "When Postgres is
-//! unreachable"); `/readyz` reports the flush lag for whoever wants to know.
+//! unreachable"). The probes are public: they say nothing about keys or the database (the
+//! metrics listener does).
 
 use bytes::Bytes;
 use serde_json::json;
@@ -37,12 +38,7 @@ pub fn answer(probe: Probe, gateway: &Gateway) -> (u16, Bytes) {
         Probe::Ready => {
             let prices_loaded = !gateway.prices.get().is_empty();
             let ready = prices_loaded || gateway.config.openrouter.unpriced_ceiling.is_some();
-            let body = json!({
-                "ready": ready,
-                "prices_loaded": prices_loaded,
-                "cached_keys": gateway.keys.len(),
-                "flush_lag_seconds": gateway.metrics.flush_lag_seconds.get(),
-            });
+            let body = json!({ "ready": ready, "prices_loaded": prices_loaded });
             (if ready { 200 } else { 503 }, Bytes::from(body.to_string()))
         }
     }

@@ -122,6 +122,9 @@ pub struct AdminSection {
     pub metrics_timeout_ms: u64,
     /// Whether `/metrics` has a series per open key.
     pub metrics_per_key: bool,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` names the client, for sign-in
+    /// throttling.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AdminSection {
@@ -136,6 +139,7 @@ impl Default for AdminSection {
             metrics_cache_ms: 5000,
             metrics_timeout_ms: 5000,
             metrics_per_key: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -439,6 +443,11 @@ impl Config {
         if !self.smtp.url.is_empty() {
             admin::Mailer::new(&self.smtp.url, &self.smtp.from)?;
         }
+        for proxy in &self.admin.trusted_proxies {
+            proxy
+                .parse::<admin::client_addr::Network>()
+                .map_err(|err| anyhow::anyhow!("admin.trusted_proxies: {err}"))?;
+        }
         if !(1..=60_000).contains(&self.admin.metrics_cache_ms)
             || !(1..=60_000).contains(&self.admin.metrics_timeout_ms)
         {
@@ -558,6 +567,12 @@ impl Config {
             invite_ttl: Duration::from_secs(self.admin.invite_days * 24 * 3600),
             login_max_failures: self.admin.login_max_failures,
             login_window: Duration::from_secs(15 * 60),
+            trusted_proxies: self
+                .admin
+                .trusted_proxies
+                .iter()
+                .filter_map(|proxy| proxy.parse().ok())
+                .collect(),
             metrics_cache: Duration::from_millis(self.admin.metrics_cache_ms),
             metrics_timeout: Duration::from_millis(self.admin.metrics_timeout_ms),
             metrics_per_key: self.admin.metrics_per_key,

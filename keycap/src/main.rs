@@ -148,7 +148,7 @@ async fn run_verb(database: &Database, config: &Config, command: Command) -> any
         }
         Command::Budget(command) => verbs::budget(database, command).await,
         Command::Vault(command) => {
-            let keyring = up::load_keyring(config)?;
+            let keyring = up::load_keyring(config, database, true).await?;
             verbs::vault(database, &keyring, command).await
         }
         Command::Key(command) => verbs::key(database, command).await,

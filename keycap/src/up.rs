@@ -38,11 +38,37 @@ impl Mode {
     }
 }
 
-/// Loads the encryption key: `KEYCAP_ENCRYPTION_KEY`, the key file, or a new key file.
-pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
+/// Loads the encryption key: `KEYCAP_ENCRYPTION_KEY`, the key file, or, when `may_generate`
+/// and the database holds no sealed master key, a new key file. A missing key is refused when
+/// master keys are sealed (a new key could not open them).
+pub async fn load_keyring(
+    config: &Config,
+    database: &Database,
+    may_generate: bool,
+) -> anyhow::Result<Keyring> {
     let env_key = std::env::var("KEYCAP_ENCRYPTION_KEY").ok();
-    let loaded = Keyring::load(env_key.as_deref(), &config.key_file())
-        .context("loading the encryption key")?;
+    let sealed = {
+        let client = database.pool.get().await?;
+        db::master_keys::count_sealed(&client).await?
+    };
+    let path = config.key_file();
+    let loaded = match Keyring::load(env_key.as_deref(), &path, may_generate && sealed == 0) {
+        Ok(loaded) => loaded,
+        Err(vault::LoadError::Missing { .. }) if sealed > 0 => anyhow::bail!(
+            "{sealed} master key(s) are sealed in this database, but no encryption key was found \
+             (KEYCAP_ENCRYPTION_KEY is not set and {} does not exist): restore the key file from \
+             your backup, or set KEYCAP_ENCRYPTION_KEY; keycap does not make a new key, which \
+             could not open them",
+            path.display()
+        ),
+        Err(vault::LoadError::Missing { .. }) => anyhow::bail!(
+            "no encryption key (KEYCAP_ENCRYPTION_KEY is not set and {} does not exist): \
+             keycap gateway and keycap admin never make one, as every process must use the same \
+             key: give them the key that keycap up or the first keycap command made",
+            path.display()
+        ),
+        Err(err) => return Err(anyhow::Error::new(err).context("loading the encryption key")),
+    };
     match &loaded.source {
         KeySource::Generated(path) => eprintln!(
             "generated a new encryption key in {} (mode 0600): back it up, master keys cannot be opened without it",
@@ -77,8 +103,22 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     if mode.runs_gateway() {
         gateway::server::check_trusted_roots(&gateway_config).map_err(anyhow::Error::msg)?;
     }
-    let keyring = load_keyring(&config)?;
+    if matches!(mode, Mode::Gateway | Mode::Admin) && config.database.url.is_empty() {
+        anyhow::bail!(
+            "keycap gateway and keycap admin need database.url (KEYCAP_DATABASE__URL): one \
+             Postgres that every part shares; the embedded cluster is for keycap up, which runs \
+             both parts in one process"
+        );
+    }
     let database = Database::open(&config).await?;
+    let keyring =
+        match load_keyring(&config, &database, matches!(mode, Mode::Up | Mode::Demo)).await {
+            Ok(keyring) => keyring,
+            Err(err) => {
+                database.close().await;
+                return Err(err);
+            }
+        };
     let demo_token = match &mock {
         Some(mock) => {
             match crate::demo::seed(&database, &keyring, &mock.state().config().master_key).await {
@@ -94,7 +134,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // The admin side: the app, maintenance and budget alerts, on this runtime.
-    let admin = if mode.runs_admin() {
+    let mut admin = if mode.runs_admin() {
         match start_admin(&config, &database, &keyring, shutdown_rx.clone()).await {
             Ok(admin) => Some(admin),
             Err(err) => {
@@ -195,7 +235,33 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
             })
         }
         None => {
-            shutdown_signal().await;
+            // The admin side alone: until a signal, or until its server ends on its own (then
+            // the process ends with an error, for a supervisor to restart it).
+            let server = admin.as_mut().and_then(|admin| admin.server.as_mut());
+            let ended = match server {
+                Some(server) => tokio::select! {
+                    () = shutdown_signal() => None,
+                    ended = server => Some(ended),
+                },
+                None => {
+                    shutdown_signal().await;
+                    None
+                }
+            };
+            if let Some(ended) = ended {
+                if let Some(admin) = admin.as_mut() {
+                    admin.server = None;
+                }
+                if let Some(admin) = admin {
+                    admin.stop().await;
+                }
+                database.close().await;
+                return Err(match ended {
+                    Ok(Ok(())) => anyhow::anyhow!("the admin app stopped on its own"),
+                    Ok(Err(err)) => anyhow::anyhow!("the admin app stopped: {err}"),
+                    Err(err) => anyhow::anyhow!("the admin app's task failed: {err}"),
+                });
+            }
             eprintln!("shutting down");
             None
         }
@@ -216,18 +282,21 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
 struct Admin {
     addr: std::net::SocketAddr,
     setup_link: Result<Option<String>, db::Error>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The app's server; `None` once it has ended.
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     maintenance: tokio::task::JoinHandle<()>,
     alerts: tokio::task::JoinHandle<()>,
 }
 
 impl Admin {
-    /// Stops the jobs and waits for the app to finish its requests (its shutdown signal must
-    /// have been sent, or it is aborted).
+    /// Stops the jobs and waits for the app to finish its requests: send its shutdown signal
+    /// first, or this waits for ever.
     async fn stop(self) {
         self.maintenance.abort();
         self.alerts.abort();
-        if let Ok(Err(err)) = self.server.await {
+        if let Some(server) = self.server
+            && let Ok(Err(err)) = server.await
+        {
             tracing::warn!(error = %err, "the admin app stopped with an error");
         }
     }
@@ -279,7 +348,7 @@ async fn start_admin(
     Ok(Admin {
         addr,
         setup_link,
-        server,
+        server: Some(server),
         maintenance,
         alerts,
     })

@@ -130,6 +130,14 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "no encryption key: KEYCAP_ENCRYPTION_KEY is not set and the key file {path} does not exist"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "key file {path} can be read or written by its group or others (mode {mode:o}): make it private with chmod 600 {path}"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 impl Keyring {
@@ -189,8 +197,13 @@ impl Keyring {
     }
 
     /// Loads the keyring: from `env_key` (the value of `KEYCAP_ENCRYPTION_KEY`) when set,
-    /// else from `key_file` when it exists, else generates a key into `key_file` (mode 0600).
-    pub fn load(env_key: Option<&str>, key_file: &Path) -> Result<LoadedKeyring, LoadError> {
+    /// else from `key_file` when it exists (refused when its group or others may read or write
+    /// it), else, when `generate` allows it, generates a key into `key_file` (mode 0600).
+    pub fn load(
+        env_key: Option<&str>,
+        key_file: &Path,
+        generate: bool,
+    ) -> Result<LoadedKeyring, LoadError> {
         if let Some(text) = env_key.filter(|t| !t.trim().is_empty()) {
             let keyring = Keyring::parse_key_file(
                 Path::new("KEYCAP_ENCRYPTION_KEY"),
@@ -203,10 +216,30 @@ impl Keyring {
         }
         match fs::read_to_string(key_file) {
             Ok(text) => {
-                let keyring = Keyring::parse_key_file(key_file, &Zeroizing::new(text))?;
+                let text = Zeroizing::new(text);
+                let mode = fs::metadata(key_file)
+                    .map_err(|source| LoadError::Read {
+                        path: key_file.to_path_buf(),
+                        source,
+                    })?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(LoadError::Exposed {
+                        path: key_file.to_path_buf(),
+                        mode,
+                    });
+                }
+                let keyring = Keyring::parse_key_file(key_file, &text)?;
                 Ok(LoadedKeyring {
                     keyring,
                     source: KeySource::File(key_file.to_path_buf()),
+                })
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !generate => {
+                Err(LoadError::Missing {
+                    path: key_file.to_path_buf(),
                 })
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -257,15 +290,41 @@ pub(crate) fn write_key_file(path: &Path, keyring: &Keyring) -> Result<(), LoadE
 mod tests {
     use super::*;
 
+    fn write_private(path: &Path, text: &str) {
+        fs::write(path, text).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_and_a_missing_one_made_only_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("encryption.key");
+        let err = Keyring::load(None, &path, false).unwrap_err();
+        assert!(matches!(err, LoadError::Missing { .. }), "{err}");
+        assert!(!path.exists(), "a key was made though not allowed");
+        Keyring::load(None, &path, true).unwrap();
+        for mode in [0o640, 0o604, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Keyring::load(None, &path, true).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("chmod 600 {}", path.display())),
+                "{err}"
+            );
+            assert!(err.contains(&format!("mode {mode:o}")), "{err}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        Keyring::load(None, &path, false).unwrap();
+    }
+
     #[test]
     fn generates_a_private_key_file_on_first_run_and_reuses_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/encryption.key");
-        let first = Keyring::load(None, &path).unwrap();
+        let first = Keyring::load(None, &path, true).unwrap();
         assert_eq!(first.source, KeySource::Generated(path.clone()));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let second = Keyring::load(None, &path).unwrap();
+        let second = Keyring::load(None, &path, true).unwrap();
         assert_eq!(second.source, KeySource::File(path.clone()));
         assert_eq!(first.keyring.current().id(), second.keyring.current().id());
     }
@@ -275,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("encryption.key");
         let key = SealingKey::generate();
-        let loaded = Keyring::load(Some(&key.to_base64()), &path).unwrap();
+        let loaded = Keyring::load(Some(&key.to_base64()), &path, true).unwrap();
         assert_eq!(loaded.source, KeySource::Environment);
         assert_eq!(loaded.keyring.current().id(), key.id());
         assert!(
@@ -288,21 +347,20 @@ mod tests {
     fn bad_keys_are_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
-        let err = Keyring::load(Some("not base64!"), &path).unwrap_err();
+        let err = Keyring::load(Some("not base64!"), &path, true).unwrap_err();
         assert!(err.to_string().contains("not base64"), "{err}");
-        let err = Keyring::load(Some("c2hvcnQ="), &path).unwrap_err();
+        let err = Keyring::load(Some("c2hvcnQ="), &path, true).unwrap_err();
         assert!(err.to_string().contains("5 bytes long, not 32"), "{err}");
-        fs::write(&path, "# only a comment\n").unwrap();
+        write_private(&path, "# only a comment\n");
         assert!(matches!(
-            Keyring::load(None, &path),
+            Keyring::load(None, &path, true),
             Err(LoadError::EmptyFile { .. })
         ));
-        fs::write(
+        write_private(
             &path,
-            format!("{}\ngarbage\n", SealingKey::generate().to_base64().as_str()),
-        )
-        .unwrap();
-        let err = Keyring::load(None, &path).unwrap_err();
+            &format!("{}\ngarbage\n", SealingKey::generate().to_base64().as_str()),
+        );
+        let err = Keyring::load(None, &path, true).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 
@@ -311,16 +369,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         let (new, old) = (SealingKey::generate(), SealingKey::generate());
-        fs::write(
+        write_private(
             &path,
-            format!(
+            &format!(
                 "{}\n{}\n",
                 new.to_base64().as_str(),
                 old.to_base64().as_str()
             ),
-        )
-        .unwrap();
-        let loaded = Keyring::load(None, &path).unwrap();
+        );
+        let loaded = Keyring::load(None, &path, true).unwrap();
         assert_eq!(loaded.keyring.current().id(), new.id());
         assert_eq!(loaded.keyring.keys().len(), 2);
         assert!(loaded.keyring.find(old.id()).is_some());

@@ -197,6 +197,9 @@ fn local_path(next: &str) -> &str {
 /// that many attempts sent at once cannot all slip under the limit. Refuses when the email or
 /// the address has failed too often lately.
 async fn begin_attempt(state: &AppState, email: &str, client_ip: &str) -> Result<(), AppError> {
+    // What an attacker types is stored: no more of it than the longest address.
+    let email: String = email.chars().take(domain::email::MAX_LEN).collect();
+    let email = email.as_str();
     let window = time::Duration::try_from(state.config.login_window)
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let now = state.clock.now();

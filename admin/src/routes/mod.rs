@@ -15,6 +15,8 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
 
+use crate::state::AppState;
+
 /// The `?notice=` of a page reached after a change: a fixed code, never free text, so a link
 /// cannot put words on a page.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -52,20 +54,30 @@ pub fn done(path: &str, notice: &str) -> Response {
     Redirect::to(&format!("{path}?notice={notice}")).into_response()
 }
 
-/// The client's address as the listener saw it, for sign-in throttling.
+/// The client's address for sign-in throttling (`client_addr`): the connection's peer, or the
+/// address a trusted proxy forwarded for; an IPv6 client by its /64.
 pub struct ClientIp(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip().to_string())
-                .unwrap_or_else(|| "unknown".into()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip())
+        else {
+            return Ok(ClientIp("unknown".into()));
+        };
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|value| value.to_str().ok());
+        let client = crate::client_addr::client(peer, forwarded, &state.config.trusted_proxies);
+        Ok(ClientIp(crate::client_addr::throttle_key(client)))
     }
 }
 

@@ -282,3 +282,74 @@ async fn over_https_the_session_cookie_is_host_only_and_secure() {
         "{cookie}"
     );
 }
+
+/// Failed sign-ins from one client behind a proxy, with `admin.trusted_proxies`, count against
+/// that client (the rightmost address the proxy forwarded for), not against the proxy's
+/// address that every client shares: another client still signs in. Without the setting, the
+/// header is nobody's to believe, and everyone behind the proxy shares one allowance.
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_client_cannot_lock_out_the_others() {
+    async fn guesses_then_sign_in(app: &App, owner: &str) -> u16 {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let login = |email: String, password: &'static str, forwarded: &'static str| {
+            http.post(format!("{}/login", app.base))
+                .header("x-forwarded-for", forwarded)
+                .form(&[("email", email.as_str()), ("password", password)])
+                .send()
+        };
+        // 21 guesses at made-up accounts, from one client, through the proxy: past the
+        // allowance of one address (4 × 5), below that of any one email.
+        for i in 0..21 {
+            let email = format!("nobody{i}@acme.test");
+            login(email, "wrong-password", "198.51.100.1, 203.0.113.7")
+                .await
+                .unwrap();
+        }
+        let refused = login("nobody99@acme.test".into(), "wrong-password", "203.0.113.7")
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 429);
+        // The owner, another client behind the same proxy.
+        login(owner.into(), PASSWORD, "192.0.2.44")
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    let trusting = App::start_with(|config| {
+        config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    trusting.owner("Acme", "ann@acme.test").await;
+    // Signed in: a redirect to the dashboard.
+    assert_eq!(guesses_then_sign_in(&trusting, "ann@acme.test").await, 303);
+
+    let plain = App::start().await;
+    plain.owner("Acme", "ann@acme.test").await;
+    assert_eq!(guesses_then_sign_in(&plain, "ann@acme.test").await, 429);
+}
+
+/// A sign-in failure keeps no more of what was typed as the email than the longest address.
+#[tokio::test]
+async fn the_failure_table_keeps_no_more_than_an_address() {
+    let app = App::start().await;
+    app.owner("Acme", "ann@acme.test").await;
+    let typed = format!("{}@acme.test", "a".repeat(20_000));
+    app.person()
+        .post_anonymous(
+            "/login",
+            &[("email", &typed), ("password", "wrong-password")],
+        )
+        .await
+        .expect(401, &[]);
+    let client = app.db.client().await.unwrap();
+    let longest: i32 = client
+        .query_one("SELECT max(length(email))::int FROM login_failures", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(longest, 254);
+}

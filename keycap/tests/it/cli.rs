@@ -1116,3 +1116,58 @@ async fn metrics_tokens_are_made_listed_and_revoked_on_the_command_line() {
         .unwrap();
     assert!(!again.success);
 }
+
+/// No command makes a new encryption key while master keys are sealed in the database (it
+/// could not open them): a lost key file is refused with what to do, and nothing is written.
+/// A key file its group or others can read is refused. `keycap gateway` and `keycap admin`
+/// need a database URL and never make a key.
+#[tokio::test]
+async fn a_lost_or_readable_key_file_is_refused_and_never_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let env = seeded().await;
+    let key_file = env._dir.path().join("encryption.key");
+    let add = ["vault", "add", "--org", "acme", "--name", "second"];
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.keycap.run_with_stdin(&add, MASTER_SECRET).unwrap();
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(&format!(
+            "mode 644): make it private with chmod 600 {}",
+            key_file.display()
+        )),
+        "{}",
+        out.stderr
+    );
+
+    std::fs::remove_file(&key_file).unwrap();
+    for args in [&add[..], &["up"][..], &["admin"][..]] {
+        let out = env.keycap.run_with_stdin(args, MASTER_SECRET).unwrap();
+        assert!(!out.success, "{args:?}");
+        assert!(
+            out.stderr.contains(
+                "1 master key(s) are sealed in this database, but no encryption key was found"
+            ),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!key_file.exists(), "{args:?} made a new key");
+    }
+
+    let fresh = crate::support::env().await;
+    let out = fresh.keycap.run(&["gateway"]).unwrap();
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("keycap gateway and keycap admin never make one"),
+        "{}",
+        out.stderr
+    );
+    let embedded = testkit::process::Keycap::embedded(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keycap")),
+        fresh._dir.path(),
+    );
+    let out = embedded.run(&["admin"]).unwrap();
+    assert!(!out.success);
+    assert!(out.stderr.contains("need database.url"), "{}", out.stderr);
+}

@@ -236,6 +236,6 @@ async fn a_gateway_without_prices_is_live_but_not_ready() {
     assert_eq!(ready["prices_loaded"], false, "{ready}");
     // Counted as probes, not as requests answered or refused.
     gateway
-        .wait_for_metric(r#"gateway_requests_total{outcome="probe",service="openrouter"} 2"#)
+        .wait_for_metric("gateway_requests_total{outcome=\"probe\",service=\"openrouter\"} 2\n")
         .await;
 }
