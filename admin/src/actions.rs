@@ -612,6 +612,19 @@ pub async fn remove_member(
     Ok(db::members::remove(&state.pool, &owner.org, &email, viewer.actor(), now).await?)
 }
 
+/// Cancels a pending invite of the owner's org (owners only): its link stops working.
+pub async fn cancel_invite(
+    state: &AppState,
+    viewer: &Viewer,
+    invite_id: &str,
+    now: OffsetDateTime,
+) -> Result<db::invites::Invite, AppError> {
+    let owner = viewer.owner()?;
+    let id = Uuid::parse_str(invite_id)
+        .map_err(|_| AppError::NotFound(format!("pending invite {invite_id:?} not found")))?;
+    Ok(db::invites::cancel(&state.pool, &owner.org, id, viewer.actor(), now).await?)
+}
+
 /// Ledger filters, as typed in the audit page's query string.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct AuditQuery {

@@ -322,6 +322,18 @@ pub async fn remove_member(
     Ok(Json(json!({ "email": body.email, "keys_revoked": n_keys })))
 }
 
+/// `POST /api/invites/{id}/cancel` (owners).
+pub async fn cancel_invite(
+    State(state): State<AppState>,
+    ApiViewer(viewer): ApiViewer,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let invite = actions::cancel_invite(&state, &viewer, &id, state.clock.now()).await?;
+    Ok(Json(
+        json!({ "id": invite.id.to_string(), "email": invite.email, "cancelled": true }),
+    ))
+}
+
 /// `GET /api/master-keys` (owners).
 pub async fn list_master_keys(
     State(state): State<AppState>,

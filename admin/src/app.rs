@@ -44,6 +44,10 @@ pub fn app(state: AppState) -> Router {
         .route("/members/budget", post(members::post_budget))
         .route("/members/role", post(members::post_role))
         .route("/members/remove", post(members::post_remove))
+        .route(
+            "/members/invites/{id}/cancel",
+            post(members::post_cancel_invite),
+        )
         .route("/audit", get(audit::get))
         .route("/audit.csv", get(audit::get_csv));
     // The stylesheet and script need no session: they are served outside its middleware, so
@@ -67,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/members/budget", post(api::set_budget))
         .route("/api/members/role", post(api::set_role))
         .route("/api/members/remove", post(api::remove_member))
+        .route("/api/invites/{id}/cancel", post(api::cancel_invite))
         .route(
             "/api/master-keys",
             get(api::list_master_keys).post(api::add_master_key),

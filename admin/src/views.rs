@@ -431,6 +431,7 @@ pub struct MemberRow {
 }
 
 pub struct InviteRow {
+    pub id: String,
     pub email: String,
     pub role: String,
     pub budget: String,

@@ -23,6 +23,7 @@ pub struct Invite {
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub accepted_at: Option<OffsetDateTime>,
+    pub cancelled_at: Option<OffsetDateTime>,
 }
 
 /// An invite to create.
@@ -40,7 +41,7 @@ macro_rules! select_invites {
     ($tail:literal) => {
         concat!(
             "SELECT i.id, o.id, o.name, i.email, i.role, i.monthly_budget_nanousd,
-                    i.created_at, i.expires_at, i.accepted_at
+                    i.created_at, i.expires_at, i.accepted_at, i.cancelled_at
              FROM invites i JOIN orgs o ON o.id = i.org_id ",
             $tail
         )
@@ -61,6 +62,7 @@ fn from_row(row: &tokio_postgres::Row) -> Invite {
         created_at: row.get(6),
         expires_at: row.get(7),
         accepted_at: row.get(8),
+        cancelled_at: row.get(9),
     }
 }
 
@@ -142,12 +144,13 @@ pub async fn find(
     Ok(row.map(|row| from_row(&row)))
 }
 
-/// The invites of an org not yet accepted, newest first (expired ones included).
+/// The invites of an org neither accepted nor cancelled, newest first (expired ones included).
 pub async fn pending(client: &impl GenericClient, org: &Org) -> Result<Vec<Invite>, Error> {
     let rows = client
         .query(
             select_invites!(
-                "WHERE i.org_id = $1 AND i.accepted_at IS NULL ORDER BY i.created_at DESC"
+                "WHERE i.org_id = $1 AND i.accepted_at IS NULL AND i.cancelled_at IS NULL
+                 ORDER BY i.created_at DESC"
             ),
             &[&org.id],
         )
@@ -159,11 +162,94 @@ pub async fn pending(client: &impl GenericClient, org: &Org) -> Result<Vec<Invit
 pub fn unusable(invite: &Invite, now: OffsetDateTime) -> Option<&'static str> {
     if invite.accepted_at.is_some() {
         Some("this invite was already used: sign in instead")
+    } else if invite.cancelled_at.is_some() {
+        Some("this invite was cancelled: ask an owner for a new one")
     } else if invite.expires_at <= now {
         Some("this invite has expired: ask an owner for a new one")
     } else {
         None
     }
+}
+
+/// Cancels a pending invite of `org` (not accepted, not cancelled; an expired one too), with
+/// its `invite_cancelled` ledger row, in one transaction; its link stops working.
+pub async fn cancel(
+    pool: &Pool,
+    org: &Org,
+    invite_id: Uuid,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<Invite, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let cancelled =
+        cancel_where(&tx, org, "i.id = $3", &invite_id, "cancelled", actor, now).await?;
+    let invite = cancelled
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::not_found(format!("pending invite {invite_id}")))?;
+    tx.commit().await?;
+    Ok(invite)
+}
+
+/// Cancels the pending invites `inviter` made in `org`, inside the caller's transaction (they
+/// are no longer an owner); returns how many.
+pub(crate) async fn cancel_made_by(
+    tx: &impl GenericClient,
+    org: &Org,
+    inviter: Uuid,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<usize, Error> {
+    let cancelled = cancel_where(
+        tx,
+        org,
+        "i.invited_by = $3",
+        &inviter,
+        "the inviter is no longer an owner",
+        actor,
+        now,
+    )
+    .await?;
+    Ok(cancelled.len())
+}
+
+/// Marks the pending invites of `org` that `condition` (on `$3`, `id`) picks cancelled, and
+/// appends a ledger row for each.
+async fn cancel_where(
+    tx: &impl GenericClient,
+    org: &Org,
+    condition: &str,
+    id: &Uuid,
+    reason: &str,
+    actor: Actor,
+    now: OffsetDateTime,
+) -> Result<Vec<Invite>, Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE invites i SET cancelled_at = $2
+                 FROM orgs o
+                 WHERE o.id = i.org_id AND i.org_id = $1 AND {condition}
+                   AND i.accepted_at IS NULL AND i.cancelled_at IS NULL
+                 RETURNING i.id, o.id, o.name, i.email, i.role, i.monthly_budget_nanousd,
+                           i.created_at, i.expires_at, i.accepted_at, i.cancelled_at"
+            ),
+            &[&org.id, &now, id],
+        )
+        .await?;
+    let mut invites: Vec<Invite> = rows.iter().map(from_row).collect();
+    invites.sort_by_key(|invite| invite.created_at);
+    for invite in &invites {
+        let mut entry = NewEntry::new(org.id, LedgerKind::InviteCancelled, actor, now);
+        entry.detail = json!({
+            "email": invite.email,
+            "invite_id": invite.id.to_string(),
+            "reason": reason,
+        });
+        transactions::append(tx, &entry).await?;
+    }
+    Ok(invites)
 }
 
 /// Accepts an invite: creates the user (with `new_password_hash`) if the address has no account

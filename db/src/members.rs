@@ -331,6 +331,7 @@ pub async fn set_role(
     check_not_last_owner(&tx, org, &membership).await?;
     if membership.role == Role::Owner {
         revoke_admin_tokens(&tx, org, membership.user_id, now).await?;
+        crate::invites::cancel_made_by(&tx, org, membership.user_id, actor, now).await?;
     }
     tx.execute(
         "UPDATE memberships SET role = $2 WHERE id = $1",
@@ -364,6 +365,7 @@ pub async fn remove(
     let membership = find_for_update(&tx, org, email).await?;
     check_not_last_owner(&tx, org, &membership).await?;
     revoke_admin_tokens(&tx, org, membership.user_id, now).await?;
+    crate::invites::cancel_made_by(&tx, org, membership.user_id, actor, now).await?;
     let rows = tx
         .query(
             crate::keys::select_keys!(

@@ -54,6 +54,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0013_usage_metrics_and_alerts",
         include_str!("../../migrations/0013_usage_metrics_and_alerts.sql"),
     ),
+    (
+        "0014_invite_cancel",
+        include_str!("../../migrations/0014_invite_cancel.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -7,6 +7,8 @@ use std::fmt;
 pub enum LedgerKind {
     OrgCreated,
     MemberInvited,
+    /// A pending invite was cancelled: by an owner, or because its inviter stopped being one.
+    InviteCancelled,
     MemberJoined,
     MemberRemoved,
     RoleChanged,
@@ -29,9 +31,10 @@ pub enum LedgerKind {
 
 impl LedgerKind {
     /// Every kind, for filters and validation.
-    pub const ALL: [LedgerKind; 18] = [
+    pub const ALL: [LedgerKind; 19] = [
         LedgerKind::OrgCreated,
         LedgerKind::MemberInvited,
+        LedgerKind::InviteCancelled,
         LedgerKind::MemberJoined,
         LedgerKind::MemberRemoved,
         LedgerKind::RoleChanged,
@@ -55,6 +58,7 @@ impl LedgerKind {
         match self {
             LedgerKind::OrgCreated => "org_created",
             LedgerKind::MemberInvited => "member_invited",
+            LedgerKind::InviteCancelled => "invite_cancelled",
             LedgerKind::MemberJoined => "member_joined",
             LedgerKind::MemberRemoved => "member_removed",
             LedgerKind::RoleChanged => "role_changed",

@@ -167,6 +167,21 @@ pub enum MemberCommand {
         #[arg(long, default_value = "0", allow_hyphen_values = true)]
         budget: String,
     },
+    /// List an org's pending invites (neither accepted nor cancelled), newest first.
+    Invites {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+    },
+    /// Cancel a pending invite by its id (from `keycap member invites`): its link stops
+    /// working.
+    CancelInvite {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The invite's id.
+        id: String,
+    },
     /// List an org's members with their budgets for this month.
     List {
         /// Org id or name.

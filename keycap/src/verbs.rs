@@ -114,6 +114,51 @@ pub async fn member(
                 org.name
             );
         }
+        MemberCommand::Invites { org } => {
+            let client = database.pool.get().await?;
+            let org = orgs::find(&client, &org).await?;
+            let now = OffsetDateTime::now_utc();
+            println!(
+                "{:<36}  {:<32} {:<6} {:>12}  {:<20} STATUS",
+                "ID", "EMAIL", "ROLE", "BUDGET", "EXPIRES (UTC)"
+            );
+            for invite in db::invites::pending(&client, &org).await? {
+                let expires = invite.expires_at.format(time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]"
+                ))?;
+                println!(
+                    "{:<36}  {:<32} {:<6} {:>12}  {:<20} {}",
+                    invite.id,
+                    invite.email,
+                    invite.role.as_str(),
+                    invite.monthly_budget.to_string(),
+                    expires,
+                    if invite.expires_at <= now {
+                        "expired"
+                    } else {
+                        "pending"
+                    }
+                );
+            }
+        }
+        MemberCommand::CancelInvite { org, id } => {
+            let org = find_org(database, &org).await?;
+            let id = Uuid::parse_str(&id).with_context(|| {
+                format!("{id:?} is not an invite id: see keycap member invites")
+            })?;
+            let invite = db::invites::cancel(
+                &database.pool,
+                &org,
+                id,
+                Actor::Cli,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+            eprintln!(
+                "cancelled the invite of {}: its link no longer works",
+                invite.email
+            );
+        }
         MemberCommand::List { org, json } => {
             let client = database.pool.get().await?;
             let org = orgs::find(&client, &org).await?;

@@ -1,7 +1,7 @@
 //! `/members` (owners): members with their budgets and this month's money; set budgets, change
 //! roles, remove, invite.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
@@ -48,6 +48,7 @@ async fn members_page(
         invites: invites
             .iter()
             .map(|i| InviteRow {
+                id: i.id.to_string(),
                 email: i.email.clone(),
                 role: i.role.to_string(),
                 budget: i.monthly_budget.to_string(),
@@ -195,4 +196,14 @@ pub async fn post_remove(
 ) -> Result<Response, AppError> {
     actions::remove_member(&state, &viewer, &form.email, state.clock.now()).await?;
     Ok(done("/members", "member_removed"))
+}
+
+/// `POST /members/invites/{id}/cancel` (owners).
+pub async fn post_cancel_invite(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    actions::cancel_invite(&state, &viewer, &id, state.clock.now()).await?;
+    Ok(done("/members", "invite_cancelled"))
 }

@@ -40,6 +40,7 @@ impl NoticeQuery {
             "member_removed" => "Member removed; their keys were revoked.",
             "password_changed" => "Password changed; your other sessions were signed out.",
             "token_revoked" => "Admin token revoked.",
+            "invite_cancelled" => "Invite cancelled: its link no longer works.",
             "org_switched" => "Switched org.",
             "joined" => "Welcome: you joined the org.",
             "welcome" => "keycap is set up. Add a master key to the vault, then invite members.",

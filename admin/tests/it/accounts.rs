@@ -504,3 +504,99 @@ async fn people_made_on_the_command_line_get_in_through_setup_and_invites() {
     .await
     .expect(400, &["already a member"]);
 }
+
+/// An owner cancels a pending invite on /members or through the API: its link stops working,
+/// it leaves the list, and the ledger says so; only owners may, and only pending invites. An
+/// owner's pending invites are cancelled when they are demoted.
+#[tokio::test]
+async fn owners_cancel_invites_and_a_demoted_owners_invites_end() {
+    let app = App::start().await;
+    let ann = app.owner("Acme", "ann@acme.test").await;
+    let link = ann.invite("bob@acme.test", "user", "10").await;
+    let path = link.strip_prefix(&app.base).unwrap().to_string();
+    let members = ann.get("/members").await;
+    let id = members
+        .body
+        .split("/members/invites/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    ann.post_follow(&format!("/members/invites/{id}/cancel"), &[])
+        .await
+        .expect(200, &["Invite cancelled: its link no longer works."]);
+    assert!(!ann.get("/members").await.body.contains("bob@acme.test"));
+    app.person()
+        .get(&path)
+        .await
+        .expect(409, &["was cancelled"]);
+    app.person()
+        .post_anonymous(&path, &[("password", PASSWORD)])
+        .await
+        .expect(409, &["was cancelled"]);
+    // Cancelled once: again is "not found", through the API too.
+    ann.post_json(&format!("/api/invites/{id}/cancel"), serde_json::json!({}))
+        .await
+        .expect(404, &["pending invite"]);
+
+    // Dave, a second owner, invites erin and carol; a member cannot cancel one.
+    let dave = app.member(&ann, "dave@acme.test", "owner", "0").await;
+    let erin_link = dave.invite("erin@acme.test", "user", "5").await;
+    dave.invite("carol@acme.test", "user", "5").await;
+    let carol_id = dave
+        .get("/members")
+        .await
+        .body
+        .split("/members/invites/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let frank = app.member(&ann, "frank@acme.test", "user", "0").await;
+    frank
+        .post_json(
+            &format!("/api/invites/{carol_id}/cancel"),
+            serde_json::json!({}),
+        )
+        .await
+        .expect(403, &[]);
+    ann.post_json(
+        &format!("/api/invites/{carol_id}/cancel"),
+        serde_json::json!({}),
+    )
+    .await
+    .expect(200, &["carol@acme.test", "\"cancelled\":true"]);
+    // Demoting dave ends erin's invite.
+    ann.post(
+        "/members/role",
+        &[("email", "dave@acme.test"), ("role", "user")],
+    )
+    .await
+    .expect_redirect("/members");
+    let erin_path = erin_link.strip_prefix(&app.base).unwrap();
+    app.person()
+        .get(erin_path)
+        .await
+        .expect(409, &["was cancelled"]);
+
+    let client = app.db.client().await.unwrap();
+    let reasons: Vec<String> = client
+        .query(
+            "SELECT detail->>'email' || ': ' || (detail->>'reason') FROM transactions
+             WHERE kind = 'invite_cancelled' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "bob@acme.test: cancelled",
+            "carol@acme.test: cancelled",
+            "erin@acme.test: the inviter is no longer an owner"
+        ]
+    );
+}

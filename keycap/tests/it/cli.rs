@@ -1171,3 +1171,60 @@ async fn a_lost_or_readable_key_file_is_refused_and_never_replaced() {
     assert!(!out.success);
     assert!(out.stderr.contains("need database.url"), "{}", out.stderr);
 }
+
+/// Pending invites are listed and cancelled on the command line; a bad id changes nothing.
+#[tokio::test]
+async fn invites_are_listed_and_cancelled_on_the_command_line() {
+    let env = seeded().await;
+    env.keycap
+        .ok(&[
+            "member",
+            "invite",
+            "--org",
+            "acme",
+            "carol@acme.test",
+            "--budget",
+            "5",
+        ])
+        .unwrap();
+    let listed = env
+        .keycap
+        .ok(&["member", "invites", "--org", "acme"])
+        .unwrap();
+    let line = listed
+        .lines()
+        .find(|l| l.contains("carol@acme.test"))
+        .unwrap();
+    assert!(
+        line.contains("pending") && line.contains("$5.00"),
+        "{listed}"
+    );
+    let id = line.split_whitespace().next().unwrap().to_string();
+
+    let before = snapshot(&env.db).await;
+    for bad in ["nope", "00000000-0000-0000-0000-000000000000"] {
+        let out = env
+            .keycap
+            .run(&["member", "cancel-invite", "--org", "acme", bad])
+            .unwrap();
+        assert!(!out.success, "{bad}");
+    }
+    assert_eq!(snapshot(&env.db).await, before);
+
+    let out = env
+        .keycap
+        .run(&["member", "cancel-invite", "--org", "acme", &id])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cancelled the invite of carol@acme.test")
+    );
+    let listed = env
+        .keycap
+        .ok(&["member", "invites", "--org", "acme"])
+        .unwrap();
+    assert!(!listed.contains("carol@acme.test"), "{listed}");
+    let audit = env.keycap.ok(&["audit", "--org", "acme"]).unwrap();
+    assert!(audit.contains("invite_cancelled"), "{audit}");
+}

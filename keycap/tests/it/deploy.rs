@@ -85,7 +85,9 @@ async fn gateway_and_admin_run_apart_behind_the_shipped_nginx_config() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("keycap.conf"), site).unwrap();
     let main = format!(
-        "daemon off;\nworker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+        // One process (no master and workers), so that killing it when the test ends leaves no
+        // worker behind.
+        "daemon off;\nmaster_process off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n\
          \x20 fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
