@@ -266,6 +266,7 @@ pub async fn invite(
         .map_err(refused)?;
     let invite = &invited.invite;
     let body = json!({
+        "id": invite.id.to_string(),
         "email": invite.email, "role": invite.role.as_str(),
         "budget_nanousd": invite.monthly_budget.nanos(),
         "expires_at": rfc3339(Some(invite.expires_at)), "link": invited.link,

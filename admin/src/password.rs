@@ -30,12 +30,15 @@ pub fn problem(password: &str) -> Option<String> {
 }
 
 /// Argon2 runs at once, at most.
-fn permits() -> &'static tokio::sync::Semaphore {
-    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    })
+fn permits() -> std::sync::Arc<tokio::sync::Semaphore> {
+    static PERMITS: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    PERMITS
+        .get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(cores())))
+        .clone()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Argon2 runs in progress now, and the most there have been at once.
@@ -47,8 +50,11 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    let _permit = permits().acquire().await;
+    // The permit moves into the blocking work: a request dropped while argon2 runs (its client
+    // hung up) does not free it before argon2 ends.
+    let permit = permits().acquire_owned().await;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let running = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
         PEAK.fetch_max(running, Ordering::SeqCst);
         let out = work();
@@ -112,7 +118,7 @@ mod tests {
         let stored = hash(SecretString::from("correct-horse-battery"))
             .await
             .unwrap();
-        let cores = permits().available_permits();
+        let cores = cores();
         let checks: Vec<_> = (0..4 * cores + 4)
             .map(|_| {
                 let stored = stored.clone();

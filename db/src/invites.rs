@@ -97,6 +97,25 @@ pub async fn create(
         Actor::User(id) => Some(id),
         Actor::Cli | Actor::System => None,
     };
+    // The inviter must still be an owner when the invite is made: their membership is read
+    // under a share lock, so a demotion or removal (which locks it to update it, and then
+    // cancels their pending invites) runs wholly before or after this invite.
+    if let Some(inviter) = user_id {
+        let owner = tx
+            .query_opt(
+                "SELECT 1 FROM memberships
+                 WHERE org_id = $1 AND user_id = $2 AND removed_at IS NULL AND role = 'owner'
+                 FOR SHARE",
+                &[&org.id, &inviter],
+            )
+            .await?;
+        if owner.is_none() {
+            return Err(Error::Conflict(format!(
+                "you are no longer an owner of org {:?}: only owners invite",
+                org.name
+            )));
+        }
+    }
     tx.execute(
         "INSERT INTO invites (id, org_id, email, role, monthly_budget_nanousd, token_hash, invited_by, expires_at,
                               created_at)
@@ -219,7 +238,7 @@ pub(crate) async fn cancel_made_by(
 async fn cancel_where(
     tx: &impl GenericClient,
     org: &Org,
-    condition: &str,
+    condition: &'static str,
     id: &Uuid,
     reason: &str,
     actor: Actor,

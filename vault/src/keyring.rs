@@ -214,23 +214,22 @@ impl Keyring {
                 source: KeySource::Environment,
             });
         }
-        match fs::read_to_string(key_file) {
-            Ok(text) => {
-                let text = Zeroizing::new(text);
-                let mode = fs::metadata(key_file)
-                    .map_err(|source| LoadError::Read {
-                        path: key_file.to_path_buf(),
-                        source,
-                    })?
-                    .permissions()
-                    .mode()
-                    & 0o777;
+        // One open file: its mode is checked and its text read from the same handle.
+        match fs::File::open(key_file) {
+            Ok(mut file) => {
+                let read_err = |source| LoadError::Read {
+                    path: key_file.to_path_buf(),
+                    source,
+                };
+                let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(LoadError::Exposed {
                         path: key_file.to_path_buf(),
                         mode,
                     });
                 }
+                let mut text = Zeroizing::new(String::new());
+                std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
                 let keyring = Keyring::parse_key_file(key_file, &text)?;
                 Ok(LoadedKeyring {
                     keyring,

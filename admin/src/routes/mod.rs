@@ -73,11 +73,18 @@ impl FromRequestParts<AppState> for ClientIp {
         else {
             return Ok(ClientIp("unknown".into()));
         };
-        let forwarded = parts
+        // Every X-Forwarded-For line, in order: a proxy may add its own line after the
+        // client's rather than extend it. Bytes that are not text become U+FFFD, which no
+        // address parses as, so the walk stops there.
+        let forwarded: Vec<String> = parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|value| value.to_str().ok());
-        let client = crate::client_addr::client(peer, forwarded, &state.config.trusted_proxies);
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|line| String::from_utf8_lossy(line.as_bytes()).into_owned())
+            .collect();
+        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        let client =
+            crate::client_addr::client(peer, forwarded.as_deref(), &state.config.trusted_proxies);
         Ok(ClientIp(crate::client_addr::throttle_key(client)))
     }
 }

@@ -353,3 +353,33 @@ async fn the_failure_table_keeps_no_more_than_an_address() {
         .get(0);
     assert_eq!(longest, 254);
 }
+
+/// A proxy that adds its own `X-Forwarded-For` line after the client's (HAProxy's
+/// `option forwardfor`) is read whole: a client who forges a different address in its own line
+/// on every guess is still counted by the address the proxy saw.
+#[tokio::test]
+async fn a_forged_forwarded_line_does_not_dodge_the_throttle() {
+    let app = App::start_with(|config| {
+        config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    app.owner("Acme", "ann@acme.test").await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..22 {
+        let answer = http
+            .post(format!("{}/login", app.base))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .form(&[
+                ("email", format!("nobody{i}@acme.test").as_str()),
+                ("password", "wrong-password"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(statuses[..20], [401; 20]);
+    assert_eq!(statuses[20..], [429, 429], "{statuses:?}");
+}
