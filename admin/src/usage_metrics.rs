@@ -167,7 +167,7 @@ pub fn render(usage: &OrgUsage) -> String {
                 out,
                 "{name}{{org=\"{org}\",member=\"{}\"}} {}",
                 escape(&member.email),
-                dollars(value(member))
+                value(member).decimal_usd()
             );
         }
     }
@@ -188,7 +188,7 @@ pub fn render(usage: &OrgUsage) -> String {
             "keycap_member_spend_dollars_total{{org=\"{org}\",member=\"{}\",model=\"{}\"}} {}",
             escape(&spend.email),
             escape(model),
-            dollars(spend.spent)
+            spend.spent.decimal_usd()
         );
     }
     if !usage.keys.is_empty() {
@@ -231,7 +231,7 @@ pub fn render(usage: &OrgUsage) -> String {
         for (name, help, value) in key_gauges {
             header(&mut out, name, help, "gauge");
             for (key, labels) in usage.keys.iter().zip(&labels) {
-                let _ = writeln!(out, "{name}{{{labels}}} {}", dollars(value(key)));
+                let _ = writeln!(out, "{name}{{{labels}}} {}", value(key).decimal_usd());
             }
         }
     }
@@ -240,11 +240,6 @@ pub fn render(usage: &OrgUsage) -> String {
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Dollars as a decimal from the integer nano-dollars: `12.5`, `0.000000001`, `-3.25`.
-fn dollars(money: Money) -> String {
-    money.to_string().replacen('$', "", 1)
 }
 
 /// A label value as the text format needs it.

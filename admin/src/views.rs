@@ -54,7 +54,7 @@ pub fn when_or(at: Option<OffsetDateTime>, none: &str) -> String {
 
 /// Money as typed into a form: `20.00` rather than `$20.00`.
 pub fn usd_input(money: Money) -> String {
-    money.to_string().replacen('$', "", 1)
+    money.decimal_usd()
 }
 
 /// What the navigation needs: who is signed in, where, and whether they own the org.

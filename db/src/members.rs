@@ -160,11 +160,23 @@ pub async fn list(client: &impl GenericClient, org: &Org) -> Result<Vec<Membersh
     Ok(rows.iter().map(membership_from_row).collect())
 }
 
-const MONTH: &str = "SELECT
-        coalesce(sum(amount_nanousd) FILTER (WHERE kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')), 0)::bigint,
-        coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0)::bigint
-    FROM transactions
-    WHERE membership_id = $1 AND created_at >= $2 AND created_at < $3";
+/// What a membership carved from its budget and got back as refunds in a month: two columns,
+/// `carved` and `refunded`, summed over the ledger rows the query selects. The one derivation
+/// of a month's carves (`monthly_budget`, and the usage metrics' batch).
+macro_rules! carved_and_refunded {
+    () => {
+        "coalesce(sum(amount_nanousd) FILTER (WHERE kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')), 0)::bigint AS carved,
+         coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0)::bigint AS refunded"
+    };
+}
+pub(crate) use carved_and_refunded;
+
+const MONTH: &str = concat!(
+    "SELECT ",
+    carved_and_refunded!(),
+    " FROM transactions
+    WHERE membership_id = $1 AND created_at >= $2 AND created_at < $3"
+);
 
 /// A member's budget, carved and refunded amounts for the month `window`, from the ledger.
 pub async fn monthly_budget(

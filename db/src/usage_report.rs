@@ -49,19 +49,19 @@ pub struct OrgUsage {
     pub keys: Vec<KeyUsage>,
 }
 
-const MEMBERS: &str = "SELECT u.email, m.monthly_budget_nanousd,
-        coalesce((SELECT sum(t.amount_nanousd) FROM transactions t
-                  WHERE t.membership_id = m.id AND t.created_at >= $2 AND t.created_at < $3
-                    AND t.kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')), 0)::bigint,
-        coalesce((SELECT sum(t.amount_nanousd) FROM transactions t
-                  WHERE t.membership_id = m.id AND t.created_at >= $2 AND t.created_at < $3
-                    AND t.kind = 'refund'), 0)::bigint,
+const MEMBERS: &str = concat!(
+    "SELECT u.email, m.monthly_budget_nanousd, month.carved, month.refunded,
         coalesce((SELECT sum(r.cost_nanousd) FROM usage_rollups r
                   JOIN api_keys k ON k.id = r.api_key_id
                   WHERE k.membership_id = m.id AND r.minute >= $2 AND r.minute < $3), 0)::bigint
     FROM memberships m JOIN users u ON u.id = m.user_id
+    CROSS JOIN LATERAL (SELECT ",
+    crate::members::carved_and_refunded!(),
+    " FROM transactions t
+        WHERE t.membership_id = m.id AND t.created_at >= $2 AND t.created_at < $3) month
     WHERE m.org_id = $1 AND m.removed_at IS NULL
-    ORDER BY u.email";
+    ORDER BY u.email"
+);
 
 const BY_MODEL: &str = "SELECT u.email, b.model, sum(b.cost_nanousd)::bigint
     FROM usage_by_model b

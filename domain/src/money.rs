@@ -228,6 +228,14 @@ fn scale_digits(
     Ok(value)
 }
 
+impl Money {
+    /// Dollars as a plain decimal, as a form or a metric writes them: `20.00`, `0.0015`,
+    /// `-1.25` (the `Display` text without its `$`).
+    pub fn decimal_usd(self) -> String {
+        self.to_string().replacen('$', "", 1)
+    }
+}
+
 impl fmt::Display for Money {
     /// Dollars with at least two decimals and no trailing zeros past them: `$20.00`,
     /// `$0.0015`, `-$1.25`.

@@ -825,8 +825,7 @@ fn credits_body(key: &KeyEntry) -> Bytes {
 
 /// A JSON number of dollars written exactly from nano-dollars: `20`, `0.0015`.
 fn usd_number(amount: Money) -> String {
-    let text = amount.to_string();
-    let text = text.replacen('$', "", 1);
+    let text = amount.decimal_usd();
     let trimmed = text.trim_end_matches('0').trim_end_matches('.');
     if trimmed.is_empty() || trimmed == "-" {
         "0".to_string()

@@ -287,7 +287,7 @@ impl Default for OpenRouterConfig {
 
 /// A default amount as a setting's text: `0.015`.
 fn usd_text(amount: domain::Money) -> String {
-    amount.to_string().trim_start_matches('$').to_string()
+    amount.decimal_usd()
 }
 
 impl Default for LogConfig {

@@ -215,7 +215,9 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
             );
         }
     }
-    let joined = match gateway {
+    // What ended the wait: the gateway thread (when it runs), or the admin app's server on its
+    // own (when it runs alone); `None` for a signal.
+    let (joined, admin_ended) = match gateway {
         Some(gateway) => {
             let mut joined = tokio::task::spawn_blocking(move || gateway.join());
             let early_exit = tokio::select! {
@@ -223,7 +225,7 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
                 // The gateway ended on its own: it could not start.
                 joined = &mut joined => Some(joined),
             };
-            Some(match early_exit {
+            let joined = match early_exit {
                 Some(joined) => joined,
                 None => {
                     eprintln!(
@@ -232,7 +234,8 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
                     let _ = shutdown_tx.send(true);
                     joined.await
                 }
-            })
+            };
+            (Some(joined), None)
         }
         None => {
             // The admin side alone: until a signal, or until its server ends on its own (then
@@ -248,22 +251,11 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
                     None
                 }
             };
-            if let Some(ended) = ended {
-                if let Some(admin) = admin.as_mut() {
-                    admin.server = None;
-                }
-                if let Some(admin) = admin {
-                    admin.stop().await;
-                }
-                database.close().await;
-                return Err(match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("the admin app stopped on its own"),
-                    Ok(Err(err)) => anyhow::anyhow!("the admin app stopped: {err}"),
-                    Err(err) => anyhow::anyhow!("the admin app's task failed: {err}"),
-                });
+            match (&ended, admin.as_mut()) {
+                (Some(_), Some(admin)) => admin.server = None,
+                _ => eprintln!("shutting down"),
             }
-            eprintln!("shutting down");
-            None
+            (None, ended)
         }
     };
     let _ = shutdown_tx.send(true);
@@ -271,10 +263,13 @@ pub async fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         admin.stop().await;
     }
     database.close().await;
-    match joined {
-        None | Some(Ok(Ok(Ok(())))) => Ok(()),
-        Some(Ok(Ok(Err(err)))) => Err(anyhow::anyhow!("gateway: {err}")),
-        _ => Err(anyhow::anyhow!("the gateway thread panicked")),
+    match (joined, admin_ended) {
+        (_, Some(Ok(Ok(())))) => Err(anyhow::anyhow!("the admin app stopped on its own")),
+        (_, Some(Ok(Err(err)))) => Err(anyhow::anyhow!("the admin app stopped: {err}")),
+        (_, Some(Err(err))) => Err(anyhow::anyhow!("the admin app's task failed: {err}")),
+        (None | Some(Ok(Ok(Ok(())))), None) => Ok(()),
+        (Some(Ok(Ok(Err(err)))), None) => Err(anyhow::anyhow!("gateway: {err}")),
+        (Some(_), None) => Err(anyhow::anyhow!("the gateway thread panicked")),
     }
 }
 
