@@ -69,6 +69,8 @@ fn cache_lookup(c: &mut Criterion) {
 
 fn reserve_and_settle(c: &mut Criterion) {
     let budget = KeyBudget::new(Money::from_usd(1_000_000), Money::ZERO);
+    // The gateway reserves within the lease Postgres granted it.
+    budget.grow(Money::from_usd(1_000_000));
     let reserve = Money::from_nanos(200_000);
     c.bench_function("reserve_then_settle", |b| {
         b.iter(|| {

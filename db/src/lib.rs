@@ -13,6 +13,7 @@ pub mod embedded;
 mod error;
 pub mod invites;
 pub mod keys;
+pub mod leases;
 pub mod maintenance;
 pub mod master_keys;
 pub mod members;

@@ -188,6 +188,14 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
                     &[&key.id],
                 )
                 .await?;
+                // What a reclaim charged to the ended period stays there: spend flushed later
+                // by that gateway counts in the new period, as spend unflushed at a renewal
+                // does (migration 0015).
+                tx.execute(
+                    "UPDATE key_leases SET reclaimed_nanousd = 0 WHERE api_key_id = $1",
+                    &[&key.id],
+                )
+                .await?;
                 entry.amount = carve;
                 entry.detail =
                     json!({ "prefix": key.prefix, "previous_spent_nanousd": key.spent.nanos() });

@@ -377,7 +377,8 @@ pub async fn remove(
     let membership = find_for_update(&tx, org, email).await?;
     check_not_last_owner(&tx, org, &membership).await?;
     revoke_admin_tokens(&tx, org, membership.user_id, now).await?;
-    crate::invites::cancel_made_by(&tx, org, membership.user_id, actor, now).await?;
+    // The keys' spend rows before any ledger row (the org's ledger lock): the lock order of
+    // migration 0015, which lease grants, give-backs and reclaims follow.
     let rows = tx
         .query(
             crate::keys::select_keys!(
@@ -386,6 +387,7 @@ pub async fn remove(
             &[&membership.id],
         )
         .await?;
+    crate::invites::cancel_made_by(&tx, org, membership.user_id, actor, now).await?;
     for row in &rows {
         let key = crate::keys::key_from_row(row);
         crate::keys::close(&tx, &key, "revoked", LedgerKind::KeyRevoked, actor, now).await?;

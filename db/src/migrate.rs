@@ -58,6 +58,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0014_invite_cancel",
         include_str!("../../migrations/0014_invite_cancel.sql"),
     ),
+    (
+        "0015_leases",
+        include_str!("../../migrations/0015_leases.sql"),
+    ),
+    (
+        "0016_rate_windows",
+        include_str!("../../migrations/0016_rate_windows.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

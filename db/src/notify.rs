@@ -19,11 +19,24 @@ pub enum Change {
     /// The key's period changed (a renewal): announced just before its [`Change::ApiKey`]
     /// (migration 0010), so that a listener can tell that one apart from other changes.
     Renewed(Uuid),
+    /// A gateway (the second id) was granted less of the key's cap (the first) than a request
+    /// needed: gateways holding a lease of it give back what they do not use (migration 0015).
+    LeaseWanted {
+        key: Uuid,
+        by: Uuid,
+    },
 }
 
 impl Change {
     fn parse(payload: &str) -> Option<Change> {
         let (table, id) = payload.split_once(':')?;
+        if table == "lease_wanted" {
+            let (key, by) = id.split_once('/')?;
+            return Some(Change::LeaseWanted {
+                key: Uuid::parse_str(key).ok()?,
+                by: Uuid::parse_str(by).ok()?,
+            });
+        }
         let id = Uuid::parse_str(id).ok()?;
         match table {
             "api_keys" => Some(Change::ApiKey(id)),

@@ -30,9 +30,20 @@ pub struct UsageDelta {
 pub struct SpendDeltas {
     api_key_ids: Vec<Uuid>,
     costs_nanousd: Vec<i64>,
+    /// The gateway whose leases the spend was settled within (migration 0015): the fold moves
+    /// it out of them. `None` for spend outside any lease.
+    gateway_id: Option<Uuid>,
 }
 
 impl SpendDeltas {
+    /// An empty list of spend settled within `gateway_id`'s leases.
+    pub fn of_gateway(gateway_id: Uuid) -> SpendDeltas {
+        SpendDeltas {
+            gateway_id: Some(gateway_id),
+            ..SpendDeltas::default()
+        }
+    }
+
     /// Adds `cost_nanousd` for a key not in the list yet.
     pub fn push(&mut self, api_key_id: Uuid, cost_nanousd: i64) {
         self.api_key_ids.push(api_key_id);
@@ -75,8 +86,8 @@ impl SpendDeltas {
 const FLUSH: &str = "WITH claim AS (
         INSERT INTO spend_flushes (id) VALUES ($9) ON CONFLICT (id) DO NOTHING RETURNING id
     ), spend AS (
-        INSERT INTO spend_journal (flush_id, api_key_ids, costs_nanousd)
-        SELECT id, $1::uuid[], $2::bigint[] FROM claim WHERE cardinality($1::uuid[]) > 0
+        INSERT INTO spend_journal (flush_id, api_key_ids, costs_nanousd, gateway_id)
+        SELECT id, $1::uuid[], $2::bigint[], $11::uuid FROM claim WHERE cardinality($1::uuid[]) > 0
     ), rollups AS (
         INSERT INTO usage_rollups AS u (api_key_id, minute, n_requests, prompt_tokens, completion_tokens, cost_nanousd)
         SELECT api_key_id, date_trunc('minute', minute), sum(n_requests), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanousd)
@@ -150,6 +161,7 @@ pub async fn flush(
                 &cost,
                 &id,
                 &models,
+                &spend.gateway_id,
             ],
         )
         .await?;

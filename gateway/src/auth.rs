@@ -39,6 +39,8 @@ pub struct KeyEntry {
     pub rate: RateLimiter,
     /// Settled usage the flusher has not taken yet.
     pub unflushed: Unflushed,
+    /// How this gateway's lease of the key is sized, and when it was last used.
+    pub lease: crate::lease::LeaseSlot,
 }
 
 impl KeyEntry {
@@ -51,6 +53,7 @@ impl KeyEntry {
             budget: KeyBudget::new(key.cap, key.spent),
             rate: RateLimiter::default(),
             unflushed: Unflushed::default(),
+            lease: Default::default(),
         }
     }
 
@@ -75,6 +78,7 @@ impl KeyEntry {
             budget: KeyBudget::new(domain::Money::ZERO, domain::Money::ZERO),
             rate: RateLimiter::default(),
             unflushed: Unflushed::default(),
+            lease: Default::default(),
         }
     }
 

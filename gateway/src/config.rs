@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub grace_period_seconds: u64,
     /// Worker threads of the proxy.
     pub threads: usize,
+    /// How leases of keys' caps are sized and kept, and the heartbeat.
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +64,7 @@ impl Default for GatewayConfig {
             reconcile_attempts: 8,
             grace_period_seconds: 5,
             threads: 2,
+            lease: Default::default(),
         }
     }
 }

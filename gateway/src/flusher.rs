@@ -256,22 +256,25 @@ pub async fn fold(pool: &db::Pool) -> Result<(), db::Error> {
         .map(|_| ())
 }
 
-/// Runs until `shutdown` turns true, then flushes everything a last time. Stop it only after
-/// the proxy has stopped, so that no request settles after the last flush.
+/// Runs until `shutdown` turns true, then flushes everything a last time, and returns whether
+/// that left nothing unwritten. Stop it only after the proxy has stopped, so that no request
+/// settles after the last flush. The spend is written as settled within `gateway_id`'s leases.
 pub async fn run(
     pool: db::Pool,
     outbox: Arc<Outbox>,
     intervals: Intervals,
     metrics: &'static Metrics,
+    gateway_id: Uuid,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> bool {
     let mut flusher = Flusher {
         pool,
         outbox,
         metrics,
+        gateway_id,
         failed: None,
         spare: Vec::new(),
-        spare_spend: SpendDeltas::default(),
+        spare_spend: SpendDeltas::of_gateway(gateway_id),
     };
     let mut ticker = tokio::time::interval(intervals.flush);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,8 +295,7 @@ pub async fn run(
             flusher.fold().await;
         }
         if stopping {
-            flusher.last_flush().await;
-            return;
+            return flusher.last_flush().await;
         }
     }
 }
@@ -302,6 +304,8 @@ struct Flusher {
     pool: db::Pool,
     outbox: Arc<Outbox>,
     metrics: &'static Metrics,
+    /// The gateway whose leases the spend was settled within.
+    gateway_id: Uuid,
     /// A batch whose write failed. It may have committed all the same (a lost reply), so it is
     /// retried as it is, under its id, before anything new goes out.
     failed: Option<Batch>,
@@ -347,7 +351,10 @@ impl Flusher {
 
     /// Takes what the outbox holds as a new batch; `None` when there is nothing to write.
     fn take_batch(&mut self, rollups_due: impl Fn(Instant) -> bool) -> Option<Batch> {
-        let mut spend = std::mem::take(&mut self.spare_spend);
+        let mut spend = std::mem::replace(
+            &mut self.spare_spend,
+            SpendDeltas::of_gateway(self.gateway_id),
+        );
         let since = self.outbox.take_spend(&mut self.spare, &mut spend);
         let rollups = self.outbox.take_rollups(rollups_due, &mut self.spare);
         if spend.is_empty() && rollups.is_empty() {
@@ -364,8 +371,8 @@ impl Flusher {
 
     /// On shutdown, after the proxy has stopped: one more try for a batch that failed, and,
     /// whether or not it goes through, a try for everything else settled since. What still
-    /// cannot be written is logged with its amount.
-    async fn last_flush(&mut self) {
+    /// cannot be written is logged with its amount. Returns whether everything was written.
+    async fn last_flush(&mut self) -> bool {
         let mut left = Vec::new();
         if let Some(batch) = self.failed.take()
             && let Err(batch) = self.write(batch).await
@@ -379,6 +386,7 @@ impl Flusher {
         }
         if left.is_empty() {
             self.fold().await;
+            true
         } else {
             tracing::error!(
                 n_keys = left.iter().map(|batch| batch.spend.len()).sum::<usize>(),
@@ -388,6 +396,7 @@ impl Flusher {
                     .sum::<i64>(),
                 "could not flush the last spend before shutdown"
             );
+            false
         }
     }
 

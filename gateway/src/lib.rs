@@ -2,10 +2,10 @@
 //! `/api/v1/*`.
 //!
 //! It owns the per-request path (auth and the key cache, the key's rate limit, reservation
-//! against the key's cap,
+//! against the key's lease of its cap,
 //! the swap of the sub-key for the decrypted master key, metering of the response as it
 //! streams, settlement) and the background work that keeps it honest (flushing spend to
-//! Postgres, reloading changed keys on `NOTIFY`, refreshing prices). It depends on `domain`,
+//! Postgres, leases and heartbeats, reloading changed keys on `NOTIFY`, refreshing prices). It depends on `domain`,
 //! `db` and `vault`, and never on `admin`.
 //!
 //! Start with [`server::run`]; the request path is in [`proxy`].
@@ -18,6 +18,7 @@ pub mod error;
 pub mod flusher;
 pub mod generations;
 pub mod health;
+pub mod lease;
 pub mod metrics;
 pub mod model_list;
 pub mod prices;

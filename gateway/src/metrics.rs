@@ -27,6 +27,9 @@ pub struct Metrics {
     pub reconciliations_pending: IntGauge,
     pub reconciliations_total: IntCounterVec,
     pub reconciled_nanousd_total: IntCounter,
+    pub lease_grants_total: IntCounter,
+    pub lease_give_backs_total: IntCounter,
+    pub lease_reclaims_total: IntCounter,
     /// Handles resolved once for the labels every request uses.
     by_outcome: [(&'static str, IntCounter); OUTCOMES.len()],
     by_basis: [(ChargeBasis, IntCounter); BASES.len()],
@@ -134,6 +137,18 @@ impl Metrics {
             reservation_exceeded_total: register_int_counter!(
                 "gateway_reservation_exceeded_total",
                 "Settlements whose reported cost exceeded the reservation"
+            )?,
+            lease_grants_total: register_int_counter!(
+                "gateway_lease_grants_total",
+                "Requests to Postgres for more of a key's cap"
+            )?,
+            lease_give_backs_total: register_int_counter!(
+                "gateway_lease_give_backs_total",
+                "Unused slices of keys' caps given back to Postgres"
+            )?,
+            lease_reclaims_total: register_int_counter!(
+                "gateway_lease_reclaims_total",
+                "Leases of dead gateways this gateway reclaimed"
             )?,
             upstream_duration_seconds: register_histogram!(
                 HistogramOpts::new(

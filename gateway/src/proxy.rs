@@ -30,6 +30,7 @@ use crate::body::{self, BodyLimits, HeldBytes, ReadBody};
 use crate::error::{Refusal, error_body_in};
 use crate::flusher::Settled;
 use crate::generations::{GENERATION_ID_HEADER, id_in_query};
+use crate::lease;
 use crate::model_list::{MAX_LIST_BYTES, cut_to_scope};
 use crate::reconcile::Pending;
 use crate::state::{Charge, Gateway, MasterKey};
@@ -411,6 +412,7 @@ impl ProxyHttp for Proxy {
             // The request never reached an upstream connection: nothing can have been billed.
             None if !ctx.sent_upstream => {
                 key.budget.settle(metered.reservation, Money::ZERO);
+                self.gateway.leases.list(&key);
                 metrics.count_settlement(ChargeBasis::NotBilled);
                 return;
             }
@@ -621,11 +623,10 @@ impl Proxy {
         }
         // Every request that goes upstream uses the key's rate, free ones too: they use the
         // master key's rate at the upstream.
-        if let Some(rpm) = info.rate_limit_rpm {
-            key.rate
-                .try_acquire(rpm, Instant::now())
-                .map_err(|wait| Refusal::rate_limited(rpm, wait))?;
-        }
+        let taken = match info.rate_limit_rpm {
+            Some(rpm) => Some(crate::rate_limit::acquire(gateway, &key, rpm).await?),
+            None => None,
+        };
         let Route::Metered(api) = route else {
             // Free: forwarded as it is, but a scoped key's model list is cut to its scope.
             if route == Route::ModelList && !info.model_scope.is_empty() {
@@ -689,9 +690,9 @@ impl Proxy {
                     other => Refusal::bad_request("unpriced_model", other.to_string()),
                 })?;
             let adapter = &gateway.adapter;
-            let fit = key
-                .budget
-                .reserve(|remaining| adapter.fit(&quote, remaining));
+            let fit = lease::reserve(gateway, &key, |remaining| adapter.fit(&quote, remaining))
+                .await
+                .map_err(|err| Refusal::unavailable("lease_short", err.to_string()))?;
             let reservation = match fit {
                 Fit::AsRequested { reserve } | Fit::Lowered { reserve, .. } => reserve,
                 Fit::Refuse { need_at_least } => {
@@ -705,6 +706,7 @@ impl Proxy {
                 Ok(bounded) => Bytes::from(bounded),
                 Err(err) => {
                     key.budget.settle(reservation, Money::ZERO);
+                    gateway.leases.list(&key);
                     return Err(Refusal::bad_request("bad_body", err.to_string()));
                 }
             };
@@ -724,9 +726,9 @@ impl Proxy {
         }
         .await;
         if admitted.is_err()
-            && let Some(rpm) = info.rate_limit_rpm
+            && let Some(taken) = taken
         {
-            key.rate.release(rpm);
+            key.rate.release(taken);
         }
         admitted
     }
@@ -777,7 +779,7 @@ async fn respond_with(
 /// dollars from nano-dollars, without a float.
 fn key_info_body(key: &KeyEntry) -> Bytes {
     let info = key.info();
-    let (cap, spent, remaining) = (key.budget.cap(), key.budget.spent(), key.budget.remaining());
+    let (cap, spent, remaining) = (key.budget.cap(), key.budget.spent(), key.budget.left());
     let expires = info
         .expires_at
         .and_then(|at| {

@@ -1,137 +1,217 @@
-//! Per-key rate limits: `rpm` requests per minute sustained, with bursts of up to a minute's
-//! worth (so a key idle for a minute may send `rpm` at once, and any 60 s window admits at
-//! most `2 * rpm - 1`), enforced with GCRA (the generic cell rate algorithm) on one atomic per key, so
-//! concurrent requests never jointly pass it.
+//! Per-key rate limits, shared by every gateway and kept across restarts: a key's requests are
+//! counted per minute of the database's clock in Postgres (`db::leases::take_requests`,
+//! migration 0016), and each gateway takes a batch of a minute's requests at a time, then
+//! admits them from memory until the batch or the minute runs out. A key with a limit of N
+//! requests per minute is sent at most N in any minute of the clock, over all gateways.
 //!
-//! GCRA keeps a "theoretical arrival time" (TAT): when the key would be back to an empty
-//! bucket. A request at `now` is allowed when `TAT - now` stays within the burst tolerance,
-//! and moves TAT one emission interval (a minute / rpm) later.
+//! The batch asked for starts at one and doubles while the key stays busy; Postgres shares
+//! what is left of the minute among the live gateways. A minute found used up is remembered
+//! until it ends, so refusals cost no query. What a batch holds lapses with its minute.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const MINUTE_NANOS: u64 = 60_000_000_000;
+use crate::auth::KeyEntry;
+use crate::error::Refusal;
+use crate::state::Gateway;
 
-/// The rate-limit state of one key.
-#[derive(Debug)]
+/// The requests one key holds on this gateway for the current minute.
+#[derive(Debug, Default)]
 pub struct RateLimiter {
-    /// Nanoseconds since `epoch` at which the bucket is empty again.
-    tat: AtomicU64,
-    epoch: Instant,
+    held: Mutex<Held>,
+    /// The last batch taken (when, how many asked): one request at a time asks Postgres.
+    sizing: tokio::sync::Mutex<Option<(Instant, u32)>>,
 }
 
-impl Default for RateLimiter {
-    fn default() -> Self {
-        RateLimiter {
-            tat: AtomicU64::new(0),
-            epoch: Instant::now(),
+#[derive(Debug, Default)]
+struct Held {
+    /// When the minute of what is held ends.
+    until: Option<Instant>,
+    left: u32,
+    /// The minute is used up (over all gateways): refuse until `until`.
+    used_up: bool,
+}
+
+/// One request taken from a minute (the instant it ends names it), to give back if the request
+/// is refused later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken(Instant);
+
+/// What the key holds here right now.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    Taken(Taken),
+    /// The minute is used up: retry after this long.
+    UsedUp(Duration),
+    /// Nothing held: ask Postgres.
+    Empty,
+}
+
+impl RateLimiter {
+    fn take(&self, now: Instant) -> Take {
+        let mut held = lock(&self.held);
+        match held.until {
+            Some(until) if until > now => {
+                if held.left > 0 {
+                    held.left -= 1;
+                    Take::Taken(Taken(until))
+                } else if held.used_up {
+                    Take::UsedUp(until - now)
+                } else {
+                    Take::Empty
+                }
+            }
+            _ => {
+                *held = Held::default();
+                Take::Empty
+            }
+        }
+    }
+
+    /// Adds `granted` requests of the minute that ends at `until`; none means it is used up.
+    fn add(&self, granted: u32, until: Instant) {
+        let mut held = lock(&self.held);
+        if held
+            .until
+            .is_none_or(|current| current + Duration::from_secs(1) < until)
+        {
+            *held = Held::default();
+        }
+        held.until = Some(until);
+        held.left += granted;
+        held.used_up = granted == 0;
+    }
+
+    /// Gives back a request taken by [`acquire`] for a request that was refused afterwards (a
+    /// bad body, the budget), so refusals do not use up the rate: another request on this
+    /// gateway may use it within the same minute, and only then.
+    pub fn release(&self, taken: Taken) {
+        let mut held = lock(&self.held);
+        if held.until == Some(taken.0) && taken.0 > Instant::now() {
+            held.left += 1;
         }
     }
 }
 
-impl RateLimiter {
-    /// Takes one request's slot at `now`, or says how long to wait for one.
-    pub fn try_acquire(&self, rpm: u32, now: Instant) -> Result<(), Duration> {
-        let now =
-            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
-        let mut current = self.tat.load(Ordering::Acquire);
-        loop {
-            let next = gcra(current, now, rpm)?;
-            match self
-                .tat
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(()),
-                Err(actual) => current = actual,
+/// The batch to ask for: twice the last when that was recent (within a second), else one; at
+/// most `rpm`. Pure, for tests.
+fn batch_to_ask(rpm: u32, last: Option<(Instant, u32)>, now: Instant) -> u32 {
+    match last {
+        Some((at, asked)) if now.saturating_duration_since(at) < Duration::from_secs(1) => {
+            asked.saturating_mul(2).min(rpm).max(1)
+        }
+        _ => 1,
+    }
+}
+
+/// Takes one of `key`'s `rpm` requests per minute, or refuses with 429 (and how long to wait)
+/// when the minute is used up over all gateways. While Postgres cannot be reached, only the
+/// requests already held here are used.
+pub async fn acquire(gateway: &Gateway, key: &KeyEntry, rpm: u32) -> Result<Taken, Refusal> {
+    loop {
+        match key.rate.take(Instant::now()) {
+            Take::Taken(taken) => return Ok(taken),
+            Take::UsedUp(wait) => return Err(Refusal::rate_limited(rpm, wait)),
+            Take::Empty => {}
+        }
+        let mut last = key.rate.sizing.lock().await;
+        // Another request may have taken a batch while this one waited.
+        if lock(&key.rate.held).left > 0 {
+            continue;
+        }
+        let now = Instant::now();
+        let want = batch_to_ask(rpm, *last, now);
+        let (pool, id, live) = (gateway.pool.clone(), key.id, gateway.leases.config.lapse);
+        let taken = gateway
+            .control
+            .spawn(async move {
+                let client = pool.get().await?;
+                db::leases::take_requests(&client, id, rpm, want, live).await
+            })
+            .await;
+        match taken {
+            Ok(Ok(taken)) => {
+                key.rate.add(taken.granted, now + taken.ends_in);
+                *last = Some((now, want));
+                if taken.granted == 0 {
+                    return Err(Refusal::rate_limited(rpm, taken.ends_in));
+                }
+            }
+            _ => {
+                return Err(Refusal::unavailable(
+                    "database",
+                    "keycap cannot reach its database to count this key's requests per \
+                     minute: retry in a moment"
+                        .into(),
+                ));
             }
         }
     }
 }
 
-impl RateLimiter {
-    /// Gives back a slot taken by [`RateLimiter::try_acquire`] for a request that was refused
-    /// afterwards (a bad body, the budget), so refusals do not use up the rate.
-    pub fn release(&self, rpm: u32) {
-        let interval = MINUTE_NANOS / u64::from(rpm.max(1));
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.saturating_sub(interval))
-            });
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
-}
-
-/// One GCRA step: the new TAT when a request at `now` is allowed, or the wait until it would be.
-fn gcra(tat: u64, now: u64, rpm: u32) -> Result<u64, Duration> {
-    let interval = MINUTE_NANOS / u64::from(rpm.max(1));
-    // A burst may use a whole minute's requests at once.
-    let tolerance = MINUTE_NANOS - interval;
-    let start = tat.max(now);
-    if start - now > tolerance {
-        return Err(Duration::from_nanos(start - now - tolerance));
-    }
-    Ok(start + interval)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SECOND: u64 = 1_000_000_000;
-
     #[test]
-    fn a_minutes_burst_then_one_per_interval() {
-        // 3 per minute: three at once, then the fourth waits 20 s.
-        let mut tat = 0;
-        let now = 100 * SECOND;
-        for _ in 0..3 {
-            tat = gcra(tat, now, 3).unwrap();
-        }
-        assert_eq!(gcra(tat, now, 3), Err(Duration::from_secs(20)));
-        assert_eq!(gcra(tat, now + 19 * SECOND, 3), Err(Duration::from_secs(1)));
-        let tat = gcra(tat, now + 20 * SECOND, 3).unwrap();
-        assert!(gcra(tat, now + 20 * SECOND, 3).is_err());
-    }
-
-    #[test]
-    fn a_released_slot_can_be_taken_again() {
+    fn takes_what_is_held_until_the_minute_ends() {
         let limiter = RateLimiter::default();
         let now = Instant::now();
-        assert!(limiter.try_acquire(1, now).is_ok());
-        assert!(limiter.try_acquire(1, now).is_err());
-        limiter.release(1);
-        assert!(limiter.try_acquire(1, now).is_ok());
+        assert_eq!(limiter.take(now), Take::Empty);
+        let minute = now + Duration::from_secs(30);
+        limiter.add(2, minute);
+        assert_eq!(limiter.take(now), Take::Taken(Taken(minute)));
+        assert_eq!(limiter.take(now), Take::Taken(Taken(minute)));
+        assert_eq!(limiter.take(now), Take::Empty);
+        // A released request can be taken again; one of another minute cannot be released.
+        limiter.release(Taken(minute));
+        limiter.release(Taken(minute + Duration::from_secs(60)));
+        assert_eq!(limiter.take(now), Take::Taken(Taken(minute)));
+        assert_eq!(limiter.take(now), Take::Empty);
+        // What is held lapses with its minute.
+        limiter.add(5, now + Duration::from_secs(30));
+        assert_eq!(limiter.take(now + Duration::from_secs(31)), Take::Empty);
     }
 
     #[test]
-    fn an_idle_key_starts_with_a_full_burst() {
-        let tat = gcra(0, 5 * SECOND, 60).unwrap();
-        assert_eq!(tat, 6 * SECOND);
-        // After a long pause the bucket is full again: 60 requests at once.
-        let mut tat = tat;
-        for _ in 0..60 {
-            tat = gcra(tat, 1_000 * SECOND, 60).unwrap();
-        }
-        assert!(gcra(tat, 1_000 * SECOND, 60).is_err());
-    }
-
-    #[test]
-    fn concurrent_requests_never_pass_the_limit() {
-        let limiter = std::sync::Arc::new(RateLimiter::default());
+    fn a_used_up_minute_is_refused_until_it_ends() {
+        let limiter = RateLimiter::default();
         let now = Instant::now();
-        let allowed: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    let limiter = &limiter;
-                    scope.spawn(move || {
-                        (0..100)
-                            .filter(|_| limiter.try_acquire(50, now).is_ok())
-                            .count()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(allowed, 50);
+        limiter.add(0, now + Duration::from_secs(20));
+        assert_eq!(
+            limiter.take(now + Duration::from_secs(5)),
+            Take::UsedUp(Duration::from_secs(15))
+        );
+        assert_eq!(limiter.take(now + Duration::from_secs(21)), Take::Empty);
+    }
+
+    #[test]
+    fn a_new_minute_replaces_what_the_last_one_held() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        limiter.add(3, now + Duration::from_secs(1));
+        limiter.add(1, now + Duration::from_secs(61));
+        assert_eq!(
+            limiter.take(now),
+            Take::Taken(Taken(now + Duration::from_secs(61)))
+        );
+        assert_eq!(limiter.take(now), Take::Empty);
+    }
+
+    #[test]
+    fn the_batch_doubles_while_busy_up_to_the_limit() {
+        let now = Instant::now();
+        assert_eq!(batch_to_ask(60, None, now), 1);
+        assert_eq!(batch_to_ask(60, Some((now, 4)), now), 8);
+        assert_eq!(batch_to_ask(60, Some((now, 40)), now), 60);
+        let long_ago = now.checked_sub(Duration::from_secs(2)).map(|at| (at, 8));
+        assert_eq!(batch_to_ask(60, long_ago, now), 1);
     }
 }

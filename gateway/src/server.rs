@@ -1,6 +1,6 @@
 //! Starting and stopping a gateway: the pingora server (proxy and metrics listeners) on its own
 //! threads, the background tasks on the caller's runtime, and an orderly shutdown that ends
-//! with a last flush of spend.
+//! with a last flush of spend and the leases given back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::config::GatewayConfig;
 use crate::proxy::Proxy;
 use crate::state::Gateway;
-use crate::{flusher, sync};
+use crate::{flusher, lease, sync};
 
 /// What the gateway needs from the process that runs it.
 pub struct Resources {
@@ -71,6 +71,9 @@ pub fn run(
     control
         .block_on(flusher::fold(&resources.pool))
         .map_err(|err| format!("cannot fold the spend journal before starting: {err}"))?;
+    control
+        .block_on(lease::register(&gateway))
+        .map_err(|err| format!("cannot register this gateway in the database: {err}"))?;
 
     // The flusher stops only after the proxy has stopped, so no settled request is missed.
     let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
@@ -82,8 +85,22 @@ pub fn run(
             rollup: config.rollup_interval,
         },
         gateway.metrics,
+        gateway.leases.id,
         flusher_stop_rx,
     ));
+    // The heartbeat goes on until the leases are given back, after the last flush.
+    let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
+    control.spawn(lease::heartbeat(
+        Arc::clone(&gateway),
+        resources.database_url.clone(),
+        heartbeat_stop_rx,
+    ));
+    control.spawn(lease::reclaim(
+        Arc::clone(&gateway),
+        resources.database_url.clone(),
+        shutdown.clone(),
+    ));
+    control.spawn(lease::sweep(Arc::clone(&gateway), shutdown.clone()));
     control.spawn(sync::listen_for_changes(
         Arc::clone(&gateway),
         resources.database_url,
@@ -128,7 +145,12 @@ pub fn run(
     tracing::info!("gateway stopped; flushing spend");
     gateway.reconciler.drain(&gateway);
     let _ = flusher_stop_tx.send(true);
-    let _ = control.block_on(flusher);
+    // Leases are given back only when every settled request reached Postgres; otherwise they
+    // stay counted until a live gateway reclaims them.
+    if let Ok(true) = control.block_on(flusher) {
+        control.block_on(lease::stop(&gateway));
+    }
+    let _ = heartbeat_stop_tx.send(true);
     Ok(())
 }
 

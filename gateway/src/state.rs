@@ -88,6 +88,8 @@ pub struct Gateway {
     pub refreshed_at: std::sync::Mutex<Option<time::OffsetDateTime>>,
     /// When this gateway started: nothing was cached before.
     pub started: std::time::Instant,
+    /// This gateway's id and the keys it holds leases of.
+    pub leases: crate::lease::Leases,
 }
 
 impl Gateway {
@@ -102,7 +104,9 @@ impl Gateway {
         let adapter = OpenRouter::new(config.openrouter.clone());
         let keys = KeyCache::new(config.negative_cache_ttl);
         let bodies = crate::body::BodyBudget::new(config.max_inflight_body_bytes);
+        let leases = crate::lease::Leases::new(config.lease.clone());
         Ok(Gateway {
+            leases,
             config,
             bodies,
             generations: Default::default(),
@@ -228,6 +232,11 @@ impl Gateway {
     pub fn charge(&self, key: &Arc<KeyEntry>, charge: Charge<'_>) {
         let amount = Money::from_nanos(charge.usage.cost_nanousd);
         key.budget.settle(charge.reservation, amount);
+        // What the reservation did not spend is back in the lease: the sweep gives it back
+        // once the key is idle.
+        if amount < charge.reservation {
+            self.leases.list(key);
+        }
         self.metrics.count_settlement(charge.basis);
         self.metrics
             .spend_nanousd_total

@@ -131,12 +131,21 @@ fn note_uncached(gateway: &Gateway, id: uuid::Uuid) {
 /// (see `KeyEntry::reload`).
 async fn apply(gateway: &Gateway, changes: &[Change]) {
     let mut keys = Vec::new();
+    let mut wanted = Vec::new();
     for &change in changes {
         match change {
             Change::ApiKey(id) => keys.push(id),
             Change::MasterKey(id) => reload_master_key(gateway, id).await,
             // Routed by `Lanes`: its change follows.
             Change::Renewed(_) => {}
+            Change::LeaseWanted { key, by } if by != gateway.leases.id => wanted.push(key),
+            Change::LeaseWanted { .. } => {}
+        }
+    }
+    // Another gateway is short of a key's cap: what this one does not use goes back.
+    for id in wanted {
+        if let Some(key) = gateway.keys.by_id(id) {
+            crate::lease::give_back_wanted(gateway, &key).await;
         }
     }
     let mut cached = cached_only(gateway, keys);
@@ -160,6 +169,9 @@ async fn apply(gateway: &Gateway, changes: &[Change]) {
         tracing::warn!(error = %err, n_keys = cached.len(), "cannot reload changed keys");
     }
     reload_renewed(gateway, renewed).await;
+    // A changed key (a cap cut, a revocation, a pause) gives back what its lease holds unused:
+    // the next request asks again, under the new terms.
+    crate::lease::give_back_changed(gateway, cached).await;
 }
 
 /// Reads the keys `ids` again, [`MAX_BATCH`] rows per query, and passes each that is cached,
@@ -212,10 +224,12 @@ pub async fn refresh_changed(gateway: &Gateway) {
             .filter(|entry| entry.info().changed_at < changed_at)
     };
     let mut renewed = Vec::new();
+    let mut changed = Vec::new();
     let reload = |entry: Arc<KeyEntry>, key: db::keys::ApiKey| {
         if entry.reload(&key) == Reloaded::NeedsFold {
             renewed.push(entry.id);
         }
+        changed.push(entry.id);
     };
     if let Err(err) = db::keys::changed_since(&client, since, stale_entry, reload).await {
         return tracing::warn!(error = %err, "cannot refresh keys");
@@ -226,6 +240,7 @@ pub async fn refresh_changed(gateway: &Gateway) {
     };
     drop(client);
     let renewals_applied = reload_renewed(gateway, renewed).await;
+    crate::lease::give_back_changed(gateway, changed).await;
     for id in masters {
         reload_master_key(gateway, id).await;
     }

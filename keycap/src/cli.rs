@@ -315,8 +315,8 @@ pub struct KeyCreateArgs {
     /// Carve the cap again from each new month's budget.
     #[arg(long)]
     pub renew_monthly: bool,
-    /// Requests per minute through the gateway: N at once, then one every 60/N s (default: no
-    /// limit).
+    /// Requests per minute through the gateway: at most N in each minute of the clock, over
+    /// every gateway (default: no limit).
     #[arg(long, value_name = "N")]
     pub rpm: Option<i32>,
 }

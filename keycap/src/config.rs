@@ -77,6 +77,14 @@ pub struct GatewaySection {
     pub grace_period_seconds: u64,
     /// Proxy worker threads.
     pub threads: usize,
+    /// Milliseconds between a gateway's heartbeats.
+    pub lease_heartbeat_ms: u64,
+    /// Milliseconds of silence after which a gateway is dead and its leases are reclaimed.
+    pub lease_lapse_ms: u64,
+    /// USD: the smallest slice of a key's cap a gateway asks for.
+    pub lease_min_slice_usd: String,
+    /// Milliseconds without a request after which a key's unused slice goes back.
+    pub lease_idle_ms: u64,
 }
 
 impl Default for GatewaySection {
@@ -94,6 +102,10 @@ impl Default for GatewaySection {
             extra_free_paths: String::new(),
             grace_period_seconds: 5,
             threads: 2,
+            lease_heartbeat_ms: 1000,
+            lease_lapse_ms: 10_000,
+            lease_min_slice_usd: "0.05".into(),
+            lease_idle_ms: 60_000,
         }
     }
 }
@@ -412,6 +424,17 @@ impl Config {
                  most (delay × (2^attempts − 1) ≤ 3,600,000 ms; now {held_ms} ms)"
             );
         }
+        if self.gateway.lease_heartbeat_ms == 0
+            || self.gateway.lease_lapse_ms < 3 * self.gateway.lease_heartbeat_ms
+        {
+            bail!(
+                "gateway.lease_heartbeat_ms must be at least 1, and gateway.lease_lapse_ms at \
+                 least three heartbeats (now {} and {} ms): a live gateway must not be taken \
+                 for dead",
+                self.gateway.lease_heartbeat_ms,
+                self.gateway.lease_lapse_ms
+            );
+        }
         if self.gateway.flush_interval_ms == 0
             || self.gateway.rollup_interval_ms == 0
             || self.gateway.refresh_interval_seconds == 0
@@ -542,6 +565,13 @@ impl Config {
             reconcile_attempts: self.openrouter.reconcile_attempts,
             grace_period_seconds: self.gateway.grace_period_seconds,
             threads: self.gateway.threads,
+            lease: gateway::lease::LeaseConfig {
+                heartbeat: Duration::from_millis(self.gateway.lease_heartbeat_ms),
+                lapse: Duration::from_millis(self.gateway.lease_lapse_ms),
+                min_slice: domain::Money::parse_usd(&self.gateway.lease_min_slice_usd)
+                    .map_err(|err| anyhow::anyhow!("gateway.lease_min_slice_usd: {err}"))?,
+                idle: Duration::from_millis(self.gateway.lease_idle_ms),
+            },
         })
     }
 

@@ -62,7 +62,9 @@ pub async fn first_chunk_of_slow_stream(
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    if response.status() != 200 {
+        panic!("{}: {}", response.status(), response.text().await.unwrap());
+    }
     let mut stream = Box::pin(response.bytes_stream());
     assert!(!stream.next().await.unwrap().unwrap().is_empty());
     stream
@@ -1076,7 +1078,7 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
     let error: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], 429);
     assert!(

@@ -13,6 +13,7 @@ mod deploy;
 mod embedded;
 mod gateway;
 mod gateway_support;
+mod leases;
 mod ledger;
 mod prometheus;
 mod reconcile;

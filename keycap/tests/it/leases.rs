@@ -1,0 +1,688 @@
+//! Several `keycap gateway` processes on one database, each spending only the leases Postgres
+//! granted it: together they never bill past a key's cap, a gateway killed with SIGKILL costs
+//! the key at most what its leases held, and a database outage under load loses nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use domain::Money;
+use openrouter_mock::{MockConfig, MockServer};
+use testkit::TestDb;
+use testkit::chaos::ChaosProxy;
+use testkit::process::{Keycap, Running};
+
+use crate::gateway_support::cheap_reservation;
+
+/// Gateways on one database, in front of one mock that bills every request the most its
+/// bounds allow (so a reservation is what a request costs).
+struct Fleet {
+    db: TestDb,
+    keycap: Keycap,
+    mock: MockServer,
+    gateways: Vec<Option<Running>>,
+    /// How each gateway is started (its addresses), to start it again.
+    commands: Vec<Keycap>,
+    bases: Vec<String>,
+    /// Between the gateways and the database, when asked for.
+    chaos: Option<ChaosProxy>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// `n` gateways, reaching the database through a chaos proxy when `chaos`.
+    async fn start(n: usize, chaos: bool) -> Fleet {
+        let mock = openrouter_mock::spawn(MockConfig {
+            bill_most: true,
+            ..MockConfig::default()
+        })
+        .await
+        .unwrap();
+        let db = TestDb::new().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let keycap = Keycap::new(Path::new(env!("CARGO_BIN_EXE_keycap")), &db.url, dir.path())
+            .env("KEYCAP_OPENROUTER__BASE_URL", &mock.base_url())
+            .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
+            .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
+            .env("KEYCAP_GATEWAY__LEASE_HEARTBEAT_MS", "200")
+            .env("KEYCAP_GATEWAY__LEASE_LAPSE_MS", "2000")
+            .env("KEYCAP_GATEWAY__LEASE_MIN_SLICE_USD", "0.001");
+        crate::support::seed_acme(&keycap, &mock.state().config().master_key);
+        let chaos = match chaos {
+            true => Some(ChaosProxy::start(&db.url).await.unwrap()),
+            false => None,
+        };
+        let gateway_db = chaos.as_ref().map(ChaosProxy::url);
+        let mut gateways = Vec::new();
+        let mut commands = Vec::new();
+        let mut bases = Vec::new();
+        for _ in 0..n {
+            let port = testkit::free_port();
+            let mut process = match &gateway_db {
+                Some(url) => keycap.with_database_url(url),
+                None => keycap.clone(),
+            };
+            process = process
+                .env("KEYCAP_GATEWAY__LISTEN", &format!("127.0.0.1:{port}"))
+                .env(
+                    "KEYCAP_METRICS__LISTEN",
+                    &format!("127.0.0.1:{}", testkit::free_port()),
+                );
+            gateways.push(Some(start_gateway(&process)));
+            commands.push(process);
+            bases.push(format!("http://127.0.0.1:{port}"));
+        }
+        Fleet {
+            db,
+            keycap,
+            mock,
+            gateways,
+            commands,
+            bases,
+            chaos,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn key(&self, cap: Money) -> String {
+        let cap = cap.decimal_usd();
+        self.keycap
+            .ok(&[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "app",
+                "--cap",
+                &cap,
+            ])
+            .unwrap()
+    }
+
+    /// Sends one request through gateway `i`; the status, or `None` when the connection failed
+    /// (a killed gateway).
+    fn send(
+        &self,
+        i: usize,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> tokio::task::JoinHandle<Option<u16>> {
+        let request = self
+            .http
+            .post(format!("{}/api/v1/chat/completions", self.bases[i]))
+            .bearer_auth(token)
+            .json(body);
+        tokio::spawn(async move {
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            let text = response.text().await.ok()?;
+            // 402 past the cap; 503 while other gateways hold what the request needs (near
+            // the cap), or while the database is unreachable and the gateway's lease does not
+            // cover the request.
+            let expected = match status {
+                200 | 402 => true,
+                503 => {
+                    text.contains("other gateways hold")
+                        || text.contains("cannot reach its database")
+                }
+                _ => false,
+            };
+            assert!(expected, "unexpected {status}: {text}");
+            Some(status)
+        })
+    }
+
+    /// Stops every live gateway with SIGTERM (each flushes and gives its leases back).
+    fn stop_all(&mut self) {
+        for gateway in self.gateways.iter_mut().filter_map(Option::take) {
+            let mut gateway = gateway;
+            let status = gateway.terminate(Duration::from_secs(30)).unwrap();
+            assert!(status.success(), "{status}: {}", gateway.stderr_text());
+        }
+    }
+
+    /// Stops gateway `i` with SIGTERM and starts it again on the same addresses.
+    fn restart(&mut self, i: usize) {
+        let mut running = self.gateways[i].take().unwrap();
+        let status = running.terminate(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "{status}: {}", running.stderr_text());
+        self.gateways[i] = Some(start_gateway(&self.commands[i]));
+    }
+
+    /// The minute of the database's clock.
+    async fn db_minute(&self) -> f64 {
+        let client = self.db.pool.get().await.unwrap();
+        client
+            .query_one(
+                "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()))::float8",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn spent_in_db(&self, token: &str) -> Money {
+        let client = self.db.pool.get().await.unwrap();
+        db::usage::fold(&client, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let hash = domain::token::hash_token(token).to_vec();
+        let row = client
+            .query_one(
+                "SELECT s.spent_nanousd FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id
+                 WHERE k.token_hash = $1",
+                &[&hash],
+            )
+            .await
+            .unwrap();
+        Money::from_nanos(row.get(0))
+    }
+
+    async fn leases_left(&self) -> i64 {
+        let client = self.db.pool.get().await.unwrap();
+        client
+            .query_one(
+                "SELECT count(*) FROM key_leases WHERE held_nanousd > 0",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn reclaimed(&self) -> Money {
+        let client = self.db.pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(amount_nanousd), 0)::bigint FROM transactions
+                 WHERE kind = 'lease_reclaimed'",
+                &[],
+            )
+            .await
+            .unwrap();
+        Money::from_nanos(row.get(0))
+    }
+
+    /// Sends one request through gateway `i`; the status (200 or 429, anything else fails).
+    fn rate_limited_send(
+        &self,
+        i: usize,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> tokio::task::JoinHandle<u16> {
+        let request = self
+            .http
+            .post(format!("{}/api/v1/chat/completions", self.bases[i]))
+            .bearer_auth(token)
+            .json(body);
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            assert!(matches!(status, 200 | 429), "unexpected {status}: {text}");
+            status
+        })
+    }
+
+    fn billed(&self) -> Money {
+        Money::from_nanos(self.mock.state().total_usage_nanousd() as i64)
+    }
+}
+
+fn start_gateway(process: &Keycap) -> Running {
+    let running = process
+        .spawn(
+            &["gateway"],
+            "gateway listening on",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    running
+        .wait_for("loaded upstream prices", Duration::from_secs(30))
+        .unwrap();
+    running
+}
+
+fn body() -> serde_json::Value {
+    serde_json::json!({"model": "mock/cheap", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Tell me about budgets."}]})
+}
+
+/// Three gateways serve one key whose cap pays for 100 requests: 600 requests at once, spread
+/// over them, bill at most the cap, at least 90 are served, and once they stop the key's
+/// recorded spend is what was billed, to the nano-dollar, with no lease left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_one_key_never_bill_past_its_cap() {
+    let mut fleet = Fleet::start(3, false).await;
+    let body = body();
+    let per_request = cheap_reservation(&body, 50);
+    let cap = Money::from_nanos(per_request.nanos() * 100);
+    let token = fleet.key(cap);
+    let requests: Vec<_> = (0..600)
+        .map(|i| (i % 3, fleet.send(i % 3, &token, &body)))
+        .collect();
+    let mut served = [0; 3];
+    for (i, request) in requests {
+        match request.await.unwrap() {
+            Some(200) => served[i] += 1,
+            status => assert!(matches!(status, Some(402 | 503)), "{status:?}"),
+        }
+    }
+    let n_served: usize = served.iter().sum();
+    let billed = fleet.billed();
+    assert!(billed <= cap, "billed {billed} past the cap {cap}");
+    assert!(
+        n_served >= 90,
+        "only {n_served} of the cap's 100 requests were served"
+    );
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "a gateway served none: {served:?}"
+    );
+    assert_eq!(fleet.mock.state().n_inference_requests(), n_served as u64);
+    fleet.stop_all();
+    assert_eq!(fleet.spent_in_db(&token).await, billed);
+    assert_eq!(
+        fleet.leases_left().await,
+        0,
+        "a stopped gateway gave every lease back"
+    );
+}
+
+/// One of three gateways is killed with SIGKILL under load. The upstream has billed at most the
+/// cap; once a live gateway has reclaimed the dead one's leases, the key's recorded spend is at
+/// least what was billed and at most that plus what the reclaim charged (the ledger's
+/// `lease_reclaimed` rows), which is what ARCHITECTURE.md says a crash may cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_under_load_costs_the_key_at_most_its_leases() {
+    let mut fleet = Fleet::start(3, false).await;
+    let body = body();
+    let per_request = cheap_reservation(&body, 50);
+    let cap = Money::from_nanos(per_request.nanos() * 100);
+    let token = fleet.key(cap);
+    // Load on all three, in waves, until the cap refuses everything; the second gateway dies
+    // after the first waves.
+    let mut wave = 0;
+    loop {
+        let requests: Vec<_> = (0..30).map(|i| fleet.send(i % 3, &token, &body)).collect();
+        if wave == 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(fleet.gateways[1].take());
+        }
+        let mut n_ok = 0;
+        for request in requests {
+            if request.await.unwrap() == Some(200) {
+                n_ok += 1;
+            }
+        }
+        wave += 1;
+        if n_ok == 0 && wave > 3 {
+            break;
+        }
+        assert!(wave < 100, "the key was never refused");
+    }
+    let billed = fleet.billed();
+    assert!(billed <= cap, "billed {billed} past the cap {cap}");
+    // A live gateway reclaims the dead one's leases once its heartbeat lapses (2 s here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.reclaimed().await == Money::ZERO {
+        assert!(
+            Instant::now() < deadline,
+            "the dead gateway's leases were never reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet.stop_all();
+    let spent = fleet.spent_in_db(&token).await;
+    let reclaimed = fleet.reclaimed().await;
+    assert!(
+        spent >= billed,
+        "recorded {spent} but the upstream billed {billed}"
+    );
+    assert!(
+        spent.saturating_sub(reclaimed) <= billed,
+        "recorded {spent}, of which {reclaimed} reclaimed, but billed only {billed}"
+    );
+    assert!(spent <= cap, "recorded {spent} past the cap {cap}");
+    assert_eq!(fleet.leases_left().await, 0);
+    let audit = fleet.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
+
+/// The database is cut off for 30 s under load on three gateways: they serve only what their
+/// leases hold (the upstream bills at most the cap), and once it is back every nano-dollar
+/// they settled meanwhile reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_serves_within_the_leases_and_loses_nothing() {
+    let mut fleet = Fleet::start(3, true).await;
+    let body = body();
+    let per_request = cheap_reservation(&body, 50);
+    let cap = Money::from_nanos(per_request.nanos() * 100);
+    let token = fleet.key(cap);
+    // Some traffic first, so that every gateway holds a lease.
+    for i in 0..30 {
+        assert_eq!(fleet.send(i % 3, &token, &body).await.unwrap(), Some(200));
+    }
+    fleet.chaos.as_ref().unwrap().cut();
+    let cut_at = Instant::now();
+    let mut served_during = 0;
+    while cut_at.elapsed() < Duration::from_secs(30) {
+        let requests: Vec<_> = (0..9).map(|i| fleet.send(i % 3, &token, &body)).collect();
+        for request in requests {
+            if request.await.unwrap() == Some(200) {
+                served_during += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let billed_during = fleet.billed();
+    assert!(
+        billed_during <= cap,
+        "billed {billed_during} past the cap {cap}"
+    );
+    assert!(served_during > 0, "nothing was served from the leases held");
+    fleet.chaos.as_ref().unwrap().restore();
+    // Once it is back, everything settled reaches Postgres.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.spent_in_db(&token).await != fleet.billed() {
+        assert!(
+            Instant::now() < deadline,
+            "spend settled during the outage never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet.stop_all();
+    assert_eq!(fleet.spent_in_db(&token).await, fleet.billed());
+    assert!(fleet.billed() <= cap);
+    assert_eq!(
+        fleet.reclaimed().await,
+        Money::ZERO,
+        "no live gateway was taken for dead"
+    );
+}
+
+/// A key's requests per minute hold over three gateways together, and across a restart: 30
+/// requests spread over them in one minute get 10 answers and 20 refusals, and a gateway
+/// started again within the minute refuses the key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_over_three_gateways_and_across_a_restart() {
+    let mut fleet = Fleet::start(3, false).await;
+    let body = body();
+    // The limit counts per minute of the database's clock: an attempt that straddles two
+    // minutes proves nothing, and is made again with a new key.
+    for _attempt in 0..3 {
+        let token = fleet
+            .keycap
+            .ok(&[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--member",
+                "bob@acme.test",
+                "--name",
+                "app",
+                "--cap",
+                "5",
+                "--rpm",
+                "10",
+            ])
+            .unwrap();
+        let minute = fleet.db_minute().await;
+        let requests: Vec<_> = (0..30)
+            .map(|i| fleet.rate_limited_send(i % 3, &token, &body))
+            .collect();
+        let mut statuses = Vec::new();
+        for request in requests {
+            statuses.push(request.await.unwrap());
+        }
+        fleet.restart(0);
+        let mut after_restart = Vec::new();
+        for _ in 0..5 {
+            after_restart.push(fleet.rate_limited_send(0, &token, &body).await.unwrap());
+        }
+        if fleet.db_minute().await != minute {
+            continue;
+        }
+        let served = statuses.iter().filter(|&&s| s == 200).count();
+        let limited = statuses.iter().filter(|&&s| s == 429).count();
+        assert_eq!((served, limited), (10, 20), "{statuses:?}");
+        assert_eq!(after_restart, vec![429; 5]);
+        return;
+    }
+    panic!("three attempts each straddled a minute");
+}
+
+/// The money of leases, statement by statement: grants never pass the cap however many
+/// gateways ask; a gateway's flushed spend leaves its lease at the fold; a reclaim charges what
+/// a silent gateway's lease still holds, with its ledger row; spend that gateway flushes later
+/// is counted against that charge, not twice; and what it then gives back unspent is given
+/// back to the key, so the key's spend ends equal to what was spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly() {
+    use db::leases::{give_back, grant, held, reclaim, register};
+    let env = crate::support::seeded().await;
+    let token = env
+        .keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "app",
+            "--cap",
+            "1",
+        ])
+        .unwrap();
+    let client = env.db.pool.get().await.unwrap();
+    let hash = domain::token::hash_token(&token).to_vec();
+    let key: uuid::Uuid = client
+        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap()
+        .get(0);
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    register(&client, a, "a").await.unwrap();
+    register(&client, b, "b").await.unwrap();
+    let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
+    let live = Duration::from_secs(60);
+    let now = time::OffsetDateTime::now_utc();
+    let spent = || async {
+        let client = env.db.pool.get().await.unwrap();
+        db::usage::fold(&client, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT spent_nanousd FROM key_spends WHERE api_key_id = $1",
+                &[&key],
+            )
+            .await
+            .unwrap();
+        Money::from_nanos(row.get(0))
+    };
+    let flush = |gateway: uuid::Uuid, cost: Money| {
+        let pool = env.db.pool.clone();
+        async move {
+            let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
+            spend.push(key, cost.nanos());
+            db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &[])
+                .await
+                .unwrap();
+        }
+    };
+
+    // Two live gateways share what is left: one grant takes at most half, unless it needs more.
+    let first = grant(&client, key, a, usd(1), usd(90), live).await.unwrap();
+    assert_eq!(first.granted, usd(50));
+    let second = grant(&client, key, b, usd(1), usd(90), live).await.unwrap();
+    assert_eq!(second.granted, usd(25));
+    let third = grant(&client, key, b, usd(40), usd(40), live)
+        .await
+        .unwrap();
+    assert_eq!((third.granted, third.left), (usd(25), Money::ZERO));
+    assert_eq!(third.others_hold, usd(50));
+    assert_eq!(held(&client, key).await.unwrap(), usd(100));
+
+    // A spends 30 and flushes it: after the fold it is spent, and no longer held.
+    flush(a, usd(30)).await;
+    assert_eq!(spent().await, usd(30));
+    assert_eq!(held(&client, key).await.unwrap(), usd(70));
+    // Nothing left to grant: spent + held is the cap.
+    let none = grant(&client, key, b, usd(1), usd(1), live).await.unwrap();
+    assert_eq!(none.granted, Money::ZERO);
+
+    // A falls silent; a reclaim charges its 20 still held.
+    client
+        .execute(
+            "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
+    assert_eq!(spent().await, usd(50));
+    assert_eq!(held(&client, key).await.unwrap(), usd(50));
+    let charged: i64 = client
+        .query_one(
+            "SELECT sum(amount_nanousd)::bigint FROM transactions WHERE kind = 'lease_reclaimed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(Money::from_nanos(charged), usd(20));
+
+    // A was alive after all: it flushes 5 more (already charged, so not counted again), and
+    // gives back the 15 it did not spend.
+    flush(a, usd(5)).await;
+    assert_eq!(spent().await, usd(50));
+    give_back(&client, key, a, usd(15), now).await.unwrap();
+    assert_eq!(spent().await, usd(35), "A spent 35 in all");
+    let net: i64 = client
+        .query_one(
+            "SELECT sum(amount_nanousd)::bigint FROM transactions WHERE kind = 'lease_reclaimed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        Money::from_nanos(net),
+        usd(5),
+        "the ledger keeps the 5 the reclaim charged for"
+    );
+    // B gives back its 50; the key then has 65 left for anyone.
+    give_back(&client, key, b, usd(50), now).await.unwrap();
+    let again = grant(&client, key, b, usd(65), usd(65), live)
+        .await
+        .unwrap();
+    assert_eq!(again.granted, usd(65));
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
+
+/// A reclaim's charge stays in the period it was made in: after a renewal, spend the
+/// reclaimed gateway flushes counts in the new period, and what it gives back unspent is not
+/// taken off the new period's spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
+    use db::leases::{give_back, grant, reclaim, register};
+    let env = crate::support::seeded().await;
+    let token = env
+        .keycap
+        .ok(&[
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            "app",
+            "--cap",
+            "1",
+            "--renew-monthly",
+        ])
+        .unwrap();
+    let client = env.db.pool.get().await.unwrap();
+    let hash = domain::token::hash_token(&token).to_vec();
+    let key: uuid::Uuid = client
+        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap()
+        .get(0);
+    let a = uuid::Uuid::new_v4();
+    register(&client, a, "a").await.unwrap();
+    let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
+    let now = time::OffsetDateTime::now_utc();
+    let spent = || async {
+        let client = env.db.pool.get().await.unwrap();
+        db::usage::fold(&client, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT spent_nanousd FROM key_spends WHERE api_key_id = $1",
+                &[&key],
+            )
+            .await
+            .unwrap();
+        Money::from_nanos(row.get(0))
+    };
+    grant(&client, key, a, usd(40), usd(40), Duration::from_secs(60))
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reclaim(&client, Duration::from_secs(60), now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(spent().await, usd(40));
+    // The month turns: the key is renewed, its spend starts again from zero.
+    let next_month = {
+        let first = now.date().replace_day(1).unwrap();
+        let next = first.checked_add(time::Duration::days(32)).unwrap();
+        next.replace_day(1).unwrap().midnight().assume_utc() + time::Duration::hours(1)
+    };
+    db::maintenance::renew_due(&env.db.pool, next_month)
+        .await
+        .unwrap();
+    assert_eq!(spent().await, Money::ZERO);
+    // A flushes 5 it settled from the reclaimed lease: counted in the new period; it gives
+    // back 30 unspent: nothing is taken off the new period.
+    let mut spend = db::usage::SpendDeltas::of_gateway(a);
+    spend.push(key, usd(5).nanos());
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
+        .await
+        .unwrap();
+    assert_eq!(spent().await, usd(5));
+    give_back(&client, key, a, usd(30), next_month)
+        .await
+        .unwrap();
+    assert_eq!(spent().await, usd(5));
+}
