@@ -42,36 +42,7 @@ if [ -n "$INSTRUCTIONS" ]; then WRAP=(valgrind -q --tool=callgrind --callgrind-o
 NGINX_PORT=$(port); PASS_PORT=$(port); GW_PORT=$(port); METRICS_PORT=$(port)
 
 # --- the upstream: nginx answering like OpenRouter, from memory ---------------------------------
-MODELS='{"data":[{"id":"bench/model","name":"Bench","context_length":8192,"pricing":{"prompt":"0.000001","completion":"0.000002","request":"0","image":"0","web_search":"0","internal_reasoning":"0"},"top_provider":{"context_length":8192,"max_completion_tokens":4096,"is_moderated":false}}]}'
-JSON='{"id":"gen-bench","object":"chat.completion","created":1,"model":"bench/model","provider":"Bench","choices":[{"index":0,"finish_reason":"stop","native_finish_reason":"stop","message":{"role":"assistant","content":"alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa"}}],"usage":{"prompt_tokens":12,"completion_tokens":16,"total_tokens":28,"cost":0.000044,"is_byok":false}}'
-SSE=": OPENROUTER PROCESSING\n\n"
-for word in alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november oscar papa; do
-  SSE+="data: {\"id\":\"gen-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench/model\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\" $word\"},\"finish_reason\":null}]}\n\n"
-done
-SSE+="data: {\"id\":\"gen-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench/model\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":16,\"total_tokens\":28,\"cost\":0.000044}}\n\ndata: [DONE]\n\n"
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  client_body_buffer_size 64k;
-  client_max_body_size 512m;
-  server {
-    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
-    location = /api/v1/models { default_type application/json; return 200 '$MODELS'; }
-    location = /api/v1/chat/completions {
-      if (\$arg_stream) { rewrite ^ /sse last; }
-      default_type application/json; return 200 '$JSON';
-    }
-    location = /sse { internal; default_type text/event-stream; return 200 '$(printf '%b' "$SSE")'; }
-  }
-}
-NGINX
-taskset -c 1 nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;'
+start_upstream 1 "$NGINX_PORT"
 
 # --- the bare passthrough ---------------------------------------------------------------------------
 # shellcheck disable=SC2086 # PASSTHROUGH_ARGS is a list of arguments
@@ -81,18 +52,7 @@ PIDS+=($!)
 # --- keycap: its database on core 1, the gateway on core 0 -----------------------------------------
 start_keycap_database "${PG_CORE:-1}" 1000000000
 echo "sk-or-v1-bench" | "$KEYCAP" vault add --org bench --name nginx 2>/dev/null >/dev/null
-PSQL=("$PGBIN/psql" -h "$WORK/data/postgres-run" -U keycap -d keycap -q -v ON_ERROR_STOP=1)
-[ "$(id -u)" = 0 ] && PSQL=(runuser -u postgres -- "${PSQL[@]}")
-echo "inserting $N_KEYS_LARGE bench keys..." >&2
-"${PSQL[@]}" <<SQL
-INSERT INTO api_keys (id, org_id, membership_id, master_key_id, service, name, token_hash, prefix, cap_nanousd, period_start)
-SELECT gen_random_uuid(), m.org_id, m.id, mk.id, 'openrouter', 'bench-' || i,
-       sha256(convert_to('kc_' || lpad(to_hex(i), 48, '0'), 'UTF8')),
-       substr('kc_' || lpad(to_hex(i), 48, '0'), 1, 11), 1000000000000000, date_trunc('month', now())::date
-FROM generate_series(1, $N_KEYS_LARGE) AS i,
-     memberships m JOIN users u ON u.id = m.user_id AND u.email = 'user@bench.example',
-     master_keys mk;
-SQL
+insert_bench_keys "$N_KEYS_LARGE"
 KEYCAP_OPENROUTER__BASE_URL=http://127.0.0.1:$NGINX_PORT KEYCAP_GATEWAY__LISTEN=127.0.0.1:$GW_PORT \
 KEYCAP_METRICS__LISTEN=127.0.0.1:$METRICS_PORT KEYCAP_GATEWAY__THREADS=1 KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS=0 \
 KEYCAP_GATEWAY__FLUSH_INTERVAL_MS=${FLUSH_MS:-1000} \
@@ -100,24 +60,7 @@ KEYCAP_GATEWAY__FLUSH_INTERVAL_MS=${FLUSH_MS:-1000} \
 PIDS+=($!)
 
 # --- wrk: one request shape for every system; the token rotates over N keys ----------------------
-cat > "$WORK/bench.lua" <<'LUA'
-local threads = {}
-function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
-function init(args)
-  n_keys = tonumber(os.getenv("N_KEYS") or "10")
-  counter = id * 7919
-  -- BODY_KIB: a chat request of about that size, a long user message (the default: 120 bytes).
-  local filler = string.rep("Tell me about budgets. ", math.floor(tonumber(os.getenv("BODY_KIB") or "0") * 1024 / 23))
-  body = '{"model":"bench/model","messages":[{"role":"user","content":"' .. filler .. 'Tell me about budgets."}],"max_tokens":64' ..
-    (os.getenv("STREAM") == "1" and ',"stream":true}' or '}')
-  path = "/api/v1/chat/completions" .. (os.getenv("STREAM") == "1" and "?stream=1" or "")
-end
-function request()
-  counter = counter + 1
-  local token = string.format("kc_%048x", (counter % n_keys) + 1)
-  return wrk.format("POST", path, {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
-end
-LUA
+write_bench_lua
 
 wait_ok() { # URL STREAM
   # Up to 30 s; under valgrind keycap starts ten times slower.
