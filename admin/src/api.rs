@@ -460,9 +460,10 @@ pub async fn audit(
     })?;
     let client = state.pool.get().await.map_err(db::Error::from)?;
     let entries = db::transactions::list_filtered(&client, owner.org.id, &filter, limit).await?;
-    let chain = match db::transactions::verify_chain(&client, owner.org.id).await? {
+    let (chain, from) = db::transactions::verify_since_checkpoint(&client, owner.org.id).await?;
+    let chain = match chain {
         db::transactions::ChainStatus::Intact { n_rows } => {
-            json!({ "intact": true, "n_rows": n_rows })
+            json!({ "intact": true, "n_rows": n_rows, "checked_from_seq": from })
         }
         db::transactions::ChainStatus::Broken { seq } => {
             json!({ "intact": false, "broken_at_seq": seq })

@@ -66,6 +66,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0016_rate_windows",
         include_str!("../../migrations/0016_rate_windows.sql"),
     ),
+    (
+        "0017_audit_checkpoints",
+        include_str!("../../migrations/0017_audit_checkpoints.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

@@ -176,22 +176,35 @@ pub enum ChainStatus {
     Broken { seq: i64 },
 }
 
+// The first row, from sequence number $2 on, whose hash does not match its content, or whose
+// link to the row before does not match (the row at $2 is checked against nothing before it
+// unless $2 is 1, whose link is the zero hash).
 const VERIFY: &str = "SELECT seq FROM (
         SELECT seq, hash, prev_hash,
             lag(hash) OVER (ORDER BY seq) AS expected_prev,
             lag(seq) OVER (ORDER BY seq) AS prev_seq,
             transactions_digest(prev_hash, org_id, seq, kind, actor_user_id, membership_id,
                 api_key_id, master_key_id, amount_nanousd, detail, created_at) AS recomputed
-        FROM transactions WHERE org_id = $1
+        FROM transactions WHERE org_id = $1 AND seq >= $2
     ) chain
     WHERE hash <> recomputed
-       OR (expected_prev IS NULL AND (seq <> 1 OR prev_hash <> decode(repeat('00', 32), 'hex')))
+       OR (expected_prev IS NULL
+           AND (seq <> $2 OR ($2 = 1 AND prev_hash <> decode(repeat('00', 32), 'hex'))))
        OR (expected_prev IS NOT NULL AND (prev_hash <> expected_prev OR seq <> prev_seq + 1))
     ORDER BY seq LIMIT 1";
 
 /// Recomputes every hash of an org's chain in the database.
 pub async fn verify_chain(client: &impl GenericClient, org_id: Uuid) -> Result<ChainStatus, Error> {
-    if let Some(row) = client.query_opt(VERIFY, &[&org_id]).await? {
+    verify_from_seq(client, org_id, 1).await
+}
+
+/// Recomputes the hashes of an org's chain from row `from_seq` on.
+async fn verify_from_seq(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    from_seq: i64,
+) -> Result<ChainStatus, Error> {
+    if let Some(row) = client.query_opt(VERIFY, &[&org_id, &from_seq]).await? {
         return Ok(ChainStatus::Broken { seq: row.get(0) });
     }
     let row = client
@@ -201,4 +214,96 @@ pub async fn verify_chain(client: &impl GenericClient, org_id: Uuid) -> Result<C
         )
         .await?;
     Ok(ChainStatus::Intact { n_rows: row.get(0) })
+}
+
+/// The newest row of an org's chain: its sequence number and hash (hex), to keep elsewhere;
+/// `None` for an empty ledger.
+pub async fn head(
+    client: &impl GenericClient,
+    org_id: Uuid,
+) -> Result<Option<(i64, String)>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT seq, hash FROM transactions WHERE org_id = $1 ORDER BY seq DESC LIMIT 1",
+            &[&org_id],
+        )
+        .await?;
+    Ok(row.map(|row| (row.get(0), hex::encode(row.get::<_, Vec<u8>>(1)))))
+}
+
+/// What checking a chain from a kept hash found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromKept {
+    /// The row with the kept hash is there (`seq`), and every row from it on is intact.
+    Intact { seq: i64, n_rows: i64 },
+    /// The row with the kept hash is there, but the chain breaks at `seq`.
+    Broken { seq: i64 },
+    /// No row has the kept hash: the rows up to it were rewritten or removed.
+    NotFound,
+}
+
+/// Checks an org's chain from the row whose hash is `kept` (hex, as `head` printed it).
+pub async fn verify_from_hash(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    kept: &[u8],
+) -> Result<FromKept, Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT seq FROM transactions WHERE org_id = $1 AND hash = $2",
+            &[&org_id, &kept],
+        )
+        .await?
+    else {
+        return Ok(FromKept::NotFound);
+    };
+    let seq: i64 = row.get(0);
+    Ok(match verify_from_seq(client, org_id, seq).await? {
+        ChainStatus::Intact { n_rows } => FromKept::Intact { seq, n_rows },
+        ChainStatus::Broken { seq } => FromKept::Broken { seq },
+    })
+}
+
+/// How often `/audit` checks the whole chain rather than the rows after its checkpoint.
+const WHOLE_CHECK_EVERY: &str = "1 day";
+
+/// What `/audit` shows: the chain checked from the org's checkpoint (the newest row found
+/// intact before) on, or whole when there is none, when the checkpoint's row no longer has its
+/// hash, or when the whole chain was last checked a day ago; the checkpoint then moves to the
+/// newest row. Returns the status and the sequence number checking started from.
+pub async fn verify_since_checkpoint(
+    client: &impl GenericClient,
+    org_id: Uuid,
+) -> Result<(ChainStatus, i64), Error> {
+    let checkpoint = client
+        .query_opt(
+            &format!(
+                "SELECT c.seq FROM audit_checkpoints c
+                   JOIN transactions t ON t.org_id = c.org_id AND t.seq = c.seq AND t.hash = c.hash
+                  WHERE c.org_id = $1
+                    AND c.whole_checked_at > now() - interval '{WHOLE_CHECK_EVERY}'"
+            ),
+            &[&org_id],
+        )
+        .await?;
+    let from = checkpoint.map_or(1, |row| row.get::<_, i64>(0));
+    // The newest row before the check: the check covers it, and rows added after it are
+    // checked by the next view.
+    let newest = head(client, org_id).await?;
+    let status = verify_from_seq(client, org_id, from).await?;
+    if let ChainStatus::Intact { .. } = status
+        && let Some((seq, _)) = newest
+    {
+        client
+            .execute(
+                "INSERT INTO audit_checkpoints (org_id, seq, hash, whole_checked_at)
+                 SELECT org_id, seq, hash, now() FROM transactions WHERE org_id = $1 AND seq = $2
+                 ON CONFLICT (org_id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash,
+                     whole_checked_at = CASE WHEN $3::bigint = 1 THEN now()
+                                             ELSE audit_checkpoints.whole_checked_at END",
+                &[&org_id, &seq, &from],
+            )
+            .await?;
+    }
+    Ok((status, from))
 }

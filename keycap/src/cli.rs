@@ -56,7 +56,8 @@ pub enum Command {
     /// Manage sub-keys.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Show an org's ledger and check its hash chain.
+    /// Show an org's ledger and check its whole hash chain; `audit head` prints the newest
+    /// hash, to keep elsewhere, and `audit verify --from HASH` checks the chain from one kept.
     Audit(AuditArgs),
     /// Manage tokens for the admin listener: metrics tokens, for Prometheus.
     #[command(subcommand)]
@@ -323,14 +324,39 @@ pub struct KeyCreateArgs {
 
 /// `keycap audit`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
     /// Org id or name.
-    #[arg(long)]
-    pub org: String,
+    #[arg(long, required = false)]
+    pub org: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
     /// At most this many rows, newest first.
     #[arg(long, default_value_t = 1000)]
     pub limit: i64,
+}
+
+/// `keycap audit head` and `keycap audit verify`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest row's hash (and sequence number) of the org's chain: keep it
+    /// somewhere else, to check the chain from it later.
+    Head {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+    },
+    /// Check the org's chain from the row with a kept hash to the newest row; fails if no row
+    /// has that hash (the ledger was rewritten up to it) or the chain breaks after it.
+    Verify {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// A hash printed by `keycap audit head` (hex).
+        #[arg(long, value_name = "HASH")]
+        from: String,
+    },
 }

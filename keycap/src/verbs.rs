@@ -14,8 +14,8 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::cli::{
-    AuditArgs, BudgetCommand, KeyCommand, KeyCreateArgs, MemberCommand, OrgCommand, TokenCommand,
-    VaultCommand,
+    AuditArgs, AuditCommand, BudgetCommand, KeyCommand, KeyCreateArgs, MemberCommand, OrgCommand,
+    TokenCommand, VaultCommand,
 };
 use crate::database::Database;
 
@@ -507,11 +507,23 @@ async fn key_create(database: &Database, args: KeyCreateArgs) -> anyhow::Result<
 
 /// `keycap audit`.
 pub async fn audit(database: &Database, args: AuditArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(AuditCommand::Head { org }) => return audit_head(database, &org).await,
+        Some(AuditCommand::Verify { org, from }) => {
+            return audit_verify(database, &org, &from).await;
+        }
+        None => {}
+    }
+    let Some(org) = args.org else {
+        bail!(
+            "--org is required: keycap audit --org ORG (or keycap audit head / verify --org ORG)"
+        );
+    };
     if args.limit < 1 {
         bail!("--limit must be at least 1");
     }
     let client = database.pool.get().await?;
-    let org = orgs::find(&client, &args.org).await?;
+    let org = orgs::find(&client, &org).await?;
     let entries =
         db::transactions::list_filtered(&client, org.id, &Default::default(), args.limit).await?;
     let chain = db::transactions::verify_chain(&client, org.id).await?;
@@ -546,6 +558,48 @@ pub async fn audit(database: &Database, args: AuditArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `keycap audit head`: the newest row's sequence number and hash, on one line.
+async fn audit_head(database: &Database, org: &str) -> anyhow::Result<()> {
+    let client = database.pool.get().await?;
+    let org = orgs::find(&client, org).await?;
+    match db::transactions::head(&client, org.id).await? {
+        Some((seq, hash)) => println!("{hash} {seq}"),
+        None => bail!("org {} has no ledger rows yet", org.name),
+    }
+    Ok(())
+}
+
+/// `keycap audit verify --from HASH`.
+async fn audit_verify(database: &Database, org: &str, from: &str) -> anyhow::Result<()> {
+    let kept = hex::decode(from.trim())
+        .ok()
+        .filter(|bytes| bytes.len() == 32)
+        .with_context(|| {
+            format!(
+                "--from {from:?} is not a hash: give the 64 hex digits `keycap audit head` printed"
+            )
+        })?;
+    let client = database.pool.get().await?;
+    let org = orgs::find(&client, org).await?;
+    match db::transactions::verify_from_hash(&client, org.id, &kept).await? {
+        db::transactions::FromKept::Intact { seq, n_rows } => {
+            eprintln!(
+                "hash chain intact from row {seq} (of {n_rows} rows) to the newest; the rows before it are vouched for by the kept hash"
+            );
+            Ok(())
+        }
+        db::transactions::FromKept::Broken { seq } => {
+            bail!(
+                "hash chain broken at row {seq}, after the kept hash: the ledger was tampered with"
+            )
+        }
+        db::transactions::FromKept::NotFound => bail!(
+            "no row of org {} has the kept hash: the ledger was rewritten up to it, or the hash is another org's",
+            org.name
+        ),
+    }
 }
 
 /// `keycap token ...`.

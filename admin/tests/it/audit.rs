@@ -73,14 +73,54 @@ async fn the_ledger_pages_filters_exports_and_shows_a_broken_chain() {
             .all(|line| line.contains(",budget_set,"))
     );
 
-    // A row changed behind keycap's back (triggers off, as only a superuser could) shows as a
-    // broken chain on the page.
-    app.sql(
-        "ALTER TABLE transactions DISABLE TRIGGER transactions_no_update;
-         UPDATE transactions SET amount_nanousd = amount_nanousd + 1 WHERE seq = 30;
-         ALTER TABLE transactions ENABLE TRIGGER transactions_no_update;",
+    // Each view checks the rows after the last view's newest one; a row added since is
+    // checked, and so is a row changed after it.
+    let checkpoint = || async {
+        let client = app.db.client().await.unwrap();
+        client
+            .query_one("SELECT seq FROM audit_checkpoints", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let seen = checkpoint().await;
+    db::members::set_budget(
+        &app.db.pool,
+        &org,
+        &ann,
+        domain::Money::from_usd(12),
+        db::Actor::Cli,
+        time::OffsetDateTime::now_utc(),
     )
-    .await;
+    .await
+    .unwrap();
+    owner.get("/audit").await.expect(
+        200,
+        &[&format!("entries from {seen} on checked now"), "chain ok"],
+    );
+    // A row changed behind keycap's back (triggers off, as only a superuser could) after the
+    // checkpoint shows as a broken chain on the next view.
+    let tamper = |seq: i64| {
+        format!(
+            "ALTER TABLE transactions DISABLE TRIGGER transactions_no_update;
+             UPDATE transactions SET amount_nanousd = amount_nanousd + 1 WHERE seq = {seq};
+             ALTER TABLE transactions ENABLE TRIGGER transactions_no_update;"
+        )
+    };
+    let newest = checkpoint().await;
+    app.sql(&tamper(newest)).await;
+    owner.get("/audit").await.expect(
+        200,
+        &[
+            &format!("Hash chain broken at entry {newest}"),
+            "chain broken",
+        ],
+    );
+    // One changed before the checkpoint shows when the whole chain is next checked: within
+    // a day of the last whole check (here, a day is made to have passed).
+    app.sql(&tamper(30)).await;
+    app.sql("UPDATE audit_checkpoints SET whole_checked_at = now() - interval '25 hours'")
+        .await;
     owner
         .get("/audit")
         .await

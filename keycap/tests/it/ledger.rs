@@ -63,6 +63,80 @@ async fn tampering_breaks_the_hash_chain() {
     );
 }
 
+/// `keycap audit head` prints the newest hash; `keycap audit verify --from HASH` checks the
+/// chain from it: intact with rows added since, broken by a row changed after it, and failing
+/// when the kept row itself was rewritten.
+#[tokio::test]
+async fn a_kept_head_checks_the_chain_from_it() {
+    let env = seeded().await;
+    let head = env.keycap.ok(&["audit", "head", "--org", "acme"]).unwrap();
+    let (hash, seq) = head.trim().split_once(' ').unwrap();
+    assert_eq!((hash.len(), seq), (64, "3"), "{head}");
+    env.keycap
+        .ok(&["budget", "set", "--org", "acme", "bob@acme.test", "70"])
+        .unwrap();
+    let verify = |from: &str| {
+        env.keycap
+            .run(&["audit", "verify", "--org", "acme", "--from", from])
+            .unwrap()
+    };
+    let ok = verify(hash);
+    assert!(
+        ok.success
+            && ok
+                .stderr
+                .contains("hash chain intact from row 3 (of 4 rows)"),
+        "{}",
+        ok.stderr
+    );
+    let tamper = |seq: i64| {
+        format!(
+            "ALTER TABLE transactions DISABLE TRIGGER transactions_no_update;
+             UPDATE transactions SET amount_nanousd = amount_nanousd + 1 WHERE seq = {seq};
+             ALTER TABLE transactions ENABLE TRIGGER transactions_no_update;"
+        )
+    };
+    let client = env.db.client().await.unwrap();
+    client.batch_execute(&tamper(4)).await.unwrap();
+    let broken = verify(hash);
+    assert!(
+        !broken.success
+            && broken
+                .stderr
+                .contains("hash chain broken at row 4, after the kept hash"),
+        "{}",
+        broken.stderr
+    );
+    // The kept row rewritten with a hash to match: no row has the kept hash any more.
+    client
+        .batch_execute(
+            "ALTER TABLE transactions DISABLE TRIGGER transactions_no_update;
+             UPDATE transactions SET hash = sha256(hash) WHERE seq = 3;
+             ALTER TABLE transactions ENABLE TRIGGER transactions_no_update;",
+        )
+        .await
+        .unwrap();
+    let gone = verify(hash);
+    assert!(
+        !gone.success && gone.stderr.contains("no row of org acme has the kept hash"),
+        "{}",
+        gone.stderr
+    );
+    // Bad input says what to give.
+    let bad = verify("not-a-hash");
+    assert!(
+        !bad.success && bad.stderr.contains("give the 64 hex digits"),
+        "{}",
+        bad.stderr
+    );
+    let no_org = env.keycap.run(&["audit"]).unwrap();
+    assert!(
+        !no_org.success && no_org.stderr.contains("--org is required"),
+        "{}",
+        no_org.stderr
+    );
+}
+
 /// The seeded org.
 async fn acme(env: &Env) -> db::orgs::Org {
     let client = env.db.pool.get().await.unwrap();
