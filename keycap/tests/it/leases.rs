@@ -1,6 +1,7 @@
 //! Several `keycap gateway` processes on one database, each spending only the leases Postgres
 //! granted it: together they never bill past a key's cap, a gateway killed with SIGKILL costs
-//! the key at most what its leases held, and a database outage under load loses nothing.
+//! the key at most what its leases held, and Postgres stopped for 30 s under load loses
+//! nothing.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,7 +9,6 @@ use std::time::{Duration, Instant};
 use domain::Money;
 use openrouter_mock::{MockConfig, MockServer};
 use testkit::TestDb;
-use testkit::chaos::ChaosProxy;
 use testkit::process::{Keycap, Running};
 
 use crate::gateway_support::cheap_reservation;
@@ -16,31 +16,46 @@ use crate::gateway_support::cheap_reservation;
 /// Gateways on one database, in front of one mock that bills every request the most its
 /// bounds allow (so a reservation is what a request costs).
 struct Fleet {
-    db: TestDb,
+    pool: db::Pool,
+    /// The test database, or a cluster of the test's own (which it can stop).
+    _db: Option<TestDb>,
+    cluster: Option<db::embedded::Cluster>,
     keycap: Keycap,
     mock: MockServer,
     gateways: Vec<Option<Running>>,
     /// How each gateway is started (its addresses), to start it again.
     commands: Vec<Keycap>,
     bases: Vec<String>,
-    /// Between the gateways and the database, when asked for.
-    chaos: Option<ChaosProxy>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Fleet {
-    /// `n` gateways, reaching the database through a chaos proxy when `chaos`.
-    async fn start(n: usize, chaos: bool) -> Fleet {
+    /// `n` gateways, on a test database, or on a PostgreSQL cluster of the test's own when
+    /// `own_cluster` (to stop it).
+    async fn start(n: usize, own_cluster: bool) -> Fleet {
         let mock = openrouter_mock::spawn(MockConfig {
             bill_most: true,
             ..MockConfig::default()
         })
         .await
         .unwrap();
-        let db = TestDb::new().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let keycap = Keycap::new(Path::new(env!("CARGO_BIN_EXE_keycap")), &db.url, dir.path())
+        let (test_db, cluster, url) = if own_cluster {
+            let cluster = db::embedded::Cluster::in_folder(&dir.path().join("pg")).unwrap();
+            let started = cluster.clone();
+            tokio::task::spawn_blocking(move || started.ensure_running())
+                .await
+                .unwrap()
+                .unwrap();
+            let url = cluster.url(db::embedded::DATABASE);
+            (None, Some(cluster), url)
+        } else {
+            let test_db = TestDb::new().await.unwrap();
+            let url = test_db.url.clone();
+            (Some(test_db), None, url)
+        };
+        let keycap = Keycap::new(Path::new(env!("CARGO_BIN_EXE_keycap")), &url, dir.path())
             .env("KEYCAP_OPENROUTER__BASE_URL", &mock.base_url())
             .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
             .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
@@ -48,21 +63,13 @@ impl Fleet {
             .env("KEYCAP_GATEWAY__LEASE_LAPSE_MS", "2000")
             .env("KEYCAP_GATEWAY__LEASE_MIN_SLICE_USD", "0.001");
         crate::support::seed_acme(&keycap, &mock.state().config().master_key);
-        let chaos = match chaos {
-            true => Some(ChaosProxy::start(&db.url).await.unwrap()),
-            false => None,
-        };
-        let gateway_db = chaos.as_ref().map(ChaosProxy::url);
         let mut gateways = Vec::new();
         let mut commands = Vec::new();
         let mut bases = Vec::new();
         for _ in 0..n {
             let port = testkit::free_port();
-            let mut process = match &gateway_db {
-                Some(url) => keycap.with_database_url(url),
-                None => keycap.clone(),
-            };
-            process = process
+            let process = keycap
+                .clone()
                 .env("KEYCAP_GATEWAY__LISTEN", &format!("127.0.0.1:{port}"))
                 .env(
                     "KEYCAP_METRICS__LISTEN",
@@ -73,13 +80,14 @@ impl Fleet {
             bases.push(format!("http://127.0.0.1:{port}"));
         }
         Fleet {
-            db,
+            pool: db::connect(&url, 4).unwrap(),
+            _db: test_db,
+            cluster,
             keycap,
             mock,
             gateways,
             commands,
             bases,
-            chaos,
             http: reqwest::Client::new(),
             _dir: dir,
         }
@@ -155,7 +163,7 @@ impl Fleet {
 
     /// The minute of the database's clock.
     async fn db_minute(&self) -> f64 {
-        let client = self.db.pool.get().await.unwrap();
+        let client = self.pool.get().await.unwrap();
         client
             .query_one(
                 "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()))::float8",
@@ -167,7 +175,7 @@ impl Fleet {
     }
 
     async fn spent_in_db(&self, token: &str) -> Money {
-        let client = self.db.pool.get().await.unwrap();
+        let client = self.pool.get().await.unwrap();
         db::usage::fold(&client, time::OffsetDateTime::now_utc())
             .await
             .unwrap();
@@ -184,7 +192,7 @@ impl Fleet {
     }
 
     async fn leases_left(&self) -> i64 {
-        let client = self.db.pool.get().await.unwrap();
+        let client = self.pool.get().await.unwrap();
         client
             .query_one(
                 "SELECT count(*) FROM key_leases WHERE held_nanousd > 0",
@@ -196,7 +204,7 @@ impl Fleet {
     }
 
     async fn reclaimed(&self) -> Money {
-        let client = self.db.pool.get().await.unwrap();
+        let client = self.pool.get().await.unwrap();
         let row = client
             .query_one(
                 "SELECT coalesce(sum(amount_nanousd), 0)::bigint FROM transactions
@@ -231,6 +239,15 @@ impl Fleet {
 
     fn billed(&self) -> Money {
         Money::from_nanos(self.mock.state().total_usage_nanousd() as i64)
+    }
+}
+
+impl Drop for Fleet {
+    /// A cluster of the test's own is stopped with it.
+    fn drop(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.stop();
+        }
     }
 }
 
@@ -358,11 +375,11 @@ async fn a_gateway_killed_under_load_costs_the_key_at_most_its_leases() {
     );
 }
 
-/// The database is cut off for 30 s under load on three gateways: they serve only what their
-/// leases hold (the upstream bills at most the cap), and once it is back every nano-dollar
-/// they settled meanwhile reaches it.
+/// PostgreSQL is stopped for 30 s under load on three gateways: they serve only what their
+/// leases hold (the upstream bills at most the cap), and once it is started again every
+/// nano-dollar they settled meanwhile reaches it, and no gateway was taken for dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_under_load_serves_within_the_leases_and_loses_nothing() {
+async fn postgres_stopped_under_load_serves_within_the_leases_and_loses_nothing() {
     let mut fleet = Fleet::start(3, true).await;
     let body = body();
     let per_request = cheap_reservation(&body, 50);
@@ -372,7 +389,12 @@ async fn a_database_outage_under_load_serves_within_the_leases_and_loses_nothing
     for i in 0..30 {
         assert_eq!(fleet.send(i % 3, &token, &body).await.unwrap(), Some(200));
     }
-    fleet.chaos.as_ref().unwrap().cut();
+    let cluster = fleet.cluster.clone().unwrap();
+    let stopping = cluster.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap()
+        .unwrap();
     let cut_at = Instant::now();
     let mut served_during = 0;
     while cut_at.elapsed() < Duration::from_secs(30) {
@@ -390,7 +412,10 @@ async fn a_database_outage_under_load_serves_within_the_leases_and_loses_nothing
         "billed {billed_during} past the cap {cap}"
     );
     assert!(served_during > 0, "nothing was served from the leases held");
-    fleet.chaos.as_ref().unwrap().restore();
+    tokio::task::spawn_blocking(move || cluster.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
     // Once it is back, everything settled reaches Postgres.
     let deadline = Instant::now() + Duration::from_secs(30);
     while fleet.spent_in_db(&token).await != fleet.billed() {
