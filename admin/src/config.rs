@@ -31,6 +31,12 @@ pub struct AdminConfig {
     pub metrics_per_key: bool,
     /// Budget alerts.
     pub alerts: crate::alerts::AlertConfig,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive (and a connection may stay idle).
+    pub header_timeout: Duration,
+    /// How long a request may take to be read and answered.
+    pub request_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -55,6 +61,9 @@ impl Default for AdminConfig {
                 webhook: None,
                 interval: Duration::from_secs(60),
             },
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

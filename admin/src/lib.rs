@@ -22,6 +22,7 @@ mod health;
 mod mail;
 mod password;
 mod routes;
+mod server;
 mod session;
 mod state;
 mod usage_metrics;
@@ -31,21 +32,5 @@ pub use app::app;
 pub use clock::Clock;
 pub use config::AdminConfig;
 pub use mail::{MailConfigError, Mailer};
+pub use server::serve;
 pub use state::AppState;
-
-use std::future::Future;
-use std::net::SocketAddr;
-
-/// Serves the app on `listener` until `shutdown` completes, letting requests in flight finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}

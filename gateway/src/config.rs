@@ -43,6 +43,10 @@ pub struct GatewayConfig {
     pub threads: usize,
     /// How leases of keys' caps are sized and kept, and the heartbeat.
     pub lease: crate::lease::LeaseConfig,
+    /// Connections of the pool that looks up tokens the key cache does not know.
+    pub lookup_connections: usize,
+    /// Such lookups running at once; past that a lookup is refused with 503.
+    pub max_lookups_in_flight: usize,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +69,8 @@ impl Default for GatewayConfig {
             grace_period_seconds: 5,
             threads: 2,
             lease: Default::default(),
+            lookup_connections: 4,
+            max_lookups_in_flight: 64,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod flusher;
 pub mod generations;
 pub mod health;
 pub mod lease;
+pub mod lookups;
 pub mod metrics;
 pub mod model_list;
 pub mod prices;

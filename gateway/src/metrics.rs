@@ -30,6 +30,7 @@ pub struct Metrics {
     pub lease_grants_total: IntCounter,
     pub lease_give_backs_total: IntCounter,
     pub lease_reclaims_total: IntCounter,
+    pub key_lookups_peak: IntGauge,
     /// Handles resolved once for the labels every request uses.
     by_outcome: [(&'static str, IntCounter); OUTCOMES.len()],
     by_basis: [(ChargeBasis, IntCounter); BASES.len()],
@@ -149,6 +150,10 @@ impl Metrics {
             lease_reclaims_total: register_int_counter!(
                 "gateway_lease_reclaims_total",
                 "Leases of dead gateways this gateway reclaimed"
+            )?,
+            key_lookups_peak: register_int_gauge!(
+                "gateway_key_lookups_in_flight_peak",
+                "The most lookups of unknown tokens that ran at once since the start"
             )?,
             upstream_duration_seconds: register_histogram!(
                 HistogramOpts::new(

@@ -33,7 +33,7 @@ use crate::generations::{GENERATION_ID_HEADER, id_in_query};
 use crate::lease;
 use crate::model_list::{MAX_LIST_BYTES, cut_to_scope};
 use crate::reconcile::Pending;
-use crate::state::{Charge, Gateway, MasterKey};
+use crate::state::{Charge, Gateway, LookupError, MasterKey};
 
 /// The proxy: one per gateway, shared by all requests.
 pub struct Proxy {
@@ -575,7 +575,10 @@ impl Proxy {
         let key = gateway
             .key_for(domain::token::hash_token(token))
             .await
-            .map_err(|err| Refusal::unavailable("database", err.to_string()))?
+            .map_err(|err| match err {
+                LookupError::Busy => Refusal::unavailable("lookups_busy", err.to_string()),
+                err => Refusal::unavailable("database", err.to_string()),
+            })?
             .ok_or_else(Refusal::unknown_key)?;
         let info = key.info();
         match info.close_reason.as_deref() {

@@ -59,9 +59,12 @@ pub fn run(
 ) -> Result<(), String> {
     check_addresses(&config)?;
     let control = resources.control.clone();
+    let lookup_pool = db::connect(&resources.database_url, config.lookup_connections)
+        .map_err(|err| format!("cannot make the key lookup pool: {err}"))?;
     let gateway = Arc::new(Gateway::new(
         config.clone(),
         resources.pool.clone(),
+        lookup_pool,
         resources.keyring,
         control.clone(),
     )?);
@@ -111,6 +114,11 @@ pub fn run(
         shutdown.clone(),
     ));
     control.spawn(sync::refresh_prices(Arc::clone(&gateway), shutdown.clone()));
+    control.spawn(crate::lookups::sweep(
+        Arc::clone(&gateway),
+        config.negative_cache_ttl,
+        shutdown.clone(),
+    ));
     control.spawn(announce_when_listening(
         config.listen.clone(),
         config.metrics_listen.clone(),

@@ -51,10 +51,15 @@ impl std::fmt::Debug for MasterKey {
 }
 
 /// Why a lookup could not be answered. Never carries secret material.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     #[error("keycap cannot reach its database: {0}")]
     Database(String),
+    #[error(
+        "the gateway is looking up too many unknown keys at once (gateway.max_lookups_in_flight): \
+         retry in a moment"
+    )]
+    Busy,
     #[error("master key {0} cannot be opened with the configured encryption key")]
     Vault(Uuid),
 }
@@ -67,6 +72,8 @@ pub struct Gateway {
     pub pool: db::Pool,
     pub keyring: vault::Keyring,
     pub keys: KeyCache,
+    /// Lookups of tokens the cache does not know, on a pool of their own.
+    pub lookups: crate::lookups::Lookups,
     pub masters: DashMap<Uuid, Arc<MasterKey>>,
     pub prices: PriceList,
     /// Request body bytes in flight, over all requests (`gateway.max_inflight_body_bytes`).
@@ -93,10 +100,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Shared state.
+    /// Shared state; token lookups run on `lookup_pool`, everything else on `pool`.
     pub fn new(
         config: GatewayConfig,
         pool: db::Pool,
+        lookup_pool: db::Pool,
         keyring: vault::Keyring,
         control: tokio::runtime::Handle,
     ) -> Result<Gateway, String> {
@@ -105,8 +113,10 @@ impl Gateway {
         let keys = KeyCache::new(config.negative_cache_ttl);
         let bodies = crate::body::BodyBudget::new(config.max_inflight_body_bytes);
         let leases = crate::lease::Leases::new(config.lease.clone());
+        let lookups = crate::lookups::Lookups::new(lookup_pool, config.max_lookups_in_flight);
         Ok(Gateway {
             leases,
+            lookups,
             config,
             bodies,
             generations: Default::default(),
@@ -134,16 +144,13 @@ impl Gateway {
             Cached::Unknown => return Ok(None),
             Cached::Miss => {}
         }
-        let pool = self.pool.clone();
-        let loaded = self
-            .control
-            .spawn(async move {
-                let client = pool.get().await?;
-                db::keys::find_by_token_hash(&client, &hash).await
-            })
-            .await
-            .map_err(|err| LookupError::Database(err.to_string()))?
-            .map_err(|err| LookupError::Database(err.to_string()))?;
+        let remember = |found: &Option<db::keys::ApiKey>| match found {
+            Some(key) => {
+                self.keys.insert(hash, KeyEntry::from_row(key));
+            }
+            None => self.keys.insert_unknown(hash),
+        };
+        let loaded = self.lookups.find(hash, &self.control, remember).await?;
         match loaded {
             Some(key) => {
                 let entry = self.keys.insert(hash, KeyEntry::from_row(&key));
@@ -171,10 +178,7 @@ impl Gateway {
                     .set(i64::try_from(self.keys.len()).unwrap_or(i64::MAX));
                 Ok(Some(entry))
             }
-            None => {
-                self.keys.insert_unknown(hash);
-                Ok(None)
-            }
+            None => Ok(None),
         }
     }
 

@@ -248,7 +248,6 @@ pub async fn refresh_changed(gateway: &Gateway) {
     if renewals_applied {
         *lock(&gateway.refreshed_at) = Some(now);
     }
-    gateway.keys.sweep_unknown();
     gateway
         .changed_uncached
         .retain(|_, at| at.elapsed() < COMMIT_MARGIN);

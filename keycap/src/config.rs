@@ -85,6 +85,10 @@ pub struct GatewaySection {
     pub lease_min_slice_usd: String,
     /// Milliseconds without a request after which a key's unused slice goes back.
     pub lease_idle_ms: u64,
+    /// Connections of the gateway's own pool for looking up tokens it has not cached.
+    pub lookup_connections: usize,
+    /// Such lookups at once; past that, a request with a token not cached gets 503.
+    pub max_lookups_in_flight: usize,
 }
 
 impl Default for GatewaySection {
@@ -106,6 +110,8 @@ impl Default for GatewaySection {
             lease_lapse_ms: 10_000,
             lease_min_slice_usd: "0.05".into(),
             lease_idle_ms: 60_000,
+            lookup_connections: 4,
+            max_lookups_in_flight: 64,
         }
     }
 }
@@ -137,6 +143,12 @@ pub struct AdminSection {
     /// Proxies (addresses or networks) whose `X-Forwarded-For` names the client, for sign-in
     /// throttling.
     pub trusted_proxies: Vec<String>,
+    /// Connections the admin app keeps open at once.
+    pub max_connections: usize,
+    /// Milliseconds a request's headers may take to arrive (and a connection may stay idle).
+    pub header_timeout_ms: u64,
+    /// Milliseconds a request may take to be read and answered.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for AdminSection {
@@ -152,6 +164,9 @@ impl Default for AdminSection {
             metrics_timeout_ms: 5000,
             metrics_per_key: true,
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            header_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -439,13 +454,23 @@ impl Config {
             || self.gateway.rollup_interval_ms == 0
             || self.gateway.refresh_interval_seconds == 0
             || self.gateway.threads == 0
+            || self.gateway.lookup_connections == 0
+            || self.gateway.max_lookups_in_flight == 0
         {
             bail!(
-                "gateway.flush_interval_ms, gateway.rollup_interval_ms, gateway.refresh_interval_seconds and gateway.threads must be at least 1"
+                "gateway.flush_interval_ms, gateway.rollup_interval_ms, gateway.refresh_interval_seconds, gateway.threads, gateway.lookup_connections and gateway.max_lookups_in_flight must be at least 1"
             );
         }
         // The settings the gateway reads from text (a ceiling, the free paths).
         self.gateway_config()?;
+        if self.admin.max_connections == 0
+            || self.admin.header_timeout_ms == 0
+            || self.admin.request_timeout_ms == 0
+        {
+            bail!(
+                "admin.max_connections, admin.header_timeout_ms and admin.request_timeout_ms must be at least 1"
+            );
+        }
         if !(1..=24 * 366).contains(&self.admin.session_hours) {
             bail!("admin.session_hours must be between 1 and 8784 (a year)");
         }
@@ -572,6 +597,8 @@ impl Config {
                     .map_err(|err| anyhow::anyhow!("gateway.lease_min_slice_usd: {err}"))?,
                 idle: Duration::from_millis(self.gateway.lease_idle_ms),
             },
+            lookup_connections: self.gateway.lookup_connections,
+            max_lookups_in_flight: self.gateway.max_lookups_in_flight,
         })
     }
 
@@ -606,6 +633,9 @@ impl Config {
             metrics_cache: Duration::from_millis(self.admin.metrics_cache_ms),
             metrics_timeout: Duration::from_millis(self.admin.metrics_timeout_ms),
             metrics_per_key: self.admin.metrics_per_key,
+            max_connections: self.admin.max_connections,
+            header_timeout: Duration::from_millis(self.admin.header_timeout_ms),
+            request_timeout: Duration::from_millis(self.admin.request_timeout_ms),
             alerts: admin::alerts::AlertConfig {
                 thresholds: db::alerts::Thresholds {
                     member_percents: self.alerts.member_budget_percents.clone(),

@@ -12,6 +12,7 @@ mod audit;
 mod forms;
 mod hardening;
 mod isolation;
+mod limits;
 mod month;
 mod roles;
 mod support;

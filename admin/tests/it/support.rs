@@ -1,8 +1,6 @@
 //! The admin app in process on 127.0.0.1:0, a real database, an OpenRouter mock as the
 //! upstream, and a cookie-keeping HTTP client per person.
 
-use std::net::SocketAddr;
-
 use admin::{AdminConfig, AppState, Clock};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
@@ -126,8 +124,9 @@ impl App {
         }
         let served = state.clone();
         let server = tokio::spawn(async move {
-            let app = admin::app(served).into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
+            admin::serve(listener, served, std::future::pending())
+                .await
+                .unwrap();
         });
         App {
             db,

@@ -6,6 +6,7 @@
     reason = "test helpers fail loudly, like the tests that call them"
 )]
 
+mod abuse;
 mod act;
 mod browser;
 mod check;

@@ -11,6 +11,7 @@ mod cap_random;
 mod cli;
 mod deploy;
 mod embedded;
+mod flood;
 mod gateway;
 mod gateway_support;
 mod leases;

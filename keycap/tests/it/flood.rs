@@ -1,0 +1,147 @@
+//! A flood of made-up tokens: each costs the database a query only once and only within the
+//! gateway's cap on lookups in flight, on a pool of its own, so real keys and the admin app
+//! keep working. (How much it slows a real key is measured in benches/load/flood.sh, not here.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::gateway_support::start_with_env;
+
+fn made_up_token() -> String {
+    let random: [u8; 24] = std::array::from_fn(|_| rand::random());
+    format!("kc_{}", hex::encode(random))
+}
+
+/// Lookups of one token at once are one query; lookups of many at once are at most the cap,
+/// and the rest are refused at once rather than queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_are_merged_and_capped() {
+    let env = crate::support::seeded().await;
+    let runtime = tokio::runtime::Handle::current();
+    // A pool of one connection, held by the test until every lookup is waiting: they can only
+    // have been merged.
+    let pool = db::connect(&env.db.url, 1).unwrap();
+    let held = pool.get().await.unwrap();
+    let merged = Arc::new(gateway::lookups::Lookups::new(pool.clone(), 4));
+    let hash = domain::token::hash_token(&made_up_token());
+    let same: Vec<_> = (0..50)
+        .map(|_| {
+            let (lookups, runtime) = (Arc::clone(&merged), runtime.clone());
+            tokio::spawn(async move { lookups.find(hash, &runtime, |_| {}).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(held);
+    for lookup in same {
+        assert!(matches!(lookup.await.unwrap(), Ok(None)));
+    }
+    assert_eq!(
+        merged.queries(),
+        1,
+        "50 lookups of one token ran as one query"
+    );
+
+    let capped = Arc::new(gateway::lookups::Lookups::new(env.db.pool.clone(), 4));
+    let many: Vec<_> = (0..200)
+        .map(|_| {
+            let (lookups, runtime) = (Arc::clone(&capped), runtime.clone());
+            let hash = domain::token::hash_token(&made_up_token());
+            tokio::spawn(async move { lookups.find(hash, &runtime, |_| {}).await })
+        })
+        .collect();
+    let (mut unknown, mut busy) = (0, 0);
+    for lookup in many {
+        match lookup.await.unwrap() {
+            Ok(None) => unknown += 1,
+            Err(gateway::state::LookupError::Busy) => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(capped.peak() <= 4, "{} lookups ran at once", capped.peak());
+    assert_eq!(unknown + busy, 200);
+    assert!(unknown >= 4, "{unknown} answered");
+}
+
+/// Made-up tokens from 64 clients at once for 10 s: a real key in use keeps being served, the
+/// admin app answers, every made-up token is refused (401, or 503 when the lookups are at
+/// their cap), and no more lookups than the cap ever ran at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_tokens_leaves_real_keys_and_the_admin_app_working() {
+    let gw = start_with_env(&[
+        ("KEYCAP_GATEWAY__MAX_LOOKUPS_IN_FLIGHT", "8"),
+        ("KEYCAP_GATEWAY__LOOKUP_CONNECTIONS", "2"),
+    ])
+    .await;
+    let token = gw.key("5", &[]);
+    let admin = gw
+        .logs()
+        .split("admin on ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .expect("keycap up prints the admin address")
+        .to_string();
+    let body = json!({"model": "mock/cheap", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}]});
+    // The real key is in use before the flood (a key first seen during one may be refused
+    // with 503 while the lookups are at their cap, like the made-up tokens).
+    assert_eq!(gw.chat(&token, &body).send().await.unwrap().status(), 200);
+    let until = Instant::now() + Duration::from_secs(10);
+    let (refused, busy) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flooders: Vec<_> = (0..64)
+        .map(|_| {
+            let (http, url) = (
+                gw.http.clone(),
+                format!("{}/api/v1/chat/completions", gw.base),
+            );
+            let (refused, busy, body) = (Arc::clone(&refused), Arc::clone(&busy), body.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let answer = http
+                        .post(&url)
+                        .bearer_auth(made_up_token())
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    match answer.status().as_u16() {
+                        401 => refused.fetch_add(1, Ordering::Relaxed),
+                        503 => {
+                            let text = answer.text().await.unwrap();
+                            assert!(text.contains("too many unknown keys"), "{text}");
+                            busy.fetch_add(1, Ordering::Relaxed)
+                        }
+                        other => panic!("a made-up token got {other}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    let mut served = 0;
+    while Instant::now() < until {
+        let answer = gw.chat(&token, &body).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+        served += 1;
+        let page = gw.http.get(format!("{admin}/login")).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+    }
+    for flooder in flooders {
+        flooder.await.unwrap();
+    }
+    assert!(served > 0);
+    let metrics = gw.metrics_text().await;
+    let peak: i64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("gateway_key_lookups_in_flight_peak "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the peak is in the metrics");
+    assert!((1..=8).contains(&peak), "{peak} lookups ran at once");
+    assert!(refused.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "real key: {served} served; made-up tokens: {} refused as unknown, {} as busy; peak {peak}",
+        refused.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed)
+    );
+}
