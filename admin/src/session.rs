@@ -113,7 +113,7 @@ async fn authenticate(
     let authenticated = if let Some(token) = bearer {
         let client = state.pool.get().await?;
         let found = if token.starts_with(ADMIN_TOKEN_PREFIX) {
-            db::accounts::find_admin_token(&client, &hash_token(&token)).await?
+            db::accounts::find_admin_token(&client, &hash_token(&token), state.clock.now()).await?
         } else {
             None
         };

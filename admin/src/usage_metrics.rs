@@ -75,10 +75,14 @@ async fn scrape(state: &AppState, headers: &HeaderMap) -> Result<Batch, Response
             .get()
             .await
             .map_err(|err| unavailable(err.into()))?;
-        db::accounts::find_metrics_token(&client, &domain::token::hash_token(token))
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| unauthorized("that is not an active metrics token"))?
+        db::accounts::find_metrics_token(
+            &client,
+            &domain::token::hash_token(token),
+            state.clock.now(),
+        )
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| unauthorized("that is not an active metrics token"))?
     };
     let slot = {
         let mut orgs = state

@@ -185,6 +185,8 @@ pub struct AdminTokenRow {
     /// `admin` or `metrics`.
     pub scope: &'static str,
     pub created: String,
+    /// When it stops working, or `never`.
+    pub expires: String,
     pub status: &'static str,
 }
 

@@ -365,10 +365,13 @@ pub struct AdminToken {
     pub owner_email: Option<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// When it stops working; `None` for a metrics token made without an end.
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// Stores a new token of `scope` in `org`, made at `now` by `user_id` (an owner; `None` only
-/// for a metrics token made on the command line).
+/// for a metrics token made on the command line), working until `expires_at` (required for
+/// an admin token).
 #[expect(
     clippy::too_many_arguments,
     reason = "the token's fields, then when it is made, as every writer"
@@ -381,6 +384,7 @@ pub async fn create_admin_token(
     name: &str,
     token_hash: &[u8; 32],
     prefix: &str,
+    expires_at: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> Result<Uuid, Error> {
     let name = name.trim();
@@ -389,11 +393,22 @@ pub async fn create_admin_token(
             "token name must be 1 to 200 characters".into(),
         ));
     }
+    match expires_at {
+        None if scope == TokenScope::Admin => {
+            return Err(Error::Invalid(
+                "an admin token needs an end: choose 30, 90 or 365 days".into(),
+            ));
+        }
+        Some(at) if at <= now => {
+            return Err(Error::Invalid("a token must end in the future".into()));
+        }
+        _ => {}
+    }
     let id = Uuid::new_v4();
     client
         .execute(
-            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix, created_at, scope)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO admin_tokens (id, org_id, user_id, name, token_hash, prefix, created_at, scope, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &id,
                 &org.id,
@@ -403,17 +418,19 @@ pub async fn create_admin_token(
                 &prefix,
                 &now,
                 &scope.as_str(),
+                &expires_at,
             ],
         )
         .await?;
     Ok(id)
 }
 
-/// The user and org an unrevoked admin token (scope `admin`) acts for, when that user is still
-/// an owner there.
+/// The user and org an unrevoked, unexpired admin token (scope `admin`) acts for at `now`, when
+/// that user is still an owner there.
 pub async fn find_admin_token(
     client: &impl GenericClient,
     token_hash: &[u8; 32],
+    now: OffsetDateTime,
 ) -> Result<Option<(User, Uuid)>, Error> {
     let row = client
         .query_opt(
@@ -422,8 +439,9 @@ pub async fn find_admin_token(
              JOIN users u ON u.id = t.user_id
              JOIN memberships m ON m.user_id = t.user_id AND m.org_id = t.org_id
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.scope = 'admin'
+               AND t.expires_at > $2
                AND m.removed_at IS NULL AND m.role = 'owner'",
-            &[&token_hash.as_slice()],
+            &[&token_hash.as_slice(), &now],
         )
         .await?;
     Ok(row.map(|row| {
@@ -438,16 +456,18 @@ pub async fn find_admin_token(
     }))
 }
 
-/// The org whose usage an unrevoked metrics token reads.
+/// The org whose usage an unrevoked, unexpired metrics token reads at `now`.
 pub async fn find_metrics_token(
     client: &impl GenericClient,
     token_hash: &[u8; 32],
+    now: OffsetDateTime,
 ) -> Result<Option<Uuid>, Error> {
     let row = client
         .query_opt(
             "SELECT org_id FROM admin_tokens
-             WHERE token_hash = $1 AND revoked_at IS NULL AND scope = 'metrics'",
-            &[&token_hash.as_slice()],
+             WHERE token_hash = $1 AND revoked_at IS NULL AND scope = 'metrics'
+               AND (expires_at IS NULL OR expires_at > $2)",
+            &[&token_hash.as_slice(), &now],
         )
         .await?;
     Ok(row.map(|row| row.get(0)))
@@ -460,7 +480,7 @@ pub async fn list_admin_tokens(
 ) -> Result<Vec<AdminToken>, Error> {
     let rows = client
         .query(
-            "SELECT t.id, t.name, t.prefix, u.email, t.created_at, t.revoked_at, t.scope
+            "SELECT t.id, t.name, t.prefix, u.email, t.created_at, t.revoked_at, t.scope, t.expires_at
              FROM admin_tokens t LEFT JOIN users u ON u.id = t.user_id
              WHERE t.org_id = $1 ORDER BY t.created_at DESC",
             &[&org_id],
@@ -476,6 +496,7 @@ pub async fn list_admin_tokens(
             owner_email: row.get(3),
             created_at: row.get(4),
             revoked_at: row.get(5),
+            expires_at: row.get(7),
         })
         .collect())
 }
@@ -497,4 +518,20 @@ pub async fn revoke_admin_token(
         return Err(Error::not_found(format!("active admin token {id}")));
     }
     Ok(())
+}
+
+/// Revokes every admin token (scope `admin`) `user_id` made, in every org, at `now`: when the
+/// user's password changes. Returns how many.
+pub async fn revoke_user_admin_tokens(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<u64, Error> {
+    Ok(client
+        .execute(
+            "UPDATE admin_tokens SET revoked_at = $2
+             WHERE user_id = $1 AND scope = 'admin' AND revoked_at IS NULL",
+            &[&user_id, &now],
+        )
+        .await?)
 }

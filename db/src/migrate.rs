@@ -70,6 +70,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0017_audit_checkpoints",
         include_str!("../../migrations/0017_audit_checkpoints.sql"),
     ),
+    (
+        "0018_admin_token_expiry",
+        include_str!("../../migrations/0018_admin_token_expiry.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

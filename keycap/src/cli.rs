@@ -80,6 +80,9 @@ pub enum TokenCommand {
         /// A name for the token.
         #[arg(long, default_value = "prometheus")]
         name: String,
+        /// When it stops working: a duration (90d) or a date; default never.
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// List an org's tokens (name, prefix, scope, who made it, status).
     List {

@@ -607,7 +607,16 @@ pub async fn token(database: &Database, command: TokenCommand) -> anyhow::Result
     use db::accounts::TokenScope;
     let now = OffsetDateTime::now_utc();
     match command {
-        TokenCommand::Create { org, scope, name } => {
+        TokenCommand::Create {
+            org,
+            scope,
+            name,
+            expires,
+        } => {
+            let expires_at = expires
+                .map(|text| domain::expiry::parse_expiry(&text, now))
+                .transpose()
+                .context("--expires")?;
             let scope: TokenScope = scope.parse()?;
             if scope != TokenScope::Metrics {
                 bail!(
@@ -625,6 +634,7 @@ pub async fn token(database: &Database, command: TokenCommand) -> anyhow::Result
                 &name,
                 &domain::token::hash_token(&token),
                 &prefix,
+                expires_at,
                 now,
             )
             .await?;
@@ -642,6 +652,15 @@ pub async fn token(database: &Database, command: TokenCommand) -> anyhow::Result
                 "ID", "NAME", "PREFIX", "SCOPE", "MADE BY"
             );
             for t in db::accounts::list_admin_tokens(&client, org.id).await? {
+                let status = if t.revoked_at.is_some() {
+                    "revoked".to_string()
+                } else {
+                    match t.expires_at {
+                        Some(at) if at <= now => "expired".to_string(),
+                        Some(at) => format!("active until {}", at.date()),
+                        None => "active".to_string(),
+                    }
+                };
                 println!(
                     "{:<36}  {:<20} {:<13} {:<8} {:<28} {}",
                     t.id,
@@ -649,11 +668,7 @@ pub async fn token(database: &Database, command: TokenCommand) -> anyhow::Result
                     t.prefix,
                     t.scope.as_str(),
                     t.owner_email.as_deref().unwrap_or("the command line"),
-                    if t.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    }
+                    status
                 );
             }
         }

@@ -457,8 +457,11 @@ async fn account_page(
                         .unwrap_or_else(|| "the command line".into()),
                     scope: t.scope.as_str(),
                     created: views::when(t.created_at),
+                    expires: views::when_or(t.expires_at, "never"),
                     status: if t.revoked_at.is_some() {
                         "revoked"
+                    } else if t.expires_at.is_some_and(|at| at <= state.clock.now()) {
+                        "expired"
                     } else {
                         "active"
                     },
@@ -537,6 +540,8 @@ pub async fn post_password(
     let tx = client.transaction().await.map_err(db::Error::from)?;
     db::accounts::set_password(&tx, viewer.user.id, &new_hash).await?;
     db::accounts::delete_other_sessions(&tx, viewer.user.id, &hash).await?;
+    // Admin tokens act as the user: a new password ends them too.
+    db::accounts::revoke_user_admin_tokens(&tx, viewer.user.id, state.clock.now()).await?;
     tx.commit().await.map_err(db::Error::from)?;
     Ok(done("/account", "password_changed"))
 }
@@ -548,6 +553,12 @@ pub struct TokenForm {
     /// `admin` (the default) or `metrics`.
     #[serde(default)]
     scope: String,
+    /// Days the token works: 30, 90 (the default) or 365; `never` for a metrics token.
+    #[serde(default)]
+    days: String,
+    /// The owner's password: a token acts as them, so making one asks for it.
+    #[serde(default)]
+    password: String,
 }
 
 /// `POST /account/tokens`: issues an admin token, or a metrics token (owners only), shown
@@ -564,6 +575,37 @@ pub async fn post_token(
             .parse()
             .map_err(|err: db::Error| AppError::BadRequest(err.to_string()))?,
     };
+    let now = state.clock.now();
+    let mut errors = FieldErrors::default();
+    let expires_at = match form.days.as_str() {
+        "" | "90" => Some(now + time::Duration::days(90)),
+        "30" => Some(now + time::Duration::days(30)),
+        "365" => Some(now + time::Duration::days(365)),
+        "never" if scope == db::accounts::TokenScope::Metrics => None,
+        "never" => {
+            errors.add(
+                "days",
+                "an admin token needs an end: choose 30, 90 or 365 days",
+            );
+            None
+        }
+        _ => {
+            errors.add("days", "choose 30, 90 or 365 days");
+            None
+        }
+    };
+    let password_ok = password::verify(
+        SecretString::from(form.password),
+        viewer.user.password_hash.clone(),
+    )
+    .await?;
+    if !password_ok {
+        errors.add("token_password", "that is not your password");
+    }
+    if !errors.is_empty() {
+        let page = account_page(&state, &viewer, None, errors, None, form.name).await?;
+        return Ok(views::render(StatusCode::BAD_REQUEST, &page));
+    }
     let (token, prefix) = domain::token::admin_token(scope.token_prefix());
     let client = state.pool.get().await?;
     let created = db::accounts::create_admin_token(
@@ -574,7 +616,8 @@ pub async fn post_token(
         &form.name,
         &domain::token::hash_token(&token),
         &prefix,
-        state.clock.now(),
+        expires_at,
+        now,
     )
     .await;
     drop(client);

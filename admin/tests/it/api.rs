@@ -9,7 +9,28 @@ use crate::support::App;
 async fn admin_tokens_drive_the_api_and_stop_when_revoked() {
     let app = App::start().await;
     let owner = app.owner("Acme", "ann@acme.test").await;
-    let page = owner.post("/account/tokens", &[("name", "ci")]).await;
+    // Making one asks for the password.
+    owner
+        .post("/account/tokens", &[("name", "ci"), ("password", "wrong")])
+        .await
+        .expect(400, &["that is not your password"]);
+    owner
+        .post(
+            "/account/tokens",
+            &[
+                ("name", "ci"),
+                ("days", "never"),
+                ("password", crate::support::PASSWORD),
+            ],
+        )
+        .await
+        .expect(400, &["an admin token needs an end"]);
+    let page = owner
+        .post(
+            "/account/tokens",
+            &[("name", "ci"), ("password", crate::support::PASSWORD)],
+        )
+        .await;
     page.expect(200, &["shown only once"]);
     let token = page.secret("new-token");
     assert!(token.starts_with("kca_"), "{token}");
@@ -220,4 +241,71 @@ async fn the_openapi_document_names_every_api_route() {
             assert_ne!(page.status.as_u16(), 405, "{method} {path}");
         }
     }
+}
+
+/// An admin token works until the end chosen when it was made, and no longer once its owner
+/// changes their password.
+#[tokio::test]
+async fn admin_tokens_expire_and_end_with_a_password_change() {
+    let start = time::OffsetDateTime::now_utc();
+    let app = App::start_at(start).await;
+    let owner = app.owner("Acme", "ann@acme.test").await;
+    let mint = |days: &'static str| {
+        let owner = &owner;
+        async move {
+            let page = owner
+                .post(
+                    "/account/tokens",
+                    &[
+                        ("name", "ci"),
+                        ("days", days),
+                        ("password", crate::support::PASSWORD),
+                    ],
+                )
+                .await;
+            page.expect(200, &["shown only once"]);
+            page.secret("new-token")
+        }
+    };
+    let me = |token: String| {
+        let base = app.base.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{base}/api/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let month = mint("30").await;
+    assert_eq!(me(month.clone()).await, 200);
+    app.state.clock.set(start + time::Duration::days(31));
+    assert_eq!(
+        me(month).await,
+        401,
+        "a 30-day token works no more after 31 days"
+    );
+
+    app.state.clock.set(start + time::Duration::hours(1));
+    let quarter = mint("90").await;
+    assert_eq!(me(quarter.clone()).await, 200);
+    owner
+        .post(
+            "/account/password",
+            &[
+                ("current", crate::support::PASSWORD),
+                ("new_password", "a-brand-new-password"),
+                ("confirm", "a-brand-new-password"),
+            ],
+        )
+        .await
+        .expect_redirect("/account?notice=password_changed");
+    assert_eq!(me(quarter).await, 401, "a new password ends the tokens");
+    // The page shows each token's end, and that the second was revoked.
+    let page = owner.get("/account").await;
+    let month_end = (start + time::Duration::days(30)).date().to_string();
+    page.expect(200, &[month_end.as_str(), "revoked"]);
 }

@@ -261,7 +261,10 @@ async fn the_vault_and_members_forms_refuse_bad_input() {
         .await
         .expect(404, &["ghost@acme.test"]);
     owner
-        .post("/account/tokens", &[("name", "")])
+        .post(
+            "/account/tokens",
+            &[("name", ""), ("password", crate::support::PASSWORD)],
+        )
         .await
         .expect(400, &["token name must be 1 to 200 characters"]);
     owner

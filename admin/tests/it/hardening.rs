@@ -103,7 +103,9 @@ async fn guesses_sent_at_once_do_not_slip_past_the_throttle() {
 async fn an_admin_token_dies_with_its_owner_role() {
     let app = App::start().await;
     let ann = app.owner("Acme", "ann@acme.test").await;
-    let page = ann.post("/account/tokens", &[("name", "ci")]).await;
+    let page = ann
+        .post("/account/tokens", &[("name", "ci"), ("password", PASSWORD)])
+        .await;
     let token = page.secret("new-token");
     let _bob = app.member(&ann, "bob@acme.test", "owner", "0").await;
     let me = |token: String| {

@@ -39,7 +39,14 @@ const USD: i64 = 1_000_000_000;
 /// Makes a token on /account with `scope` and returns it.
 async fn token(owner: &Person, scope: &str) -> String {
     let page = owner
-        .post("/account/tokens", &[("name", scope), ("scope", scope)])
+        .post(
+            "/account/tokens",
+            &[
+                ("name", scope),
+                ("scope", scope),
+                ("password", crate::support::PASSWORD),
+            ],
+        )
         .await;
     page.expect(200, &["shown only once"]);
     page.secret("new-token")
