@@ -379,6 +379,29 @@ pub async fn give_back_changed(gateway: &Gateway, ids: impl IntoIterator<Item = 
     }
 }
 
+/// A pool of one connection, for a task that must not wait behind the shared pool; `None`
+/// (said in the log, prefixed by `what`) when the URL is bad.
+fn connection_of_its_own(database_url: &str, what: &str) -> Option<db::Pool> {
+    db::connect(database_url, 1)
+        .map_err(|err| tracing::error!(error = %err, "{what}: bad database URL"))
+        .ok()
+}
+
+/// A ticker every `period`; a late tick is not made up for.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Waits for the next tick: true, or false once `stop` turns true.
+async fn next_tick(ticker: &mut tokio::time::Interval, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = ticker.tick() => true,
+        _ = stop.changed() => false,
+    }
+}
+
 /// Registers this gateway. Run before serving.
 pub async fn register(gateway: &Gateway) -> Result<(), db::Error> {
     let client = gateway.pool.get().await?;
@@ -394,17 +417,11 @@ pub async fn heartbeat(
     mut stop: watch::Receiver<bool>,
 ) {
     let config = gateway.leases.config.clone();
-    let pool = match db::connect(&database_url, 1) {
-        Ok(pool) => pool,
-        Err(err) => return tracing::error!(error = %err, "cannot heartbeat: bad database URL"),
+    let Some(pool) = connection_of_its_own(&database_url, "cannot heartbeat") else {
+        return;
     };
-    let mut ticker = tokio::time::interval(config.heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
+    let mut ticker = every(config.heartbeat);
+    while next_tick(&mut ticker, &mut stop).await {
         let beat = async {
             let connection = pool.get().await?;
             db::leases::heartbeat(&connection, gateway.leases.id).await
@@ -444,17 +461,11 @@ pub async fn reclaim(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let config = gateway.leases.config.clone();
-    let pool = match db::connect(&database_url, 1) {
-        Ok(pool) => pool,
-        Err(err) => return tracing::error!(error = %err, "cannot reclaim leases: bad database URL"),
+    let Some(pool) = connection_of_its_own(&database_url, "cannot reclaim leases") else {
+        return;
     };
-    let mut ticker = tokio::time::interval(config.heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticker = every(config.heartbeat);
+    while next_tick(&mut ticker, &mut shutdown).await {
         if gateway
             .leases
             .live_since()
@@ -487,13 +498,8 @@ pub async fn reclaim(
 /// `idle` (or changed) hold unused, and unlists idle keys that hold nothing.
 pub async fn sweep(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let config = gateway.leases.config.clone();
-    let mut ticker = tokio::time::interval(config.heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticker = every(config.heartbeat);
+    while next_tick(&mut ticker, &mut shutdown).await {
         let due: Vec<Arc<KeyEntry>> = gateway
             .leases
             .holders

@@ -198,20 +198,7 @@ impl Gateway {
 
     /// The key's spend in Postgres, the spend journal folded in first.
     pub async fn spent_in_db(&self, token: &str) -> Money {
-        let client = self.db.pool.get().await.unwrap();
-        db::usage::fold(&client, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        let hash = domain::token::hash_token(token).to_vec();
-        let row = client
-            .query_one(
-                "SELECT s.spent_nanousd FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id
-                 WHERE k.token_hash = $1",
-                &[&hash],
-            )
-            .await
-            .unwrap();
-        Money::from_nanos(row.get(0))
+        spent_in(&self.db.pool, token).await
     }
 
     /// Waits (at most 10 s) until the key's flushed spend equals `expected`.
@@ -390,4 +377,22 @@ pub fn bounded_for_cheap(body: &[u8]) -> Vec<u8> {
     let mut forwarded = body[..body.len() - 1].to_vec();
     forwarded.extend_from_slice(MAX_PRICE.as_bytes());
     forwarded
+}
+
+/// The spend in Postgres of the key of `token`, the spend journal folded in first.
+pub async fn spent_in(pool: &db::Pool, token: &str) -> Money {
+    let client = pool.get().await.unwrap();
+    db::usage::fold(&client, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let hash = domain::token::hash_token(token).to_vec();
+    let row = client
+        .query_one(
+            "SELECT s.spent_nanousd FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id
+             WHERE k.token_hash = $1",
+            &[&hash],
+        )
+        .await
+        .unwrap();
+    Money::from_nanos(row.get(0))
 }

@@ -175,20 +175,7 @@ impl Fleet {
     }
 
     async fn spent_in_db(&self, token: &str) -> Money {
-        let client = self.pool.get().await.unwrap();
-        db::usage::fold(&client, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        let hash = domain::token::hash_token(token).to_vec();
-        let row = client
-            .query_one(
-                "SELECT s.spent_nanousd FROM api_keys k JOIN key_spends s ON s.api_key_id = k.id
-                 WHERE k.token_hash = $1",
-                &[&hash],
-            )
-            .await
-            .unwrap();
-        Money::from_nanos(row.get(0))
+        crate::gateway_support::spent_in(&self.pool, token).await
     }
 
     async fn leases_left(&self) -> i64 {
@@ -496,58 +483,16 @@ async fn a_rate_limit_holds_over_three_gateways_and_across_a_restart() {
 async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly() {
     use db::leases::{give_back, grant, held, reclaim, register};
     let env = crate::support::seeded().await;
-    let token = env
-        .keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "app",
-            "--cap",
-            "1",
-        ])
-        .unwrap();
+    let (key, token) = bobs_key(&env, &[]).await;
     let client = env.db.pool.get().await.unwrap();
-    let hash = domain::token::hash_token(&token).to_vec();
-    let key: uuid::Uuid = client
-        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
-        .await
-        .unwrap()
-        .get(0);
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     register(&client, a, "a").await.unwrap();
     register(&client, b, "b").await.unwrap();
     let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
     let live = Duration::from_secs(60);
     let now = time::OffsetDateTime::now_utc();
-    let spent = || async {
-        let client = env.db.pool.get().await.unwrap();
-        db::usage::fold(&client, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        let row = client
-            .query_one(
-                "SELECT spent_nanousd FROM key_spends WHERE api_key_id = $1",
-                &[&key],
-            )
-            .await
-            .unwrap();
-        Money::from_nanos(row.get(0))
-    };
-    let flush = |gateway: uuid::Uuid, cost: Money| {
-        let pool = env.db.pool.clone();
-        async move {
-            let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
-            spend.push(key, cost.nanos());
-            db::usage::flush(&pool, uuid::Uuid::new_v4(), &spend, &[])
-                .await
-                .unwrap();
-        }
-    };
+    let spent = || crate::gateway_support::spent_in(&env.db.pool, &token);
+    let flush = |gateway, cost| flush_within(&env.db.pool, gateway, key, cost);
 
     // Two live gateways share what is left: one grant takes at most half, unless it needs more.
     let first = grant(&client, key, a, usd(1), usd(90), live).await.unwrap();
@@ -630,47 +575,13 @@ async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly(
 async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
     use db::leases::{give_back, grant, reclaim, register};
     let env = crate::support::seeded().await;
-    let token = env
-        .keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "app",
-            "--cap",
-            "1",
-            "--renew-monthly",
-        ])
-        .unwrap();
+    let (key, token) = bobs_key(&env, &["--renew-monthly"]).await;
     let client = env.db.pool.get().await.unwrap();
-    let hash = domain::token::hash_token(&token).to_vec();
-    let key: uuid::Uuid = client
-        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
-        .await
-        .unwrap()
-        .get(0);
     let a = uuid::Uuid::new_v4();
     register(&client, a, "a").await.unwrap();
     let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
     let now = time::OffsetDateTime::now_utc();
-    let spent = || async {
-        let client = env.db.pool.get().await.unwrap();
-        db::usage::fold(&client, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        let row = client
-            .query_one(
-                "SELECT spent_nanousd FROM key_spends WHERE api_key_id = $1",
-                &[&key],
-            )
-            .await
-            .unwrap();
-        Money::from_nanos(row.get(0))
-    };
+    let spent = || crate::gateway_support::spent_in(&env.db.pool, &token);
     grant(&client, key, a, usd(40), usd(40), Duration::from_secs(60))
         .await
         .unwrap();
@@ -700,14 +611,46 @@ async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
     assert_eq!(spent().await, Money::ZERO);
     // A flushes 5 it settled from the reclaimed lease: counted in the new period; it gives
     // back 30 unspent: nothing is taken off the new period.
-    let mut spend = db::usage::SpendDeltas::of_gateway(a);
-    spend.push(key, usd(5).nanos());
-    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
-        .await
-        .unwrap();
+    flush_within(&env.db.pool, a, key, usd(5)).await;
     assert_eq!(spent().await, usd(5));
     give_back(&client, key, a, usd(30), next_month)
         .await
         .unwrap();
     assert_eq!(spent().await, usd(5));
+}
+
+/// A new key of bob's with a cap of $1 (and `extra` flags of `keycap key create`): its id and
+/// token.
+async fn bobs_key(env: &crate::support::Env, extra: &[&str]) -> (uuid::Uuid, String) {
+    let mut args = vec![
+        "key",
+        "create",
+        "--org",
+        "acme",
+        "--member",
+        "bob@acme.test",
+        "--name",
+        "app",
+        "--cap",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let token = env.keycap.ok(&args).unwrap();
+    let client = env.db.pool.get().await.unwrap();
+    let hash = domain::token::hash_token(&token).to_vec();
+    let id = client
+        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap()
+        .get(0);
+    (id, token)
+}
+
+/// Flushes `cost` of `key`'s spend, as settled within `gateway`'s lease.
+async fn flush_within(pool: &db::Pool, gateway: uuid::Uuid, key: uuid::Uuid, cost: Money) {
+    let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
+    spend.push(key, cost.nanos());
+    db::usage::flush(pool, uuid::Uuid::new_v4(), &spend, &[])
+        .await
+        .unwrap();
 }
