@@ -31,7 +31,9 @@ done
 echo "building release binaries (keycap, passthrough)..." >&2
 cargo build --release -q -p keycap -p benches --bin keycap --bin passthrough
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-KEYCAP=$TARGET_DIR/release/keycap
+# BENCH_KEYCAP=PATH measures another build of keycap (another commit's, say) against the same
+# passthrough.
+KEYCAP=${BENCH_KEYCAP:-$TARGET_DIR/release/keycap}
 PASSTHROUGH=$TARGET_DIR/release/passthrough
 
 start_work load
