@@ -60,7 +60,7 @@ pub async fn heartbeat(client: &impl GenericClient, id: Uuid) -> Result<Heartbea
 }
 
 /// What a grant handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub granted: Money,
     /// What is left of the key's cap after the grant, beyond every lease.
@@ -68,6 +68,9 @@ pub struct Grant {
     /// What other gateways' leases of the key hold (asked to give back when the grant was
     /// short of `need`).
     pub others_hold: Money,
+    /// Why the key is closed (`revoked`, `expired`, ...) when a grant found nothing left
+    /// because it was: the gateway may not have heard of the change yet.
+    pub closed: Option<String>,
 }
 
 /// Grants gateway `gateway` up to `want` more of `key`'s cap, and at least `need` when that
@@ -88,11 +91,22 @@ pub async fn grant(
             &[&key, &gateway, &need.nanos(), &want.nanos(), &(live_ms as f64)],
         )
         .await?;
-    Ok(Grant {
+    let mut grant = Grant {
         granted: Money::from_nanos(row.get(0)),
         left: Money::from_nanos(row.get(1)),
         others_hold: Money::from_nanos(row.get(2)),
-    })
+        closed: None,
+    };
+    // Nothing left for anyone: say so when it is because the key closed, read after the grant
+    // (a revocation committed before it is seen). Only this rare path pays the round trip.
+    if grant.granted == Money::ZERO && grant.left == Money::ZERO && grant.others_hold == Money::ZERO
+    {
+        grant.closed = client
+            .query_opt("SELECT close_reason FROM api_keys WHERE id = $1", &[&key])
+            .await?
+            .and_then(|row| row.get(0));
+    }
+    Ok(grant)
 }
 
 /// Gives `amount` of `gateway`'s lease of `key` back, unspent (see `lease_give_back` in

@@ -196,6 +196,9 @@ pub enum LeaseShort {
          to give back what they do not use: retry in a moment"
     )]
     HeldElsewhere,
+    /// The key closed (revoked when `revoked`, else expired) before this gateway heard of it.
+    #[error("the key is closed")]
+    Closed { revoked: bool },
 }
 
 /// Reserves what `decide` allows for a request of `key`: within what its lease holds here when
@@ -294,6 +297,11 @@ async fn top_up(
         }
         if grant.granted >= short {
             return within_lease(None);
+        }
+        if let Some(reason) = &grant.closed {
+            return Err(LeaseShort::Closed {
+                revoked: reason == "revoked",
+            });
         }
         others_hold = grant.others_hold > Money::ZERO;
         if !others_hold {

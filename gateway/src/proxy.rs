@@ -30,7 +30,7 @@ use crate::body::{self, BodyLimits, HeldBytes, ReadBody};
 use crate::error::{Refusal, error_body_in};
 use crate::flusher::Settled;
 use crate::generations::{GENERATION_ID_HEADER, id_in_query};
-use crate::lease;
+use crate::lease::{self, LeaseShort};
 use crate::model_list::{MAX_LIST_BYTES, cut_to_scope};
 use crate::reconcile::Pending;
 use crate::state::{Charge, Gateway, LookupError, MasterKey};
@@ -695,7 +695,11 @@ impl Proxy {
             let adapter = &gateway.adapter;
             let fit = lease::reserve(gateway, &key, |remaining| adapter.fit(&quote, remaining))
                 .await
-                .map_err(|err| Refusal::unavailable("lease_short", err.to_string()))?;
+                .map_err(|err| match err {
+                    LeaseShort::Closed { revoked: true } => Refusal::revoked(&info.prefix),
+                    LeaseShort::Closed { revoked: false } => Refusal::expired(&info.prefix),
+                    err => Refusal::unavailable("lease_short", err.to_string()),
+                })?;
             let reservation = match fit {
                 Fit::AsRequested { reserve } | Fit::Lowered { reserve, .. } => reserve,
                 Fit::Refuse { need_at_least } => {

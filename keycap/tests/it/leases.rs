@@ -559,7 +559,16 @@ async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly(
     let again = grant(&client, key, b, usd(65), usd(65), live)
         .await
         .unwrap();
-    assert_eq!(again.granted, usd(65));
+    assert_eq!((again.granted, again.closed), (usd(65), None));
+    // Revoked: a grant says why there is nothing, for a gateway that has not heard yet.
+    env.keycap
+        .ok(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    let closed = grant(&client, key, b, usd(1), usd(1), live).await.unwrap();
+    assert_eq!(
+        (closed.granted, closed.closed.as_deref()),
+        (Money::ZERO, Some("revoked"))
+    );
     let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
     assert!(
         audit.stderr.contains("hash chain intact"),
