@@ -51,7 +51,22 @@ impl Change {
 /// receiver ends when the connection is lost; the caller then reconnects and refreshes
 /// everything, since changes made meanwhile were missed.
 pub async fn listen(url: &str) -> Result<mpsc::UnboundedReceiver<Change>, Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let crate::tls::Connector { config, tls, .. } = crate::tls::read_url(url)?;
+    match tls {
+        Some(tls) => listen_with(&config, tls).await,
+        None => listen_with(&config, tokio_postgres::NoTls).await,
+    }
+}
+
+async fn listen_with<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<mpsc::UnboundedReceiver<Change>, Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

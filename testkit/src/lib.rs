@@ -5,14 +5,16 @@
 //! starts and a watchdog stops when it exits) and [`process`] (running and spawning the
 //! `keycap` binary, waiting until it is ready, killing it on drop). It is used only as a
 //! dev-dependency and never by production code. [`chaos::ChaosProxy`] cuts a service off from its
-//! database for outage tests, [`smtp::SmtpSink`] receives the email a test sends, and
-//! [`tls::TlsFront`] puts a service behind TLS with a certificate from a test CA.
+//! database for outage tests, [`smtp::SmtpSink`] receives the email a test sends,
+//! [`tls::TlsFront`] puts a service behind TLS with a certificate from a test CA, and
+//! [`tls_postgres::TlsPostgres`] is a Postgres reached over TLS only.
 
 pub mod chaos;
 mod database;
 pub mod process;
 pub mod smtp;
 pub mod tls;
+pub mod tls_postgres;
 
 pub use database::TestDb;
 
