@@ -625,6 +625,32 @@ pub async fn cancel_invite(
     Ok(db::invites::cancel(&state.pool, &owner.org, id, viewer.actor(), now).await?)
 }
 
+/// Makes a single-use, expiring password-reset link for a member of the owner's org (owners
+/// only; see [`db::password_resets`] for whom). Returns the stored link and its URL, shown once.
+pub async fn issue_password_reset(
+    state: &AppState,
+    viewer: &Viewer,
+    email: &str,
+    now: OffsetDateTime,
+) -> Result<(db::password_resets::Reset, String), AppError> {
+    let owner = viewer.owner()?;
+    let email = member_email(email)?;
+    let token = domain::token::random_secret();
+    let ttl = time::Duration::try_from(state.config.password_reset_ttl)
+        .map_err(|err| AppError::Internal(err.to_string()))?;
+    let reset = db::password_resets::issue(
+        &state.pool,
+        &owner.org,
+        &email,
+        &domain::token::hash_token(&token),
+        now + ttl,
+        viewer.actor(),
+        now,
+    )
+    .await?;
+    Ok((reset, format!("{}/reset/{token}", state.config.base())))
+}
+
 /// Ledger filters, as typed in the audit page's query string.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct AuditQuery {

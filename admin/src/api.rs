@@ -323,6 +323,21 @@ pub async fn remove_member(
     Ok(Json(json!({ "email": body.email, "keys_revoked": n_keys })))
 }
 
+/// `POST /api/members/password-reset` (owners): a member's password-reset link, in the answer
+/// once.
+pub async fn issue_password_reset(
+    State(state): State<AppState>,
+    ApiViewer(viewer): ApiViewer,
+    ApiJson(body): ApiJson<MemberBody>,
+) -> Result<Response, ApiError> {
+    let (reset, link) =
+        actions::issue_password_reset(&state, &viewer, &body.email, state.clock.now()).await?;
+    let body = json!({
+        "email": reset.email, "expires_at": rfc3339(Some(reset.expires_at)), "link": link,
+    });
+    Ok((axum::http::StatusCode::CREATED, Json(body)).into_response())
+}
+
 /// `POST /api/invites/{id}/cancel` (owners).
 pub async fn cancel_invite(
     State(state): State<AppState>,

@@ -22,6 +22,10 @@ pub fn app(state: AppState) -> Router {
             "/invite/{token}",
             get(auth::get_invite).post(auth::post_invite),
         )
+        .route(
+            "/reset/{token}",
+            get(auth::get_reset).post(auth::post_reset),
+        )
         .route("/orgs/switch", post(auth::post_switch_org))
         .route("/account", get(auth::get_account))
         .route("/account/password", post(auth::post_password))
@@ -44,6 +48,10 @@ pub fn app(state: AppState) -> Router {
         .route("/members/budget", post(members::post_budget))
         .route("/members/role", post(members::post_role))
         .route("/members/remove", post(members::post_remove))
+        .route(
+            "/members/password-reset",
+            post(members::post_password_reset),
+        )
         .route(
             "/members/invites/{id}/cancel",
             post(members::post_cancel_invite),
@@ -71,6 +79,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/members/budget", post(api::set_budget))
         .route("/api/members/role", post(api::set_role))
         .route("/api/members/remove", post(api::remove_member))
+        .route(
+            "/api/members/password-reset",
+            post(api::issue_password_reset),
+        )
         .route("/api/invites/{id}/cancel", post(api::cancel_invite))
         .route(
             "/api/master-keys",

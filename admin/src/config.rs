@@ -17,6 +17,8 @@ pub struct AdminConfig {
     pub session_ttl: Duration,
     /// How long an invite link works.
     pub invite_ttl: Duration,
+    /// How long a password-reset link works.
+    pub password_reset_ttl: Duration,
     /// Failed sign-ins allowed per email, and per client address, within `login_window`.
     pub login_max_failures: i64,
     /// The window over which failed sign-ins are counted.
@@ -47,6 +49,7 @@ impl Default for AdminConfig {
             upstream_base_url: "https://openrouter.ai".into(),
             session_ttl: Duration::from_secs(12 * 3600),
             invite_ttl: Duration::from_secs(7 * 24 * 3600),
+            password_reset_ttl: Duration::from_secs(24 * 3600),
             login_max_failures: 5,
             login_window: Duration::from_secs(15 * 60),
             trusted_proxies: Vec::new(),

@@ -86,11 +86,16 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
             );
         }
     }
-    // Sign-in, setup and invite acceptance act with what the form carries (a password, the
-    // setup token), never with the session's authority, so a stale session cookie must not
-    // block them; the Origin check above still applies.
+    // Sign-in, setup, invite acceptance and password reset act with what the form or link
+    // carries (a password, the setup token, the link's token), never with the session's
+    // authority, so a stale session cookie must not block them; the Origin check above still
+    // applies.
     let path = request.uri().path();
-    if path == "/login" || path == "/setup" || path.starts_with("/invite/") {
+    if path == "/login"
+        || path == "/setup"
+        || path.starts_with("/invite/")
+        || path.starts_with("/reset/")
+    {
         return next.run(request).await;
     }
     let expected = match request.extensions().get::<Authenticated>() {

@@ -167,6 +167,15 @@ pub struct InvitePage {
 }
 
 #[derive(Template)]
+#[template(path = "reset.html")]
+pub struct ResetPage {
+    pub token: String,
+    pub org_name: String,
+    pub email: String,
+    pub errors: FieldErrors,
+}
+
+#[derive(Template)]
 #[template(path = "account.html")]
 pub struct AccountPage {
     pub layout: Layout,
@@ -460,9 +469,18 @@ pub struct MembersPage {
     pub invites: Vec<InviteRow>,
     pub form: InviteForm,
     pub errors: FieldErrors,
-    /// A just-created invite link, shown to copy.
-    /// A just-created invite, shown to copy: `(email, link)`.
-    pub invite_link: Option<(String, String)>,
+    /// A just-made invite or password-reset link, shown once to copy.
+    pub link: Option<ShownLink>,
+}
+
+/// A single-use link shown once on `/members`.
+pub struct ShownLink {
+    /// "Invite link" or "Password reset link".
+    pub what: &'static str,
+    /// The element id of the link, for copying (`invite-link`, `reset-link`).
+    pub element_id: &'static str,
+    pub email: String,
+    pub link: String,
 }
 
 #[derive(Template)]

@@ -289,27 +289,70 @@ pub async fn record_login_failure(
     Ok(())
 }
 
-/// Failed sign-ins since `since`: for this email, and from this client address.
+/// Failed sign-ins since `since`, and whether the email has signed in from the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailures {
+    /// For the email, from any address.
+    pub by_email: i64,
+    /// From the address, for any email.
+    pub by_address: i64,
+    /// For the email from the address.
+    pub by_pair: i64,
+    /// The email signed in from the address since `known_since`.
+    pub known_address: bool,
+}
+
+/// Failed sign-ins since `since` for this email and from this client address, and whether the
+/// email signed in from the address since `known_since`.
 pub async fn recent_login_failures(
     client: &impl GenericClient,
     email: &str,
     client_ip: &str,
     since: OffsetDateTime,
-) -> Result<(i64, i64), Error> {
+    known_since: OffsetDateTime,
+) -> Result<LoginFailures, Error> {
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE email = $1), count(*) FILTER (WHERE client_ip = $2)
+            "SELECT count(*) FILTER (WHERE email = $1), count(*) FILTER (WHERE client_ip = $2),
+                    count(*) FILTER (WHERE email = $1 AND client_ip = $2),
+                    EXISTS (SELECT 1 FROM login_addresses
+                             WHERE email = $1 AND client_ip = $2 AND signed_in_at >= $4)
              FROM login_failures WHERE failed_at >= $3 AND (email = $1 OR client_ip = $2)",
-            &[&email, &client_ip, &since],
+            &[&email, &client_ip, &since, &known_since],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok(LoginFailures {
+        by_email: row.get(0),
+        by_address: row.get(1),
+        by_pair: row.get(2),
+        known_address: row.get(3),
+    })
 }
 
-/// Forgets the failures of an email after it signed in.
-pub async fn clear_login_failures(client: &impl GenericClient, email: &str) -> Result<(), Error> {
+/// After a sign-in with the right password: forgets the email's failures and remembers the
+/// address it signed in from (forgetting its addresses not used since `forget_before`).
+pub async fn signed_in_from(
+    client: &impl GenericClient,
+    email: &str,
+    client_ip: &str,
+    now: OffsetDateTime,
+    forget_before: OffsetDateTime,
+) -> Result<(), Error> {
     client
         .execute("DELETE FROM login_failures WHERE email = $1", &[&email])
+        .await?;
+    client
+        .execute(
+            "INSERT INTO login_addresses (email, client_ip, signed_in_at) VALUES ($1, $2, $3)
+             ON CONFLICT (email, client_ip) DO UPDATE SET signed_in_at = EXCLUDED.signed_in_at",
+            &[&email, &client_ip, &now],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM login_addresses WHERE email = $1 AND signed_in_at < $2",
+            &[&email, &forget_before],
+        )
         .await?;
     Ok(())
 }

@@ -20,6 +20,8 @@ pub mod members;
 mod migrate;
 pub mod notify;
 pub mod orgs;
+pub mod password_resets;
+pub mod tls;
 pub mod transactions;
 pub mod usage;
 pub mod usage_report;
@@ -59,16 +61,17 @@ impl Actor {
 }
 
 /// Builds a pool of at most `max_size` connections to `url` (a `postgres://` URL or a
-/// `key=value` connection string). Connections are made lazily.
+/// `key=value` connection string, with libpq's `sslmode` and `sslrootcert`: see [`tls`]).
+/// Connections are made lazily.
 pub fn connect(url: &str, max_size: usize) -> Result<Pool, Error> {
-    let config: tokio_postgres::Config = url.parse().map_err(|source| Error::BadUrl { source })?;
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let tls::Connector { config, tls, .. } = tls::read_url(url)?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Some(tls) => Manager::from_config(config, tls, manager_config),
+        None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))

@@ -270,3 +270,94 @@ pub async fn count_sealed(client: &impl GenericClient) -> Result<i64, Error> {
         .await?;
     Ok(row.get(0))
 }
+
+/// A master key sealed with another encryption key than the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToReseal {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub sealing_key_id: String,
+}
+
+/// Every master key (revoked ones too) sealed with another encryption key than `current`, in a
+/// stable order: what `keycap vault rekey` has left to do.
+pub async fn sealed_with_older(
+    client: &impl GenericClient,
+    current: &str,
+) -> Result<Vec<ToReseal>, Error> {
+    let rows = client
+        .query(
+            "SELECT id, org_id, sealing_key_id FROM master_keys WHERE sealing_key_id <> $1
+             ORDER BY created_at, id",
+            &[&current],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ToReseal {
+            id: row.get(0),
+            org_id: row.get(1),
+            sealing_key_id: row.get(2),
+        })
+        .collect())
+}
+
+/// Seals master key `id` again, in one transaction with its `master_key_resealed` ledger row:
+/// `seal_again` opens what is stored and seals it with the newest encryption key, `current`.
+/// Returns the key's name, or `None` when it is already sealed with `current` (a run that
+/// resumes, or one racing it). The secret itself is unchanged.
+pub async fn reseal(
+    pool: &Pool,
+    id: Uuid,
+    current: &str,
+    seal_again: impl FnOnce(Uuid, &Sealed) -> Result<Sealed, String>,
+    now: OffsetDateTime,
+) -> Result<Option<String>, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT org_id, name, ciphertext, nonce, sealing_key_id FROM master_keys
+             WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("master key {id}")))?;
+    let (org_id, name): (Uuid, String) = (row.get(0), row.get(1));
+    let stored = Sealed {
+        ciphertext: row.get(2),
+        nonce: row.get(3),
+        sealing_key_id: row.get(4),
+    };
+    if stored.sealing_key_id == current {
+        return Ok(None);
+    }
+    let sealed = seal_again(org_id, &stored)
+        .map_err(|why| Error::Invalid(format!("master key {name:?} ({id}): {why}")))?;
+    if sealed.sealing_key_id != current {
+        return Err(Error::Invalid(format!(
+            "master key {name:?} ({id}) was sealed with {}, not the newest key {current}",
+            sealed.sealing_key_id
+        )));
+    }
+    tx.execute(
+        "UPDATE master_keys SET ciphertext = $2, nonce = $3, sealing_key_id = $4 WHERE id = $1",
+        &[
+            &id,
+            &sealed.ciphertext,
+            &sealed.nonce,
+            &sealed.sealing_key_id,
+        ],
+    )
+    .await?;
+    let mut entry = NewEntry::new(org_id, LedgerKind::MasterKeyResealed, Actor::Cli, now);
+    entry.master_key_id = Some(id);
+    entry.detail = json!({
+        "name": name,
+        "from_sealing_key": stored.sealing_key_id,
+        "to_sealing_key": sealed.sealing_key_id,
+    });
+    transactions::append(&tx, &entry).await?;
+    tx.commit().await?;
+    Ok(Some(name))
+}

@@ -74,6 +74,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0018_admin_token_expiry",
         include_str!("../../migrations/0018_admin_token_expiry.sql"),
     ),
+    (
+        "0019_login_addresses",
+        include_str!("../../migrations/0019_login_addresses.sql"),
+    ),
+    (
+        "0020_password_resets",
+        include_str!("../../migrations/0020_password_resets.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

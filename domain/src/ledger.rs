@@ -27,11 +27,17 @@ pub enum LedgerKind {
     /// A request that ended without a reported cost was charged what the upstream said it
     /// billed, instead of its reservation.
     UsageReconciled,
+    /// An owner (or the command line) made a password-reset link for a member.
+    PasswordResetIssued,
+    /// A member set a new password through a reset link.
+    PasswordResetUsed,
+    /// `keycap vault rekey` sealed a master key's secret again with the newest encryption key.
+    MasterKeyResealed,
 }
 
 impl LedgerKind {
     /// Every kind, for filters and validation.
-    pub const ALL: [LedgerKind; 19] = [
+    pub const ALL: [LedgerKind; 22] = [
         LedgerKind::OrgCreated,
         LedgerKind::MemberInvited,
         LedgerKind::InviteCancelled,
@@ -51,6 +57,9 @@ impl LedgerKind {
         LedgerKind::Refund,
         LedgerKind::LeaseReclaimed,
         LedgerKind::UsageReconciled,
+        LedgerKind::PasswordResetIssued,
+        LedgerKind::PasswordResetUsed,
+        LedgerKind::MasterKeyResealed,
     ];
 
     /// The name stored in `transactions.kind`.
@@ -75,6 +84,9 @@ impl LedgerKind {
             LedgerKind::Refund => "refund",
             LedgerKind::LeaseReclaimed => "lease_reclaimed",
             LedgerKind::UsageReconciled => "usage_reconciled",
+            LedgerKind::PasswordResetIssued => "password_reset_issued",
+            LedgerKind::PasswordResetUsed => "password_reset_used",
+            LedgerKind::MasterKeyResealed => "master_key_resealed",
         }
     }
 

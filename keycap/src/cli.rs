@@ -171,6 +171,16 @@ pub enum MemberCommand {
         #[arg(long, default_value = "0", allow_hyphen_values = true)]
         budget: String,
     },
+    /// Make a single-use, expiring link by which a member sets a new password (members added
+    /// here included); prints the link. It replaces the member's older reset links, and using
+    /// it ends their sessions and admin tokens.
+    ResetLink {
+        /// Org id or name.
+        #[arg(long)]
+        org: String,
+        /// The member's email.
+        email: String,
+    },
     /// List an org's pending invites (neither accepted nor cancelled), newest first.
     Invites {
         /// Org id or name.
@@ -243,6 +253,10 @@ pub enum VaultCommand {
         /// The master key's id, or its name when no other active key has it.
         key: String,
     },
+    /// Seal every master key (of every org) again with the newest encryption key, so older
+    /// keys can be removed from the key file. One transaction per master key, with a
+    /// `master_key_resealed` ledger row; run it again to resume after an interruption.
+    Rekey,
     /// Revoke a master key: a running gateway refuses its sub-keys within a second.
     Revoke {
         /// Org id or name.

@@ -132,6 +132,8 @@ pub struct AdminSection {
     pub session_hours: u64,
     /// Days an invite link works.
     pub invite_days: u64,
+    /// Hours a password-reset link works.
+    pub password_reset_hours: u64,
     /// Failed sign-ins allowed per email within 15 minutes (an address gets four times as many).
     pub login_max_failures: i64,
     /// Milliseconds one org's usage metrics are kept before a scrape reads them again.
@@ -159,6 +161,7 @@ impl Default for AdminSection {
             gateway_public_url: String::new(),
             session_hours: 12,
             invite_days: 7,
+            password_reset_hours: 24,
             login_max_failures: 5,
             metrics_cache_ms: 5000,
             metrics_timeout_ms: 5000,
@@ -477,6 +480,9 @@ impl Config {
         if !(1..=366).contains(&self.admin.invite_days) {
             bail!("admin.invite_days must be between 1 and 366");
         }
+        if !(1..=168).contains(&self.admin.password_reset_hours) {
+            bail!("admin.password_reset_hours must be between 1 and 168 (a week)");
+        }
         if self.admin.login_max_failures < 1 {
             bail!("admin.login_max_failures must be at least 1");
         }
@@ -622,6 +628,7 @@ impl Config {
             upstream_base_url: self.openrouter.base_url.clone(),
             session_ttl: Duration::from_secs(self.admin.session_hours * 3600),
             invite_ttl: Duration::from_secs(self.admin.invite_days * 24 * 3600),
+            password_reset_ttl: Duration::from_secs(self.admin.password_reset_hours * 3600),
             login_max_failures: self.admin.login_max_failures,
             login_window: Duration::from_secs(15 * 60),
             trusted_proxies: self

@@ -138,13 +138,7 @@ async fn run_verb(database: &Database, config: &Config, command: Command) -> any
         }
         Command::Org(command) => verbs::org(database, command).await,
         Command::Member(command) => {
-            verbs::member(
-                database,
-                &config.admin_public_url(),
-                config.admin.invite_days,
-                command,
-            )
-            .await
+            verbs::member(database, &config.admin_public_url(), &config.admin, command).await
         }
         Command::Budget(command) => verbs::budget(database, command).await,
         Command::Vault(command) => {

@@ -17,6 +17,7 @@ use crate::cli::{
     AuditArgs, AuditCommand, BudgetCommand, KeyCommand, KeyCreateArgs, MemberCommand, OrgCommand,
     TokenCommand, VaultCommand,
 };
+use crate::config::AdminSection;
 use crate::database::Database;
 
 /// The org named `name`, read on a connection that goes back to the pool at once.
@@ -57,15 +58,42 @@ pub async fn org(database: &Database, command: OrgCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `keycap member ...`. `admin_url` is where the admin app is reached, for invite links, which
-/// work for `invite_days` (`admin.invite_days`, as for invites from the admin app).
+/// `keycap member ...`. `admin_url` is where the admin app is reached, for invite and reset
+/// links, which work as long as `admin` says (`admin.invite_days`,
+/// `admin.password_reset_hours`, as for links from the admin app).
 pub async fn member(
     database: &Database,
     admin_url: &str,
-    invite_days: u64,
+    admin: &AdminSection,
     command: MemberCommand,
 ) -> anyhow::Result<()> {
+    let admin_url = admin_url.trim_end_matches('/');
     match command {
+        MemberCommand::ResetLink {
+            org,
+            email: address,
+        } => {
+            let address = email(&address)?;
+            let org = find_org(database, &org).await?;
+            let token = domain::token::random_secret();
+            let hours = i64::try_from(admin.password_reset_hours)?;
+            let now = OffsetDateTime::now_utc();
+            db::password_resets::issue(
+                &database.pool,
+                &org,
+                &address,
+                &domain::token::hash_token(&token),
+                now + time::Duration::hours(hours),
+                Actor::Cli,
+                now,
+            )
+            .await?;
+            eprintln!(
+                "password reset link for {address} of {:?}; it works once, for {hours} hours, and replaces any older one (open it in a browser while keycap up runs)",
+                org.name
+            );
+            println!("{admin_url}/reset/{token}");
+        }
         MemberCommand::Invite {
             org,
             email: address,
@@ -75,7 +103,7 @@ pub async fn member(
             let (address, role, budget) = (email(&address)?, role.parse::<Role>()?, usd(&budget)?);
             let org = find_org(database, &org).await?;
             let token = domain::token::random_secret();
-            let ttl_days = i64::try_from(invite_days)?;
+            let ttl_days = i64::try_from(admin.invite_days)?;
             let now = OffsetDateTime::now_utc();
             let new = db::invites::NewInvite {
                 email: address.clone(),
@@ -89,7 +117,7 @@ pub async fn member(
                 "invited {address} to {:?}; the link below works once, for {ttl_days} days (open it in a browser while keycap up runs)",
                 org.name
             );
-            println!("{}/invite/{token}", admin_url.trim_end_matches('/'));
+            println!("{admin_url}/invite/{token}");
         }
         MemberCommand::Add {
             org,
@@ -283,6 +311,55 @@ async fn find_master_key(
     }
 }
 
+/// `keycap vault rekey`: seals every master key sealed with an older encryption key again with
+/// the newest, one transaction each, with a progress line each. An interrupted run resumes
+/// where it stopped: what is done is sealed with the newest key and is not listed again.
+async fn rekey(database: &Database, keyring: &vault::Keyring) -> anyhow::Result<()> {
+    let current = keyring.current().id().to_string();
+    let todo = {
+        let client = database.pool.get().await?;
+        db::master_keys::sealed_with_older(&client, &current).await?
+    };
+    if todo.is_empty() {
+        eprintln!("every master key is sealed with the newest encryption key {current}");
+        return Ok(());
+    }
+    eprintln!(
+        "sealing {} master keys again with encryption key {current}; each is its own transaction, so running this again resumes",
+        todo.len()
+    );
+    for (i, key) in todo.iter().enumerate() {
+        let resealed = db::master_keys::reseal(
+            &database.pool,
+            key.id,
+            &current,
+            |org_id, sealed| {
+                keyring
+                    .reseal(org_id, key.id, sealed)
+                    .map_err(|err| err.to_string())
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "stopped after {i} of {}: run `keycap vault rekey` again to resume",
+                todo.len()
+            )
+        })?;
+        let what = match resealed {
+            Some(name) => format!("resealed {name:?} ({}), was {}", key.id, key.sealing_key_id),
+            None => format!("{} was already resealed", key.id),
+        };
+        eprintln!("[{}/{}] {what}", i + 1, todo.len());
+    }
+    eprintln!(
+        "every master key is sealed with {current}: older keys can now be removed from the key \
+         file (or KEYCAP_ENCRYPTION_KEY) once every keycap process runs with the newest"
+    );
+    Ok(())
+}
+
 /// `keycap vault ...`.
 pub async fn vault(
     database: &Database,
@@ -339,6 +416,7 @@ pub async fn vault(
                 key.name, org.name, key.last_four
             );
         }
+        VaultCommand::Rekey => rekey(database, keyring).await?,
         VaultCommand::Revoke { org, key } => {
             let org = find_org(database, &org).await?;
             let id = find_master_key(database, &org, &key).await?;

@@ -192,10 +192,15 @@ fn local_path(next: &str) -> &str {
     }
 }
 
+/// How long an address an email signed in from stays known to the throttle.
+const KNOWN_ADDRESS_DAYS: i64 = 90;
+
 /// Counts a password attempt against this email and address before the password is checked,
-/// as a failure until it succeeds (then [`db::accounts::clear_login_failures`] forgets it), so
-/// that many attempts sent at once cannot all slip under the limit. Refuses when the email or
-/// the address has failed too often lately.
+/// as a failure until it succeeds (then [`signed_in`] forgets it), so that many attempts sent
+/// at once cannot all slip under the limit. Refuses when this email failed too often from this
+/// address, when the address failed too often for any emails, or when the email failed too
+/// often from anywhere and this is not an address it has signed in from: a stranger who knows
+/// an owner's email can lock them out of new addresses, never out of their usual one.
 async fn begin_attempt(state: &AppState, email: &str, client_ip: &str) -> Result<(), AppError> {
     // What an attacker types is stored: no more of it than the longest address.
     let email: String = email.chars().take(domain::email::MAX_LEN).collect();
@@ -206,15 +211,29 @@ async fn begin_attempt(state: &AppState, email: &str, client_ip: &str) -> Result
     let since = now - window;
     let client = state.pool.get().await?;
     db::accounts::record_login_failure(&client, email, client_ip, now, since).await?;
-    let (by_email, by_ip) =
-        db::accounts::recent_login_failures(&client, email, client_ip, since).await?;
+    let known_since = now - time::Duration::days(KNOWN_ADDRESS_DAYS);
+    let failures =
+        db::accounts::recent_login_failures(&client, email, client_ip, since, known_since).await?;
+    let max = state.config.login_max_failures;
     // An address may try several accounts, so it gets a larger allowance than one account.
-    if by_email > state.config.login_max_failures || by_ip > 4 * state.config.login_max_failures {
+    if failures.by_pair > max
+        || failures.by_address > 4 * max
+        || (failures.by_email > max && !failures.known_address)
+    {
         return Err(AppError::TooManyRequests(format!(
             "too many failed sign-ins: wait {} minutes and try again",
             window.whole_minutes()
         )));
     }
+    Ok(())
+}
+
+/// After the right password: forgets the email's failures and remembers the address.
+async fn signed_in(state: &AppState, email: &str, client_ip: &str) -> Result<(), AppError> {
+    let now = state.clock.now();
+    let client = state.pool.get().await?;
+    let forget_before = now - time::Duration::days(KNOWN_ADDRESS_DAYS);
+    db::accounts::signed_in_from(&client, email, client_ip, now, forget_before).await?;
     Ok(())
 }
 
@@ -251,7 +270,6 @@ pub async fn post_login(
     };
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = password::verify(SecretString::from(form.password.clone()), stored).await?;
-    let client = state.pool.get().await?;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(client.ip = %client_ip, "failed sign-in");
         return Ok(refuse(
@@ -259,7 +277,8 @@ pub async fn post_login(
             "the email or the password is wrong".into(),
         ));
     };
-    db::accounts::clear_login_failures(&client, &email_text).await?;
+    signed_in(&state, &email_text, &client_ip).await?;
+    let client = state.pool.get().await?;
     let orgs = db::accounts::memberships_of(&client, user.id).await?;
     drop(client);
     start_session(
@@ -398,8 +417,7 @@ pub async fn post_invite(
             )
             .await?;
             if ok {
-                let client = state.pool.get().await?;
-                db::accounts::clear_login_failures(&client, &invite.email).await?;
+                signed_in(&state, &invite.email, &client_ip).await?;
             } else {
                 errors.add("password", "that is not the password of this account");
             }
@@ -429,6 +447,87 @@ pub async fn post_invite(
         user.id,
         Some(invite.org.id),
         "/dashboard?notice=joined",
+    )
+    .await
+}
+
+async fn find_reset(state: &AppState, token: &str) -> Result<db::password_resets::Reset, AppError> {
+    let client = state.pool.get().await?;
+    let reset = db::password_resets::find(&client, &domain::token::hash_token(token))
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(
+                "this reset link is not valid: check that you copied all of it".into(),
+            )
+        })?;
+    if let Some(reason) = db::password_resets::unusable(&reset, state.clock.now()) {
+        return Err(AppError::Conflict(reason.into()));
+    }
+    Ok(reset)
+}
+
+fn reset_page(
+    token: String,
+    reset: &db::password_resets::Reset,
+    errors: FieldErrors,
+) -> views::ResetPage {
+    views::ResetPage {
+        token,
+        org_name: reset.org.name.clone(),
+        email: reset.email.clone(),
+        errors,
+    }
+}
+
+/// `GET /reset/{token}`: the form to choose a new password.
+pub async fn get_reset(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, AppError> {
+    let reset = find_reset(&state, &token).await?;
+    Ok(views::page(&reset_page(
+        token,
+        &reset,
+        FieldErrors::default(),
+    )))
+}
+
+// No Debug: it carries a secret.
+#[derive(serde::Deserialize)]
+pub struct ResetForm {
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /reset/{token}`: sets the new password, uses the link up, and signs in.
+pub async fn post_reset(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    ClientIp(client_ip): ClientIp,
+    Form(form): Form<ResetForm>,
+) -> Result<Response, AppError> {
+    let reset = find_reset(&state, &token).await?;
+    if let Some(problem) = password::problem(&form.password) {
+        let mut errors = FieldErrors::default();
+        errors.add("password", problem);
+        let page = reset_page(token, &reset, errors);
+        return Ok(views::render(StatusCode::BAD_REQUEST, &page));
+    }
+    let hash = password::hash(SecretString::from(form.password)).await?;
+    let reset = db::password_resets::use_link(
+        &state.pool,
+        &domain::token::hash_token(&token),
+        &hash,
+        state.clock.now(),
+    )
+    .await?;
+    signed_in(&state, &reset.email, &client_ip).await?;
+    tracing::info!(user.email = %reset.email, org.name = %reset.org.name, "password reset");
+    start_session(
+        &state,
+        reset.user_id,
+        Some(reset.org.id),
+        "/dashboard?notice=password_reset",
     )
     .await
 }
@@ -542,6 +641,7 @@ pub async fn post_password(
     db::accounts::delete_other_sessions(&tx, viewer.user.id, &hash).await?;
     // Admin tokens act as the user: a new password ends them too.
     db::accounts::revoke_user_admin_tokens(&tx, viewer.user.id, state.clock.now()).await?;
+    db::password_resets::cancel_for_user(&tx, viewer.user.id, state.clock.now()).await?;
     tx.commit().await.map_err(db::Error::from)?;
     Ok(done("/account", "password_changed"))
 }

@@ -12,7 +12,9 @@ use crate::error::AppError;
 use crate::routes::{Form, NoticeQuery, Query, done};
 use crate::session::Viewer;
 use crate::state::AppState;
-use crate::views::{self, FieldErrors, InviteForm, InviteRow, Layout, MemberRow, MembersPage};
+use crate::views::{
+    self, FieldErrors, InviteForm, InviteRow, Layout, MemberRow, MembersPage, ShownLink,
+};
 
 async fn members_page(
     state: &AppState,
@@ -20,7 +22,7 @@ async fn members_page(
     notice: Option<String>,
     form: InviteForm,
     errors: FieldErrors,
-    invite_link: Option<(String, String)>,
+    link: Option<ShownLink>,
 ) -> Result<MembersPage, AppError> {
     let owner = viewer.owner()?;
     let now = state.clock.now();
@@ -62,7 +64,7 @@ async fn members_page(
             .collect(),
         form,
         errors,
-        invite_link,
+        link,
     })
 }
 
@@ -110,7 +112,12 @@ pub async fn post_invite(
                     ),
                 );
             }
-            let link = (invited.invite.email, invited.link);
+            let link = ShownLink {
+                what: "Invite link",
+                element_id: "invite-link",
+                email: invited.invite.email,
+                link: invited.link,
+            };
             let page = members_page(
                 &state,
                 &viewer,
@@ -206,4 +213,36 @@ pub async fn post_cancel_invite(
 ) -> Result<Response, AppError> {
     actions::cancel_invite(&state, &viewer, &id, state.clock.now()).await?;
     Ok(done("/members", "invite_cancelled"))
+}
+
+/// `POST /members/password-reset` (owners): makes a password-reset link for a member and shows
+/// it once.
+pub async fn post_password_reset(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<MemberForm>,
+) -> Result<Response, AppError> {
+    let (reset, link) =
+        actions::issue_password_reset(&state, &viewer, &form.email, state.clock.now()).await?;
+    let notice = format!(
+        "Password reset link made for {}; it works once, until {}.",
+        reset.email,
+        views::when(reset.expires_at)
+    );
+    let link = ShownLink {
+        what: "Password reset link",
+        element_id: "reset-link",
+        email: reset.email,
+        link,
+    };
+    let page = members_page(
+        &state,
+        &viewer,
+        Some(notice),
+        InviteForm::default(),
+        FieldErrors::default(),
+        Some(link),
+    )
+    .await?;
+    Ok(views::page(&page))
 }

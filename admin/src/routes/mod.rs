@@ -39,6 +39,7 @@ impl NoticeQuery {
             "role_changed" => "Role changed.",
             "member_removed" => "Member removed; their keys were revoked.",
             "password_changed" => "Password changed; your other sessions were signed out.",
+            "password_reset" => "Your new password is set; your other sessions were signed out.",
             "token_revoked" => "Admin token revoked.",
             "invite_cancelled" => "Invite cancelled: its link no longer works.",
             "org_switched" => "Switched org.",

@@ -385,3 +385,58 @@ async fn a_forged_forwarded_line_does_not_dodge_the_throttle() {
     assert_eq!(statuses[..20], [401; 20]);
     assert_eq!(statuses[20..], [429, 429], "{statuses:?}");
 }
+
+/// Guesses at an owner's email from many addresses refuse sign-ins for that email from
+/// addresses it has not used, never from the one it signs in from: the owner still gets in
+/// there. One address guessing one email is refused past the limit, known address or not.
+#[tokio::test]
+async fn a_stranger_cannot_lock_an_owner_out_of_their_usual_address() {
+    let app = App::start_with(|config| {
+        config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    app.owner("Acme", "ann@acme.test").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |password: &'static str, from: String| {
+        http.post(format!("{}/login", app.base))
+            .header("x-forwarded-for", from)
+            .form(&[("email", "ann@acme.test"), ("password", password)])
+            .send()
+    };
+    let status = |response: reqwest::Response| response.status().as_u16();
+    // Ann signs in from her usual address.
+    assert_eq!(
+        status(login(PASSWORD, "192.0.2.44".into()).await.unwrap()),
+        303
+    );
+    // A stranger guesses her password from twelve addresses, one guess each: past the
+    // email's limit (5), so the last guesses are refused.
+    let mut guesses = Vec::new();
+    for i in 0..12 {
+        let from = format!("198.51.100.{i}");
+        guesses.push(status(login("wrong-password", from).await.unwrap()));
+    }
+    assert_eq!(guesses[..5], [401; 5], "{guesses:?}");
+    assert_eq!(guesses[5..], [429; 7], "{guesses:?}");
+    // Ann still signs in from her usual address; from a new one she waits like the stranger.
+    assert_eq!(
+        status(login(PASSWORD, "203.0.113.9".into()).await.unwrap()),
+        429
+    );
+    assert_eq!(
+        status(login(PASSWORD, "192.0.2.44".into()).await.unwrap()),
+        303
+    );
+    // From her usual address, guesses at her email are limited all the same.
+    let mut guesses = Vec::new();
+    for _ in 0..7 {
+        guesses.push(status(
+            login("wrong-password", "192.0.2.44".into()).await.unwrap(),
+        ));
+    }
+    assert_eq!(guesses[..5], [401; 5], "{guesses:?}");
+    assert_eq!(guesses[5..], [429; 2], "{guesses:?}");
+}

@@ -14,6 +14,7 @@ mod hardening;
 mod isolation;
 mod limits;
 mod month;
+mod password_reset;
 mod roles;
 mod support;
 mod usage;

@@ -891,6 +891,172 @@ async fn member_invite_prints_a_link_to_the_admin_app() {
     assert_eq!(snapshot(&env.db).await, before);
 }
 
+/// `keycap member reset-link` prints a single-use password-reset link for a member, stored only
+/// as a hash, working for `admin.password_reset_hours`, with its ledger row; bad input is one
+/// line and writes nothing.
+#[tokio::test]
+async fn member_reset_link_prints_a_link_to_the_admin_app() {
+    let env = seeded().await;
+    let link = env
+        .keycap
+        .clone()
+        .env("KEYCAP_ADMIN__PASSWORD_RESET_HOURS", "2")
+        .ok(&["member", "reset-link", "--org", "acme", "bob@acme.test"])
+        .unwrap();
+    let token = link
+        .strip_prefix("http://127.0.0.1:3000/reset/")
+        .unwrap_or_else(|| panic!("unexpected link {link:?}"));
+    let client = env.db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT u.email, r.token_hash, extract(epoch FROM r.expires_at - now())::float8 / 3600
+             FROM password_resets r JOIN users u ON u.id = r.user_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "bob@acme.test");
+    assert_eq!(
+        row.get::<_, Vec<u8>>(1),
+        domain::token::hash_token(token).to_vec()
+    );
+    let hours: f64 = row.get(2);
+    assert!((1.9..=2.0).contains(&hours), "{hours}");
+    let issued: i64 = client
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE kind = 'password_reset_issued'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(issued, 1);
+    let before = snapshot(&env.db).await;
+    for args in [
+        &["member", "reset-link", "--org", "acme", "not-an-email"][..],
+        &["member", "reset-link", "--org", "acme", "nobody@acme.test"],
+        &["member", "reset-link", "--org", "nope", "bob@acme.test"],
+    ] {
+        let out = env.keycap.run(args).unwrap();
+        assert!(!out.success, "{args:?}");
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(snapshot(&env.db).await, before);
+}
+
+/// `keycap vault rekey` seals every master key again with the newest encryption key, one
+/// transaction and ledger row each: interrupted by a key it cannot open, it keeps what it did
+/// and a second run resumes with the rest; the secrets then open with the newest key alone.
+#[tokio::test]
+async fn vault_rekey_reseals_every_master_key_and_resumes() {
+    let env = seeded().await;
+    let old = std::fs::read_to_string(env._dir.path().join("encryption.key"))
+        .unwrap()
+        .lines()
+        .find(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .unwrap()
+        .trim()
+        .to_string();
+    let new = vault::SealingKey::generate();
+    let other = vault::SealingKey::generate();
+    let keys = |list: &[&str]| {
+        env.keycap
+            .clone()
+            .env("KEYCAP_ENCRYPTION_KEY", &list.join(","))
+    };
+    // A revoked master key is resealed too; one of another org is sealed with a key the first
+    // run does not hold.
+    let spare = keys(&[&old])
+        .run_with_stdin(
+            &["vault", "add", "--org", "acme", "--name", "spare"],
+            MASTER_SECRET,
+        )
+        .unwrap();
+    assert!(spare.success, "{}", spare.stderr);
+    keys(&[&old])
+        .ok(&["vault", "revoke", "--org", "acme", "spare"])
+        .unwrap();
+    keys(&[&old])
+        .ok(&["org", "create", "beta", "--owner", "bea@beta.test"])
+        .unwrap();
+    let beta = keys(&[&other.to_base64()])
+        .run_with_stdin(
+            &["vault", "add", "--org", "beta", "--name", "b"],
+            MASTER_SECRET,
+        )
+        .unwrap();
+    assert!(beta.success, "{}", beta.stderr);
+    let client = env.db.client().await.unwrap();
+    let resealed = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM transactions WHERE kind = 'master_key_resealed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+
+    let first = keys(&[&new.to_base64(), &old])
+        .run(&["vault", "rekey"])
+        .unwrap();
+    assert!(!first.success, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("[1/3]") && first.stderr.contains("[2/3]"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("stopped after 2 of 3") && first.stderr.contains("again to resume"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(resealed().await, 2);
+
+    let second = keys(&[&new.to_base64(), &old, &other.to_base64()])
+        .run(&["vault", "rekey"])
+        .unwrap();
+    assert!(second.success, "{}", second.stderr);
+    assert!(second.stderr.contains("[1/1]"), "{}", second.stderr);
+    assert_eq!(resealed().await, 3);
+    let third = keys(&[&new.to_base64()]).run(&["vault", "rekey"]).unwrap();
+    assert!(third.success, "{}", third.stderr);
+    assert_eq!(resealed().await, 3, "nothing left to do");
+
+    // Every secret opens with the newest key alone, unchanged.
+    let only_new = vault::Keyring::single(new.clone());
+    let rows = client
+        .query(
+            "SELECT id, org_id, sealing_key_id, nonce, ciphertext FROM master_keys",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let sealed = domain::Sealed {
+            sealing_key_id: row.get(2),
+            nonce: row.get(3),
+            ciphertext: row.get(4),
+        };
+        assert_eq!(sealed.sealing_key_id, new.id());
+        let secret = only_new.open(row.get(1), row.get(0), &sealed).unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&secret), MASTER_SECRET);
+    }
+    let audit = env.keycap.run(&["audit", "--org", "acme"]).unwrap();
+    assert!(
+        audit.stderr.contains("hash chain intact"),
+        "{}",
+        audit.stderr
+    );
+}
+
 /// `keycap vault rotate` replaces a master key's secret in place and `keycap vault revoke` ends
 /// it, each with its ledger row; a revoked key can be neither rotated nor revoked again.
 #[tokio::test]

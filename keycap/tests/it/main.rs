@@ -16,6 +16,7 @@ mod gateway;
 mod gateway_support;
 mod leases;
 mod ledger;
+mod postgres_tls;
 mod prometheus;
 mod reconcile;
 mod sdk;
