@@ -19,19 +19,44 @@ pub struct TlsFront {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A certificate authority made for one test.
+pub(crate) struct TestCa {
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl TestCa {
+    pub(crate) fn new() -> anyhow::Result<TestCa> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "keycap test CA");
+        let cert = params.self_signed(&key)?;
+        Ok(TestCa { key, cert })
+    }
+
+    /// The CA's certificate, PEM: what a client must trust.
+    pub(crate) fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate for `host`, and its key.
+    pub(crate) fn issue(&self, host: &str) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![host.to_string()])?
+            .signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert, key))
+    }
+}
+
 impl TlsFront {
     /// Serves TLS with a certificate for `host` on the first address `host` resolves to (where
     /// a client that looks it up connects), and relays the plain bytes to `target`.
     pub async fn start(host: &str, target: SocketAddr) -> anyhow::Result<TlsFront> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "keycap test CA");
-        let ca = ca_params.self_signed(&ca_key)?;
-        let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &ca, &ca_key)?;
+        let ca = TestCa::new()?;
+        let (cert, key) = ca.issue(host)?;
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)

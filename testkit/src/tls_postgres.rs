@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+use crate::tls::TestCa;
 
 /// The password of the cluster's user `keycap`.
 pub const PASSWORD: &str = "tls-test-password";
@@ -41,12 +42,12 @@ impl TlsPostgres {
         cluster.stop()?;
 
         let ca = TestCa::new()?;
-        ca.write_pem(&dir.path().join("ca.pem"))?;
-        TestCa::new()?.write_pem(&dir.path().join("other-ca.pem"))?;
-        let (cert_pem, key_pem) = ca.issue("localhost")?;
+        std::fs::write(dir.path().join("ca.pem"), ca.pem())?;
+        std::fs::write(dir.path().join("other-ca.pem"), TestCa::new()?.pem())?;
+        let (cert, key) = ca.issue("localhost")?;
         let data = cluster.pg_data();
-        write_private(&data.join("server.crt"), &cert_pem)?;
-        write_private(&data.join("server.key"), &key_pem)?;
+        write_private(&data.join("server.crt"), &cert.pem())?;
+        write_private(&data.join("server.key"), &key.serialize_pem())?;
         let conf = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf)?;
         text.push_str(
@@ -101,37 +102,4 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "chown {}", path.display());
     }
     Ok(())
-}
-
-/// A certificate authority made for one test.
-struct TestCa {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
-
-impl TestCa {
-    fn new() -> anyhow::Result<TestCa> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "keycap test CA");
-        let cert = params.self_signed(&key)?;
-        Ok(TestCa { key, cert })
-    }
-
-    fn write_pem(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, self.cert.pem())?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
-        Ok(())
-    }
-
-    /// A certificate for `host` and its key, PEM.
-    fn issue(&self, host: &str) -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(vec![host.to_string()])?
-            .signed_by(&key, &self.cert, &self.key)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
 }

@@ -795,6 +795,19 @@ async fn up_refuses_a_busy_port_clearly() {
     );
 }
 
+/// `keycap args` fails with one line on standard error.
+#[track_caller]
+fn refused_in_one_line(env: &crate::support::Env, args: &[&str]) {
+    let out = env.keycap.run(args).unwrap();
+    assert!(!out.success, "{args:?}");
+    assert_eq!(
+        out.stderr.trim().lines().count(),
+        1,
+        "{args:?}: {}",
+        out.stderr
+    );
+}
+
 /// `keycap member invite` prints a single-use link to the admin app, stored only as a hash.
 #[tokio::test]
 async fn member_invite_prints_a_link_to_the_admin_app() {
@@ -879,14 +892,7 @@ async fn member_invite_prints_a_link_to_the_admin_app() {
         ],
         &["member", "invite", "--org", "nope", "d@acme.test"],
     ] {
-        let out = env.keycap.run(args).unwrap();
-        assert!(!out.success, "{args:?}");
-        assert_eq!(
-            out.stderr.trim().lines().count(),
-            1,
-            "{args:?}: {}",
-            out.stderr
-        );
+        refused_in_one_line(&env, args);
     }
     assert_eq!(snapshot(&env.db).await, before);
 }
@@ -937,14 +943,7 @@ async fn member_reset_link_prints_a_link_to_the_admin_app() {
         &["member", "reset-link", "--org", "acme", "nobody@acme.test"],
         &["member", "reset-link", "--org", "nope", "bob@acme.test"],
     ] {
-        let out = env.keycap.run(args).unwrap();
-        assert!(!out.success, "{args:?}");
-        assert_eq!(
-            out.stderr.trim().lines().count(),
-            1,
-            "{args:?}: {}",
-            out.stderr
-        );
+        refused_in_one_line(&env, args);
     }
     assert_eq!(snapshot(&env.db).await, before);
 }
