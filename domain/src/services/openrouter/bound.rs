@@ -159,16 +159,14 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
         out.push((key, changed.map_or(Cow::Borrowed(raw.get()), Cow::Owned)));
     }
     let absent = |key: &str| !object.contains_key(key);
-    // The limit always goes out in the field OpenRouter documents for the API (`max_tokens`
-    // for chat and text completions, even beside a `max_completion_tokens`, which its
-    // parameter reference does not list), so the bound never rests on an undocumented field.
     if let Some(text) = &limit_text {
-        let field = match api {
-            Api::Responses => "max_output_tokens",
-            _ => "max_tokens",
+        let own_fields: &[&'static str] = match api {
+            Api::ChatCompletions | Api::Completions => &["max_tokens", "max_completion_tokens"],
+            Api::Responses => &["max_output_tokens"],
+            _ => &["max_tokens"],
         };
-        if absent(field) {
-            out.push((field, Cow::Owned(text.clone())));
+        if own_fields.iter().all(|field| absent(field)) {
+            out.push((own_fields[0], Cow::Owned(text.clone())));
         }
     }
     if let Some(max_price) = &bounds.max_price

@@ -35,7 +35,7 @@ fn writes_the_limit_in_the_body() {
     check_lowered(
         r#"{"model":"m","max_completion_tokens":900}"#,
         40,
-        r#"{"model":"m","max_completion_tokens":40,"max_tokens":40}"#,
+        r#"{"model":"m","max_completion_tokens":40}"#,
     );
     check_lowered(
         r#"{"model":"m","max_tokens":500,"max_completion_tokens":900}"#,
