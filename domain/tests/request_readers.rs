@@ -245,15 +245,28 @@ proptest! {
             let shown = String::from_utf8_lossy(&forwarded).into_owned();
             let sent: Value = serde_json::from_slice(&forwarded).unwrap();
             if let Fit::Lowered { max_tokens, .. } = fit {
-                let fields: &[&str] = match api {
+                // The API's own limit field is written, and no limit field goes out above the
+                // lowered limit (one the client set lower stays theirs).
+                let own: &[&str] = match api {
                     Api::Responses => &["max_output_tokens"],
                     Api::ChatCompletions | Api::Completions => {
                         &["max_tokens", "max_completion_tokens"]
                     }
                     _ => &["max_tokens"],
                 };
-                let written = fields.iter().filter_map(|field| sent[*field].as_u64()).min();
-                prop_assert_eq!(written, Some(max_tokens), "{:?}: {}", api, shown);
+                let written = own.iter().filter_map(|field| sent[*field].as_u64()).max();
+                prop_assert!(
+                    written.is_some_and(|written| written <= max_tokens),
+                    "{:?}: own limit {:?}, lowered to {}: {}", api, written, max_tokens, shown
+                );
+                for field in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+                    if let Some(value) = sent.get(field) {
+                        prop_assert!(
+                            value.as_u64().is_some_and(|value| value <= max_tokens),
+                            "{:?}: {} above {}: {}", api, field, max_tokens, shown
+                        );
+                    }
+                }
             }
             let again = adapter.parse_request(api, &forwarded);
             prop_assert!(again.is_ok(), "{api:?}: the forwarded body is refused: {again:?}");

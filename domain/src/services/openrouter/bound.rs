@@ -139,7 +139,10 @@ pub fn bound_body(api: Api, body: &[u8], bounds: &Bounds) -> Result<Vec<u8>, Req
     for (key, raw) in &object {
         let key: &str = &key.0;
         let changed = match key {
-            field if LIMIT_FIELDS.contains(&field) => limit_text.clone(),
+            // A limit the client set lower than ours stays theirs; any other becomes ours.
+            field if LIMIT_FIELDS.contains(&field) => {
+                limit.map(|limit| lower_count(raw, limit).to_string())
+            }
             "reasoning" => limit.and_then(|limit| lowered_budget(raw, "max_tokens", limit)),
             "thinking" => limit.and_then(|limit| lowered_budget(raw, "budget_tokens", limit)),
             "provider" => match &bounds.max_price {

@@ -42,6 +42,12 @@ fn writes_the_limit_in_the_body() {
         40,
         r#"{"model":"m","max_tokens":40,"max_completion_tokens":40}"#,
     );
+    // A limit the client set below ours is kept: only the larger one is lowered.
+    check_lowered(
+        r#"{"model":"m","max_tokens":500,"max_completion_tokens":900}"#,
+        700,
+        r#"{"model":"m","max_tokens":500,"max_completion_tokens":700}"#,
+    );
     check_lowered(
         r#"{"model":"m","max_tokens":null,"temperature":0.7,"stop":["\n"]}"#,
         7,
