@@ -773,13 +773,41 @@ async fn respond_with(
     if let Some(seconds) = retry_after_seconds {
         header.insert_header("retry-after", seconds)?;
     }
-    // The request body may be unread: do not try to reuse the connection.
-    session.set_keepalive(None);
+    if !body_read_whole(session).await {
+        // The rest of the request body is still on the connection: it cannot carry another.
+        session.set_keepalive(None);
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// The most of an unread request body read and dropped before an answer, so that the
+/// connection can carry the client's next request (a refused request, a local answer): a flood
+/// of refused requests then costs no new connection each. A larger or chunked body, or one
+/// that does not arrive within [`DRAIN_TIMEOUT`], closes the connection instead.
+const DRAIN_LIMIT: u64 = 16 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the request's body has been read to its end, reading a small rest if need be.
+async fn body_read_whole(session: &mut Session) -> bool {
+    if session.is_body_done() {
+        return true;
+    }
+    let headers = &session.req_header().headers;
+    let small = !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .is_some_and(|length| length <= DRAIN_LIMIT);
+    small
+        && matches!(
+            tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await,
+            Ok(Ok(()))
+        )
 }
 
 /// `GET /api/v1/key` for a sub-key, in OpenRouter's shape. Money is written as exact decimal

@@ -145,3 +145,85 @@ async fn a_flood_of_made_up_tokens_leaves_real_keys_and_the_admin_app_working() 
         busy.load(Ordering::Relaxed)
     );
 }
+
+/// Reads one HTTP/1.1 answer (with a `content-length`) from `stream`; returns its status.
+async fn read_answer(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    status
+}
+
+/// A refused request with a small body leaves its connection open: the client's next request
+/// goes on it (so a flood of refusals costs no new connection each). One whose body is larger
+/// than the gateway drains is answered and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_leaves_its_connection_for_the_next() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_with_env(&[]).await;
+    let token = gw.key("1", &[]);
+    let address = gw.base.trim_start_matches("http://").to_string();
+    let request = |token: &str, body: &str, close: bool| {
+        format!(
+            "POST /api/v1/chat/completions HTTP/1.1\r\nHost: {address}\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )
+    };
+    let chat = json!({"model": "mock/cheap", "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 3})
+    .to_string();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    for _ in 0..3 {
+        let refused = request(&made_up_token(), &chat, false);
+        stream
+            .get_mut()
+            .write_all(refused.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut stream).await, 401);
+    }
+    stream
+        .get_mut()
+        .write_all(request(&token, &chat, true).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).await, 200);
+
+    // A body over 16 KiB is not drained: the answer, then the end of the connection.
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(20 * 1024));
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(request(&made_up_token(), &big, false).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
