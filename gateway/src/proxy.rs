@@ -791,19 +791,26 @@ async fn respond_with(
 const DRAIN_LIMIT: u64 = 16 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Whether the request's body has been read to its end, reading a small rest if need be.
+/// Whether the request's body has been read to its end, reading a small rest if need be. A
+/// chunked body never counts (pingora calls one whose framing was malformed done, and what
+/// follows it must not be read as a next request), nor one whose client waits for a
+/// `100 Continue` that was not sent.
 async fn body_read_whole(session: &mut Session) -> bool {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return false;
+    }
+    let expects_continue = headers.contains_key(header::EXPECT);
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .is_some_and(|length| length <= DRAIN_LIMIT);
     if session.is_body_done() {
         return true;
     }
-    let headers = &session.req_header().headers;
-    let small = !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .is_some_and(|length| length <= DRAIN_LIMIT);
     small
+        && !expects_continue
         && matches!(
             tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await,
             Ok(Ok(()))

@@ -172,7 +172,7 @@ async fn read_answer(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>) -
 
 /// A refused request with a small body leaves its connection open: the client's next request
 /// goes on it (so a flood of refusals costs no new connection each). One whose body is larger
-/// than the gateway drains is answered and the connection closed.
+/// than the gateway drains, or sent in chunks, is answered and the connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_leaves_its_connection_for_the_next() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -223,6 +223,26 @@ async fn a_refused_request_leaves_its_connection_for_the_next() {
         .unwrap();
     assert!(
         answer.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Nor is a chunked one, even a real key's whose chunk is malformed: what follows it is
+    // never read as a next request.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let chunked = format!(
+        "POST /api/v1/chat/completions HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n\
+         GET /api/v1/models HTTP/1.1\r\nHost: {address}\r\n\r\n"
+    );
+    stream.write_all(chunked.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400")
+            && answer.windows(8).filter(|w| w == b"HTTP/1.1").count() == 1,
         "{}",
         String::from_utf8_lossy(&answer)
     );

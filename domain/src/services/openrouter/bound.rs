@@ -22,7 +22,8 @@ use crate::services::openrouter::request::RequestError;
 /// What the gateway writes into a forwarded body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bounds {
-    /// The completion limit, written into every limit field present and the API's own.
+    /// The completion limit, written into every limit field present (one the client set lower
+    /// stays theirs) and the API's own when absent.
     pub max_tokens: Option<u64>,
     /// The prices the reservation used, written as `provider.max_price` (a client's own lower
     /// price stays).
@@ -251,7 +252,11 @@ fn lowered_budget(raw: &RawValue, field: &str, limit: u64) -> Option<String> {
 
 /// A count field lowered to `most` (or set to it when it is not a number).
 fn lower_count(raw: &RawValue, most: u64) -> u64 {
-    serde_json::from_str::<u64>(raw.get()).map_or(most, |count| count.min(most))
+    serde_json::from_str::<Value>(raw.get())
+        .ok()
+        .as_ref()
+        .and_then(super::request::whole_number)
+        .map_or(most, |count| count.min(most))
 }
 
 /// The `provider` object with `max_price` at our prices, or the client's own where lower. Our

@@ -530,7 +530,7 @@ fn count_field(field: &'static str, value: &Value) -> Result<u64, RequestError> 
 }
 
 /// A non-negative whole number, also when written as a float (`5.0`) as some clients do.
-fn whole_number(value: &Value) -> Option<u64> {
+pub(crate) fn whole_number(value: &Value) -> Option<u64> {
     /// Floats are exact integers up to 2^53.
     const EXACT_FLOAT_LIMIT: f64 = 9_007_199_254_740_992.0;
     let Value::Number(number) = value else {

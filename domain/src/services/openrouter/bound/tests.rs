@@ -49,6 +49,11 @@ fn writes_the_limit_in_the_body() {
         r#"{"model":"m","max_tokens":500,"max_completion_tokens":700}"#,
     );
     check_lowered(
+        r#"{"model":"m","max_tokens":100.0,"max_completion_tokens":900}"#,
+        700,
+        r#"{"model":"m","max_tokens":100,"max_completion_tokens":700}"#,
+    );
+    check_lowered(
         r#"{"model":"m","max_tokens":null,"temperature":0.7,"stop":["\n"]}"#,
         7,
         r#"{"model":"m","max_tokens":7,"temperature":0.7,"stop":["\n"]}"#,
