@@ -329,8 +329,9 @@ pub async fn recent_login_failures(
     })
 }
 
-/// After a sign-in with the right password: forgets the email's failures and remembers the
-/// address it signed in from (forgetting its addresses not used since `forget_before`).
+/// After a sign-in with the right password: forgets the email's failures from this address
+/// (not those from elsewhere, which a stranger guessing from other addresses made) and
+/// remembers the address (forgetting its addresses not used since `forget_before`).
 pub async fn signed_in_from(
     client: &impl GenericClient,
     email: &str,
@@ -339,7 +340,10 @@ pub async fn signed_in_from(
     forget_before: OffsetDateTime,
 ) -> Result<(), Error> {
     client
-        .execute("DELETE FROM login_failures WHERE email = $1", &[&email])
+        .execute(
+            "DELETE FROM login_failures WHERE email = $1 AND client_ip = $2",
+            &[&email, &client_ip],
+        )
         .await?;
     client
         .execute(

@@ -388,6 +388,14 @@ pub async fn remove(
         )
         .await?;
     crate::invites::cancel_made_by(&tx, org, membership.user_id, actor, now).await?;
+    // Reset links made in this org for them end with the membership (a re-added member gets
+    // new ones).
+    tx.execute(
+        "UPDATE password_resets SET cancelled_at = $3
+         WHERE org_id = $1 AND user_id = $2 AND used_at IS NULL AND cancelled_at IS NULL",
+        &[&org.id, &membership.user_id, &now],
+    )
+    .await?;
     for row in &rows {
         let key = crate::keys::key_from_row(row);
         crate::keys::close(&tx, &key, "revoked", LedgerKind::KeyRevoked, actor, now).await?;

@@ -5,7 +5,8 @@
 //! `sslrootcert` are taken out here and become the connector's policy, as libpq reads them:
 //!
 //! - `disable`: no TLS.
-//! - `allow`, `prefer` (the default): TLS when the server offers it, the certificate unchecked.
+//! - `allow`, `prefer` (the default): TLS when the server offers it, the certificate unchecked
+//!   (checked as by `verify-ca` when `sslrootcert` is given, as libpq does).
 //! - `require`: TLS or no connection; the certificate unchecked, unless `sslrootcert` is given,
 //!   which makes it `verify-ca`.
 //! - `verify-ca`: the certificate must chain to a trusted root.
@@ -250,11 +251,12 @@ fn client_config(mode: SslMode, root_cert: Option<&str>) -> Result<rustls::Clien
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?;
     let config = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+        // libpq checks the chain whenever it has a root certificate, `prefer` included.
+        SslMode::Disable | SslMode::Prefer | SslMode::Require if root_cert.is_none() => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth(),
-        SslMode::VerifyCa => {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require | SslMode::VerifyCa => {
             let roots = Arc::new(trusted_roots(root_cert)?);
             let chain = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()

@@ -430,6 +430,11 @@ async fn a_stranger_cannot_lock_an_owner_out_of_their_usual_address() {
         status(login(PASSWORD, "192.0.2.44".into()).await.unwrap()),
         303
     );
+    // Her sign-in does not forget the stranger's guesses: a new address still waits.
+    assert_eq!(
+        status(login(PASSWORD, "203.0.113.10".into()).await.unwrap()),
+        429
+    );
     // From her usual address, guesses at her email are limited all the same.
     let mut guesses = Vec::new();
     for _ in 0..7 {

@@ -215,4 +215,13 @@ async fn an_owner_cannot_reset_someone_who_belongs_to_an_org_they_do_not_own() {
     answer.expect(201, &[]);
     let link = answer.json()["link"].as_str().unwrap().to_string();
     assert!(link.starts_with(&format!("{}/reset/", app.base)), "{link}");
+    // Removing the member ends their links.
+    ann.post("/members/remove", &[("email", "carol@acme.test")])
+        .await
+        .expect_redirect("/members");
+    let path = link.strip_prefix(&app.base).unwrap().to_string();
+    app.person()
+        .get(&path)
+        .await
+        .expect(409, &["was cancelled"]);
 }

@@ -55,6 +55,9 @@ async fn keycap_reaches_a_tls_only_postgres_and_checks_its_certificate() {
     assert_eq!(encrypted(&ca_only("verify-ca", &ca)).await, Ok(true));
     assert_eq!(encrypted(&ca_only("require", &ca)).await, Ok(true));
     assert!(encrypted(&ca_only("require", &other)).await.is_err());
+    // So does `prefer` with a CA file, as libpq does.
+    assert_eq!(encrypted(&ca_only("prefer", &ca)).await, Ok(true));
+    assert!(encrypted(&ca_only("prefer", &other)).await.is_err());
     // Without TLS the server refuses; a bad sslmode is refused before connecting.
     let plain = encrypted(&pg.url("127.0.0.1", "sslmode=disable"))
         .await
