@@ -175,7 +175,7 @@ async fn read_answer(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>) -
 /// than the gateway drains, or sent in chunks, is answered and the connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_leaves_its_connection_for_the_next() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let gw = start_with_env(&[]).await;
     let token = gw.key("1", &[]);
     let address = gw.base.trim_start_matches("http://").to_string();
@@ -211,39 +211,31 @@ async fn a_refused_request_leaves_its_connection_for_the_next() {
 
     // A body over 16 KiB is not drained: the answer, then the end of the connection.
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(20 * 1024));
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream
-        .write_all(request(&made_up_token(), &big, false).as_bytes())
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("the connection is closed after the answer")
-        .unwrap();
-    assert!(
-        answer.starts_with(b"HTTP/1.1 401"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    let answer = answer_then_close(&address, &request(&made_up_token(), &big, false)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     // Nor is a chunked one, even a real key's whose chunk is malformed: what follows it is
     // never read as a next request.
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let chunked = format!(
         "POST /api/v1/chat/completions HTTP/1.1\r\nHost: {address}\r\n\
          Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n\
          GET /api/v1/models HTTP/1.1\r\nHost: {address}\r\n\r\n"
     );
-    stream.write_all(chunked.as_bytes()).await.unwrap();
+    let answer = answer_then_close(&address, &chunked).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.matches("HTTP/1.1").count() == 1,
+        "{answer}"
+    );
+}
+
+/// Sends `request` on a new connection and reads until the gateway closes it (within 10 s).
+async fn answer_then_close(address: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
         .await
         .expect("the connection is closed after the answer")
         .unwrap();
-    assert!(
-        answer.starts_with(b"HTTP/1.1 400")
-            && answer.windows(8).filter(|w| w == b"HTTP/1.1").count() == 1,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    String::from_utf8_lossy(&answer).into_owned()
 }
