@@ -730,13 +730,12 @@ pub async fn month_of(
 ) -> Result<(domain::MonthlyBudget, Money), AppError> {
     let window = MonthWindow::containing(now);
     let id = member.membership_id;
-    let month = db::members::month_of(client, id, member.monthly_budget, window).await?;
-    let spent = db::members::spent_in(client, &member.org, window, Some(id))
-        .await?
-        .get(&id)
-        .copied()
-        .unwrap_or(Money::ZERO);
-    Ok((month, spent))
+    let months = db::members::months(client, member.org.id, window, Some(id)).await?;
+    let own = months
+        .into_iter()
+        .next()
+        .ok_or_else(|| AppError::NotFound("you are no longer a member of this org".into()))?;
+    Ok((own.month, own.spent))
 }
 
 #[cfg(test)]

@@ -239,19 +239,19 @@ pub async fn list_members(
     let owner = viewer.owner()?;
     let window = domain::MonthWindow::containing(state.clock.now());
     let client = state.pool.get().await.map_err(db::Error::from)?;
-    let members = db::members::list(&client, &owner.org).await?;
-    let spent = db::members::spent_in(&client, &owner.org, window, None).await?;
-    let mut out = Vec::with_capacity(members.len());
-    for m in &members {
-        let month = db::members::monthly_budget(&client, m, window).await?;
-        out.push(json!({
-            "email": m.email, "role": m.role.as_str(),
-            "budget_nanousd": m.monthly_budget.nanos(),
-            "carved_nanousd": month.carved.saturating_sub(month.refunded).nanos(),
-            "available_nanousd": month.available().nanos(),
-            "spent_nanousd": spent.get(&m.id).map(|s| s.nanos()).unwrap_or(0),
-        }));
-    }
+    let out: Vec<Value> = db::members::months(&client, owner.org.id, window, None)
+        .await?
+        .iter()
+        .map(|m| {
+            json!({
+                "email": m.membership.email, "role": m.membership.role.as_str(),
+                "budget_nanousd": m.month.budget.nanos(),
+                "carved_nanousd": m.month.carved.saturating_sub(m.month.refunded).nanos(),
+                "available_nanousd": m.month.available().nanos(),
+                "spent_nanousd": m.spent.nanos(),
+            })
+        })
+        .collect();
     Ok(Json(json!({ "members": out })))
 }
 

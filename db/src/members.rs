@@ -162,14 +162,13 @@ pub async fn list(client: &impl GenericClient, org: &Org) -> Result<Vec<Membersh
 
 /// What a membership carved from its budget and got back as refunds in a month: two columns,
 /// `carved` and `refunded`, summed over the ledger rows the query selects. The one derivation
-/// of a month's carves (`monthly_budget`, and the usage metrics' batch).
+/// of a month's carves (`months`, and `monthly_budget` for the write paths).
 macro_rules! carved_and_refunded {
     () => {
         "coalesce(sum(amount_nanousd) FILTER (WHERE kind IN ('key_provisioned', 'key_renewed', 'key_cap_changed')), 0)::bigint AS carved,
          coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0)::bigint AS refunded"
     };
 }
-pub(crate) use carved_and_refunded;
 
 const MONTH: &str = concat!(
     "SELECT ",
@@ -177,6 +176,60 @@ const MONTH: &str = concat!(
     " FROM transactions
     WHERE membership_id = $1 AND created_at >= $2 AND created_at < $3"
 );
+
+/// A member's month: their membership, what they carved and got back (the ledger), and what
+/// their keys spent (the gateway's rollups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberMonth {
+    pub membership: Membership,
+    pub month: MonthlyBudget,
+    pub spent: Money,
+}
+
+const MONTHS: &str = concat!(
+    "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd,
+            month.carved, month.refunded,
+            coalesce((SELECT sum(r.cost_nanousd) FROM usage_rollups r
+                      JOIN api_keys k ON k.id = r.api_key_id
+                      WHERE k.membership_id = m.id AND r.minute >= $2 AND r.minute < $3),
+                     0)::bigint
+     FROM memberships m JOIN users u ON u.id = m.user_id
+     CROSS JOIN LATERAL (SELECT ",
+    carved_and_refunded!(),
+    " FROM transactions t
+         WHERE t.membership_id = m.id AND t.created_at >= $2 AND t.created_at < $3) month
+     WHERE m.org_id = $1 AND m.removed_at IS NULL AND ($4::uuid IS NULL OR m.id = $4)
+     ORDER BY u.email"
+);
+
+/// The month `window` of each active member of org `org_id` (only membership `only`'s when
+/// given), by email, in one query: the one derivation of a member's month that pages, the
+/// command line and the usage metrics show.
+pub async fn months(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    window: MonthWindow,
+    only: Option<Uuid>,
+) -> Result<Vec<MemberMonth>, Error> {
+    let rows = client
+        .query(MONTHS, &[&org_id, &window.start, &window.end, &only])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let membership = membership_from_row(row);
+            MemberMonth {
+                month: MonthlyBudget {
+                    budget: membership.monthly_budget,
+                    carved: Money::from_nanos(row.get(6)),
+                    refunded: Money::from_nanos(row.get(7)),
+                },
+                spent: Money::from_nanos(row.get(8)),
+                membership,
+            }
+        })
+        .collect())
+}
 
 /// A member's budget, carved and refunded amounts for the month `window`, from the ledger.
 pub async fn monthly_budget(
@@ -411,28 +464,4 @@ pub async fn remove(
     transactions::append(&tx, &entry).await?;
     tx.commit().await?;
     Ok(rows.len())
-}
-
-/// What each member of an org spent in a month, from the gateway's rollups, by membership id;
-/// only `membership_id`'s when one is given.
-pub async fn spent_in(
-    client: &impl GenericClient,
-    org: &Org,
-    window: MonthWindow,
-    membership_id: Option<Uuid>,
-) -> Result<std::collections::HashMap<Uuid, Money>, Error> {
-    let rows = client
-        .query(
-            "SELECT k.membership_id, coalesce(sum(r.cost_nanousd), 0)::bigint
-             FROM usage_rollups r JOIN api_keys k ON k.id = r.api_key_id
-             WHERE k.org_id = $1 AND r.minute >= $2 AND r.minute < $3
-               AND ($4::uuid IS NULL OR k.membership_id = $4)
-             GROUP BY k.membership_id",
-            &[&org.id, &window.start, &window.end, &membership_id],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| (row.get(0), Money::from_nanos(row.get(1))))
-        .collect())
 }

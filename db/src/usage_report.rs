@@ -49,20 +49,6 @@ pub struct OrgUsage {
     pub keys: Vec<KeyUsage>,
 }
 
-const MEMBERS: &str = concat!(
-    "SELECT u.email, m.monthly_budget_nanousd, month.carved, month.refunded,
-        coalesce((SELECT sum(r.cost_nanousd) FROM usage_rollups r
-                  JOIN api_keys k ON k.id = r.api_key_id
-                  WHERE k.membership_id = m.id AND r.minute >= $2 AND r.minute < $3), 0)::bigint
-    FROM memberships m JOIN users u ON u.id = m.user_id
-    CROSS JOIN LATERAL (SELECT ",
-    crate::members::carved_and_refunded!(),
-    " FROM transactions t
-        WHERE t.membership_id = m.id AND t.created_at >= $2 AND t.created_at < $3) month
-    WHERE m.org_id = $1 AND m.removed_at IS NULL
-    ORDER BY u.email"
-);
-
 const BY_MODEL: &str = "SELECT u.email, b.model, sum(b.cost_nanousd)::bigint
     FROM usage_by_model b
     JOIN api_keys k ON k.id = b.api_key_id
@@ -108,18 +94,13 @@ pub async fn org_usage(
         .await?
         .ok_or_else(|| Error::not_found(format!("org {org_id}")))?
         .get(0);
-    let members = tx
-        .query(MEMBERS, &[&org_id, &window.start, &window.end])
+    let members = crate::members::months(&tx, org_id, window, None)
         .await?
-        .iter()
-        .map(|row| MemberMonth {
-            email: row.get(0),
-            budget: MonthlyBudget {
-                budget: Money::from_nanos(row.get(1)),
-                carved: Money::from_nanos(row.get(2)),
-                refunded: Money::from_nanos(row.get(3)),
-            },
-            spent: Money::from_nanos(row.get(4)),
+        .into_iter()
+        .map(|m| MemberMonth {
+            email: m.membership.email,
+            budget: m.month,
+            spent: m.spent,
         })
         .collect();
     let by_model = tx

@@ -191,11 +191,11 @@ pub async fn member(
             let client = database.pool.get().await?;
             let org = orgs::find(&client, &org).await?;
             let window = MonthWindow::containing(OffsetDateTime::now_utc());
-            let mut rows = Vec::new();
-            for member in db::members::list(&client, &org).await? {
-                let month = db::members::monthly_budget(&client, &member, window).await?;
-                rows.push((member, month));
-            }
+            let rows: Vec<_> = db::members::months(&client, org.id, window, None)
+                .await?
+                .into_iter()
+                .map(|m| (m.membership, m.month))
+                .collect();
             if json {
                 let out: Vec<_> = rows
                     .iter()

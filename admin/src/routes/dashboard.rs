@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::response::Response;
 use domain::{Money, MonthWindow, Role};
 
-use crate::actions;
 use crate::chart;
 use crate::error::AppError;
 use crate::routes::NoticeQuery;
@@ -24,8 +23,20 @@ pub async fn get(
     let now = state.clock.now();
     let window = MonthWindow::containing(now);
     let client = state.pool.get().await?;
-    let (month, spent) = actions::month_of(&client, member, now).await?;
     let is_owner = member.role == Role::Owner;
+    // Every member's month for an owner, the viewer's own for a member.
+    let months = db::members::months(
+        &client,
+        member.org.id,
+        window,
+        (!is_owner).then_some(member.membership_id),
+    )
+    .await?;
+    let (month, spent) = months
+        .iter()
+        .find(|m| m.membership.id == member.membership_id)
+        .map(|m| (m.month, m.spent))
+        .ok_or_else(|| AppError::NotFound("you are no longer a member of this org".into()))?;
     let email = domain::Email::parse(&viewer.user.email).ok();
     let keys = db::keys::list(
         &client,
@@ -34,27 +45,6 @@ pub async fn get(
         now,
     )
     .await?;
-    let mut org_figures = Vec::new();
-    if is_owner {
-        let members = db::members::list(&client, &member.org).await?;
-        let spent_by_member = db::members::spent_in(&client, &member.org, window, None).await?;
-        let mut budgets = Money::ZERO;
-        let mut carved = Money::ZERO;
-        for m in &members {
-            budgets = budgets.saturating_add(m.monthly_budget);
-            let month = db::members::monthly_budget(&client, m, window).await?;
-            carved = carved.saturating_add(month.carved.saturating_sub(month.refunded));
-        }
-        let org_spent = spent_by_member
-            .values()
-            .fold(Money::ZERO, |sum, m| sum.saturating_add(*m));
-        org_figures = vec![
-            ("Members", members.len().to_string()),
-            ("Budgets", budgets.to_string()),
-            ("Given to keys", carved.to_string()),
-            ("Spent this month", org_spent.to_string()),
-        ];
-    }
     let filter = db::transactions::Filter {
         membership_id: (!is_owner).then_some(member.membership_id),
         ..Default::default()
@@ -68,6 +58,27 @@ pub async fn get(
         window.end,
     )
     .await?;
+    let mut org_figures = Vec::new();
+    if is_owner {
+        let sum = |of: fn(&db::members::MemberMonth) -> Money| {
+            months
+                .iter()
+                .fold(Money::ZERO, |sum, m| sum.saturating_add(of(m)))
+        };
+        // The org's spend is the chart's: removed members' keys' spend this month included.
+        let org_spent = spend
+            .iter()
+            .fold(Money::ZERO, |sum, (_, day)| sum.saturating_add(*day));
+        org_figures = vec![
+            ("Members", months.len().to_string()),
+            ("Budgets", sum(|m| m.month.budget).to_string()),
+            (
+                "Given to keys",
+                sum(|m| m.month.carved.saturating_sub(m.month.refunded)).to_string(),
+            ),
+            ("Spent this month", org_spent.to_string()),
+        ];
+    }
     let alerts = db::alerts::recent(
         &client,
         member.org.id,

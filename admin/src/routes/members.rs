@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use domain::{Money, MonthWindow};
+use domain::MonthWindow;
 
 use crate::actions::{self, InviteInput, Refused};
 use crate::error::AppError;
@@ -28,21 +28,19 @@ async fn members_page(
     let now = state.clock.now();
     let window = MonthWindow::containing(now);
     let client = state.pool.get().await?;
-    let members = db::members::list(&client, &owner.org).await?;
-    let spent = db::members::spent_in(&client, &owner.org, window, None).await?;
-    let mut rows = Vec::with_capacity(members.len());
-    for m in &members {
-        let month = db::members::monthly_budget(&client, m, window).await?;
-        rows.push(MemberRow {
-            email: m.email.clone(),
-            role: m.role.as_str(),
-            budget: m.monthly_budget.to_string(),
-            budget_input: views::usd_input(m.monthly_budget),
-            carved: month.carved.saturating_sub(month.refunded).to_string(),
-            spent: spent.get(&m.id).copied().unwrap_or(Money::ZERO).to_string(),
-            is_self: m.user_id == viewer.user.id,
-        });
-    }
+    let rows = db::members::months(&client, owner.org.id, window, None)
+        .await?
+        .into_iter()
+        .map(|m| MemberRow {
+            role: m.membership.role.as_str(),
+            budget: m.month.budget.to_string(),
+            budget_input: views::usd_input(m.month.budget),
+            carved: m.month.carved.saturating_sub(m.month.refunded).to_string(),
+            spent: m.spent.to_string(),
+            is_self: m.membership.user_id == viewer.user.id,
+            email: m.membership.email,
+        })
+        .collect();
     let invites = db::invites::pending(&client, &owner.org).await?;
     Ok(MembersPage {
         layout: Layout::new(viewer, "members", notice),
