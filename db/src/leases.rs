@@ -128,7 +128,7 @@ pub async fn give_back(
 }
 
 /// Reclaims the leases of gateways whose heartbeat is older than `lapse` (see `reclaim_leases`
-/// in migration 0015), dating the ledger rows `now`, after a fold of the spend journal in a
+/// in migration 0021), dating the ledger rows `now`, after a fold of the spend journal in a
 /// transaction of its own. Returns how many leases were charged.
 pub async fn reclaim(
     client: &impl GenericClient,

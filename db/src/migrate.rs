@@ -82,6 +82,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0020_password_resets",
         include_str!("../../migrations/0020_password_resets.sql"),
     ),
+    (
+        "0021_lease_ledger_row",
+        include_str!("../../migrations/0021_lease_ledger_row.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"
