@@ -128,6 +128,25 @@ impl Keycap {
         Ok(result.stdout.trim().to_string())
     }
 
+    /// `keycap key create` for bob of the seeded org `acme` (named `name`, with a cap of `cap`
+    /// dollars and `extra` flags); returns the token.
+    pub fn bobs_key(&self, name: &str, cap: &str, extra: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec![
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--member",
+            "bob@acme.test",
+            "--name",
+            name,
+            "--cap",
+            cap,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
     /// Starts `keycap <args>` and waits until its standard error shows `ready` (at most
     /// `timeout`).
     pub fn spawn(&self, args: &[&str], ready: &str, timeout: Duration) -> anyhow::Result<Running> {

@@ -267,31 +267,18 @@ async fn admin_tokens_expire_and_end_with_a_password_change() {
             page.secret("new-token")
         }
     };
-    let me = |token: String| {
-        let base = app.base.clone();
-        async move {
-            reqwest::Client::new()
-                .get(format!("{base}/api/me"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     let month = mint("30").await;
-    assert_eq!(me(month.clone()).await, 200);
+    assert_eq!(app.me_with_token(&month).await, 200);
     app.state.clock.set(start + time::Duration::days(31));
     assert_eq!(
-        me(month).await,
+        app.me_with_token(&month).await,
         401,
         "a 30-day token works no more after 31 days"
     );
 
     app.state.clock.set(start + time::Duration::hours(1));
     let quarter = mint("90").await;
-    assert_eq!(me(quarter.clone()).await, 200);
+    assert_eq!(app.me_with_token(&quarter).await, 200);
     owner
         .post(
             "/account/password",
@@ -303,7 +290,11 @@ async fn admin_tokens_expire_and_end_with_a_password_change() {
         )
         .await
         .expect_redirect("/account?notice=password_changed");
-    assert_eq!(me(quarter).await, 401, "a new password ends the tokens");
+    assert_eq!(
+        app.me_with_token(&quarter).await,
+        401,
+        "a new password ends the tokens"
+    );
     // The page shows each token's end, and that the second was revoked.
     let page = owner.get("/account").await;
     let month_end = (start + time::Duration::days(30)).date().to_string();

@@ -108,34 +108,21 @@ async fn an_admin_token_dies_with_its_owner_role() {
         .await;
     let token = page.secret("new-token");
     let _bob = app.member(&ann, "bob@acme.test", "owner", "0").await;
-    let me = |token: String| {
-        let base = app.base.clone();
-        async move {
-            reqwest::Client::new()
-                .get(format!("{base}/api/me"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(me(token.clone()).await, 200);
+    assert_eq!(app.me_with_token(&token).await, 200);
     ann.post(
         "/members/role",
         &[("email", "ann@acme.test"), ("role", "user")],
     )
     .await
     .expect_redirect("/members");
-    assert_eq!(me(token.clone()).await, 401);
+    assert_eq!(app.me_with_token(&token).await, 401);
     // Made an owner again: the old token stays dead.
     let client = app.db.client().await.unwrap();
     client
         .execute("UPDATE memberships SET role = 'owner' WHERE user_id = (SELECT id FROM users WHERE email = 'ann@acme.test')", &[])
         .await
         .unwrap();
-    assert_eq!(me(token).await, 401);
+    assert_eq!(app.me_with_token(&token).await, 401);
 }
 
 #[tokio::test]

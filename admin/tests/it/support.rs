@@ -200,6 +200,18 @@ impl App {
         client.batch_execute(statement).await.unwrap();
     }
 
+    /// The status of `GET /api/me` with the admin token `token`.
+    pub async fn me_with_token(&self, token: &str) -> u16 {
+        reqwest::Client::new()
+            .get(format!("{}/api/me", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn master_secret(&self) -> String {
         self.mock.state().config().master_key.clone()
     }

@@ -124,20 +124,7 @@ async fn gateway_and_admin_run_apart_behind_the_shipped_nginx_config() {
     let login = wait_for_status(&http, &format!("{people}/login"), 200).await;
     assert!(login.contains("Sign in"), "{login}");
 
-    let token = keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "app",
-            "--cap",
-            "20",
-        ])
-        .unwrap();
+    let token = keycap.bobs_key("app", "20", &[]).unwrap();
     let token = token.trim();
 
     // A slow stream arrives in pieces, as the upstream sends them, and whole.

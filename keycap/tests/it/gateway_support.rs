@@ -138,20 +138,7 @@ impl Gateway {
 
     /// A new key for bob; returns the token.
     pub fn key(&self, cap: &str, extra: &[&str]) -> String {
-        let mut args = vec![
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            "k",
-            "--cap",
-            cap,
-        ];
-        args.extend_from_slice(extra);
-        self.keycap.ok(&args).unwrap()
+        self.keycap.bobs_key("k", cap, extra).unwrap()
     }
 
     pub fn chat(&self, token: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {

@@ -95,20 +95,7 @@ impl Fleet {
 
     fn key(&self, cap: Money) -> String {
         let cap = cap.decimal_usd();
-        self.keycap
-            .ok(&[
-                "key",
-                "create",
-                "--org",
-                "acme",
-                "--member",
-                "bob@acme.test",
-                "--name",
-                "app",
-                "--cap",
-                &cap,
-            ])
-            .unwrap()
+        self.keycap.bobs_key("app", &cap, &[]).unwrap()
     }
 
     /// Sends one request through gateway `i`; the status, or `None` when the connection failed
@@ -432,23 +419,7 @@ async fn a_rate_limit_holds_over_three_gateways_and_across_a_restart() {
     // The limit counts per minute of the database's clock: an attempt that straddles two
     // minutes proves nothing, and is made again with a new key.
     for _attempt in 0..3 {
-        let token = fleet
-            .keycap
-            .ok(&[
-                "key",
-                "create",
-                "--org",
-                "acme",
-                "--member",
-                "bob@acme.test",
-                "--name",
-                "app",
-                "--cap",
-                "5",
-                "--rpm",
-                "10",
-            ])
-            .unwrap();
+        let token = fleet.keycap.bobs_key("app", "5", &["--rpm", "10"]).unwrap();
         let minute = fleet.db_minute().await;
         let requests: Vec<_> = (0..30)
             .map(|i| fleet.rate_limited_send(i % 3, &token, &body))
@@ -631,20 +602,7 @@ async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
 /// A new key of bob's with a cap of $1 (and `extra` flags of `keycap key create`): its id and
 /// token.
 async fn bobs_key(env: &crate::support::Env, extra: &[&str]) -> (uuid::Uuid, String) {
-    let mut args = vec![
-        "key",
-        "create",
-        "--org",
-        "acme",
-        "--member",
-        "bob@acme.test",
-        "--name",
-        "app",
-        "--cap",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    let token = env.keycap.ok(&args).unwrap();
+    let token = env.keycap.bobs_key("app", "1", extra).unwrap();
     let client = env.db.pool.get().await.unwrap();
     let hash = domain::token::hash_token(&token).to_vec();
     let id = client
