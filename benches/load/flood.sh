@@ -4,6 +4,8 @@
 # second, medians of ROUNDS paired rounds (which goes first alternates), all from this run.
 # The gateway (one worker thread) is pinned to core 0; wrk, nginx and Postgres to core 1.
 # Usage: benches/load/flood.sh [SECONDS_PER_RUN] (default 10). Needs what run.sh needs.
+# FLOOD_DELAY_MS=D paces the flood: each of its connections waits D ms between requests (so
+# about FLOOD_CONNS * 1000 / D tokens a second at most); unset, it sends as fast as it can.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_CELL=${1:-10}
@@ -31,6 +33,8 @@ cat > "$WORK/flood.lua" <<'LUA'
 local threads = {}
 function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
 function init(args) math.randomseed(os.time() * 1000 + id) end
+local pause = tonumber(os.getenv("FLOOD_DELAY_MS") or "")
+if pause then function delay() return pause end end
 local digits = {}
 function request()
   for i = 1, 48 do digits[i] = string.format("%x", math.random(0, 15)) end
@@ -72,7 +76,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ratios+=("$(awk -v q="$(echo "$q" | cut -d' ' -f3)" -v l="$(echo "$l" | cut -d' ' -f3)" 'BEGIN { print l / q }')")
 done
 col() { local c=$1; shift; printf '%s\n' "$@" | awk -v c="$c" '{print $c}' | median; }
-printf '\nreal key (%d connections) with and without %d connections of made-up tokens, medians of %d pairs:\n' "$REAL_CONNS" "$FLOOD_CONNS" "$ROUNDS"
+printf '\nreal key (%d connections) with and without %d connections of made-up tokens%s, medians of %d pairs:\n' "$REAL_CONNS" "$FLOOD_CONNS" "${FLOOD_DELAY_MS:+ (each waiting $FLOOD_DELAY_MS ms between requests)}" "$ROUNDS"
 printf '  quiet:   %8.0f req/s  p50 %.3f ms  p99 %.3f ms\n' "$(col 1 "${quiet[@]}")" "$(col 2 "${quiet[@]}")" "$(col 3 "${quiet[@]}")"
 printf '  flooded: %8.0f req/s  p50 %.3f ms  p99 %.3f ms  (made-up tokens answered: %.0f/s)\n' "$(col 1 "${loud[@]}")" "$(col 2 "${loud[@]}")" "$(col 3 "${loud[@]}")" "$(col 4 "${loud[@]}")"
 printf '  p99 flooded / quiet: %.2f (pairs %s)\n' "$(printf '%s\n' "${ratios[@]}" | median)" "$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{printf "%s%.2f", (NR>1?" ":""), $1}')"

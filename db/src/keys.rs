@@ -108,27 +108,32 @@ macro_rules! select_keys {
 }
 
 fn from_row(row: &tokio_postgres::Row) -> ApiKey {
+    from_row_at(row, 0)
+}
+
+/// A key from the columns of [`select_keys!`] starting at column `at`.
+fn from_row_at(row: &tokio_postgres::Row, at: usize) -> ApiKey {
     ApiKey {
-        id: row.get(0),
-        org_id: row.get(1),
-        membership_id: row.get(2),
-        member_email: row.get(3),
-        master_key_id: row.get(4),
-        service: row.get(5),
-        name: row.get(6),
-        prefix: row.get(7),
-        cap: Money::from_nanos(row.get(8)),
-        spent: Money::from_nanos(row.get(9)),
-        model_scope: row.get(10),
-        renew_monthly: row.get(11),
-        period_start: row.get(12),
-        paused_reason: row.get(13),
-        expires_at: row.get(14),
-        created_at: row.get(15),
-        closed_at: row.get(16),
-        close_reason: row.get(17),
-        changed_at: row.get(18),
-        rate_limit_rpm: row.get(19),
+        id: row.get(at),
+        org_id: row.get(1 + at),
+        membership_id: row.get(2 + at),
+        member_email: row.get(3 + at),
+        master_key_id: row.get(4 + at),
+        service: row.get(5 + at),
+        name: row.get(6 + at),
+        prefix: row.get(7 + at),
+        cap: Money::from_nanos(row.get(8 + at)),
+        spent: Money::from_nanos(row.get(9 + at)),
+        model_scope: row.get(10 + at),
+        renew_monthly: row.get(11 + at),
+        period_start: row.get(12 + at),
+        paused_reason: row.get(13 + at),
+        expires_at: row.get(14 + at),
+        created_at: row.get(15 + at),
+        closed_at: row.get(16 + at),
+        close_reason: row.get(17 + at),
+        changed_at: row.get(18 + at),
+        rate_limit_rpm: row.get(19 + at),
     }
 }
 
@@ -559,6 +564,34 @@ pub async fn find_by_token_hash(
 ) -> Result<Option<ApiKey>, Error> {
     let row = client.query_opt(BY_HASH, &[&hash.as_slice()]).await?;
     Ok(row.map(|row| from_row(&row)))
+}
+
+/// The keys whose tokens hash to any of `hashes`, in one query, each with its hash, in no
+/// particular order (revoked and expired keys included, as [`find_by_token_hash`]).
+pub async fn find_by_token_hashes(
+    client: &impl GenericClient,
+    hashes: &[[u8; 32]],
+) -> Result<Vec<([u8; 32], ApiKey)>, Error> {
+    let hashes: Vec<&[u8]> = hashes.iter().map(|hash| hash.as_slice()).collect();
+    let rows = client
+        .query(
+            concat!(
+                "SELECT w.hash, q.* FROM unnest($1::bytea[]) AS w(hash), LATERAL (",
+                select_keys!("WHERE k.token_hash = w.hash"),
+                ") q"
+            ),
+            &[&hashes],
+        )
+        .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let hash: &[u8] = row.get(0);
+        let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+            continue;
+        };
+        found.push((hash, from_row_at(row, 1)));
+    }
+    Ok(found)
 }
 
 /// One key by id.

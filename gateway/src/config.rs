@@ -45,7 +45,8 @@ pub struct GatewayConfig {
     pub lease: crate::lease::LeaseConfig,
     /// Connections of the pool that looks up tokens the key cache does not know.
     pub lookup_connections: usize,
-    /// Such lookups running at once; past that a lookup is refused with 503.
+    /// Tokens being looked up at once (waiting for a query or in one); past that a lookup is
+    /// refused with 503.
     pub max_lookups_in_flight: usize,
 }
 

@@ -153,7 +153,7 @@ impl Metrics {
             )?,
             key_lookups_peak: register_int_gauge!(
                 "gateway_key_lookups_in_flight_peak",
-                "The most lookups of unknown tokens that ran at once since the start"
+                "The most tokens not cached that were looked up at once since the start"
             )?,
             upstream_duration_seconds: register_histogram!(
                 HistogramOpts::new(

@@ -87,7 +87,7 @@ pub struct GatewaySection {
     pub lease_idle_ms: u64,
     /// Connections of the gateway's own pool for looking up tokens it has not cached.
     pub lookup_connections: usize,
-    /// Such lookups at once; past that, a request with a token not cached gets 503.
+    /// Tokens being looked up at once; past that, a request with a token not cached gets 503.
     pub max_lookups_in_flight: usize,
 }
 

@@ -1,6 +1,6 @@
-//! A flood of made-up tokens: each costs the database a query only once and only within the
-//! gateway's cap on lookups in flight, on a pool of its own, so real keys and the admin app
-//! keep working. (How much it slows a real key is measured in benches/load/flood.sh, not here.)
+//! A flood of made-up tokens: each costs the database a share of a query, only once and only
+//! within the gateway's cap on lookups in flight, on a pool of its own, so real keys and the
+//! admin app keep working. (How much it slows a real key is measured in benches/load/flood.sh, not here.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +15,9 @@ fn made_up_token() -> String {
     format!("kc_{}", hex::encode(random))
 }
 
-/// Lookups of one token at once are one query; lookups of many at once are at most the cap,
-/// and the rest are refused at once rather than queued.
+/// Lookups of one token at once are one lookup; lookups of many tokens at once are one query;
+/// and no more tokens than the cap are looked up at once, the rest refused at once rather than
+/// queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_are_merged_and_capped() {
     let env = crate::support::seeded().await;
@@ -44,6 +45,39 @@ async fn concurrent_lookups_are_merged_and_capped() {
         "50 lookups of one token ran as one query"
     );
 
+    // Lookups of many tokens at once wait together, and are one query (or two: the first
+    // token's may start before the others wait); a real key among them is found.
+    let real = env.keycap.bobs_key("real", "5", &[]).unwrap();
+    let real = domain::token::hash_token(&real);
+    let batched = Arc::new(gateway::lookups::Lookups::new(pool.clone(), 64));
+    let held = pool.get().await.unwrap();
+    let hashes: Vec<[u8; 32]> = (0..49)
+        .map(|_| domain::token::hash_token(&made_up_token()))
+        .chain([real])
+        .collect();
+    let lookups: Vec<_> = hashes
+        .iter()
+        .map(|&hash| {
+            let (lookups, runtime) = (Arc::clone(&batched), runtime.clone());
+            tokio::spawn(async move { lookups.find(hash, &runtime, |_| {}).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(held);
+    for (lookup, hash) in lookups.into_iter().zip(&hashes) {
+        match lookup.await.unwrap() {
+            Ok(Some(key)) => assert!(*hash == real && key.name == "real"),
+            Ok(None) => assert!(*hash != real, "the real key was not found"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (1..=2).contains(&batched.queries()),
+        "50 tokens took {} queries",
+        batched.queries()
+    );
+    assert_eq!(batched.peak(), 50);
+
     let capped = Arc::new(gateway::lookups::Lookups::new(env.db.pool.clone(), 4));
     let many: Vec<_> = (0..200)
         .map(|_| {
@@ -60,9 +94,47 @@ async fn concurrent_lookups_are_merged_and_capped() {
             other => panic!("{other:?}"),
         }
     }
-    assert!(capped.peak() <= 4, "{} lookups ran at once", capped.peak());
+    assert!(
+        capped.peak() <= 4,
+        "{} tokens were looked up at once",
+        capped.peak()
+    );
     assert_eq!(unknown + busy, 200);
     assert!(unknown >= 4, "{unknown} answered");
+}
+
+/// A lookup whose request gives up while another request of the same token waits: the second
+/// asks again, and gets the key, though both wait in one query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_given_up_leaves_the_next_its_answer() {
+    let env = crate::support::seeded().await;
+    let runtime = tokio::runtime::Handle::current();
+    let real = domain::token::hash_token(&env.keycap.bobs_key("real", "5", &[]).unwrap());
+    let pool = db::connect(&env.db.url, 1).unwrap();
+    let held = pool.get().await.unwrap();
+    let lookups = Arc::new(gateway::lookups::Lookups::new(pool.clone(), 64));
+    let find = |hash| {
+        let (lookups, runtime) = (Arc::clone(&lookups), runtime.clone());
+        tokio::spawn(async move { lookups.find(hash, &runtime, |_| {}).await })
+    };
+    let pause = || tokio::time::sleep(Duration::from_millis(200));
+    // The one query task takes this token and waits for the connection; what follows waits
+    // for its next query.
+    let first = find(domain::token::hash_token(&made_up_token()));
+    pause().await;
+    let gives_up = find(real);
+    pause().await;
+    let waits = find(real);
+    pause().await;
+    gives_up.abort();
+    pause().await;
+    drop(held);
+    assert!(matches!(first.await.unwrap(), Ok(None)));
+    match waits.await.unwrap() {
+        Ok(Some(key)) => assert_eq!(key.name, "real"),
+        other => panic!("the waiting request got {other:?}"),
+    }
+    assert_eq!(lookups.queries(), 2);
 }
 
 /// Made-up tokens from 64 clients at once for 10 s: a real key in use keeps being served, the
