@@ -7,6 +7,7 @@ use domain::{Money, MonthWindow};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::members::member_spend;
 use crate::{Error, Pool};
 
 /// The percentages that alert: of a member's monthly budget, and of a key's cap.
@@ -25,15 +26,14 @@ pub struct Channels {
 }
 
 // A member's spend this month is what their keys' requests cost this month (the gateway's
-// rollups, as /dashboard reads it), against the budget they have now.
-const MEMBER_ALERTS: &str = "WITH spent AS (
-        SELECT m.id AS membership_id, m.org_id, m.monthly_budget_nanousd AS lim,
-               sum(r.cost_nanousd)::bigint AS spent
+// rollups, `member_spend!`, as every page reads it), against the budget they have now.
+const MEMBER_ALERTS: &str = concat!(
+    "WITH spent AS (
+        SELECT m.id AS membership_id, m.org_id, m.monthly_budget_nanousd AS lim, ",
+    member_spend!("m.id", "$1", "$2"),
+    " AS spent
         FROM memberships m
-        JOIN api_keys k ON k.membership_id = m.id
-        JOIN usage_rollups r ON r.api_key_id = k.id AND r.minute >= $1 AND r.minute < $2
         WHERE m.removed_at IS NULL AND m.monthly_budget_nanousd > 0
-        GROUP BY m.id
     )
     INSERT INTO budget_alerts (id, org_id, membership_id, api_key_id, threshold_percent,
                                period_start, spent_nanousd, limit_nanousd, created_at)
@@ -41,7 +41,8 @@ const MEMBER_ALERTS: &str = "WITH spent AS (
     FROM spent, unnest($4::int[]) AS pct
     WHERE spent::numeric * 100 >= lim::numeric * pct
     ON CONFLICT DO NOTHING
-    RETURNING id";
+    RETURNING id"
+);
 
 // A key's spend is its folded spend in its period (fold first).
 const KEY_ALERTS: &str = "INSERT INTO budget_alerts (id, org_id, membership_id, api_key_id,

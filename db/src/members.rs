@@ -177,6 +177,26 @@ const MONTH: &str = concat!(
     WHERE membership_id = $1 AND created_at >= $2 AND created_at < $3"
 );
 
+/// What membership `$membership`'s keys spent from `$start` to `$end` (SQL expressions): the
+/// gateway's rollups. The one derivation of a member's spend in a month (`months`, and the
+/// budget alerts).
+macro_rules! member_spend {
+    ($membership:literal, $start:literal, $end:literal) => {
+        concat!(
+            "coalesce((SELECT sum(r.cost_nanousd) FROM usage_rollups r
+                       JOIN api_keys k ON k.id = r.api_key_id
+                       WHERE k.membership_id = ",
+            $membership,
+            " AND r.minute >= ",
+            $start,
+            " AND r.minute < ",
+            $end,
+            "), 0)::bigint"
+        )
+    };
+}
+pub(crate) use member_spend;
+
 /// A member's month: their membership, what they carved and got back (the ledger), and what
 /// their keys spent (the gateway's rollups).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,11 +208,9 @@ pub struct MemberMonth {
 
 const MONTHS: &str = concat!(
     "SELECT m.id, m.org_id, m.user_id, u.email, m.role, m.monthly_budget_nanousd,
-            month.carved, month.refunded,
-            coalesce((SELECT sum(r.cost_nanousd) FROM usage_rollups r
-                      JOIN api_keys k ON k.id = r.api_key_id
-                      WHERE k.membership_id = m.id AND r.minute >= $2 AND r.minute < $3),
-                     0)::bigint
+            month.carved, month.refunded, ",
+    member_spend!("m.id", "$2", "$3"),
+    "
      FROM memberships m JOIN users u ON u.id = m.user_id
      CROSS JOIN LATERAL (SELECT ",
     carved_and_refunded!(),
