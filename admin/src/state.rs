@@ -29,13 +29,17 @@ impl AppState {
         let timeout = std::time::Duration::from_secs(10);
         // The system's root certificates, as the gateway's; a store reqwest cannot read leaves
         // an https upstream unverifiable (the key checks then say so), not the app unstarted.
+        // No redirect is followed: a key check carries a master key, and a webhook post a
+        // signed alert, to the configured address only (a redirect answer is a failure).
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .or_else(|err| {
                 tracing::warn!(error = %err, "no usable root certificates for upstream checks");
                 reqwest::Client::builder()
                     .timeout(timeout)
+                    .redirect(reqwest::redirect::Policy::none())
                     .tls_built_in_root_certs(false)
                     .build()
             })

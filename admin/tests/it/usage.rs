@@ -293,7 +293,36 @@ async fn a_slow_database_makes_the_scrape_answer_503_not_hang() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// A webhook that answers with a redirect is not followed (the signed alert would go wherever
+/// the answer points): the delivery fails, and is tried again later.
+#[tokio::test]
+async fn a_webhook_redirect_is_not_followed() {
+    let receiver = Receiver::default();
+    let moved = receiver.start().await.replace("/hook", "/moved");
+    let now = datetime!(2026-12-10 12:00 UTC);
+    let app = App::start_full(
+        |config| {
+            config.alerts.webhook = Some(admin::alerts::Webhook {
+                url: moved,
+                secret: SECRET.to_string().into(),
+            });
+        },
+        None,
+        admin::Clock::fixed(now),
+    )
+    .await;
+    let ann = app.owner("Acme", "ann@acme.test").await;
+    ann.add_master_key("main", &app.master_secret()).await;
+    let bob = app.member(&ann, "bob@acme.test", "user", "100").await;
+    let (key, _) = bob.provision("app", "95").await;
+    spend(&app, &key, 81 * USD, "openai/gpt-4o-mini", now).await;
+    let report = admin::alerts::pass(&app.state, now).await.unwrap();
+    assert_eq!((report.new_alerts, report.sent, report.retried), (1, 0, 1));
+    assert!(receiver.posts().is_empty(), "the redirect was followed");
+}
+
 /// Webhook posts as received: headers and body. The first `fail` posts are answered 500.
+/// `/moved` answers every post with a redirect to `/hook`.
 #[derive(Clone, Default)]
 struct Receiver {
     posts: Arc<Mutex<Vec<(HeaderMap, String)>>>,
@@ -305,22 +334,29 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let receiver = self.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: String| {
-                let receiver = receiver.clone();
-                async move {
-                    receiver.posts.lock().unwrap().push((headers, body));
-                    let mut fail = receiver.fail.lock().unwrap();
-                    if *fail > 0 {
-                        *fail -= 1;
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::NO_CONTENT
+        let app = axum::Router::new()
+            .route(
+                "/moved",
+                axum::routing::post(|| async {
+                    (StatusCode::TEMPORARY_REDIRECT, [("location", "/hook")])
+                }),
+            )
+            .route(
+                "/hook",
+                axum::routing::post(move |headers: HeaderMap, body: String| {
+                    let receiver = receiver.clone();
+                    async move {
+                        receiver.posts.lock().unwrap().push((headers, body));
+                        let mut fail = receiver.fail.lock().unwrap();
+                        if *fail > 0 {
+                            *fail -= 1;
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::NO_CONTENT
+                        }
                     }
-                }
-            }),
-        );
+                }),
+            );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         format!("http://{addr}/hook")
     }
