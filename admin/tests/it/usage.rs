@@ -14,6 +14,14 @@ use uuid::Uuid;
 
 use crate::support::{App, Person};
 
+/// Acme, its owner ann with a master key, and bob, a user with $100 a month.
+async fn ann_and_bob(app: &App) -> (Person, Person) {
+    let ann = app.owner("Acme", "ann@acme.test").await;
+    ann.add_master_key("main", &app.master_secret()).await;
+    let bob = app.member(&ann, "bob@acme.test", "user", "100").await;
+    (ann, bob)
+}
+
 /// Writes `cost` nano-dollars of spend on key `key_id`, settled `at` by requests naming
 /// `model`, as one gateway flush.
 async fn spend(app: &App, key_id: &str, cost: i64, model: &str, at: OffsetDateTime) {
@@ -83,9 +91,7 @@ async fn metrics_show_each_members_month_spend_by_model_and_keys_for_a_metrics_t
         admin::Clock::fixed(now),
     )
     .await;
-    let ann = app.owner("Acme", "ann@acme.test").await;
-    ann.add_master_key("main", &app.master_secret()).await;
-    let bob = app.member(&ann, "bob@acme.test", "user", "100").await;
+    let (ann, bob) = ann_and_bob(&app).await;
     let (app_key, _) = bob.provision("app", "30").await;
     // A second key of the same name, made a second later.
     app.state.clock.set(now + time::Duration::seconds(1));
@@ -311,9 +317,7 @@ async fn a_webhook_redirect_is_not_followed() {
         admin::Clock::fixed(now),
     )
     .await;
-    let ann = app.owner("Acme", "ann@acme.test").await;
-    ann.add_master_key("main", &app.master_secret()).await;
-    let bob = app.member(&ann, "bob@acme.test", "user", "100").await;
+    let (_, bob) = ann_and_bob(&app).await;
     let (key, _) = bob.provision("app", "95").await;
     spend(&app, &key, 81 * USD, "openai/gpt-4o-mini", now).await;
     let report = admin::alerts::pass(&app.state, now).await.unwrap();
@@ -405,9 +409,7 @@ async fn budget_alerts_are_sent_once_per_threshold_and_period_by_email_and_signe
         admin::Clock::fixed(now),
     )
     .await;
-    let ann = app.owner("Acme", "ann@acme.test").await;
-    ann.add_master_key("main", &app.master_secret()).await;
-    let bob = app.member(&ann, "bob@acme.test", "user", "100").await;
+    let (ann, bob) = ann_and_bob(&app).await;
     let (key, _) = bob.provision("app", "95").await;
     let pass = |at: OffsetDateTime| {
         let state = app.state.clone();
