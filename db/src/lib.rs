@@ -64,6 +64,25 @@ impl Actor {
 /// `key=value` connection string, with libpq's `sslmode` and `sslrootcert`: see [`tls`]).
 /// Connections are made lazily.
 pub fn connect(url: &str, max_size: usize) -> Result<Pool, Error> {
+    build_pool(url, max_size, None)
+}
+
+/// As [`connect`], and each connection's statements are cut off by the server after
+/// `statement_timeout`: a query its caller stopped waiting for does not run on, delaying the
+/// next one on its connection.
+pub fn connect_with_statement_timeout(
+    url: &str,
+    max_size: usize,
+    statement_timeout: std::time::Duration,
+) -> Result<Pool, Error> {
+    build_pool(url, max_size, Some(statement_timeout))
+}
+
+fn build_pool(
+    url: &str,
+    max_size: usize,
+    statement_timeout: Option<std::time::Duration>,
+) -> Result<Pool, Error> {
     let tls::Connector { config, tls, .. } = tls::read_url(url)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
@@ -72,11 +91,23 @@ pub fn connect(url: &str, max_size: usize) -> Result<Pool, Error> {
         Some(tls) => Manager::from_config(config, tls, manager_config),
         None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
     };
-    Pool::builder(manager)
+    let mut builder = Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))
         .create_timeout(Some(std::time::Duration::from_secs(10)))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .map_err(|err| Error::Pool(err.to_string()))
+        .runtime(deadpool_postgres::Runtime::Tokio1);
+    if let Some(timeout) = statement_timeout {
+        // A SET rather than a startup option, which a connection pooler may refuse.
+        let set = format!("SET statement_timeout = {}", timeout.as_millis().max(1));
+        builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let set = set.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&set)
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }));
+    }
+    builder.build().map_err(|err| Error::Pool(err.to_string()))
 }

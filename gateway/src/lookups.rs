@@ -214,8 +214,9 @@ impl QueryTask {
 
 impl Drop for QueryTask {
     /// A task dropped before it ended (a panic, or a runtime shutting down, perhaps before it
-    /// ever ran) gives its place back, and the tokens waiting are answered with an error rather
-    /// than left waiting for a task that may never come.
+    /// ever ran) gives its place back. When it was the last task, the tokens waiting are
+    /// answered with an error rather than left waiting for a task that may never come; another
+    /// task still running takes them.
     fn drop(&mut self) {
         if self.ended {
             return;
@@ -227,7 +228,11 @@ impl Drop for QueryTask {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             state.queries -= 1;
-            std::mem::take(&mut state.tokens)
+            if state.queries == 0 {
+                std::mem::take(&mut state.tokens)
+            } else {
+                VecDeque::new()
+            }
         };
         drop(waiting);
     }
@@ -236,6 +241,11 @@ impl Drop for QueryTask {
 /// How long one query of waiting tokens may take, its connection included; past that its
 /// tokens are answered with an error (503).
 const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the database runs one statement on a lookup connection before it cuts it off
+/// (`db::connect_with_statement_timeout`): within [`QUERY_TIMEOUT`], so a query the gateway
+/// gave up on is not still running when that connection's next query comes.
+pub const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One query task: looks up what waits, in one query, until nothing waits.
 async fn take_waiting(mut task: QueryTask, counts: Arc<Counts>) {

@@ -59,8 +59,12 @@ pub fn run(
 ) -> Result<(), String> {
     check_addresses(&config)?;
     let control = resources.control.clone();
-    let lookup_pool = db::connect(&resources.database_url, config.lookup_connections)
-        .map_err(|err| format!("cannot make the key lookup pool: {err}"))?;
+    let lookup_pool = db::connect_with_statement_timeout(
+        &resources.database_url,
+        config.lookup_connections,
+        crate::lookups::STATEMENT_TIMEOUT,
+    )
+    .map_err(|err| format!("cannot make the key lookup pool: {err}"))?;
     let gateway = Arc::new(Gateway::new(
         config.clone(),
         resources.pool.clone(),

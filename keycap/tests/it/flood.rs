@@ -140,6 +140,39 @@ async fn a_lookup_given_up_leaves_the_next_its_answer() {
 /// Made-up tokens from 64 clients at once for 10 s: a real key in use keeps being served, the
 /// admin app answers, every made-up token is refused (401, or 503 when the lookups are at
 /// their cap), and no more lookups than the cap ever ran at once.
+/// The lookup pool's connections have the database cut a statement off after the pool's
+/// statement timeout, so a lookup the gateway gave up on does not run on; other pools have none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_connection_stops_a_statement_past_its_timeout() {
+    let env = crate::support::seeded().await;
+    let lookups =
+        db::connect_with_statement_timeout(&env.db.url, 1, Duration::from_millis(200)).unwrap();
+    let client = lookups.get().await.unwrap();
+    let show = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap();
+    assert_eq!(show.get::<_, String>(0), "200ms");
+    let err = client.execute("SELECT pg_sleep(5)", &[]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    // The connection is still good for the next statement.
+    client.execute("SELECT 1", &[]).await.unwrap();
+
+    let other = db::connect(&env.db.url, 1).unwrap();
+    let show = other
+        .get()
+        .await
+        .unwrap()
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap();
+    assert_eq!(show.get::<_, String>(0), "0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_made_up_tokens_leaves_real_keys_and_the_admin_app_working() {
     let gw = start_with_env(&[
