@@ -106,6 +106,9 @@ function init(args)
     (os.getenv("STREAM") == "1" and ',"stream":true}' or '}')
   path = "/api/v1/chat/completions" .. (os.getenv("STREAM") == "1" and "?stream=1" or "")
 end
+-- DELAY_MS=D: each connection waits D ms between requests (a client at its own pace).
+local pause = tonumber(os.getenv("DELAY_MS") or "")
+if pause then function delay() return pause end end
 function request()
   counter = counter + 1
   local token = string.format("kc_%048x", (counter % n_keys) + 1)

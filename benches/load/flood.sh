@@ -6,6 +6,10 @@
 # Usage: benches/load/flood.sh [SECONDS_PER_RUN] (default 10). Needs what run.sh needs.
 # FLOOD_DELAY_MS=D paces the flood: each of its connections waits D ms between requests (so
 # about FLOOD_CONNS * 1000 / D tokens a second at most); unset, it sends as fast as it can.
+# FLOOD_JITTER=1 makes each wait a random one between 0 and 2 * FLOOD_DELAY_MS ms (the same
+# mean): the connections drift apart rather than sending in step, in bursts of FLOOD_CONNS.
+# REAL_DELAY_MS=D paces the real key the same way: a client at its own pace rather than one
+# that keeps the gateway's core busy on its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_CELL=${1:-10}
@@ -34,7 +38,9 @@ local threads = {}
 function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
 function init(args) math.randomseed(os.time() * 1000 + id) end
 local pause = tonumber(os.getenv("FLOOD_DELAY_MS") or "")
-if pause then function delay() return pause end end
+local jitter = os.getenv("FLOOD_JITTER") == "1"
+if pause and jitter then function delay() return math.random(0, 2 * pause) end
+elseif pause then function delay() return pause end end
 local digits = {}
 function request()
   for i = 1, 48 do digits[i] = string.format("%x", math.random(0, 15)) end
@@ -56,7 +62,7 @@ done
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print v}'; }
 real() { # -> "rps p50_ms p99_ms"
-  local out; out=$(N_KEYS=10 STREAM=0 taskset -c 1 wrk -t1 -c"$REAL_CONNS" -d"${SECONDS_PER_CELL}s" --latency -s "$WORK/bench.lua" "http://127.0.0.1:$GW_PORT")
+  local out; out=$(N_KEYS=10 STREAM=0 DELAY_MS=${REAL_DELAY_MS:-} taskset -c 1 wrk -t1 -c"$REAL_CONNS" -d"${SECONDS_PER_CELL}s" --latency -s "$WORK/bench.lua" "http://127.0.0.1:$GW_PORT")
   if echo "$out" | grep -q "Non-2xx"; then echo "the real key was refused:" >&2; echo "$out" >&2; exit 1; fi
   echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) $(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)"
 }
@@ -76,7 +82,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ratios+=("$(awk -v q="$(echo "$q" | cut -d' ' -f3)" -v l="$(echo "$l" | cut -d' ' -f3)" 'BEGIN { print l / q }')")
 done
 col() { local c=$1; shift; printf '%s\n' "$@" | awk -v c="$c" '{print $c}' | median; }
-printf '\nreal key (%d connections) with and without %d connections of made-up tokens%s, medians of %d pairs:\n' "$REAL_CONNS" "$FLOOD_CONNS" "${FLOOD_DELAY_MS:+ (each waiting $FLOOD_DELAY_MS ms between requests)}" "$ROUNDS"
+printf '\nreal key (%d connections%s) with and without %d connections of made-up tokens%s, medians of %d pairs:\n' "$REAL_CONNS" "${REAL_DELAY_MS:+, each waiting $REAL_DELAY_MS ms between requests}" "$FLOOD_CONNS" "${FLOOD_DELAY_MS:+ (each waiting ${FLOOD_JITTER:+0 to 2 x }$FLOOD_DELAY_MS ms between requests)}" "$ROUNDS"
 printf '  quiet:   %8.0f req/s  p50 %.3f ms  p99 %.3f ms\n' "$(col 1 "${quiet[@]}")" "$(col 2 "${quiet[@]}")" "$(col 3 "${quiet[@]}")"
 printf '  flooded: %8.0f req/s  p50 %.3f ms  p99 %.3f ms  (made-up tokens answered: %.0f/s)\n' "$(col 1 "${loud[@]}")" "$(col 2 "${loud[@]}")" "$(col 3 "${loud[@]}")" "$(col 4 "${loud[@]}")"
 printf '  p99 flooded / quiet: %.2f (pairs %s)\n' "$(printf '%s\n' "${ratios[@]}" | median)" "$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{printf "%s%.2f", (NR>1?" ":""), $1}')"
