@@ -138,8 +138,14 @@ pub async fn reclaim(
     let lapse_ms = i64::try_from(lapse.as_millis()).unwrap_or(i64::MAX);
     let anyone_dead = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM gateways WHERE reclaimed_at IS NULL
-                              AND heartbeat_at < now() - $1 * interval '1 millisecond')",
+            // As `reclaim_leases` chooses: a gateway reclaimed before is reclaimed again while
+            // a lease of its holds something (one granted to it since, say).
+            "SELECT EXISTS (SELECT 1 FROM gateways g
+                             WHERE g.heartbeat_at < now() - $1 * interval '1 millisecond'
+                               AND (g.reclaimed_at IS NULL
+                                    OR EXISTS (SELECT 1 FROM key_leases l
+                                                WHERE l.gateway_id = g.id
+                                                  AND l.held_nanousd > 0)))",
             &[&(lapse_ms as f64)],
         )
         .await?

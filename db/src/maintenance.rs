@@ -188,11 +188,14 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
                     &[&key.id],
                 )
                 .await?;
-                // What a reclaim charged to the ended period stays there: spend flushed later
-                // by that gateway counts in the new period, as spend unflushed at a renewal
-                // does (migration 0015).
+                // What a reclaim charged to the ended period stays there: spend that gateway
+                // flushes later is counted against it, not in the new period, and what it gives
+                // back unspent is not taken off the new period's spend (migration 0022).
                 tx.execute(
-                    "UPDATE key_leases SET reclaimed_nanousd = 0 WHERE api_key_id = $1",
+                    "UPDATE key_leases
+                        SET reclaimed_past_nanousd = reclaimed_past_nanousd + reclaimed_nanousd,
+                            reclaimed_nanousd = 0
+                      WHERE api_key_id = $1 AND reclaimed_nanousd > 0",
                     &[&key.id],
                 )
                 .await?;

@@ -86,6 +86,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0021_lease_ledger_row",
         include_str!("../../migrations/0021_lease_ledger_row.sql"),
     ),
+    (
+        "0022_reclaimed_past",
+        include_str!("../../migrations/0022_reclaimed_past.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

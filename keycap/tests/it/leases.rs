@@ -549,11 +549,12 @@ async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly(
 }
 
 /// A reclaim's charge stays in the period it was made in: after a renewal, spend the
-/// reclaimed gateway flushes counts in the new period, and what it gives back unspent is not
-/// taken off the new period's spend.
+/// reclaimed gateway flushes from its reclaimed slice is counted against that charge, not again
+/// in the new period (where its lease holds nothing for it), and what it gives back unspent is
+/// not taken off the new period's spend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
-    use db::leases::{give_back, grant, reclaim, register};
+    use db::leases::{give_back, grant, held, reclaim, register};
     let env = crate::support::seeded().await;
     let (key, token) = bobs_key(&env, &["--renew-monthly"]).await;
     let client = env.db.pool.get().await.unwrap();
@@ -589,14 +590,62 @@ async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
         .await
         .unwrap();
     assert_eq!(spent().await, Money::ZERO);
-    // A flushes 5 it settled from the reclaimed lease: counted in the new period; it gives
-    // back 30 unspent: nothing is taken off the new period.
+    // A flushes 5 it settled from the reclaimed lease: the ended period paid for it, so the new
+    // period's spend and leases are as they were, and the whole new cap is still there to grant.
     flush_within(&env.db.pool, a, key, usd(5)).await;
-    assert_eq!(spent().await, usd(5));
+    assert_eq!(spent().await, Money::ZERO);
+    assert_eq!(held(&client, key).await.unwrap(), Money::ZERO);
+    // It gives back 30 unspent: nothing is taken off the new period.
     give_back(&client, key, a, usd(30), next_month)
         .await
         .unwrap();
-    assert_eq!(spent().await, usd(5));
+    assert_eq!(spent().await, Money::ZERO);
+    // A is granted 10 in the new period and flushes 8: 5 of it is the rest of the reclaimed
+    // slice (40, less 5 spent and 30 given back), 3 is the new period's, out of its new lease.
+    let live = Duration::from_secs(60);
+    grant(&client, key, a, usd(10), usd(10), live)
+        .await
+        .unwrap();
+    flush_within(&env.db.pool, a, key, usd(8)).await;
+    assert_eq!(spent().await, usd(3));
+    assert_eq!(held(&client, key).await.unwrap(), usd(7));
+    let b = uuid::Uuid::new_v4();
+    register(&client, b, "b").await.unwrap();
+    let rest = grant(&client, key, b, usd(90), usd(90), live)
+        .await
+        .unwrap();
+    assert_eq!((rest.granted, rest.left), (usd(90), Money::ZERO));
+}
+
+/// A gateway reclaimed before, granted a lease since (its heartbeat failing while its other
+/// connections still work), is reclaimed again when it falls silent: what it holds is charged,
+/// not left held by a dead gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_gateway_granted_a_lease_since_is_reclaimed_again() {
+    use db::leases::{grant, held, reclaim, register};
+    let env = crate::support::seeded().await;
+    let (key, token) = bobs_key(&env, &[]).await;
+    let client = env.db.pool.get().await.unwrap();
+    let a = uuid::Uuid::new_v4();
+    register(&client, a, "a").await.unwrap();
+    let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
+    let (live, now) = (Duration::from_secs(60), time::OffsetDateTime::now_utc());
+    let silent = "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1";
+    grant(&client, key, a, usd(40), usd(40), live)
+        .await
+        .unwrap();
+    client.execute(silent, &[&a]).await.unwrap();
+    assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
+    grant(&client, key, a, usd(20), usd(20), live)
+        .await
+        .unwrap();
+    client.execute(silent, &[&a]).await.unwrap();
+    assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
+    assert_eq!(
+        crate::gateway_support::spent_in(&env.db.pool, &token).await,
+        usd(60)
+    );
+    assert_eq!(held(&client, key).await.unwrap(), Money::ZERO);
 }
 
 /// A new key of bob's with a cap of $1 (and `extra` flags of `keycap key create`): its id and
