@@ -153,14 +153,19 @@ async fn a_lookup_connection_stops_a_statement_past_its_timeout() {
         .await
         .unwrap();
     assert_eq!(show.get::<_, String>(0), "200ms");
-    let err = client.execute("SELECT pg_sleep(5)", &[]).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
-        "{err}"
-    );
-    // The connection is still good for the next statement.
-    client.execute("SELECT 1", &[]).await.unwrap();
+    // (Not under .ci/at-dates: there, a Postgres run under libfaketime with its clock moved
+    // ahead does not fire the statement timeout; the plain run checks it, as in
+    // admin/tests/it/usage.rs.)
+    if std::env::var_os("FAKETIME").is_none() {
+        let err = client.execute("SELECT pg_sleep(5)", &[]).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{err}"
+        );
+        // The connection is still good for the next statement.
+        client.execute("SELECT 1", &[]).await.unwrap();
+    }
 
     let other = db::connect(&env.db.url, 1).unwrap();
     let show = other
