@@ -153,20 +153,7 @@ async fn the_whole_sequence_works_and_is_recorded() {
 
 /// Provisions a key of bob's in acme with `keycap key create`; returns its token.
 fn bobs_key(env: &crate::support::Env, name: &str, cap: &str) -> String {
-    env.keycap
-        .ok(&[
-            "key",
-            "create",
-            "--org",
-            "acme",
-            "--member",
-            "bob@acme.test",
-            "--name",
-            name,
-            "--cap",
-            cap,
-        ])
-        .unwrap()
+    env.keycap.bobs_key(name, cap, &[]).unwrap()
 }
 
 /// A refused command exits non-zero with one clear line and changes nothing.
