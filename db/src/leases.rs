@@ -109,22 +109,25 @@ pub async fn grant(
     Ok(grant)
 }
 
-/// Gives `amount` of `gateway`'s lease of `key` back, unspent (see `lease_give_back` in
-/// migration 0015; a ledger row it writes is dated `now`).
+/// Gives `amount` of `gateway`'s lease of `key` back, unspent, once for `claim` (see
+/// `lease_give_back` in migrations 0015 and 0023; a ledger row it writes is dated `now`):
+/// true when applied now, false when `claim` was applied before. A caller that did not hear
+/// back sends the same claim again, so a give-back that committed is never applied twice.
 pub async fn give_back(
     client: &impl GenericClient,
     key: Uuid,
     gateway: Uuid,
     amount: Money,
     now: OffsetDateTime,
-) -> Result<(), Error> {
-    client
-        .execute(
-            "SELECT lease_give_back($1, $2, $3, $4)",
-            &[&key, &gateway, &amount.nanos(), &now],
+    claim: Uuid,
+) -> Result<bool, Error> {
+    let row = client
+        .query_one(
+            "SELECT lease_give_back($1, $2, $3, $4, $5)",
+            &[&key, &gateway, &amount.nanos(), &now, &claim],
         )
         .await?;
-    Ok(())
+    Ok(row.get(0))
 }
 
 /// Reclaims the leases of gateways whose heartbeat is older than `lapse` (see `reclaim_leases`

@@ -1,5 +1,5 @@
 //! Time-driven changes: closing expired keys (with their refunds), renewing monthly keys at
-//! the month boundary, and forgetting expired sessions and old flush claims. `keycap up` and
+//! the month boundary, and forgetting expired sessions and old flush and give-back claims. `keycap up` and
 //! `keycap admin` run [`run_due`] periodically; every step is idempotent.
 
 use domain::budget::{Renewal, renew};
@@ -21,6 +21,7 @@ pub struct Report {
     pub renewals_deferred: usize,
     pub sessions_deleted: u64,
     pub flush_claims_deleted: u64,
+    pub give_back_claims_deleted: u64,
 }
 
 /// Closes every key whose expiry has passed and renews monthly keys that are due.
@@ -39,6 +40,13 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
             &[&now],
         )
         .await?;
+    // Likewise a give-back's claim (see migrations/0023_give_back_claims.sql).
+    let give_back_claims_deleted = client
+        .execute(
+            "DELETE FROM lease_give_backs WHERE given_at < $1::timestamptz - interval '7 days'",
+            &[&now],
+        )
+        .await?;
     Ok(Report {
         expired,
         renewed,
@@ -46,6 +54,7 @@ pub async fn run_due(pool: &Pool, now: OffsetDateTime) -> Result<Report, Error> 
         renewals_deferred,
         sessions_deleted,
         flush_claims_deleted,
+        give_back_claims_deleted,
     })
 }
 

@@ -90,6 +90,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0022_reclaimed_past",
         include_str!("../../migrations/0022_reclaimed_past.sql"),
     ),
+    (
+        "0023_give_back_claims",
+        include_str!("../../migrations/0023_give_back_claims.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

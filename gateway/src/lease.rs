@@ -91,7 +91,25 @@ pub struct LeaseSlot {
     /// Nano-dollars taken from a changed key's lease to give back, which could not go back
     /// yet: unusable here until they do.
     held_back: std::sync::atomic::AtomicI64,
+    /// A give-back sent whose answer never came: it may have gone back or not, so it is
+    /// unusable here and is sent again under the same claim, before anything else goes back,
+    /// until Postgres answers.
+    in_doubt: std::sync::Mutex<Option<InDoubt>>,
 }
+
+/// A give-back sent without an answer.
+#[derive(Debug, Clone, Copy)]
+struct InDoubt {
+    claim: Uuid,
+    amount: Money,
+    since: Instant,
+}
+
+/// How long a give-back in doubt is sent again. Postgres keeps a claim for a week (maintenance
+/// deletes older ones), so a give-back sent again within a day is never applied twice. One
+/// unanswered for longer is no longer sent: what of it did not go back stays held for this
+/// gateway (the key stops that much early) until the gateway stops or is reclaimed.
+const IN_DOUBT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a key Postgres had nothing left for is refused without asking again.
 const EXHAUSTED_FOR: Duration = Duration::from_secs(1);
@@ -117,6 +135,26 @@ impl LeaseSlot {
     fn exhausted_recently(&self, started: Instant) -> bool {
         let at = self.exhausted_at_ms.load(Ordering::Relaxed);
         at != 0 && ms_since(started).saturating_sub(at) < EXHAUSTED_FOR.as_millis() as u64
+    }
+
+    fn in_doubt(&self) -> Option<InDoubt> {
+        *self
+            .in_doubt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_in_doubt(&self, doubt: Option<InDoubt>) {
+        *self
+            .in_doubt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = doubt;
+    }
+
+    /// Something taken from the lease waits here to go back (held back, or in doubt): the key
+    /// must stay on the holders' list so that a sweep sends it.
+    fn parked(&self) -> bool {
+        self.held_back.load(Ordering::Acquire) != 0 || self.in_doubt().is_some()
     }
 
     /// The key changed: forget that it was exhausted, and give back what it holds.
@@ -318,8 +356,31 @@ async fn top_up(
 /// Gives back what `key`'s lease holds here unused; the caller holds the key's lease lock.
 /// Nothing is lost when Postgres cannot be reached: the slice stays here, usable, unless the
 /// key changed (a cap cut, a revocation), when it is held back, unusable, until it goes back at
-/// a later sweep.
+/// a later sweep. A give-back sent without an answer is in doubt (see [`LeaseSlot`]): it is
+/// sent again under its claim first, and nothing new goes back until it is answered.
 async fn give_back_locked(gateway: &Gateway, key: &Arc<KeyEntry>) {
+    if let Some(doubt) = key.lease.in_doubt() {
+        if doubt.since.elapsed() >= IN_DOUBT_FOR {
+            key.lease.set_in_doubt(None);
+            tracing::warn!(
+                key.id = %key.id, amount = %doubt.amount,
+                "a lease give-back unanswered for a day is no longer sent: what of it did not \
+                 go back stays held for this gateway until it stops or is reclaimed"
+            );
+        } else if let Err(failed) = send_give_back(gateway, key, doubt.amount, doubt.claim).await {
+            failed.warn(key, doubt.amount);
+            if key.lease.due.load(Ordering::Relaxed) {
+                let unused = key.budget.take_unused();
+                key.lease
+                    .held_back
+                    .fetch_add(unused.nanos(), Ordering::AcqRel);
+            }
+            gateway.leases.list(key);
+            return;
+        } else {
+            key.lease.set_in_doubt(None);
+        }
+    }
     let due = key.lease.due.load(Ordering::Relaxed);
     let amount = key.budget.take_unused().saturating_add(Money::from_nanos(
         key.lease.held_back.swap(0, Ordering::AcqRel),
@@ -328,34 +389,93 @@ async fn give_back_locked(gateway: &Gateway, key: &Arc<KeyEntry>) {
         key.lease.due.store(false, Ordering::Relaxed);
         return;
     }
-    let (pool, id, me) = (gateway.pool.clone(), key.id, gateway.leases.id);
-    let returned = gateway
-        .control
-        .spawn(async move {
-            let client = pool.get().await?;
-            db::leases::give_back(&client, id, me, amount, time::OffsetDateTime::now_utc()).await
-        })
-        .await;
-    match returned {
-        Ok(Ok(())) => {
-            key.lease.due.store(false, Ordering::Relaxed);
-            gateway.metrics.lease_give_backs_total.inc();
-        }
-        failed => {
+    let claim = Uuid::new_v4();
+    match send_give_back(gateway, key, amount, claim).await {
+        Ok(()) => key.lease.due.store(false, Ordering::Relaxed),
+        Err(failed @ GiveBackFailed::NotSent(_)) => {
             if due {
                 key.lease
                     .held_back
                     .fetch_add(amount.nanos(), Ordering::AcqRel);
+                gateway.leases.list(key);
             } else {
                 key.budget.kept(amount);
             }
-            let error = match failed {
-                Ok(Err(err)) => err.to_string(),
-                Err(err) => err.to_string(),
-                Ok(Ok(())) => String::new(),
-            };
-            tracing::warn!(error = %error, key.id = %key.id, "cannot give an unused lease back; will retry");
+            failed.warn(key, amount);
         }
+        Err(failed @ GiveBackFailed::InDoubt(_)) => {
+            key.lease.set_in_doubt(Some(InDoubt {
+                claim,
+                amount,
+                since: Instant::now(),
+            }));
+            gateway.leases.list(key);
+            failed.warn(key, amount);
+        }
+    }
+}
+
+/// Why a give-back has no answer.
+enum GiveBackFailed {
+    /// No connection to send it on: it did not go back.
+    NotSent(String),
+    /// Sent, and no answer that it applied: it may have gone back. Any failure once a
+    /// connection was had counts (a refusal by the server too, although that rolled back): a
+    /// slice in doubt is only unusable for a while, a slice taken as kept when it went back
+    /// could pass the cap.
+    InDoubt(String),
+}
+
+impl GiveBackFailed {
+    fn warn(&self, key: &KeyEntry, amount: Money) {
+        match self {
+            GiveBackFailed::NotSent(error) => tracing::warn!(
+                error = %error, key.id = %key.id,
+                "cannot give an unused lease back; will retry"
+            ),
+            GiveBackFailed::InDoubt(error) => tracing::warn!(
+                error = %error, key.id = %key.id, amount = %amount,
+                "a lease give-back got no answer: it is unusable here and will be sent again \
+                 under the same claim, so it goes back once"
+            ),
+        }
+    }
+}
+
+/// Sends one give-back of `amount` under `claim`, on the control runtime.
+async fn send_give_back(
+    gateway: &Gateway,
+    key: &KeyEntry,
+    amount: Money,
+    claim: Uuid,
+) -> Result<(), GiveBackFailed> {
+    let (pool, id, me) = (gateway.pool.clone(), key.id, gateway.leases.id);
+    let sent = gateway
+        .control
+        .spawn(async move {
+            let client = pool
+                .get()
+                .await
+                .map_err(|err| GiveBackFailed::NotSent(db::Error::from(err).to_string()))?;
+            db::leases::give_back(
+                &client,
+                id,
+                me,
+                amount,
+                time::OffsetDateTime::now_utc(),
+                claim,
+            )
+            .await
+            .map_err(|err| GiveBackFailed::InDoubt(err.to_string()))
+        })
+        .await;
+    match sent {
+        Ok(Ok(_)) => {
+            gateway.metrics.lease_give_backs_total.inc();
+            Ok(())
+        }
+        Ok(Err(failed)) => Err(failed),
+        Err(err) => Err(GiveBackFailed::InDoubt(err.to_string())),
     }
 }
 
@@ -515,6 +635,7 @@ pub async fn sweep(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
             .filter(|entry| {
                 entry.lease.due.load(Ordering::Relaxed)
                     || entry.lease.idle_for(gateway.started) >= config.idle
+                    || entry.lease.in_doubt().is_some()
             })
             .map(|entry| Arc::clone(entry.value()))
             .collect();
@@ -522,11 +643,12 @@ pub async fn sweep(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
             give_back(&gateway, &key).await;
             // Idle and holding nothing: a settlement that returns something lists it again.
             if key.budget.remaining() <= Money::ZERO
-                && key.lease.held_back.load(Ordering::Acquire) == 0
+                && !key.lease.parked()
                 && key.lease.idle_for(gateway.started) >= config.idle
             {
                 gateway.leases.unlist(&key);
-                if key.budget.remaining() > Money::ZERO {
+                // Something added or parked meanwhile lists the key again, or is seen here.
+                if key.budget.remaining() > Money::ZERO || key.lease.parked() {
                     gateway.leases.list(&key);
                 }
             }

@@ -27,6 +27,8 @@ struct Fleet {
     commands: Vec<Keycap>,
     bases: Vec<String>,
     http: reqwest::Client,
+    /// The proxy the gateways reach the database through, when they do.
+    proxy: Option<testkit::chaos::ChaosProxy>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,6 +36,17 @@ impl Fleet {
     /// `n` gateways, on a test database, or on a PostgreSQL cluster of the test's own when
     /// `own_cluster` (to stop it).
     async fn start(n: usize, own_cluster: bool) -> Fleet {
+        Fleet::start_with(n, own_cluster, false, &[]).await
+    }
+
+    /// As [`Fleet::start`], the gateways reaching the database through a proxy the test can
+    /// cut when `proxied`, and with `extra` environment.
+    async fn start_with(
+        n: usize,
+        own_cluster: bool,
+        proxied: bool,
+        extra: &[(&str, &str)],
+    ) -> Fleet {
         let mock = openrouter_mock::spawn(MockConfig {
             bill_most: true,
             ..MockConfig::default()
@@ -55,13 +68,19 @@ impl Fleet {
             let url = test_db.url.clone();
             (Some(test_db), None, url)
         };
+        let proxy = match proxied {
+            true => Some(testkit::chaos::ChaosProxy::start(&url).await.unwrap()),
+            false => None,
+        };
+        let gateways_url = proxy.as_ref().map_or(url.clone(), |proxy| proxy.url());
         let keycap = Keycap::new(Path::new(env!("CARGO_BIN_EXE_keycap")), &url, dir.path())
             .env("KEYCAP_OPENROUTER__BASE_URL", &mock.base_url())
             .env("KEYCAP_GATEWAY__FLUSH_INTERVAL_MS", "100")
             .env("KEYCAP_GATEWAY__GRACE_PERIOD_SECONDS", "1")
             .env("KEYCAP_GATEWAY__LEASE_HEARTBEAT_MS", "200")
             .env("KEYCAP_GATEWAY__LEASE_LAPSE_MS", "2000")
-            .env("KEYCAP_GATEWAY__LEASE_MIN_SLICE_USD", "0.001");
+            .env("KEYCAP_GATEWAY__LEASE_MIN_SLICE_USD", "0.001")
+            .envs(extra);
         crate::support::seed_acme(&keycap, &mock.state().config().master_key);
         let mut gateways = Vec::new();
         let mut commands = Vec::new();
@@ -69,7 +88,7 @@ impl Fleet {
         for _ in 0..n {
             let port = testkit::free_port();
             let process = keycap
-                .clone()
+                .with_database_url(&gateways_url)
                 .env("KEYCAP_GATEWAY__LISTEN", &format!("127.0.0.1:{port}"))
                 .env(
                     "KEYCAP_METRICS__LISTEN",
@@ -89,6 +108,7 @@ impl Fleet {
             commands,
             bases,
             http: reqwest::Client::new(),
+            proxy,
             _dir: dir,
         }
     }
@@ -510,7 +530,12 @@ async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly(
     // gives back the 15 it did not spend.
     flush(a, usd(5)).await;
     assert_eq!(spent().await, usd(50));
-    give_back(&client, key, a, usd(15), now).await.unwrap();
+    let claim = uuid::Uuid::new_v4;
+    assert!(
+        give_back(&client, key, a, usd(15), now, claim())
+            .await
+            .unwrap()
+    );
     assert_eq!(spent().await, usd(35), "A spent 35 in all");
     let net: i64 = client
         .query_one(
@@ -525,8 +550,25 @@ async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly(
         usd(5),
         "the ledger keeps the 5 the reclaim charged for"
     );
-    // B gives back its 50; the key then has 65 left for anyone.
-    give_back(&client, key, b, usd(50), now).await.unwrap();
+    // B gives back 20 of its 50, and sends that give-back again under its claim (as after a
+    // lost answer): it applies once. Then the other 30; the key has 65 left for anyone.
+    let b_claim = claim();
+    assert!(
+        give_back(&client, key, b, usd(20), now, b_claim)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !give_back(&client, key, b, usd(20), now, b_claim)
+            .await
+            .unwrap()
+    );
+    assert_eq!(held(&client, key).await.unwrap(), usd(30));
+    assert!(
+        give_back(&client, key, b, usd(30), now, claim())
+            .await
+            .unwrap()
+    );
     let again = grant(&client, key, b, usd(65), usd(65), live)
         .await
         .unwrap();
@@ -596,7 +638,7 @@ async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
     assert_eq!(spent().await, Money::ZERO);
     assert_eq!(held(&client, key).await.unwrap(), Money::ZERO);
     // It gives back 30 unspent: nothing is taken off the new period.
-    give_back(&client, key, a, usd(30), next_month)
+    give_back(&client, key, a, usd(30), next_month, uuid::Uuid::new_v4())
         .await
         .unwrap();
     assert_eq!(spent().await, Money::ZERO);
@@ -646,6 +688,126 @@ async fn a_reclaimed_gateway_granted_a_lease_since_is_reclaimed_again() {
         usd(60)
     );
     assert_eq!(held(&client, key).await.unwrap(), Money::ZERO);
+}
+
+/// A give-back that commits while the gateway's connection drops, so the gateway never hears
+/// the answer, is not spent again: the gateway keeps the slice unusable and sends the
+/// give-back again under its claim, which applies nothing. Spent to its cap through that
+/// gateway afterwards, the key bills at most its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_whose_answer_is_lost_is_not_spent_again() {
+    let body = body();
+    let per_request = cheap_reservation(&body, 50);
+    // Slices of 10 requests; an idle key's slice goes back after 2.5 s (time enough for the
+    // test to hold the key's spend row first).
+    let slice = Money::from_nanos(per_request.nanos() * 10).decimal_usd();
+    let mut fleet = Fleet::start_with(
+        1,
+        false,
+        true,
+        &[
+            ("KEYCAP_GATEWAY__LEASE_MIN_SLICE_USD", &slice),
+            ("KEYCAP_GATEWAY__LEASE_IDLE_MS", "2500"),
+        ],
+    )
+    .await;
+    let cap = Money::from_nanos(per_request.nanos() * 20);
+    let token = fleet.key(cap);
+    let hash = domain::token::hash_token(&token).to_vec();
+    let mut blocker = fleet.pool.get().await.unwrap();
+    let key: uuid::Uuid = blocker
+        .query_one("SELECT id FROM api_keys WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fleet.send(0, &token, &body).await.unwrap(), Some(200));
+    let held = |client: &db::Pool| {
+        let client = client.clone();
+        async move {
+            let client = client.get().await.unwrap();
+            db::leases::held(&client, key).await.unwrap()
+        }
+    };
+    assert!(held(&fleet.pool).await > Money::ZERO);
+
+    // The key's spend row is held, so the idle give-back waits for it inside Postgres; then
+    // the gateway's connection is cut, and the give-back goes on and commits without anyone
+    // to answer.
+    let holding = blocker.transaction().await.unwrap();
+    holding
+        .execute(
+            "SELECT 1 FROM key_spends WHERE api_key_id = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    let watcher = fleet.pool.get().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE query LIKE 'SELECT lease_give_back(%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no give-back waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proxy = fleet.proxy.as_ref().unwrap();
+    proxy.cut();
+    let gateway = fleet.gateways[0].as_ref().unwrap();
+    gateway
+        .wait_for("a lease give-back got no answer", Duration::from_secs(20))
+        .unwrap();
+    let before = held(&fleet.pool).await;
+    holding.rollback().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let claims: i64 = watcher
+            .query_one("SELECT count(*) FROM lease_give_backs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if claims == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the give-back never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = held(&fleet.pool).await;
+    assert!(after < before, "held {before}, then {after}");
+    proxy.restore();
+
+    // Spent to its cap through the gateway: it served the first request, then only what
+    // Postgres grants it now.
+    let mut served = 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match fleet.send(0, &token, &body).await.unwrap() {
+            Some(200) => served += 1,
+            Some(402) => break,
+            // The database just came back.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+        assert!(Instant::now() < deadline, "the key never reached its cap");
+    }
+    fleet.stop_all();
+    let billed = fleet.billed();
+    assert!(
+        billed <= cap,
+        "billed {billed} past the cap {cap} ({served} requests served)"
+    );
+    assert_eq!(fleet.spent_in_db(&token).await, billed);
+    assert_eq!(fleet.leases_left().await, 0);
 }
 
 /// A new key of bob's with a cap of $1 (and `extra` flags of `keycap key create`): its id and

@@ -863,10 +863,25 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     assert_eq!(next.unwrap(), Flushed::Applied);
     assert_eq!(spent_and_requests(&env, &key, now).await, (3_000, 6));
 
+    // A lease give-back's claim (migration 0023) is forgotten after a week too.
+    let give_back = uuid::Uuid::new_v4();
+    env.db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO lease_give_backs (id) VALUES ($1)",
+            &[&give_back],
+        )
+        .await
+        .unwrap();
+
     let report = db::maintenance::run_due(&env.db.pool, now + time::Duration::days(8))
         .await
         .unwrap();
     assert_eq!(report.flush_claims_deleted, 2);
+    assert_eq!(report.give_back_claims_deleted, 1);
 
     // Spend for a key the database does not have is applied for the others and reported.
     let mut spend = SpendDeltas::default();
