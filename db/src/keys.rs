@@ -2,7 +2,7 @@
 //! revoking.
 
 use deadpool_postgres::GenericClient;
-use domain::budget::{change_cap, refund_on_close};
+use domain::budget::change_cap;
 use domain::services::Service;
 use domain::{ApiKeyToken, CapChange, Email, LedgerKind, Money, MonthWindow};
 use futures_util::TryStreamExt;
@@ -430,22 +430,19 @@ pub async fn set_cap(
         )));
     }
     let paid = paid_this_period(&tx, &key).await?;
-    let carved = carved_this_month(&tx, &key, paid, window).await?;
     let month = members::month_of(&tx, membership_id, Money::from_nanos(budget), window).await?;
-    let change = change_cap(
-        key.cap,
-        cap,
-        key.spent,
-        paid,
-        carved,
-        due_for_renewal,
-        &month,
-    )?;
+    let mut change = change_cap(key.cap, cap, key.spent, paid, due_for_renewal, &month)?;
     tx.execute(
         "UPDATE api_keys SET cap_nanousd = $2 WHERE id = $1",
         &[&key.id, &cap.nanos()],
     )
     .await?;
+    if cap < key.cap && !due_for_renewal {
+        let refund = refundable(&tx, &key, now).await?;
+        if refund > Money::ZERO {
+            change = CapChange::Refund(refund);
+        }
+    }
     let mut entry = NewEntry::new(key.org_id, LedgerKind::KeyCapChanged, actor, now);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);
@@ -477,8 +474,7 @@ pub async fn set_cap(
 }
 
 /// What the member has paid for a key in its period, by the ledger: the carves of its provision
-/// or renewal and of raises, less its refunds, plus spend taken back from them (normally its
-/// cap). Kept in `key_spends` by a trigger on the ledger (migration 0011).
+/// or renewal and of raises, less its refunds (normally its cap). Kept in `key_spends` by a trigger on the ledger (migration 0011).
 async fn paid_this_period(client: &impl GenericClient, key: &ApiKey) -> Result<Money, Error> {
     let row = client
         .query_one(
@@ -489,26 +485,17 @@ async fn paid_this_period(client: &impl GenericClient, key: &ApiKey) -> Result<M
     Ok(Money::from_nanos(row.get(0)))
 }
 
-/// What a key has carved from the month `window`, net of its refunds in it: all it `paid` when
-/// it was provisioned or renewed in that month (its period starts there), else what raising its
-/// cap carved there, from the ledger.
-async fn carved_this_month(
+/// What may be refunded for a key whose spend row the caller holds, by the rule of every
+/// refund (`key_refundable`, migration 0024): what was paid for it in its period beyond its
+/// spend, what gateways' leases of it hold and, while it is open, its cap; no more than it
+/// carved from `now`'s month.
+async fn refundable(
     client: &impl GenericClient,
     key: &ApiKey,
-    paid: Money,
-    window: MonthWindow,
+    now: OffsetDateTime,
 ) -> Result<Money, Error> {
-    if key.period_start == window.first_day() {
-        return Ok(paid);
-    }
     let row = client
-        .query_one(
-            "SELECT (coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'key_cap_changed'), 0)
-                   - coalesce(sum(amount_nanousd) FILTER (WHERE kind = 'refund'), 0))::bigint
-             FROM transactions
-             WHERE api_key_id = $1 AND created_at >= $2 AND created_at < $3",
-            &[&key.id, &window.start, &window.end],
-        )
+        .query_one("SELECT key_refundable($1, $2)", &[&key.id, &now])
         .await?;
     Ok(Money::from_nanos(row.get(0)))
 }
@@ -528,10 +515,7 @@ pub(crate) async fn close(
             &[&key.id, &now, &reason],
         )
         .await?;
-    let window = MonthWindow::containing(now);
-    let paid = paid_this_period(client, key).await?;
-    let carved = carved_this_month(client, key, paid, window).await?;
-    let refund = refund_on_close(paid, key.spent, carved);
+    let refund = refundable(client, key, now).await?;
     let mut entry = NewEntry::new(key.org_id, kind, actor, now);
     entry.membership_id = Some(key.membership_id);
     entry.api_key_id = Some(key.id);

@@ -167,14 +167,30 @@ pub async fn reclaim(
 }
 
 /// A gateway that stops cleanly, after its last flush: the journal is folded (its spend leaves
-/// its leases), then its leases, holding only what it did not spend, are given back whole (see
-/// `gateway_stop` in migration 0015).
+/// its leases), then its leases, holding only what it did not spend, are given back whole, and
+/// what that frees refunded (see `gateway_stop` in migration 0024). The statement writes ledger
+/// rows of several orgs; one that deadlocks with another writer of them is tried again, as a
+/// stop that fails leaves its leases to a reclaim, which charges them.
 pub async fn stop(client: &impl GenericClient, id: Uuid, now: OffsetDateTime) -> Result<(), Error> {
     crate::usage::fold(client, now).await?;
-    client
-        .execute("SELECT gateway_stop($1, $2)", &[&id, &now])
-        .await?;
-    Ok(())
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match client
+            .execute("SELECT gateway_stop($1, $2)", &[&id, &now])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err)
+                if attempts < 3
+                    && err.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// What the leases of `key` hold, over every gateway.

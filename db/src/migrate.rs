@@ -94,6 +94,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0023_give_back_claims",
         include_str!("../../migrations/0023_give_back_claims.sql"),
     ),
+    (
+        "0024_refund_what_cannot_be_spent",
+        include_str!("../../migrations/0024_refund_what_cannot_be_spent.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x6b65_7963_6170; // "keycap"

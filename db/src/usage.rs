@@ -184,11 +184,9 @@ pub struct Folded {
 
 /// Moves the spend journal's committed rows into the keys' spend rows (migration 0009): call
 /// it before reading spend that must be exact, outside any transaction. Inside one, the fold's
-/// advisory lock, its spend rows and the ledger rows of any take-back it fires (which hold the
-/// org's ledger lock) would stay locked to the end of the transaction, and a transaction that
-/// locks a membership and then the ledger (provisioning a key) could deadlock with it. Spend
-/// flushed between the fold and a close is taken back from the refund by the next fold. The
-/// ledger rows of take-backs are dated `now` (migration 0012).
+/// advisory lock and its spend rows would stay locked to the end of the transaction. Spend
+/// flushed between the fold and a close is inside the lease it came from, which the close's
+/// refund keeps back (migration 0024).
 pub async fn fold(
     client: &impl deadpool_postgres::GenericClient,
     now: OffsetDateTime,

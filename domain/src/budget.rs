@@ -3,11 +3,9 @@
 //!
 //! A member's budget belongs to one membership and renews each calendar month (UTC). What is
 //! available this month is `budget - carved this month + refunded this month`; provisioning a
-//! key with cap C carves C, revoking or expiring it refunds what was paid for it beyond its
-//! spend (normally `cap - spent`) to the current month (no more than the key carved from that
-//! month). Raising a key's cap carves the difference
-//! (less what spend taken back has paid already); cutting it refunds the difference, again no
-//! more than the key carved this month (see [`change_cap`]).
+//! key with cap C carves C, and raising its cap carves the difference (see [`change_cap`]).
+//! Refunds (a close, a cut, a lease coming back unspent) follow one rule, kept in the database
+//! beside what it needs (`key_refundable`, migration 0024).
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
@@ -78,8 +76,8 @@ pub struct MonthlyBudget {
     pub budget: Money,
     /// Caps carved out this month (new keys, renewals and raises).
     pub carved: Money,
-    /// Refunds credited this month (revoked or expired keys' unspent caps, cuts of caps), less
-    /// spend taken back from them.
+    /// Refunds credited this month (revoked or expired keys' unspent caps, cuts of caps, leases
+    /// come back unspent).
     pub refunded: Money,
 }
 
@@ -108,30 +106,17 @@ impl MonthlyBudget {
     }
 }
 
-/// What revoking or expiring a key gives back to its member's current month: what the member
-/// `paid` for the key in its period beyond what it `spent`, but no more than the key carved from
-/// this month (net of its refunds), and never less than zero. A month that has ended keeps what
-/// was carved from it.
-///
-/// `paid` is the key's carves in its period (provision or renewal, raises) less its refunds,
-/// plus spend taken back from them: normally its cap. `carved_this_month` is `paid` when the
-/// key was provisioned or renewed this month; for a key from an earlier month it is what
-/// raising its cap carved this month, net of its refunds this month, if anything.
-pub fn refund_on_close(paid: Money, spent: Money, carved_this_month: Money) -> Money {
-    paid.saturating_sub(spent)
-        .min(carved_this_month)
-        .at_least_zero()
-}
-
 /// What changing a key's cap does to its member's month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CapChange {
     /// A raise: the difference is carved from this month's budget.
     Carve(Money),
-    /// A cut: the difference goes back to this month, up to what the key carved from it.
+    /// A cut: what was paid above the new cap (and above what the key spent and its leases
+    /// hold) goes back to this month, up to what the key carved from it.
     Refund(Money),
-    /// Nothing moves: the cut is of a cap carved in an earlier month, or the key waits for its
-    /// monthly renewal, which carves whatever its cap is then.
+    /// Nothing moves: a cut of a cap carved in an earlier month (or whose refund waits for
+    /// gateways' leases to come back), or a key waiting for its monthly renewal, which carves
+    /// whatever its cap is then.
     Neither,
 }
 
@@ -153,22 +138,22 @@ impl CapChange {
     }
 }
 
-/// Decides what changing a key's cap from `old` to `new` carves or refunds.
+/// Decides what changing a key's cap from `old` to `new` carves.
 ///
 /// - `new` must be more than zero, and at least what the key has `spent` in its period (unless
 ///   it is `awaiting_renewal`: renewing monthly, not renewed this month yet and paused, so that
 ///   no gateway serves it; its renewal resets its spend and carves the new cap).
-/// - A raise carves what `paid` (as for [`refund_on_close`]) does not cover yet, and must fit in
-///   the month's available budget, like a new key. Spend taken back after a cut has paid for
-///   part of the cap already.
-/// - A cut refunds what was paid above the new cap (or the spend, if higher), up to
-///   `carved_this_month`, as for [`refund_on_close`].
+/// - A raise carves what `paid` (the key's carves in its period less its refunds) does not
+///   cover yet, and must fit in the month's available budget, like a new key. A cut whose
+///   refund was held back (gateways' leases held more than the new cap) has paid for part of
+///   the cap already.
+/// - A cut carves nothing: what it refunds is decided by the database, by the rule of every
+///   refund (`key_refundable`, migration 0024), and returned as [`CapChange::Refund`] there.
 pub fn change_cap(
     old: Money,
     new: Money,
     spent: Money,
     paid: Money,
-    carved_this_month: Money,
     awaiting_renewal: bool,
     month: &MonthlyBudget,
 ) -> Result<CapChange, BudgetError> {
@@ -181,29 +166,18 @@ pub fn change_cap(
     if new < spent {
         return Err(BudgetError::BelowSpent { spent });
     }
-    if new > old {
-        let raise = new.saturating_sub(paid.max(old));
-        if raise <= Money::ZERO {
-            return Ok(CapChange::Neither);
-        }
-        let available = month.available();
-        if raise > available {
-            return Err(BudgetError::RaiseOverBudget {
-                raise,
-                available: available.at_least_zero(),
-            });
-        }
-        return Ok(CapChange::Carve(raise));
+    let raise = new.saturating_sub(paid.max(old));
+    if new <= old || raise <= Money::ZERO {
+        return Ok(CapChange::Neither);
     }
-    let refund = paid
-        .saturating_sub(new.max(spent))
-        .min(carved_this_month)
-        .at_least_zero();
-    Ok(if refund > Money::ZERO {
-        CapChange::Refund(refund)
-    } else {
-        CapChange::Neither
-    })
+    let available = month.available();
+    if raise > available {
+        return Err(BudgetError::RaiseOverBudget {
+            raise,
+            available: available.at_least_zero(),
+        });
+    }
+    Ok(CapChange::Carve(raise))
 }
 
 /// What happens to a monthly-renewing key at a month boundary.
@@ -351,46 +325,15 @@ mod tests {
     }
 
     #[test]
-    fn refunds_return_the_unspent_cap_carved_this_month() {
-        // (paid, spent, carved this month, refund)
-        let cases = [
-            ("20", "0", "20", "20"),
-            ("20", "7.25", "20", "12.75"),
-            ("20", "20", "20", "0"),
-            ("20", "21", "20", "0"),
-            // From an earlier month: nothing comes back, unless a raise carved from this one.
-            ("20", "3", "0", "0"),
-            ("30", "3", "10", "10"),
-            ("30", "25", "10", "5"),
-        ];
-        for (paid, spent, carved, refund) in cases {
-            assert_eq!(
-                refund_on_close(usd(paid), usd(spent), usd(carved)),
-                usd(refund),
-                "paid {paid} spent {spent} carved {carved}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_cap_change_carves_a_raise_and_refunds_a_cut() {
+    fn a_cap_change_carves_a_raise_and_nothing_for_a_cut() {
         let month = MonthlyBudget {
             budget: usd("100"),
             carved: usd("70"),
             refunded: Money::ZERO,
         };
-        // A key whose cap is paid for in full, carved this month.
-        let change = |old, new, spent| {
-            change_cap(
-                usd(old),
-                usd(new),
-                usd(spent),
-                usd(old),
-                usd(old),
-                false,
-                &month,
-            )
-        };
+        // A key whose cap is paid for in full.
+        let change =
+            |old, new, spent| change_cap(usd(old), usd(new), usd(spent), usd(old), false, &month);
         assert_eq!(change("20", "50", "5"), Ok(CapChange::Carve(usd("30"))));
         assert_eq!(
             change("20", "50.01", "5"),
@@ -399,49 +342,23 @@ mod tests {
                 available: usd("30")
             })
         );
-        assert_eq!(change("20", "8", "5"), Ok(CapChange::Refund(usd("12"))));
-        assert_eq!(change("20", "5", "5"), Ok(CapChange::Refund(usd("15"))));
+        assert_eq!(change("20", "8", "5"), Ok(CapChange::Neither));
+        assert_eq!(change("20", "5", "5"), Ok(CapChange::Neither));
         assert_eq!(
             change("20", "4.99", "5"),
             Err(BudgetError::BelowSpent { spent: usd("5") })
         );
         assert_eq!(change("20", "0", "0"), Err(BudgetError::ZeroCap));
-        // (old, new, spent, paid, carved this month): carved in an earlier month, a cut gives
-        // back only what this month carved; after spend past a cut was taken back, a raise
-        // carves only what that spend has not paid for.
-        let other = |old, new, spent, paid, carved| {
-            change_cap(
-                usd(old),
-                usd(new),
-                usd(spent),
-                usd(paid),
-                usd(carved),
-                false,
-                &month,
-            )
+        // (old, new, spent, paid): after a cut whose refund was held back, a raise carves only
+        // what is not paid for.
+        let other = |old, new, spent, paid| {
+            change_cap(usd(old), usd(new), usd(spent), usd(paid), false, &month)
         };
-        assert_eq!(other("20", "8", "5", "20", "0"), Ok(CapChange::Neither));
-        assert_eq!(
-            other("30", "8", "5", "30", "10"),
-            Ok(CapChange::Refund(usd("10")))
-        );
-        assert_eq!(
-            other("5", "9", "8", "8", "8"),
-            Ok(CapChange::Carve(usd("1")))
-        );
-        assert_eq!(other("5", "8", "8", "8", "8"), Ok(CapChange::Neither));
+        assert_eq!(other("5", "9", "4", "8"), Ok(CapChange::Carve(usd("1"))));
+        assert_eq!(other("5", "8", "4", "8"), Ok(CapChange::Neither));
         // Waiting for its renewal: the renewal carves the new cap, spent or not.
-        let waiting = |new, spent| {
-            change_cap(
-                usd("20"),
-                usd(new),
-                usd(spent),
-                usd("20"),
-                Money::ZERO,
-                true,
-                &month,
-            )
-        };
+        let waiting =
+            |new, spent| change_cap(usd("20"), usd(new), usd(spent), usd("20"), true, &month);
         assert_eq!(waiting("2", "5"), Ok(CapChange::Neither));
         assert_eq!(waiting("500", "5"), Ok(CapChange::Neither));
         assert_eq!(waiting("0", "5"), Err(BudgetError::ZeroCap));

@@ -623,7 +623,7 @@ pub async fn reclaim(
 }
 
 /// Every heartbeat interval until shutdown, gives back what the leases of keys idle for
-/// `idle` (or changed) hold unused, and unlists idle keys that hold nothing.
+/// `idle` (or changed, or closed) hold unused, and unlists idle keys that hold nothing.
 pub async fn sweep(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let config = gateway.leases.config.clone();
     let mut ticker = every(config.heartbeat);
@@ -632,11 +632,7 @@ pub async fn sweep(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
             .leases
             .holders
             .iter()
-            .filter(|entry| {
-                entry.lease.due.load(Ordering::Relaxed)
-                    || entry.lease.idle_for(gateway.started) >= config.idle
-                    || entry.lease.in_doubt().is_some()
-            })
+            .filter(|entry| sweep_gives_back(entry, config.idle, gateway.started))
             .map(|entry| Arc::clone(entry.value()))
             .collect();
         for key in due {
@@ -654,6 +650,19 @@ pub async fn sweep(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Whether a sweep gives back what `key`'s lease holds unused: the key changed or is wanted
+/// elsewhere, is idle, has a give-back in doubt, is closed (its refund waits for its leases, so
+/// what its requests in flight did not spend goes back as soon as they settle), or the lease
+/// holds more than the key's cap leaves (after a cut, what requests in flight did not spend
+/// returns to the lease, and would stay spendable past the new cap until the key is idle).
+fn sweep_gives_back(key: &KeyEntry, idle: Duration, started: Instant) -> bool {
+    key.lease.due.load(Ordering::Relaxed)
+        || key.lease.idle_for(started) >= idle
+        || key.lease.in_doubt().is_some()
+        || key.info().close_reason.is_some()
+        || key.budget.remaining() > key.budget.left()
 }
 
 /// After the last flush: folds, then gives back every lease this gateway holds. When that
@@ -674,6 +683,19 @@ pub async fn stop(gateway: &Gateway) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_gives_back_a_lease_past_what_a_cut_cap_leaves() {
+        let started = Instant::now();
+        let idle = Duration::from_secs(60);
+        let key = KeyEntry::for_tests(Uuid::new_v4());
+        key.budget.set_cap(Money::from_nanos(100));
+        key.budget.grow(Money::from_nanos(50));
+        key.lease.touch(started);
+        assert!(!sweep_gives_back(&key, idle, started));
+        key.budget.set_cap(Money::from_nanos(30));
+        assert!(sweep_gives_back(&key, idle, started));
+    }
 
     #[test]
     fn the_slice_doubles_while_the_key_is_busy_and_starts_small_again() {

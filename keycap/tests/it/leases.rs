@@ -690,6 +690,75 @@ async fn a_reclaimed_gateway_granted_a_lease_since_is_reclaimed_again() {
     assert_eq!(held(&client, key).await.unwrap(), Money::ZERO);
 }
 
+/// A key revoked while a gateway holds a lease of it is refunded all but the lease. If that
+/// gateway is then reclaimed, and was alive after all, what it gives back unspent leaves the
+/// reclaim's charge and is refunded, closed key or not: the member pays what was spent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_keys_reclaim_charge_is_refunded_when_its_gateway_gives_back() {
+    use db::leases::{give_back, grant, reclaim, register};
+    let env = crate::support::seeded().await;
+    let (key, token) = bobs_key(&env, &[]).await;
+    let client = env.db.pool.get().await.unwrap();
+    let a = uuid::Uuid::new_v4();
+    register(&client, a, "a").await.unwrap();
+    let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
+    let (live, now) = (Duration::from_secs(60), time::OffsetDateTime::now_utc());
+    grant(&client, key, a, usd(40), usd(40), live)
+        .await
+        .unwrap();
+    env.keycap
+        .ok(&["key", "revoke", "--org", "acme", &token[..11]])
+        .unwrap();
+    let refunds = async || -> Vec<i64> {
+        client
+            .query(
+                "SELECT amount_nanousd FROM transactions
+                  WHERE api_key_id = $1 AND kind = 'refund' ORDER BY seq",
+                &[&key],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert_eq!(refunds().await, vec![usd(60).nanos()], "all but the lease");
+    // A falls silent and is reclaimed: its 40 is charged as spent.
+    let silent = "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1";
+    client.execute(silent, &[&a]).await.unwrap();
+    assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
+    let spent = || crate::gateway_support::spent_in(&env.db.pool, &token);
+    assert_eq!(spent().await, usd(40));
+    // A was alive: it flushes the 10 it spent (inside the charge) and gives back 30.
+    flush_within(&env.db.pool, a, key, usd(10)).await;
+    assert_eq!(spent().await, usd(40));
+    let claim = uuid::Uuid::new_v4();
+    assert!(
+        give_back(&client, key, a, usd(30), now, claim)
+            .await
+            .unwrap()
+    );
+    assert_eq!(spent().await, usd(10));
+    assert_eq!(refunds().await, vec![usd(60).nanos(), usd(30).nanos()]);
+    let members: serde_json::Value = serde_json::from_str(
+        &env.keycap
+            .ok(&["member", "list", "--org", "acme", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let bob = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "bob@acme.test")
+        .unwrap();
+    assert_eq!(
+        bob["available_nanousd"],
+        Money::from_usd(100).nanos() - usd(10).nanos(),
+        "bob's $100 less the 10 spent"
+    );
+}
+
 /// A give-back that commits while the gateway's connection drops, so the gateway never hears
 /// the answer, is not spent again: the gateway keeps the slice unusable and sends the
 /// give-back again under its claim, which applies nothing. Spent to its cap through that
@@ -747,7 +816,8 @@ async fn a_give_back_whose_answer_is_lost_is_not_spent_again() {
         let waiting: i64 = watcher
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
-                  WHERE query LIKE 'SELECT lease_give_back(%' AND wait_event_type = 'Lock'",
+                  WHERE query LIKE 'SELECT lease_give_back(%' AND wait_event_type = 'Lock'
+                    AND datname = current_database()",
                 &[],
             )
             .await

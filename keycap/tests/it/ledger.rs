@@ -539,53 +539,52 @@ async fn an_earlier_months_key_gives_back_only_what_this_month_carved() {
     assert_eq!(bobs_available(&env, &org, now).await, usd("4"));
 }
 
-/// Spend that lands past a key's cap after a cut (a request admitted under the old cap) is
-/// taken back from the key's refunds, open or closed, never more than they hold.
+/// A cut refunds what was paid above the new cap, except what a gateway's lease still holds
+/// (it may spend it): the lease pays for the spend that lands past the new cap, and what comes
+/// back unspent is refunded then. Nothing is ever taken back.
 #[tokio::test]
-async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
+async fn a_cut_keeps_back_what_leases_hold_and_refunds_it_when_it_comes_back() {
     let env = seeded().await;
     let now = time::OffsetDateTime::now_utc();
     let usd = |text: &str| Money::parse_usd(text).unwrap();
-    let (org, key, spend, rollups) = key_and_usage(&env, now, 4_000_000_000, 1).await;
-    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups)
-        .await
-        .unwrap();
+    let (org, key, _, _) = key_and_usage(&env, now, 0, 0).await;
+    let gateway = leased(&env, key.id, usd("7")).await;
+    // $4 spent from the lease: $3 of it still held.
+    assert_eq!(
+        spend_from(&env, gateway, &key, usd("4"), now).await,
+        usd("4")
+    );
     let cut = db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd("5"), Actor::Cli, now)
         .await
         .unwrap();
-    assert_eq!(cut.change, domain::CapChange::Refund(usd("5")));
-    assert_eq!(bobs_available(&env, &org, now).await, usd("95"));
-    // Flushes `nanos` more spend and returns the key's spend.
-    let late = async |nanos: i64| {
-        let mut spend = db::usage::SpendDeltas::default();
-        spend.push(key.id, nanos);
-        db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
-            .await
-            .unwrap();
-        spent_and_requests(&env, &key, now).await.0
-    };
-    // $1 fits under the new cap; then $2 lands past it.
-    assert_eq!(late(1_000_000_000).await, 5_000_000_000);
-    assert_eq!(bobs_available(&env, &org, now).await, usd("95"));
-    assert_eq!(late(2_000_000_000).await, 7_000_000_000);
+    assert_eq!(cut.change, domain::CapChange::Refund(usd("3")));
     assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
-    // Closed, it refunds nothing (its spend is past its cap); later spend takes back the rest
-    // of the cut's refund, and no more.
+    // $2 lands past the new cap (a request admitted under the old one): the lease paid for it.
+    assert_eq!(
+        spend_from(&env, gateway, &key, usd("2"), now).await,
+        usd("6")
+    );
+    assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
+    // The lease's last $1 comes back unspent: refunded now.
+    give_back(&env, gateway, &key, usd("1"), now).await;
+    assert_eq!(bobs_available(&env, &org, now).await, usd("94"));
+    // Closed, the key has nothing more to refund: the member paid its spend, once.
     let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
         .await
         .unwrap();
     assert_eq!(revoked.refund, Money::ZERO);
-    assert_eq!(late(5_000_000_000).await, 12_000_000_000);
-    assert_eq!(bobs_available(&env, &org, now).await, usd("90"));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("94"));
     assert_eq!(
         refund_rows(&env, key.id).await,
         vec![
-            (5_000_000_000, "cap lowered".to_string()),
-            (-2_000_000_000, "spent past a cut cap".to_string()),
-            (-3_000_000_000, "spent after close".to_string()),
+            (3_000_000_000, "cap lowered".to_string()),
+            (
+                1_000_000_000,
+                "unspent when its lease came back".to_string()
+            ),
         ]
     );
-    // Every row, take-backs included, is dated by the `now` of the change or fold that wrote it.
+    // Every row is dated by the `now` of the change that wrote it.
     let client = env.db.client().await.unwrap();
     let dates: Vec<time::OffsetDateTime> = client
         .query(
@@ -601,8 +600,56 @@ async fn spend_past_a_cut_cap_is_taken_back_from_the_cut() {
     assert_chain_intact(&env);
 }
 
-/// A raise after a cut carves the cut's band again: spend past the cap then is not taken back
-/// (nothing was refunded for it), as on a key that was never cut.
+/// A live gateway of its own (registered now) holding a lease of `amount` of `key`'s cap.
+async fn leased(env: &Env, key: uuid::Uuid, amount: Money) -> uuid::Uuid {
+    let client = env.db.pool.get().await.unwrap();
+    let gateway = uuid::Uuid::new_v4();
+    db::leases::register(&client, gateway, "test")
+        .await
+        .unwrap();
+    let live = std::time::Duration::from_secs(3600);
+    let grant = db::leases::grant(&client, key, gateway, amount, amount, live)
+        .await
+        .unwrap();
+    assert_eq!(grant.granted, amount);
+    gateway
+}
+
+/// Flushes `cost` of `key`'s spend from `gateway`'s lease; the key's spend after a fold.
+async fn spend_from(
+    env: &Env,
+    gateway: uuid::Uuid,
+    key: &db::keys::ApiKey,
+    cost: Money,
+    now: time::OffsetDateTime,
+) -> Money {
+    let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
+    spend.push(key.id, cost.nanos());
+    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
+        .await
+        .unwrap();
+    Money::from_nanos(spent_and_requests(env, key, now).await.0)
+}
+
+/// `gateway` gives `amount` of its lease of `key` back, unspent.
+async fn give_back(
+    env: &Env,
+    gateway: uuid::Uuid,
+    key: &db::keys::ApiKey,
+    amount: Money,
+    now: time::OffsetDateTime,
+) {
+    let client = env.db.pool.get().await.unwrap();
+    let claim = uuid::Uuid::new_v4();
+    assert!(
+        db::leases::give_back(&client, key.id, gateway, amount, now, claim)
+            .await
+            .unwrap()
+    );
+}
+
+/// A raise after a cut carves the cut's band again; spend past the cap then, from no lease, is
+/// charged to no one (refunded nor taken back), as on a key that was never cut.
 #[tokio::test]
 async fn a_raise_after_a_cut_leaves_nothing_to_take_back() {
     let env = seeded().await;
@@ -640,37 +687,39 @@ async fn a_raise_after_a_cut_leaves_nothing_to_take_back() {
     assert_eq!(refunds, 1, "only the cut's refund");
 }
 
-/// After spend past a cut was taken back, raising the cap carves only what that spend has not
-/// paid for: the member pays the key's spend, once.
+/// A raise after a cut whose refund a lease held back carves only what is not paid for: the
+/// member pays the key's spend, once.
 #[tokio::test]
-async fn a_raise_after_a_take_back_carves_only_what_is_not_paid() {
+async fn a_raise_after_a_cut_held_back_carves_only_what_is_not_paid() {
     let env = seeded().await;
     let now = time::OffsetDateTime::now_utc();
     let usd = |text: &str| Money::parse_usd(text).unwrap();
-    let (org, key, spend, rollups) = key_and_usage(&env, now, 4_000_000_000, 1).await;
-    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups)
-        .await
-        .unwrap();
+    let (org, key, _, _) = key_and_usage(&env, now, 0, 0).await;
+    let gateway = leased(&env, key.id, usd("7")).await;
+    assert_eq!(
+        spend_from(&env, gateway, &key, usd("4"), now).await,
+        usd("4")
+    );
     let set_cap = async |cap: &str| {
         db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now)
             .await
             .unwrap()
             .change
     };
-    assert_eq!(set_cap("5").await, domain::CapChange::Refund(usd("5")));
-    let mut late = db::usage::SpendDeltas::default();
-    late.push(key.id, 4_000_000_000);
-    db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &late, &[])
-        .await
-        .unwrap();
-    assert_eq!(spent_and_requests(&env, &key, now).await.0, 8_000_000_000);
-    assert_eq!(bobs_available(&env, &org, now).await, usd("92"));
-    assert_eq!(set_cap("9").await, domain::CapChange::Carve(usd("1")));
+    // Paid $10, spent $4, $3 held: the cut to $5 refunds $3, and $7 stays paid.
+    assert_eq!(set_cap("5").await, domain::CapChange::Refund(usd("3")));
+    assert_eq!(
+        spend_from(&env, gateway, &key, usd("3"), now).await,
+        usd("7")
+    );
+    assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
+    // $7 paid already: raising the cap to $9 carves $2.
+    assert_eq!(set_cap("9").await, domain::CapChange::Carve(usd("2")));
     let revoked = db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
         .await
         .unwrap();
-    assert_eq!(revoked.refund, usd("1"));
-    assert_eq!(bobs_available(&env, &org, now).await, usd("92"));
+    assert_eq!(revoked.refund, usd("2"));
+    assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
 }
 
 /// A renewal pass skips a member whose membership is locked elsewhere (a cap change or a
@@ -904,7 +953,7 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
 }
 
 /// Spend flushed to the journal and not folded yet is the key's spend all the same: revoking
-/// folds first and refunds only the cap left, with no take-back afterwards.
+/// folds first and refunds only the cap left.
 #[tokio::test]
 async fn revoking_counts_spend_still_in_the_journal() {
     let env = seeded().await;
@@ -950,9 +999,10 @@ async fn revoking_counts_spend_still_in_the_journal() {
     assert_eq!(refunds, 10_000_000_000 - 1_500);
 }
 
-/// Flushes, folds and revokes running at once: every delta reaches its key's spend row exactly
-/// once, nothing deadlocks, and each revoked key's refunds (the revoke's, less the take-back of
-/// spend folded after it closed) come to its cap less all it spent.
+/// Flushes (from a gateway's leases), folds and revokes running at once: every delta reaches
+/// its key's spend row exactly once, nothing deadlocks, and each revoked key's refunds (the
+/// revoke's, which keeps back what the lease holds, and the lease's when it comes back) come
+/// to its cap less all it spent.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
     let env = seeded().await;
@@ -969,8 +1019,19 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
         )
         .await
         .unwrap();
-        keys.push(key.id);
+        keys.push(key);
     }
+    let gateway = leased(&env, keys[0].id, Money::from_usd(1)).await;
+    for key in &keys[1..] {
+        let client = env.db.pool.get().await.unwrap();
+        let live = std::time::Duration::from_secs(3600);
+        let whole = Money::from_usd(1);
+        let grant = db::leases::grant(&client, key.id, gateway, whole, whole, live)
+            .await
+            .unwrap();
+        assert_eq!(grant.granted, whole);
+    }
+    let keys: Vec<uuid::Uuid> = keys.iter().map(|key| key.id).collect();
     let is_flush = |i: i64| !matches!(i % 12, 0 | 5 | 6);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..48_i64 {
@@ -988,7 +1049,7 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
                         .unwrap();
                 }
                 _ => {
-                    let mut spend = db::usage::SpendDeltas::default();
+                    let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
                     let mut rollups = Vec::new();
                     for &key in &keys {
                         spend.push(key, 1_000 + i);
@@ -1018,6 +1079,14 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
     db::usage::fold(&client, time::OffsetDateTime::now_utc())
         .await
         .unwrap();
+    // The gateway gives back what it did not spend.
+    for &key in &keys {
+        let claim = uuid::Uuid::new_v4();
+        let unspent = Money::from_nanos(1_000_000_000 - spent);
+        db::leases::give_back(&client, key, gateway, unspent, now, claim)
+            .await
+            .unwrap();
+    }
     for key in keys {
         let row = client
             .query_one(
@@ -1040,14 +1109,19 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
 }
 
 /// A revoke while a flush is still open does not wait for it: the refund is the cap less the
-/// spend committed so far, and the flush's spend, folded after the key closed, is taken back
-/// from the refund by the late-spend trigger. Neither deadlocks. The flush is held open by a
-/// test trigger on its rollup rows, after its journal row is written.
+/// spend committed so far and what the gateway's lease holds, the flush's spend comes out of
+/// the lease after the key closed, and what the lease did not spend is refunded when it comes
+/// back. Neither deadlocks. The flush is held open by a test trigger on its rollup rows, after
+/// its journal row is written.
 #[tokio::test(flavor = "multi_thread")]
-async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
+async fn spend_flushed_during_a_revoke_comes_out_of_what_its_lease_held() {
     let env = seeded().await;
     let now = time::OffsetDateTime::now_utc();
-    let (org, key, spend, rollups) = key_and_usage(&env, now, 1_500, 1).await;
+    let (org, key, lease_less, rollups) = key_and_usage(&env, now, 1_500, 1).await;
+    let gateway = leased(&env, key.id, Money::from_usd(4)).await;
+    let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
+    spend.push(key.id, 1_500);
+    drop(lease_less);
     env.db
         .client()
         .await
@@ -1084,15 +1158,30 @@ async fn spend_flushed_during_a_revoke_is_taken_back_from_its_refund() {
         .await
         .unwrap();
     assert_eq!(revoked.key.spent, Money::ZERO);
-    assert_eq!(revoked.refund, Money::from_nanos(10_000_000_000));
+    assert_eq!(revoked.refund, Money::from_usd(6));
     assert_eq!(flush.await.unwrap().unwrap(), db::usage::Flushed::Applied);
     assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 1));
+    give_back(
+        &env,
+        gateway,
+        &key,
+        Money::from_nanos(4_000_000_000 - 1_500),
+        now,
+    )
+    .await;
     assert_eq!(
         refund_rows(&env, key.id).await,
         vec![
-            (10_000_000_000, "revoked".to_string()),
-            (-1_500, "spent after close".to_string())
+            (6_000_000_000, "revoked".to_string()),
+            (
+                4_000_000_000 - 1_500,
+                "unspent when its lease came back".to_string()
+            )
         ]
+    );
+    assert_eq!(
+        bobs_available(&env, &org, now).await,
+        Money::from_nanos(100_000_000_000 - 1_500)
     );
 }
 
