@@ -1174,20 +1174,8 @@ async fn spend_after_a_revoke_comes_out_of_the_lease_and_the_rest_is_refunded() 
     }
     assert!(found.iter().all(|&amount| amount > 0), "{found:?}");
     // bob's $100 budget: $1 carved, $1 − cost refunded.
-    let members: serde_json::Value = serde_json::from_str(
-        &gw.keycap
-            .ok(&["member", "list", "--org", "acme", "--json"])
-            .unwrap(),
-    )
-    .unwrap();
-    let bob = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["email"] == "bob@acme.test")
-        .unwrap();
     assert_eq!(
-        bob["available_nanousd"],
+        crate::support::bobs_available_listed(&gw.keycap),
         Money::from_usd(100).nanos() - cost.nanos()
     );
     gw.assert_audit_chain_intact();

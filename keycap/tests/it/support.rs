@@ -107,3 +107,18 @@ pub fn keys_json_of(keycap: &Keycap, args: &[&str]) -> Vec<serde_json::Value> {
     let out = keycap.ok(&full).unwrap();
     serde_json::from_str(&out).unwrap()
 }
+
+/// What bob may still carve this month in acme, as `keycap member list --json` says.
+pub fn bobs_available_listed(keycap: &Keycap) -> i64 {
+    let out = keycap
+        .ok(&["member", "list", "--org", "acme", "--json"])
+        .unwrap();
+    let members: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bob = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "bob@acme.test")
+        .unwrap();
+    bob["available_nanousd"].as_i64().unwrap()
+}
