@@ -80,7 +80,7 @@ BEGIN
     SELECT greatest(at, max(t.created_at)) INTO dated FROM transactions t WHERE t.api_key_id = key;
     dated := coalesce(dated, at);
     amount := key_refundable(key, dated);
-    IF amount <= 0 THEN
+    IF coalesce(amount, 0) <= 0 THEN
         RETURN 0;
     END IF;
     SELECT a.org_id, a.membership_id, a.prefix INTO k FROM api_keys a WHERE a.id = key;
@@ -167,14 +167,17 @@ DECLARE
     leased uuid[];
     charges bigint[];
 BEGIN
-    PERFORM 1 FROM key_spends
-     WHERE api_key_id IN (SELECT l.api_key_id FROM key_leases l WHERE l.gateway_id = gateway)
-     ORDER BY api_key_id FOR UPDATE;
-    SELECT coalesce(array_agg(l.api_key_id ORDER BY a.org_id, l.api_key_id), '{}'),
-           coalesce(array_agg(l.reclaimed_nanousd ORDER BY a.org_id, l.api_key_id), '{}')
+    -- The spend rows, locked in key order, and the leases read with them, in one statement.
+    SELECT coalesce(array_agg(x.api_key_id ORDER BY x.org_id, x.api_key_id), '{}'),
+           coalesce(array_agg(x.reclaimed ORDER BY x.org_id, x.api_key_id), '{}')
       INTO leased, charges
-      FROM key_leases l JOIN api_keys a ON a.id = l.api_key_id
-     WHERE l.gateway_id = gateway;
+      FROM (SELECT s.api_key_id, a.org_id, l.reclaimed_nanousd AS reclaimed
+              FROM key_spends s
+              JOIN key_leases l ON l.api_key_id = s.api_key_id
+              JOIN api_keys a ON a.id = s.api_key_id
+             WHERE l.gateway_id = gateway
+             ORDER BY s.api_key_id
+               FOR UPDATE OF s) x;
     DELETE FROM gateways WHERE id = gateway;
     FOR i IN 1 .. cardinality(leased) LOOP
         PERFORM lease_uncharge(leased[i], gateway, charges[i], at);

@@ -600,6 +600,72 @@ async fn a_cut_keeps_back_what_leases_hold_and_refunds_it_when_it_comes_back() {
     assert_chain_intact(&env);
 }
 
+/// A refund when a lease comes back follows the month rule: a key carved in an earlier month
+/// gets back only what this month carved for it, net of its refunds this month; and a late
+/// refund is judged by the month it is dated in (never before the key's last row), even when
+/// the gateway's clock is behind.
+#[tokio::test]
+async fn a_late_refund_gives_back_only_what_its_month_carved() {
+    let env = seeded().await;
+    let org = acme(&env).await;
+    let now = time::OffsetDateTime::now_utc();
+    let last_month = domain::MonthWindow::containing(now).start - time::Duration::days(10);
+    let usd = |text: &str| Money::parse_usd(text).unwrap();
+    let create = async |name: &str, cap: &str, at| {
+        db::keys::create(&env.db.pool, &org, &new_key(name, cap), Actor::Cli, at)
+            .await
+            .unwrap()
+            .0
+    };
+    let revoke = async |key: &db::keys::ApiKey| {
+        db::keys::revoke(&env.db.pool, &org, &key.prefix, Actor::Cli, now)
+            .await
+            .unwrap()
+            .refund
+    };
+    // Carved last month: nothing comes back to this one, at the close or later.
+    let old = create("old", "20", last_month).await;
+    let gateway = leased(&env, old.id, usd("5")).await;
+    assert_eq!(revoke(&old).await, Money::ZERO);
+    give_back(&env, gateway, &old, usd("5"), now).await;
+    assert_eq!(bobs_available(&env, &org, now).await, usd("100"));
+    // Raised by $10 this month: the close gives back those $10, and the lease then nothing.
+    let raised = create("raised", "20", last_month).await;
+    let change = db::keys::set_cap(
+        &env.db.pool,
+        &org,
+        &raised.prefix,
+        usd("30"),
+        Actor::Cli,
+        now,
+    )
+    .await
+    .unwrap()
+    .change;
+    assert_eq!(change, domain::CapChange::Carve(usd("10")));
+    let gateway = leased(&env, raised.id, usd("5")).await;
+    assert_eq!(revoke(&raised).await, usd("10"));
+    give_back(&env, gateway, &raised, usd("5"), now).await;
+    assert_eq!(bobs_available(&env, &org, now).await, usd("100"));
+    // Carved this month; its gateway's clock says last month: the refund is this month's.
+    let fresh = create("fresh", "10", now).await;
+    let gateway = leased(&env, fresh.id, usd("4")).await;
+    assert_eq!(revoke(&fresh).await, usd("6"));
+    give_back(&env, gateway, &fresh, usd("4"), last_month).await;
+    assert_eq!(bobs_available(&env, &org, now).await, usd("100"));
+    assert_eq!(
+        refund_rows(&env, fresh.id).await,
+        vec![
+            (6_000_000_000, "revoked".to_string()),
+            (
+                4_000_000_000,
+                "unspent when its lease came back".to_string()
+            ),
+        ]
+    );
+    assert_chain_intact(&env);
+}
+
 /// A live gateway of its own (registered now) holding a lease of `amount` of `key`'s cap.
 async fn leased(env: &Env, key: uuid::Uuid, amount: Money) -> uuid::Uuid {
     let client = env.db.pool.get().await.unwrap();
