@@ -28,7 +28,9 @@ pub struct NoticeQuery {
 impl NoticeQuery {
     pub fn text(&self) -> Option<String> {
         let text = match self.notice.as_deref()? {
-            "key_revoked" => "Key revoked; its unspent cap went back to the member's budget.",
+            "key_revoked" => {
+                "Key revoked; its unspent cap went back to the member's budget (what gateways still hold for it, once they give it back)."
+            }
             "key_cap_set" => {
                 "Cap changed: a raise came from the member's budget, a cut went back to it."
             }
