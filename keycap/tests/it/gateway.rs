@@ -1072,6 +1072,7 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
     let gw = start().await;
     let token = gw.key("1", &["--rpm", "2"]);
     let body = chat_body("mock/cheap", 9, false);
+    gw.clear_of_a_minute_boundary(Duration::from_secs(15)).await;
     let mut charged = Money::ZERO;
     for _ in 0..2 {
         let answer = gw.chat_json(&token, &body).await;
@@ -1117,6 +1118,7 @@ async fn a_rate_limited_key_gets_429_beyond_its_requests_per_minute() {
     // and asking the gateway about the key takes none.
     let listing = gw.key("1", &["--rpm", "1"]);
     let models = |token: &str| gw.get("/api/v1/models", token).send();
+    gw.clear_of_a_minute_boundary(Duration::from_secs(10)).await;
     assert_eq!(models(&listing).await.unwrap().status(), 200);
     assert_eq!(models(&listing).await.unwrap().status(), 429);
     assert_eq!(gw.chat(&listing, &body).send().await.unwrap().status(), 429);

@@ -183,6 +183,23 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Waits until the database clock's minute has at least `margin` left: rate limits count
+    /// per minute of that clock, so a test of one must not straddle two.
+    pub async fn clear_of_a_minute_boundary(&self, margin: Duration) {
+        let client = self.db.client().await.unwrap();
+        let left: f64 = client
+            .query_one(
+                "SELECT 60 - extract(second FROM clock_timestamp())::float8",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left < margin.as_secs_f64() {
+            tokio::time::sleep(Duration::from_secs_f64(left + 0.1)).await;
+        }
+    }
+
     /// The key's spend in Postgres, the spend journal folded in first.
     pub async fn spent_in_db(&self, token: &str) -> Money {
         spent_in(&self.db.pool, token).await
