@@ -192,33 +192,23 @@ $$;
 -- key's spend row.
 CREATE FUNCTION lease_uncharge(key uuid, gateway uuid, amount bigint, at timestamptz)
 RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    k record;
+    dated timestamptz;
 BEGIN
     IF amount <= 0 OR (SELECT closed FROM key_spends WHERE api_key_id = key) THEN
         RETURN;
     END IF;
     UPDATE key_spends SET spent_nanousd = spent_nanousd - amount WHERE api_key_id = key;
-    PERFORM lease_ledger_row(key, gateway, -amount,
-        'the gateway was alive after all: this much of what its lease held was not spent', at);
-END
-$$;
-
--- The `lease_reclaimed` ledger row of `amount` charged to (or, negative, given back to) `key`
--- for `gateway`'s lease, dated `at` (the caller's clock), never before the key's last row.
-CREATE FUNCTION lease_ledger_row(key uuid, gateway uuid, amount bigint, reason text,
-                                 at timestamptz)
-RETURNS void LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    k record;
-    dated timestamptz;
-BEGIN
     SELECT a.org_id, a.membership_id, a.prefix INTO k FROM api_keys a WHERE a.id = key;
     SELECT greatest(at, max(t.created_at)) INTO dated FROM transactions t WHERE t.api_key_id = key;
     INSERT INTO transactions
         (org_id, kind, membership_id, api_key_id, amount_nanousd, detail, created_at,
          prev_hash, hash)
-    VALUES (k.org_id, 'lease_reclaimed', k.membership_id, key, amount,
+    VALUES (k.org_id, 'lease_reclaimed', k.membership_id, key, -amount,
             jsonb_build_object('prefix', k.prefix, 'gateway', gateway::text,
-                               'reason', reason, 'via', 'system'),
+                               'reason', 'the gateway was alive after all: this much of what its lease held was not spent',
+                               'via', 'system'),
             coalesce(dated, at), '', '');
 END
 $$;
@@ -263,6 +253,8 @@ DECLARE
     locked uuid[];
     lease record;
     charged bigint;
+    k record;
+    dated timestamptz;
     n bigint := 0;
 BEGIN
     PERFORM set_config('lock_timeout', '2s', true);
@@ -302,8 +294,18 @@ BEGIN
         CONTINUE WHEN coalesce(charged, 0) <= 0;
         UPDATE key_spends SET spent_nanousd = spent_nanousd + charged
          WHERE api_key_id = lease.api_key_id;
-        PERFORM lease_ledger_row(lease.api_key_id, lease.gateway_id, charged,
-            'the gateway stopped heartbeating: what its lease held is counted as spent', at);
+        SELECT a.org_id, a.membership_id, a.prefix INTO k
+          FROM api_keys a WHERE a.id = lease.api_key_id;
+        SELECT greatest(at, max(t.created_at)) INTO dated
+          FROM transactions t WHERE t.api_key_id = lease.api_key_id;
+        INSERT INTO transactions
+            (org_id, kind, membership_id, api_key_id, amount_nanousd, detail, created_at,
+             prev_hash, hash)
+        VALUES (k.org_id, 'lease_reclaimed', k.membership_id, lease.api_key_id, charged,
+                jsonb_build_object('prefix', k.prefix, 'gateway', lease.gateway_id::text,
+                                   'reason', 'the gateway stopped heartbeating: what its lease held is counted as spent',
+                                   'via', 'system'),
+                coalesce(dated, at), '', '');
         n := n + 1;
     END LOOP;
     PERFORM set_config('keycap.fold_at', '', true);
