@@ -87,7 +87,7 @@ pub async fn pass(state: &AppState, now: OffsetDateTime) -> Result<Report, db::E
     // Keys' spend exact for their thresholds (a member's month is read from the rollups).
     if !config.thresholds.key_percents.is_empty() {
         let client = state.pool.get().await?;
-        db::usage::fold(&client, now).await?;
+        db::usage::fold(&client).await?;
     }
     let channels = Channels {
         email: state.mailer.is_some(),

@@ -137,7 +137,6 @@ pub async fn list_keys(
         &client,
         &member.org,
         if query.all { None } else { Some(&email) },
-        now,
     )
     .await?;
     Ok(Json(

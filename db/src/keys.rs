@@ -241,14 +241,13 @@ pub async fn create(
 }
 
 /// The sub-keys of an org, or of one member, newest first, with their spend as flushed (it
-/// folds the spend journal first, at `now`: call it outside a transaction, see `usage::fold`).
+/// folds the spend journal first: call it outside a transaction, see `usage::fold`).
 pub async fn list(
     client: &impl GenericClient,
     org: &Org,
     member: Option<&Email>,
-    now: OffsetDateTime,
 ) -> Result<Vec<ApiKey>, Error> {
-    crate::usage::fold(client, now).await?;
+    crate::usage::fold(client).await?;
     let rows = match member {
         Some(email) => {
             client
@@ -341,7 +340,7 @@ pub async fn revoke(
 ) -> Result<Revoked, Error> {
     let mut client = pool.get().await?;
     // The refund depends on what was spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client, now).await?;
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     let key = find(&tx, org, id_or_prefix, Lock::Yes).await?;
     if key.closed_at.is_some() {
@@ -387,7 +386,7 @@ pub async fn set_cap(
 ) -> Result<CapChanged, Error> {
     let mut client = pool.get().await?;
     // The floor is what the key has spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client, now).await?;
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     // Lock the membership before the key, as removing a member does: its budget is read below.
     let membership_id = find(&tx, org, id_or_prefix, Lock::No).await?.membership_id;
@@ -639,14 +638,13 @@ pub async fn master_keys_changed_since(
 }
 
 /// The open keys that use a master key, for the warning shown before revoking it (it folds
-/// the spend journal first, at `now`: call it outside a transaction, see `usage::fold`).
+/// the spend journal first: call it outside a transaction, see `usage::fold`).
 pub async fn open_using_master_key(
     client: &impl GenericClient,
     org: &Org,
     master_key_id: Uuid,
-    now: OffsetDateTime,
 ) -> Result<Vec<ApiKey>, Error> {
-    crate::usage::fold(client, now).await?;
+    crate::usage::fold(client).await?;
     let rows = client
         .query(
             select_keys!(

@@ -156,7 +156,7 @@ pub async fn reclaim(
     if !anyone_dead {
         return Ok(0);
     }
-    crate::usage::fold(client, now).await?;
+    crate::usage::fold(client).await?;
     let row = client
         .query_one(
             "SELECT reclaim_leases($1 * interval '1 millisecond', $2)",
@@ -172,7 +172,7 @@ pub async fn reclaim(
 /// rows of several orgs; one that deadlocks with another writer of them is tried again, as a
 /// stop that fails leaves its leases to a reclaim, which charges them.
 pub async fn stop(client: &impl GenericClient, id: Uuid, now: OffsetDateTime) -> Result<(), Error> {
-    crate::usage::fold(client, now).await?;
+    crate::usage::fold(client).await?;
     let mut attempts = 0;
     loop {
         attempts += 1;

@@ -89,7 +89,7 @@ pub async fn expire_due(pool: &Pool, now: OffsetDateTime) -> Result<usize, Error
         return Ok(0);
     }
     // The refunds depend on what was spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client, now).await?;
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     let rows = tx
         .query(
@@ -142,7 +142,7 @@ pub async fn renew_due(pool: &Pool, now: OffsetDateTime) -> Result<(usize, usize
     }
     // Spend flushed so far belongs to the period that ends here: fold first (before the
     // transaction; see `usage::fold`). Spend flushed after the fold counts in the new period.
-    crate::usage::fold(&client, now).await?;
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     let rows = tx
         .query(

@@ -442,7 +442,7 @@ pub async fn remove(
 ) -> Result<usize, Error> {
     let mut client = pool.get().await?;
     // The refunds depend on what was spent: fold first (before the transaction; see `usage::fold`).
-    crate::usage::fold(&client, now).await?;
+    crate::usage::fold(&client).await?;
     let tx = client.transaction().await?;
     lock_roles(&tx, org).await?;
     let membership = find_for_update(&tx, org, email).await?;

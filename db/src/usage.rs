@@ -186,13 +186,11 @@ pub struct Folded {
 /// it before reading spend that must be exact, outside any transaction. Inside one, the fold's
 /// advisory lock and its spend rows would stay locked to the end of the transaction. Spend
 /// flushed between the fold and a close is inside the lease it came from, which the close's
-/// refund keeps back (migration 0024).
-pub async fn fold(
-    client: &impl deadpool_postgres::GenericClient,
-    now: OffsetDateTime,
-) -> Result<Folded, Error> {
+/// refund keeps back (migration 0024). The fold writes no ledger row, so it takes no clock:
+/// `fold_spend_journal(folded_at)` of migration 0012 dated take-backs, which are gone.
+pub async fn fold(client: &impl deadpool_postgres::GenericClient) -> Result<Folded, Error> {
     let row = client
-        .query_one("SELECT * FROM fold_spend_journal($1)", &[&now])
+        .query_one("SELECT * FROM fold_spend_journal()", &[])
         .await?;
     let folded = Folded {
         n_keys: row.get(0),

@@ -84,7 +84,7 @@ pub async fn org_usage(
     // The fold in a transaction of its own (see `usage::fold`), bounded like the reads.
     let tx = client.transaction().await?;
     tx.batch_execute(&limit).await?;
-    crate::usage::fold(&tx, now).await?;
+    crate::usage::fold(&tx).await?;
     tx.commit().await?;
 
     let tx = client.build_transaction().read_only(true).start().await?;

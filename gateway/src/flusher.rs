@@ -251,9 +251,7 @@ struct Batch {
 /// for keys the database does not have).
 pub async fn fold(pool: &db::Pool) -> Result<(), db::Error> {
     let client = pool.get().await?;
-    db::usage::fold(&client, time::OffsetDateTime::now_utc())
-        .await
-        .map(|_| ())
+    db::usage::fold(&client).await.map(|_| ())
 }
 
 /// Runs until `shutdown` turns true, then flushes everything a last time, and returns whether

@@ -164,7 +164,7 @@ impl Gateway {
                             let client = pool.get().await?;
                             // Folded first, in case the change is a renewal (see
                             // `KeyEntry::reload`); this path is rare.
-                            db::usage::fold(&client, time::OffsetDateTime::now_utc()).await?;
+                            db::usage::fold(&client).await?;
                             db::keys::find_by_id(&client, id).await
                         })
                         .await;

@@ -265,7 +265,7 @@ async fn reload_renewed(gateway: &Gateway, ids: Vec<uuid::Uuid>) -> bool {
     }
     let folded_then_read = async {
         let client = gateway.pool.get().await?;
-        db::usage::fold(&client, time::OffsetDateTime::now_utc()).await?;
+        db::usage::fold(&client).await?;
         reload_keys(gateway, &client, &ids, |entry, key| {
             entry.reload_folded(key)
         })

@@ -465,7 +465,7 @@ pub async fn key(database: &Database, command: KeyCommand) -> anyhow::Result<()>
             let client = database.pool.get().await?;
             let org = orgs::find(&client, &org).await?;
             let now = OffsetDateTime::now_utc();
-            let keys = db::keys::list(&client, &org, member.as_ref(), now).await?;
+            let keys = db::keys::list(&client, &org, member.as_ref()).await?;
             if json {
                 let out: Vec<_> = keys
                     .iter()

@@ -42,7 +42,6 @@ pub async fn get(
         &client,
         &member.org,
         if is_owner { None } else { email.as_ref() },
-        now,
     )
     .await?;
     let filter = db::transactions::Filter {

@@ -33,7 +33,7 @@ async fn my_keys_page(
     let email = domain::Email::parse(&viewer.user.email)
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let client = state.pool.get().await?;
-    let keys = db::keys::list(&client, &member.org, Some(&email), now).await?;
+    let keys = db::keys::list(&client, &member.org, Some(&email)).await?;
     let master_keys = if viewer.is_owner() {
         db::master_keys::list(&client, &member.org).await?
     } else {

@@ -191,7 +191,7 @@ pub async fn get_revoke(
         )));
     }
     let now = state.clock.now();
-    let dependents = db::keys::open_using_master_key(&client, &owner.org, id, now).await?;
+    let dependents = db::keys::open_using_master_key(&client, &owner.org, id).await?;
     Ok(views::page(&VaultRevokePage {
         layout: Layout::new(&viewer, "vault", None),
         key: MasterKeyRow::new(&key),

@@ -386,9 +386,7 @@ pub fn bounded_for_cheap(body: &[u8]) -> Vec<u8> {
 /// The spend in Postgres of the key of `token`, the spend journal folded in first.
 pub async fn spent_in(pool: &db::Pool, token: &str) -> Money {
     let client = pool.get().await.unwrap();
-    db::usage::fold(&client, time::OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    db::usage::fold(&client).await.unwrap();
     let hash = domain::token::hash_token(token).to_vec();
     let row = client
         .query_one(

@@ -550,20 +550,14 @@ async fn a_cut_keeps_back_what_leases_hold_and_refunds_it_when_it_comes_back() {
     let (org, key, _, _) = key_and_usage(&env, now, 0, 0).await;
     let gateway = leased(&env, key.id, usd("7")).await;
     // $4 spent from the lease: $3 of it still held.
-    assert_eq!(
-        spend_from(&env, gateway, &key, usd("4"), now).await,
-        usd("4")
-    );
+    assert_eq!(spend_from(&env, gateway, &key, usd("4")).await, usd("4"));
     let cut = db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd("5"), Actor::Cli, now)
         .await
         .unwrap();
     assert_eq!(cut.change, domain::CapChange::Refund(usd("3")));
     assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
     // $2 lands past the new cap (a request admitted under the old one): the lease paid for it.
-    assert_eq!(
-        spend_from(&env, gateway, &key, usd("2"), now).await,
-        usd("6")
-    );
+    assert_eq!(spend_from(&env, gateway, &key, usd("2")).await, usd("6"));
     assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
     // The lease's last $1 comes back unspent: refunded now.
     give_back(&env, gateway, &key, usd("1"), now).await;
@@ -682,19 +676,13 @@ async fn leased(env: &Env, key: uuid::Uuid, amount: Money) -> uuid::Uuid {
 }
 
 /// Flushes `cost` of `key`'s spend from `gateway`'s lease; the key's spend after a fold.
-async fn spend_from(
-    env: &Env,
-    gateway: uuid::Uuid,
-    key: &db::keys::ApiKey,
-    cost: Money,
-    now: time::OffsetDateTime,
-) -> Money {
+async fn spend_from(env: &Env, gateway: uuid::Uuid, key: &db::keys::ApiKey, cost: Money) -> Money {
     let mut spend = db::usage::SpendDeltas::of_gateway(gateway);
     spend.push(key.id, cost.nanos());
     db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &[])
         .await
         .unwrap();
-    Money::from_nanos(spent_and_requests(env, key, now).await.0)
+    Money::from_nanos(spent_and_requests(env, key).await.0)
 }
 
 /// `gateway` gives `amount` of its lease of `key` back, unspent.
@@ -739,7 +727,7 @@ async fn a_raise_after_a_cut_leaves_nothing_to_take_back() {
     db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &late, &[])
         .await
         .unwrap();
-    assert_eq!(spent_and_requests(&env, &key, now).await.0, 11_000_000_000);
+    assert_eq!(spent_and_requests(&env, &key).await.0, 11_000_000_000);
     assert_eq!(bobs_available(&env, &org, now).await, usd("90"));
     let client = env.db.client().await.unwrap();
     let refunds: i64 = client
@@ -762,10 +750,7 @@ async fn a_raise_after_a_cut_held_back_carves_only_what_is_not_paid() {
     let usd = |text: &str| Money::parse_usd(text).unwrap();
     let (org, key, _, _) = key_and_usage(&env, now, 0, 0).await;
     let gateway = leased(&env, key.id, usd("7")).await;
-    assert_eq!(
-        spend_from(&env, gateway, &key, usd("4"), now).await,
-        usd("4")
-    );
+    assert_eq!(spend_from(&env, gateway, &key, usd("4")).await, usd("4"));
     let set_cap = async |cap: &str| {
         db::keys::set_cap(&env.db.pool, &org, &key.prefix, usd(cap), Actor::Cli, now)
             .await
@@ -774,10 +759,7 @@ async fn a_raise_after_a_cut_held_back_carves_only_what_is_not_paid() {
     };
     // Paid $10, spent $4, $3 held: the cut to $5 refunds $3, and $7 stays paid.
     assert_eq!(set_cap("5").await, domain::CapChange::Refund(usd("3")));
-    assert_eq!(
-        spend_from(&env, gateway, &key, usd("3"), now).await,
-        usd("7")
-    );
+    assert_eq!(spend_from(&env, gateway, &key, usd("3")).await, usd("7"));
     assert_eq!(bobs_available(&env, &org, now).await, usd("93"));
     // $7 paid already: raising the cap to $9 carves $2.
     assert_eq!(set_cap("9").await, domain::CapChange::Carve(usd("2")));
@@ -925,15 +907,11 @@ fn truncate_to_micros(at: time::OffsetDateTime) -> time::OffsetDateTime {
         .unwrap()
 }
 
-/// The key's spend row and its rollups' request count, after a fold at `now`; the usage by
-/// model, written by the same flushes, has the rollups' requests and cost.
-async fn spent_and_requests(
-    env: &Env,
-    key: &db::keys::ApiKey,
-    now: time::OffsetDateTime,
-) -> (i64, i64) {
+/// The key's spend row and its rollups' request count, after a fold; the usage by model,
+/// written by the same flushes, has the rollups' requests and cost.
+async fn spent_and_requests(env: &Env, key: &db::keys::ApiKey) -> (i64, i64) {
     let client = env.db.pool.get().await.unwrap();
-    db::usage::fold(&client, now).await.unwrap();
+    db::usage::fold(&client).await.unwrap();
     let row = client
         .query_one(
             "SELECT k.spent_nanousd,
@@ -968,15 +946,15 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     let id = uuid::Uuid::new_v4();
     let first = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
     assert_eq!(first.unwrap(), Flushed::Applied);
-    assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 3));
+    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 3));
     // The same flush again, as after a reply lost on a dropped connection.
     let retry = db::usage::flush(&env.db.pool, id, &spend, &rollups).await;
     assert_eq!(retry.unwrap(), Flushed::AlreadyApplied);
-    assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 3));
+    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 3));
     // The next flush has its own id.
     let next = db::usage::flush(&env.db.pool, uuid::Uuid::new_v4(), &spend, &rollups).await;
     assert_eq!(next.unwrap(), Flushed::Applied);
-    assert_eq!(spent_and_requests(&env, &key, now).await, (3_000, 6));
+    assert_eq!(spent_and_requests(&env, &key).await, (3_000, 6));
 
     // A lease give-back's claim (migration 0023) is forgotten after a week too.
     let give_back = uuid::Uuid::new_v4();
@@ -1006,16 +984,14 @@ async fn a_flush_retried_under_its_id_is_applied_once() {
     assert_eq!(flushed.unwrap(), Flushed::Applied);
     let client = env.db.pool.get().await.unwrap();
     assert_eq!(
-        db::usage::fold(&client, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap(),
+        db::usage::fold(&client).await.unwrap(),
         Folded {
             n_keys: 1,
             unmatched_keys: 1,
             unmatched_nanousd: 700
         }
     );
-    assert_eq!(spent_and_requests(&env, &key, now).await, (3_010, 6));
+    assert_eq!(spent_and_requests(&env, &key).await, (3_010, 6));
 }
 
 /// Spend flushed to the journal and not folded yet is the key's spend all the same: revoking
@@ -1106,7 +1082,7 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
             match i % 12 {
                 0 | 6 => {
                     let client = pool.get().await.unwrap();
-                    db::usage::fold(&client, now).await.unwrap();
+                    db::usage::fold(&client).await.unwrap();
                 }
                 5 => {
                     let key = keys[usize::try_from(i / 12).unwrap()].to_string();
@@ -1142,9 +1118,7 @@ async fn concurrent_flushes_folds_and_revokes_keep_every_nanodollar() {
     let spent: i64 = (0..48).filter(|&i| is_flush(i)).map(|i| 1_000 + i).sum();
     let n_flushes = (0..48).filter(|&i| is_flush(i)).count() as i64;
     let client = env.db.pool.get().await.unwrap();
-    db::usage::fold(&client, time::OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    db::usage::fold(&client).await.unwrap();
     // The gateway gives back what it did not spend.
     for &key in &keys {
         let claim = uuid::Uuid::new_v4();
@@ -1226,7 +1200,7 @@ async fn spend_flushed_during_a_revoke_comes_out_of_what_its_lease_held() {
     assert_eq!(revoked.key.spent, Money::ZERO);
     assert_eq!(revoked.refund, Money::from_usd(6));
     assert_eq!(flush.await.unwrap().unwrap(), db::usage::Flushed::Applied);
-    assert_eq!(spent_and_requests(&env, &key, now).await, (1_500, 1));
+    assert_eq!(spent_and_requests(&env, &key).await, (1_500, 1));
     give_back(
         &env,
         gateway,

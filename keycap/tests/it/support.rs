@@ -72,9 +72,7 @@ pub async fn seeded() -> Env {
 /// snapshots mean nothing changed.
 pub async fn snapshot(db: &TestDb) -> String {
     let client = db.pool.get().await.unwrap();
-    db::usage::fold(&client, time::OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    db::usage::fold(&client).await.unwrap();
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM orgs), (SELECT count(*) FROM users),
