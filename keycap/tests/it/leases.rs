@@ -506,13 +506,7 @@ async fn leases_keep_spent_plus_held_within_the_cap_and_reclaims_charge_exactly(
     assert_eq!(none.granted, Money::ZERO);
 
     // A falls silent; a reclaim charges its 20 still held.
-    client
-        .execute(
-            "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1",
-            &[&a],
-        )
-        .await
-        .unwrap();
+    fall_silent(&client, a).await;
     assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
     assert_eq!(spent().await, usd(50));
     assert_eq!(held(&client, key).await.unwrap(), usd(50));
@@ -608,13 +602,7 @@ async fn a_reclaims_charge_stays_in_its_period_after_a_renewal() {
     grant(&client, key, a, usd(40), usd(40), Duration::from_secs(60))
         .await
         .unwrap();
-    client
-        .execute(
-            "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1",
-            &[&a],
-        )
-        .await
-        .unwrap();
+    fall_silent(&client, a).await;
     assert_eq!(
         reclaim(&client, Duration::from_secs(60), now)
             .await
@@ -672,16 +660,15 @@ async fn a_reclaimed_gateway_granted_a_lease_since_is_reclaimed_again() {
     register(&client, a, "a").await.unwrap();
     let usd = |cents: i64| Money::from_nanos(cents * 10_000_000);
     let (live, now) = (Duration::from_secs(60), time::OffsetDateTime::now_utc());
-    let silent = "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1";
     grant(&client, key, a, usd(40), usd(40), live)
         .await
         .unwrap();
-    client.execute(silent, &[&a]).await.unwrap();
+    fall_silent(&client, a).await;
     assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
     grant(&client, key, a, usd(20), usd(20), live)
         .await
         .unwrap();
-    client.execute(silent, &[&a]).await.unwrap();
+    fall_silent(&client, a).await;
     assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
     assert_eq!(
         crate::gateway_support::spent_in(&env.db.pool, &token).await,
@@ -724,8 +711,7 @@ async fn a_closed_keys_reclaim_charge_is_refunded_when_its_gateway_gives_back() 
     };
     assert_eq!(refunds().await, vec![usd(60).nanos()], "all but the lease");
     // A falls silent and is reclaimed: its 40 is charged as spent.
-    let silent = "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1";
-    client.execute(silent, &[&a]).await.unwrap();
+    fall_silent(&client, a).await;
     assert_eq!(reclaim(&client, live, now).await.unwrap(), 1);
     let spent = || crate::gateway_support::spent_in(&env.db.pool, &token);
     assert_eq!(spent().await, usd(40));
@@ -880,6 +866,17 @@ async fn bobs_key(env: &crate::support::Env, extra: &[&str]) -> (uuid::Uuid, Str
         .unwrap()
         .get(0);
     (id, token)
+}
+
+/// `gateway`'s last heartbeat an hour ago, so a reclaim finds it dead.
+async fn fall_silent(client: &impl db::GenericClient, gateway: uuid::Uuid) {
+    client
+        .execute(
+            "UPDATE gateways SET heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+            &[&gateway],
+        )
+        .await
+        .unwrap();
 }
 
 /// Flushes `cost` of `key`'s spend, as settled within `gateway`'s lease.
